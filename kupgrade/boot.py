@@ -1,0 +1,83 @@
+"""Boot integration: the initramfs-tools hook + init-bottom script, and the restore unit.
+
+`kupgrade install-boot` installs them and rebuilds the target initrds so they carry the
+script. In the new kernel the script moves the unpacked snapshot to /run/kupgrade; early
+userspace then runs `kupgrade restore` (systemd: kupgrade-restore.service; other inits:
+call it before starting services, see docs/boot.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import __version__
+from .errors import StageError
+from .run import run
+
+MARKER = "etc/kupgrade-boot"
+
+
+@dataclass(frozen=True)
+class BootPaths:
+    root: Path = Path("/")
+
+    @property
+    def hook(self) -> Path:
+        return self.root / "etc/initramfs-tools/hooks/kupgrade"
+
+    @property
+    def script(self) -> Path:
+        return self.root / "etc/initramfs-tools/scripts/init-bottom/kupgrade"
+
+    @property
+    def unit(self) -> Path:
+        return self.root / "etc/systemd/system/kupgrade-restore.service"
+
+
+def _data(name: str) -> str:
+    return resources.files("kupgrade").joinpath("data", name).read_text()
+
+
+def kupgrade_path() -> str:
+    found = shutil.which("kupgrade")
+    return found or str(Path(sys.argv[0]).resolve())
+
+
+def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = True) -> list[str]:
+    """Write the files; rebuild the initrds of `kernels`. Returns what was done, one line each."""
+    if not Path("/usr/share/initramfs-tools/hook-functions").exists():
+        raise StageError("initramfs-tools is not installed",
+                         "install it (apt-get install initramfs-tools busybox); other initrd builders are not supported yet")
+    done = []
+    for path, text, mode in (
+            (paths.hook, _data("initramfs-hook").replace("@VERSION@", __version__), 0o755),
+            (paths.script, _data("initramfs-script"), 0o755),
+            (paths.unit, _data("kupgrade-restore.service").replace("@KUPGRADE@", kupgrade_path()), 0o644)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+        done.append(f"wrote {path}")
+    wants = paths.root / "etc/systemd/system/sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / paths.unit.name
+    if not link.is_symlink():
+        link.symlink_to(paths.unit)
+    done.append(f"enabled {paths.unit.name}")
+    if rebuild:
+        for k in kernels:
+            run(["update-initramfs", "-u", "-k", k], timeout=900,
+                hint=f"check that /boot/initrd.img-{k} can be rebuilt (free space in /boot)")
+            done.append(f"rebuilt /boot/initrd.img-{k}")
+    return done
+
+
+def initrd_has_hook(initrd: Path) -> bool:
+    """True if the initrd carries our init-bottom script (lsinitramfs lists it)."""
+    out = run(["lsinitramfs", str(initrd)], timeout=300,
+              hint="install initramfs-tools (lsinitramfs) or check the initrd file").stdout.decode()
+    names = set(out.split())
+    return MARKER in names and "scripts/init-bottom/kupgrade" in names

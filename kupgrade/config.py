@@ -1,0 +1,215 @@
+"""Configuration: one table of settings drives TOML parsing, validation and docs/config.md.
+
+A new setting is one entry in SETTINGS. Unknown keys, wrong types and impossible values are
+ConfigErrors that name the key and the file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
+KEXEC_METHODS = ("auto", "file", "classic")
+
+
+@dataclass(frozen=True)
+class Config:
+    pids: tuple[int, ...] = ()
+    cgroups: tuple[str, ...] = ()
+    kernel: str = ""
+    vmlinuz: str = ""
+    initrd: str = ""
+    snapshot_dir: str = "/run/kupgrade-snapshot"
+    snapshot_size: str = "auto"
+    kexec_method: str = "auto"
+    append: str = ""
+    state_dir: str = "/var/lib/kupgrade"
+    restore_dir: str = "/run/kupgrade"
+    source: str = ""          # the file this came from ("" = defaults only)
+
+    def to_json(self) -> dict:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Config":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _positive_pids(v: list) -> str | None:
+    bad = [p for p in v if p <= 1]
+    return f"PIDs must be > 1 (got {bad})" if bad else None
+
+
+def _abs_cgroups(v: list) -> str | None:
+    bad = [p for p in v if not p.startswith("/") or ".." in p.split("/")]
+    return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {bad})" if bad else None
+
+
+def _abs_path(v: str) -> str | None:
+    return None if v == "" or v.startswith("/") else f"must be an absolute path (got {v!r})"
+
+
+def _snapshot_dir(v: str) -> str | None:
+    if not v.startswith("/"):
+        return f"must be an absolute path (got {v!r})"
+    if v == "/boot" or v.startswith("/boot/"):
+        return "the snapshot holds process memory: never under /boot"
+    return None
+
+
+def _size(v: str) -> str | None:
+    return None if v == "auto" or re.fullmatch(r"[0-9]+[KMG]", v) else f"must be \"auto\" or a size like \"2G\" (got {v!r})"
+
+
+def _kexec_method(v: str) -> str | None:
+    return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {v!r})"
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    attr: str
+    type: type
+    doc: str
+    item: type | None = None
+    check: Callable[[Any], str | None] | None = None
+    example: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("workloads", "pids", "pids", list, "Process trees to keep, by the PID of their root.",
+            item=int, check=_positive_pids, example="[1234]"),
+    Setting("workloads", "cgroups", "cgroups", list,
+            "Workloads to keep, by cgroup v2 path (relative to /sys/fs/cgroup). The cgroup is frozen "
+            "with the cgroup freezer; every process in it must belong to one process tree.",
+            item=str, check=_abs_cgroups, example='["/workload"]'),
+    Setting("target", "kernel", "kernel", str,
+            "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
+            example='"6.12.117+deb12-amd64"'),
+    Setting("target", "vmlinuz", "vmlinuz", str, "Target kernel image path (instead of `kernel`).",
+            check=_abs_path, example='"/srv/kernels/vmlinuz"'),
+    Setting("target", "initrd", "initrd", str, "Target initrd path (with `vmlinuz`).",
+            check=_abs_path, example='"/srv/kernels/initrd.img"'),
+    Setting("target", "append", "append", str,
+            "Extra kernel command-line words for the target (added to the current command line).",
+            example='"quiet"'),
+    Setting("snapshot", "dir", "snapshot_dir", str,
+            "Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot. Never under /boot.",
+            check=_snapshot_dir, example='"/run/kupgrade-snapshot"'),
+    Setting("snapshot", "size", "snapshot_size", str,
+            "Size limit of that tmpfs: \"auto\" (estimate x 2.5, at least 256M) or a size like \"4G\".",
+            check=_size, example='"auto"'),
+    Setting("kexec", "method", "kexec_method", str,
+            "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
+            "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
+            "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
+            check=_kexec_method, example='"auto"'),
+    Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
+            example='"/var/lib/kupgrade"'),
+)
+
+
+def _type_name(t: type, item: type | None) -> str:
+    if t is list:
+        return f"list of {item.__name__ if item else 'values'}"
+    return {str: "string", int: "integer", bool: "boolean"}[t]
+
+
+def _check_type(value: Any, s: Setting) -> bool:
+    if s.type is list:
+        return isinstance(value, list) and all(isinstance(i, s.item) and not isinstance(i, bool) for i in value)
+    return isinstance(value, s.type) and not (s.type is int and isinstance(value, bool))
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}", "fix the syntax at the position shown")
+    by_key = {(s.section, s.key): s for s in SETTINGS}
+    sections = {s.section for s in SETTINGS}
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section [{section}]",
+                              f"known sections: {', '.join(sorted(sections))} (see docs/config.md)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: `{section}` must be a table ([{section}])", "see docs/config.md")
+        for key, value in table.items():
+            s = by_key.get((section, key))
+            if s is None:
+                known = ", ".join(k for (sec, k) in by_key if sec == section)
+                raise ConfigError(f"{source}: unknown key `{section}.{key}`", f"keys of [{section}]: {known}")
+            if not _check_type(value, s):
+                raise ConfigError(f"{source}: `{section}.{key}` must be a {_type_name(s.type, s.item)}, "
+                                  f"got {type(value).__name__} {value!r}", f"for example: {key} = {s.example}")
+            if s.check and (problem := s.check(value)):
+                raise ConfigError(f"{source}: `{section}.{key}` {problem}", f"for example: {key} = {s.example}")
+            values[s.attr] = tuple(value) if isinstance(value, list) else value
+    cfg = Config(**values, source=source)
+    _check_whole(cfg)
+    return cfg
+
+
+def _check_whole(cfg: Config) -> None:
+    src = cfg.source
+    if cfg.kernel and (cfg.vmlinuz or cfg.initrd):
+        raise ConfigError(f"{src}: set either `target.kernel` or `target.vmlinuz`+`target.initrd`, not both",
+                          "remove one of them")
+    if bool(cfg.vmlinuz) != bool(cfg.initrd):
+        raise ConfigError(f"{src}: `target.vmlinuz` and `target.initrd` go together", "set both paths")
+
+
+def load(path: Path | None) -> Config:
+    """Load the config; a missing default file means defaults, a missing given file is an error."""
+    p = path or DEFAULT_PATH
+    if not p.exists():
+        if path is None:
+            return Config(source="")
+        raise ConfigError(f"config file {p} does not exist", "check the --config path")
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}", "check its permissions")
+    return parse(text, str(p))
+
+
+def with_overrides(cfg: Config, **over: Any) -> Config:
+    """Command-line values (only those given) replace the file's; then the whole is checked."""
+    given = {k: v for k, v in over.items() if v not in (None, (), [], "")}
+    for s in SETTINGS:
+        if s.attr in given:
+            v = given[s.attr]
+            if s.check and (problem := s.check(list(v) if isinstance(v, tuple) else v)):
+                raise ConfigError(f"--{s.key}: {problem}", f"for example: {s.example}")
+    from dataclasses import replace
+    new = replace(cfg, **given)
+    _check_whole(new)
+    return new
+
+
+def docs_markdown() -> str:
+    """docs/config.md, generated from SETTINGS (a test keeps the file in step)."""
+    out = ["# kupgrade configuration", "",
+           f"kupgrade reads `{DEFAULT_PATH}` (or the file given with `--config PATH`). "
+           "Unknown keys, wrong types and impossible values are errors naming the key and the file.", ""]
+    section = None
+    for s in SETTINGS:
+        if s.section != section:
+            section = s.section
+            out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        default = getattr(Config(), s.attr)
+        default = list(default) if isinstance(default, tuple) else default
+        out.append(f"| `{s.key}` | {_type_name(s.type, s.item)} | `{default!r}` | {s.doc} e.g. `{s.key} = {s.example}` |")
+        nxt = SETTINGS.index(s) + 1
+        if nxt == len(SETTINGS) or SETTINGS[nxt].section != section:
+            out.append("")
+    return "\n".join(out)

@@ -1,0 +1,45 @@
+"""criu command lines and calls. The binary is driven through the run() wrapper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .record import Workload
+from .run import run
+
+CRIU = "criu"
+DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
+
+
+def check_argv() -> list[str]:
+    return [CRIU, "check"]
+
+
+def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
+    `kexec -e` can resume them untouched; kexec ends them."""
+    argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
+            "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks"]
+    if w.cgroup:
+        argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
+    return argv
+
+
+def restore_argv(images: Path, pidfile: Path) -> list[str]:
+    return [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
+            "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
+
+
+def log_tail(images: Path, name: str, lines: int = 12) -> str:
+    """The error lines of a criu log (criu's stderr is empty when it logs to a file)."""
+    try:
+        text = (images / name).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    errors = [l for l in text if "Error" in l or "error" in l]
+    return "\n".join((errors or text)[-lines:])
+
+
+def check() -> None:
+    run(check_argv(), timeout=120, hint="this kernel lacks what criu needs; see `criu check --all`")

@@ -1,0 +1,67 @@
+"""One error type per failure source; the CLI maps each to an exit code and one line.
+
+Every error carries a message (what is wrong) and a hint (what to do). The top-level
+handler in cli.py prints ``kupgrade: <message>`` and ``hint: <hint>``; tracebacks only
+with --debug.
+"""
+
+from __future__ import annotations
+
+
+class KupgradeError(Exception):
+    """Base class: a failure kupgrade understands and can explain."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(KupgradeError):
+    """The configuration file or a command-line value is wrong."""
+
+    exit_code = 2
+
+
+class BlockedError(KupgradeError):
+    """Preflight found blockers: nothing was changed."""
+
+    exit_code = 3
+
+    def __init__(self, blockers: list, hint: str = "") -> None:
+        self.blockers = blockers
+        lines = "; ".join(b.message for b in blockers)
+        super().__init__(f"{len(blockers)} blocker(s): {lines}", hint or "fix the blockers listed above, then run `kupgrade check` again")
+
+
+class CommandError(KupgradeError):
+    """An external command failed (non-zero exit, timeout or missing binary)."""
+
+    exit_code = 4
+
+    def __init__(self, argv: list[str], returncode: int | None, stderr_tail: str, hint: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        what = "not found" if returncode is None and not stderr_tail else (
+            "timed out" if returncode is None else f"exited {returncode}")
+        tail = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
+        msg = f"`{argv[0]}` {what}" + (f": {tail}" if tail else "")
+        super().__init__(msg, hint)
+
+
+class StageError(KupgradeError):
+    """A stage could not do its work (the message says which and why)."""
+
+    exit_code = 5
+
+
+class RestoreError(KupgradeError):
+    """The new-kernel side could not restore a workload; its snapshot is kept."""
+
+    exit_code = 6

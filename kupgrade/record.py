@@ -1,0 +1,164 @@
+"""The upgrade record: the single source for the CLI output, --json, reports and benchmarks.
+
+An UpgradeRecord is an append-only list of StageResults plus identity (kernels, workloads).
+It is written to STATE/records/ID.json and, before kexec, into the snapshot so the new
+kernel's restore can continue it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .run import CommandLog
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+# outcomes
+PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
+    "planned", "aborted", "kexec", "restored", "restore-failed", "checked")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    name: str
+    status: str                     # ok | failed | skipped
+    started: float                  # wall clock (time.time()), comparable across kernels roughly
+    duration_s: float
+    summary: str = ""               # one line for humans
+    details: dict = field(default_factory=dict)
+    error: str = ""
+    hint: str = ""
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "started": self.started,
+                "duration_s": round(self.duration_s, 4), "summary": self.summary,
+                "details": self.details, "error": self.error, "hint": self.hint}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StageResult":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Something that stops the upgrade before anything changes, with the fix."""
+    message: str
+    hint: str = ""
+
+    def to_json(self) -> dict:
+        return {"message": self.message, "hint": self.hint}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Blocker":
+        return cls(d["message"], d.get("hint", ""))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One process tree: how it was selected and what it is."""
+    selector: str                   # "pid:1234" or "cgroup:/workload"
+    root_pid: int
+    pids: tuple[int, ...]
+    cgroup: str = ""                # cgroup v2 path when selected by cgroup
+    name: str = ""                  # comm of the root
+
+    @property
+    def key(self) -> str:
+        return f"tree-{self.root_pid}"
+
+    def to_json(self) -> dict:
+        return {"selector": self.selector, "root_pid": self.root_pid, "pids": list(self.pids),
+                "cgroup": self.cgroup, "name": self.name}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Workload":
+        return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""))
+
+
+def new_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class UpgradeRecord:
+    id: str
+    command: str
+    kernel_from: str
+    kernel_to: str = ""
+    outcome: str = PLANNED
+    workloads: tuple[Workload, ...] = ()
+    stages: tuple[StageResult, ...] = ()
+    commands: tuple[CommandLog, ...] = ()
+    created: float = 0.0
+
+    def with_stage(self, stage: StageResult) -> "UpgradeRecord":
+        return replace(self, stages=self.stages + (stage,))
+
+    def stage(self, name: str) -> StageResult | None:
+        for s in reversed(self.stages):
+            if s.name == name:
+                return s
+        return None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "command": self.command, "kernel_from": self.kernel_from,
+                "kernel_to": self.kernel_to, "outcome": self.outcome, "created": self.created,
+                "workloads": [w.to_json() for w in self.workloads],
+                "stages": [s.to_json() for s in self.stages],
+                "commands": [c.to_json() for c in self.commands]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "UpgradeRecord":
+        return cls(id=d["id"], command=d["command"], kernel_from=d["kernel_from"],
+                   kernel_to=d.get("kernel_to", ""), outcome=d["outcome"], created=d.get("created", 0.0),
+                   workloads=tuple(Workload.from_json(w) for w in d.get("workloads", [])),
+                   stages=tuple(StageResult.from_json(s) for s in d.get("stages", [])),
+                   commands=tuple(CommandLog.from_json(c) for c in d.get("commands", [])))
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically, root-only (records name processes and command lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(record: UpgradeRecord, state_dir: Path) -> Path:
+    path = state_dir / "records" / f"{record.id}.json"
+    write_private(path, record.dumps())
+    write_private(state_dir / "records" / "last", record.id + "\n")
+    return path
+
+
+def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
+    records = state_dir / "records"
+    if record_id is None:
+        try:
+            record_id = (records / "last").read_text().strip()
+        except FileNotFoundError:
+            return None
+    path = records / f"{record_id}.json"
+    if not path.exists():
+        return None
+    return UpgradeRecord.from_json(json.loads(path.read_text()))
+
+
+def load_file(path: Path) -> UpgradeRecord:
+    return UpgradeRecord.from_json(json.loads(path.read_text()))
+
+
+def to_plain(obj: Any) -> Any:
+    return obj.to_json() if hasattr(obj, "to_json") else obj

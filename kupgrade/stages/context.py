@@ -1,0 +1,56 @@
+"""The mutable state one upgrade carries from stage to stage (results themselves are frozen)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..errors import StageError
+from ..kexec import Method
+from ..record import UpgradeRecord, Workload
+
+
+@dataclass(frozen=True)
+class Target:
+    version: str
+    vmlinuz: Path
+    initrd: Path
+
+
+def resolve_target(cfg: Config, boot: Path = Path("/boot")) -> Target:
+    if cfg.kernel:
+        return Target(cfg.kernel, boot / f"vmlinuz-{cfg.kernel}", boot / f"initrd.img-{cfg.kernel}")
+    if cfg.vmlinuz:
+        version = Path(cfg.vmlinuz).name.removeprefix("vmlinuz-") or "unknown"
+        return Target(version, Path(cfg.vmlinuz), Path(cfg.initrd))
+    raise StageError("no target kernel configured",
+                     "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
+
+
+@dataclass
+class Context:
+    config: Config
+    record: UpgradeRecord
+    target: Target | None = None
+    workloads: list[Workload] = field(default_factory=list)
+    estimate_bytes: int = 0
+    frozen_cgroups: list[str] = field(default_factory=list)
+    stopped: list[Workload] = field(default_factory=list)     # trees criu left stopped
+    snapshot_mounted: bool = False
+    method: Method | None = None
+    kexec_loaded: bool = False
+    execute: bool = True        # False: `kupgrade run --no-exec` stops after loading
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return Path(self.config.snapshot_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.config.state_dir)
+
+    @property
+    def kernel_from(self) -> str:
+        return os.uname().release

@@ -1,0 +1,36 @@
+"""flush: make file data durable, so that the files criu checks at restore (size, mode) and
+every write the workload made before the freeze are on disk before the kernel switch."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .context import Context
+
+NAME = "flush"
+
+
+def plan(ctx: Context) -> list[str]:
+    return ["sync(2): write back all dirty page cache and filesystem metadata",
+            "report dirty/writeback bytes before and after"]
+
+
+def dirty_bytes(meminfo: Path = Path("/proc/meminfo")) -> dict[str, int]:
+    out = {}
+    for line in meminfo.read_text().splitlines():
+        key = line.split(":")[0]
+        if key in ("Dirty", "Writeback"):
+            out[key.lower() + "_bytes"] = int(line.split()[1]) * 1024
+    return out
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    before = dirty_bytes()
+    start = time.monotonic()
+    os.sync()
+    took = time.monotonic() - start
+    after = dirty_bytes()
+    return (f"synced {before.get('dirty_bytes', 0) >> 10} KiB dirty in {took:.2f} s",
+            {"before": before, "after": after, "sync_s": round(took, 4)})

@@ -1,0 +1,66 @@
+"""freeze: stop the workloads at a consistent point.
+
+Workloads selected by cgroup are frozen with the cgroup v2 freezer (all tasks at once, no
+signal visible to them). Workloads selected by PID are seized by criu itself during the
+snapshot (ptrace, task by task). Kernel threads cannot be parked from userspace: this stage
+does not pretend to.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import StageError
+from ..workloads import CGROUP_ROOT
+from .context import Context
+
+NAME = "freeze"
+TIMEOUT_S = 10.0
+
+
+def plan(ctx: Context) -> list[str]:
+    out = []
+    for cg in ctx.config.cgroups:
+        out.append(f"write 1 to {CGROUP_ROOT}{cg}/cgroup.freeze and wait for `frozen 1` in cgroup.events")
+    for pid in ctx.config.pids:
+        out.append(f"PID {pid}: criu seizes the tree during the snapshot (no cgroup of its own)")
+    return out or ["nothing selected"]
+
+
+def cgroup_dir(cg: str, root: Path = CGROUP_ROOT) -> Path:
+    return root / cg.lstrip("/")
+
+
+def set_frozen(cg: str, frozen: bool, root: Path = CGROUP_ROOT, timeout: float = TIMEOUT_S) -> float:
+    """Freeze or thaw one cgroup and wait until the kernel reports it; returns seconds taken."""
+    d = cgroup_dir(cg, root)
+    start = time.monotonic()
+    (d / "cgroup.freeze").write_text("1" if frozen else "0")
+    want = f"frozen {1 if frozen else 0}"
+    while want not in (d / "cgroup.events").read_text().splitlines():
+        if time.monotonic() - start > timeout:
+            raise StageError(f"cgroup {cg} did not {'freeze' if frozen else 'thaw'} within {timeout:.0f} s",
+                             "a task may be stuck in the kernel (D state); see `cat /proc/PID/stack`")
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    took = {}
+    for w in ctx.workloads:
+        if w.cgroup:
+            took[w.cgroup] = round(set_frozen(w.cgroup, True), 4)
+            ctx.frozen_cgroups.append(w.cgroup)
+    seized = [w.selector for w in ctx.workloads if not w.cgroup]
+    summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
+    return summary, {"frozen_cgroups": took, "criu_seizes": seized}
+
+
+def thaw(ctx: Context) -> list[str]:
+    done = []
+    for cg in reversed(ctx.frozen_cgroups):
+        set_frozen(cg, False)
+        done.append(f"thawed {cg}")
+    ctx.frozen_cgroups.clear()
+    return done

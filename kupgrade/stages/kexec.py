@@ -1,0 +1,69 @@
+"""kexec: append the snapshot to the target initrd, load the target kernel, and switch.
+
+`kexec --exec` is the point of no return. Everything before it is undone on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import initrd, kexec as kx, record
+from ..run import COMMAND_LOG, run as run_cmd
+from .context import Context
+from .snapshot import snap_root
+
+NAME = "kexec"
+
+
+def plan(ctx: Context) -> list[str]:
+    t = ctx.target
+    method = ctx.method.name if ctx.method else ctx.config.kexec_method
+    kernel = t.vmlinuz if t else "the target kernel"
+    return [f"write {ctx.config.snapshot_dir}/initrd.img = {t.initrd if t else 'target initrd'} + padding + "
+            "cpio of the snapshot (in the tmpfs, never in /boot)",
+            f"kexec load {kernel} ({method} load) with the current command line + kupgrade.snapshot=ID",
+            "save the upgrade record, sync, then `kexec --exec` (the point of no return)"]
+
+
+def combined_path(ctx: Context) -> Path:
+    return ctx.snapshot_dir / "initrd.img"
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    root = snap_root(ctx)
+    record.write_private(root / "record.json", ctx.record.dumps())
+    t0 = time.monotonic()
+    sizes = initrd.assemble(ctx.target.initrd, root, combined_path(ctx))
+    assemble_s = time.monotonic() - t0
+    shutil.rmtree(root)     # its bytes are in the combined initrd now; free the memory
+    cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
+    t0 = time.monotonic()
+    run_cmd(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline), timeout=600,
+            hint="see the kernel log (dmesg) for why the load was refused")
+    ctx.kexec_loaded = True
+    load_s = time.monotonic() - t0
+    combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
+    return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {sizes['total_bytes'] >> 20} MiB initrd",
+            {**sizes, "method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
+             "assemble_s": round(assemble_s, 4), "load_s": round(load_s, 4)})
+
+
+def execute(ctx: Context) -> None:
+    """Save the record for the new kernel, sync, and switch. Returns only if kexec failed."""
+    mark = record.StageResult("exec", record.OK, time.time(), 0.0, "kexec --exec: the point of no return")
+    ctx.record = replace(ctx.record.with_stage(mark), outcome=record.KEXECED, commands=tuple(COMMAND_LOG))
+    record.save(ctx.record, ctx.state_dir)
+    os.sync()
+    run_cmd(kx.exec_argv(), timeout=120)
+
+
+def unload(ctx: Context) -> list[str]:
+    if not ctx.kexec_loaded:
+        return []
+    run_cmd(kx.unload_argv(ctx.method), timeout=60)
+    ctx.kexec_loaded = False
+    return ["unloaded the kexec kernel"]

@@ -1,0 +1,115 @@
+"""preflight: find every blocker and estimate the downtime. Changes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from .. import boot, criu, kexec, workloads
+from ..errors import BlockedError, CommandError
+from ..record import Blocker
+from .context import Context, resolve_target
+
+NAME = "preflight"
+MARGIN = 64 << 20
+# Stated defaults until measured here (issue: estimates from rehearsals and past records).
+DUMP_BPS = 200e6
+RESTORE_BPS = 200e6
+BOOT_S = 8.0
+
+
+def plan(ctx: Context) -> list[str]:
+    return ["check the target kernel and its initrd (carries the kupgrade boot script?)",
+            "check that kexec is possible (kexec_load_disabled, lockdown) and choose the load method",
+            "`criu check`",
+            "resolve each selected PID/cgroup to a process tree; look for traced, D-state, stopped tasks "
+            "and controlling terminals",
+            "estimate the snapshot size against free memory"]
+
+
+def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def estimate_downtime(snapshot_bytes: int) -> tuple[float, str]:
+    s = snapshot_bytes / DUMP_BPS + snapshot_bytes / RESTORE_BPS + BOOT_S
+    basis = (f"{snapshot_bytes / 1e6:.0f} MB / {DUMP_BPS / 1e6:.0f} MB/s dump + / {RESTORE_BPS / 1e6:.0f} MB/s "
+             f"restore + {BOOT_S:.0f} s kernel boot (stated defaults, not yet measured on this machine)")
+    return round(s, 1), basis
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    cfg = ctx.config
+    blockers: list[Blocker] = []
+    if os.geteuid() != 0:
+        blockers.append(Blocker("kupgrade must run as root", "run it with sudo"))
+    ctx.target = t = resolve_target(cfg)
+    ctx.record = replace(ctx.record, kernel_to=t.version)
+    for what, path in (("kernel image", t.vmlinuz), ("initrd", t.initrd)):
+        if not path.is_file():
+            blockers.append(Blocker(f"target {what} {path} does not exist",
+                                    f"install the kernel package for {t.version}, or fix `target` in the config"))
+    if t.initrd.is_file() and shutil.which("lsinitramfs"):
+        try:
+            if not boot.initrd_has_hook(t.initrd):
+                blockers.append(Blocker(f"{t.initrd} does not carry the kupgrade boot script",
+                                        f"run `kupgrade install-boot --kernel {t.version}`"))
+        except CommandError as e:
+            blockers.append(Blocker(f"cannot list {t.initrd}: {e.message}", "check that the initrd is intact"))
+    if t.version == ctx.kernel_from:
+        blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
+
+    if not shutil.which(kexec.KEXEC):
+        blockers.append(Blocker("kexec is not installed", "apt-get install kexec-tools"))
+    if not Path("/sys/kernel/kexec_loaded").exists():
+        blockers.append(Blocker("this kernel has no kexec support", "a kernel built with CONFIG_KEXEC is needed"))
+    disabled = Path("/proc/sys/kernel/kexec_load_disabled")
+    if disabled.exists() and disabled.read_text().strip() == "1":
+        blockers.append(Blocker("kexec is disabled (kernel.kexec_load_disabled = 1)",
+                                "it cannot be re-enabled without a reboot; boot without it being set"))
+    lockdown = kexec.lockdown_mode()
+    ctx.method = kexec.choose_method(cfg.kexec_method, lockdown)
+
+    if not shutil.which(criu.CRIU):
+        blockers.append(Blocker("criu is not installed", "apt-get install criu"))
+    else:
+        try:
+            criu.check()
+        except CommandError as e:
+            blockers.append(Blocker(f"`criu check` failed: {e.stderr_tail.strip().splitlines()[-1] if e.stderr_tail.strip() else e.message}",
+                                    e.hint))
+
+    if not cfg.pids and not cfg.cgroups:
+        blockers.append(Blocker("no workloads selected", "set `workloads.pids` or `workloads.cgroups`, or pass --pid/--cgroup"))
+    ctx.workloads, wl_blockers = workloads.resolve(cfg.pids, cfg.cgroups)
+    blockers += wl_blockers
+    ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
+
+    ctx.estimate_bytes = est = sum(workloads.anon_bytes(p) for w in ctx.workloads for p in w.pids)
+    initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
+    need = 2 * est + initrd_size + MARGIN
+    avail = _mem_available()
+    if need > avail:
+        blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB "
+                                f"(2 x {est >> 20} MiB + initrd + margin), {avail >> 20} MiB available",
+                                "free memory or select fewer workloads"))
+    if os.path.ismount(cfg.snapshot_dir):
+        blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
+                                f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
+    downtime, basis = estimate_downtime(est)
+    details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
+               "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
+               "snapshot_estimate_bytes": est, "mem_available_bytes": avail,
+               "downtime_estimate_s": downtime, "downtime_basis": basis,
+               "blockers": [b.to_json() for b in blockers]}
+    if blockers:
+        err = BlockedError(blockers)
+        err.details = details  # type: ignore[attr-defined]
+        raise err
+    return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
+            f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details

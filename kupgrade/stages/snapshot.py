@@ -1,0 +1,95 @@
+"""snapshot: the final criu dump of every tree into a private tmpfs, plus the manifest.
+
+criu leaves the dumped tasks stopped (not killed): until `kexec -e`, a failure resumes them
+exactly where they were.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .. import criu, manifest
+from ..errors import CommandError, StageError
+from ..run import run as run_cmd
+from .context import Context
+
+NAME = "snapshot"
+MIN_TMPFS = 256 << 20
+
+
+def snap_root(ctx: Context) -> Path:
+    """What goes into the new kernel: images/, manifest.json, record.json."""
+    return ctx.snapshot_dir / "snap"
+
+
+def tmpfs_size(ctx: Context) -> str:
+    if ctx.config.snapshot_size != "auto":
+        return ctx.config.snapshot_size
+    initrd = ctx.target.initrd.stat().st_size if ctx.target and ctx.target.initrd.exists() else 0
+    want = max(MIN_TMPFS, int(ctx.estimate_bytes * 2.5) + initrd + (64 << 20))
+    return f"{(want >> 20) + 1}M"
+
+
+def plan(ctx: Context) -> list[str]:
+    out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
+    for w in ctx.workloads or []:
+        out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {len(w.pids)} task(s)) --leave-stopped")
+    if not ctx.workloads:
+        out.append("criu dump each selected tree, leaving its tasks stopped")
+    out.append("write manifest.json: kernels, workloads, PIDs, size and sha256 of every image file")
+    return out
+
+
+def mount(ctx: Context) -> str:
+    d = ctx.snapshot_dir
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    size = tmpfs_size(ctx)
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},nosuid,nodev,noexec",
+             "kupgrade-snapshot", str(d)], timeout=30)
+    ctx.snapshot_mounted = True
+    return size
+
+
+def unmount(ctx: Context) -> list[str]:
+    if not ctx.snapshot_mounted:
+        return []
+    run_cmd(["umount", str(ctx.snapshot_dir)], timeout=60)
+    ctx.snapshot_mounted = False
+    try:
+        ctx.snapshot_dir.rmdir()
+    except OSError:
+        pass
+    return [f"unmounted {ctx.snapshot_dir}"]
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    size = mount(ctx)
+    root = snap_root(ctx)
+    dumps = {}
+    for w in ctx.workloads:
+        images = root / "images" / w.key
+        images.mkdir(parents=True, mode=0o700)
+        try:
+            r = run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
+        except CommandError as e:
+            tail = criu.log_tail(images, criu.DUMP_LOG)
+            raise StageError(f"criu dump of {w.selector} failed: {tail.splitlines()[-1] if tail else e.message}",
+                             f"the full log is in the record; nothing was changed (the tasks were resumed by criu)")
+        ctx.stopped.append(w)
+        dumps[w.key] = {"selector": w.selector, "bytes": _du(images)}
+    m = manifest.build(root, ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads))
+    return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, into a {size} tmpfs",
+            {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files)})
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def discard(ctx: Context) -> list[str]:
+    root = snap_root(ctx)
+    if root.exists():
+        shutil.rmtree(root)
+    return unmount(ctx)

@@ -1,0 +1,65 @@
+"""Human output with rich. With --json, stdout carries only the JSON document and this
+writes to stderr (or nothing)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .record import FAILED, OK, StageResult, UpgradeRecord
+
+_MARK = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", "skipped": "[yellow]skipped[/]"}
+
+
+class Ui:
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        self.console = Console(stderr=json_mode, highlight=False)
+        self.quiet = quiet
+
+    def print(self, *a, **kw) -> None:
+        if not self.quiet:
+            self.console.print(*a, **kw)
+
+    def stage_start(self, name: str) -> None:
+        self.print(f"[bold]▶ {name}[/] …")
+
+    def stage_end(self, r: StageResult) -> None:
+        line = f"  {_MARK.get(r.status, r.status)} {r.name} in {r.duration_s:.2f} s"
+        if r.summary:
+            line += f": {r.summary}"
+        self.print(line)
+        if r.error:
+            self.print(f"  [red]{r.error}[/]")
+        for b in r.details.get("blockers", []):
+            self.print(f"  [red]✗[/] {b['message']}" + (f"\n    [dim]fix: {b['hint']}[/]" if b.get("hint") else ""))
+
+    def point_of_no_return(self, ctx) -> None:
+        self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] This session ends with the old kernel; "
+                   "log in again and run `kupgrade report` to see how the restore went.")
+
+    def plan(self, rows: list[tuple[str, list[str]]]) -> None:
+        t = Table(title="kupgrade plan", show_lines=True)
+        t.add_column("#", justify="right")
+        t.add_column("stage")
+        t.add_column("what it will do on this machine")
+        for i, (name, actions) in enumerate(rows, 1):
+            t.add_row(str(i), name, "\n".join(f"• {a}" for a in actions))
+        self.print(t)
+
+    def report(self, rec: UpgradeRecord) -> None:
+        self.print(f"[bold]upgrade {rec.id}[/]: {rec.kernel_from} → {rec.kernel_to or '?'}  outcome: [bold]{rec.outcome}[/]")
+        t = Table(show_header=True)
+        for col in ("stage", "status", "seconds", "summary"):
+            t.add_column(col)
+        for s in rec.stages:
+            t.add_row(s.name, _MARK.get(s.status, s.status), f"{s.duration_s:.2f}", s.error or s.summary)
+        self.print(t)
+        for w in rec.workloads:
+            self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s)")
+
+
+def stdout_json(doc: dict) -> None:
+    import json
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,86 @@
+#!/usr/bin/python3
+"""The test workload: a parent and a child joined by a pipe.
+
+The parent holds a 64 MiB buffer of known content and a counter; every 100 ms it sends the
+next counter value down the pipe; the child appends one heartbeat line per value to
+heartbeat.log. On SIGUSR1 the parent writes state.json: PIDs, counter, sha256 of the buffer.
+`workload.py --query PID` triggers that and prints the state."""
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+
+DIR = "/var/lib/workload"
+STATE = f"{DIR}/state.json"
+HEARTBEAT = f"{DIR}/heartbeat.log"
+SIZE = 64 << 20
+
+
+def child(r: int) -> None:
+    out = os.open(HEARTBEAT, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    pending = b""
+    while True:
+        data = os.read(r, 4096)
+        if not data:
+            sys.exit(0)
+        pending += data
+        *values, pending = pending.split(b"\n")
+        for v in values:
+            os.write(out, b"hb %s %d %d\n" % (v, os.getpid(), os.getppid()))
+
+
+def parent() -> None:
+    os.makedirs(DIR, exist_ok=True)
+    buf = bytearray(random.Random(20261123).randbytes(SIZE))
+    sha_start = hashlib.sha256(buf).hexdigest()
+    r, w = os.pipe()
+    kid = os.fork()
+    if kid == 0:
+        os.close(w)
+        child(r)
+    os.close(r)
+    asked = []
+    signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
+    counter, seq = 0, 0
+    asked.append(1)
+    while True:
+        counter += 1
+        os.write(w, b"%d\n" % counter)
+        if asked:
+            asked.clear()
+            seq += 1
+            state = {"seq": seq, "pid": os.getpid(), "child": kid, "counter": counter,
+                     "sha256": hashlib.sha256(buf).hexdigest(), "sha256_start": sha_start,
+                     "kernel": os.uname().release}
+            with open(STATE + ".tmp", "w") as f:
+                json.dump(state, f)
+            os.replace(STATE + ".tmp", STATE)
+        time.sleep(0.1)
+
+
+def query(pid: int) -> None:
+    def seq():
+        try:
+            with open(STATE) as f:
+                return json.load(f)["seq"]
+        except (OSError, ValueError):
+            return 0
+    before = seq()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while seq() == before:
+        if time.monotonic() > deadline:
+            sys.exit("workload did not answer SIGUSR1 within 60 s")
+        time.sleep(0.05)
+    with open(STATE) as f:
+        print(f.read())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--query":
+        query(int(sys.argv[2]))
+    else:
+        parent()

@@ -1,0 +1,1 @@
+"""Host side of kupgrade's QEMU tests: image builder, launcher, scenarios."""

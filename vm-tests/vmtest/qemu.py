@@ -1,0 +1,240 @@
+"""Boot the guest image in QEMU and talk to its agent.
+
+Two serial ports, both unix sockets the host listens on: ttyS0 is the console (every line
+timestamped on receipt and kept), ttyS1 carries the agent's JSON lines (requests, replies,
+events such as heartbeat lines). `panic=-1` + `-no-reboot`: a guest panic ends QEMU, and the
+host raises LostVMError with the console tail instead of waiting out a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kupgrade.run import run
+
+from .image import Image
+
+log = logging.getLogger("vmtest.qemu")
+
+
+class LostVMError(Exception):
+    """The VM said nothing in time, or QEMU ended."""
+
+    def __init__(self, message: str, console_tail: str) -> None:
+        super().__init__(f"{message}\n--- console (last lines) ---\n{console_tail}")
+
+
+def accel() -> str:
+    """TCG unless KUPGRADE_VM_ACCEL=kvm: KVM dies here with 'KVM internal error' (measured)."""
+    return os.environ.get("KUPGRADE_VM_ACCEL", "tcg")
+
+
+def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, memory_mb: int = 2048) -> list[str]:
+    return [
+        "qemu-system-x86_64",
+        "-accel", accel(),
+        "-cpu", "max",
+        "-m", str(memory_mb),
+        "-smp", "2",
+        "-display", "none",
+        "-monitor", "none",
+        "-no-reboot",
+        "-kernel", str(image.kernel),
+        "-initrd", str(image.initrd),
+        "-append", append,
+        "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        "-nic", "none",
+        "-chardev", f"socket,id=con,path={con}",
+        "-serial", "chardev:con",
+        "-chardev", f"socket,id=ctl,path={ctl}",
+        "-serial", "chardev:ctl",
+    ]
+
+
+GUEST_APPEND = ("root=/dev/vda rw console=ttyS0 loglevel=6 panic=-1 "
+                "init=/usr/local/lib/vmtest/init")
+
+
+@dataclass
+class Line:
+    t: float
+    text: str
+
+
+@dataclass
+class Guest:
+    image: Image
+    workdir: Path
+    console: list[Line] = field(default_factory=list)
+    events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
+    proc: subprocess.Popen | None = None
+    _replies: dict = field(default_factory=dict)
+    _next_id: int = 1
+    _ctl: socket.socket | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def start(self) -> "Guest":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        overlay = self.workdir / "overlay.qcow2"
+        overlay.unlink(missing_ok=True)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk), "-F", "raw", str(overlay)])
+        con_path, ctl_path = self.workdir / "con.sock", self.workdir / "ctl.sock"
+        listeners = []
+        for p in (con_path, ctl_path):
+            p.unlink(missing_ok=True)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(str(p))
+            s.listen(1)
+            listeners.append(s)
+        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND)
+        (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
+        self._qemu_log = open(self.workdir / "qemu.log", "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log)
+        for s in listeners:
+            s.settimeout(30)
+        con, _ = listeners[0].accept()
+        self._ctl, _ = listeners[1].accept()
+        for s in listeners:
+            s.close()
+        threading.Thread(target=self._read_console, args=(con,), daemon=True).start()
+        threading.Thread(target=self._read_ctl, daemon=True).start()
+        return self
+
+    # --- readers -------------------------------------------------------------------------
+    def _read_console(self, sock: socket.socket) -> None:
+        buf = b""
+        with open(self.workdir / "console.log", "ab") as out:
+            while data := sock.recv(65536):
+                now = time.time()
+                out.write(data)
+                out.flush()
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for l in lines:
+                    self.console.append(Line(now, l.decode(errors="replace").rstrip("\r")))
+
+    def _read_ctl(self) -> None:
+        buf = b""
+        while data := self._ctl.recv(65536):
+            now = time.time()
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for l in lines:
+                l = l.strip()
+                if not l.startswith(b"{"):
+                    continue
+                try:
+                    msg = json.loads(l)
+                except ValueError:
+                    continue
+                msg["_t"] = now
+                if "id" in msg:
+                    with self._cond:
+                        self._replies[msg["id"]] = msg
+                        self._cond.notify_all()
+                else:
+                    self.events.put(msg)
+
+    # --- talking to the agent --------------------------------------------------------------
+    def console_tail(self, n: int = 40) -> str:
+        return "\n".join(l.text for l in self.console[-n:])
+
+    def _alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise LostVMError(f"QEMU exited with {self.proc.returncode}", self.console_tail())
+
+    def send(self, op: str, **kw) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        self._ctl.sendall((json.dumps({"id": rid, "op": op, **kw}) + "\n").encode())
+        return rid
+
+    def reply(self, rid: int, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while rid not in self._replies:
+                self._alive()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LostVMError(f"no reply to request {rid} within {timeout:.0f} s", self.console_tail())
+                self._cond.wait(min(left, 0.5))
+            msg = self._replies.pop(rid)
+        if "error" in msg and op_failed(msg):
+            raise RuntimeError(f"guest agent: {msg['error']}")
+        return msg
+
+    def call(self, op: str, timeout: float = 300, **kw) -> dict:
+        return self.reply(self.send(op, **kw), timeout)
+
+    def sh(self, *argv: str, timeout: float = 300, check: bool = True, input: str = "") -> dict:
+        r = self.call("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout, input=input)
+        if check and r["rc"] != 0:
+            raise RuntimeError(f"guest: {' '.join(argv)} exited {r['rc']}\n{r['stdout']}\n{r['stderr']}")
+        return r
+
+    def event(self, kind: str, timeout: float, where=lambda e: True) -> dict:
+        """The next event of this kind (others are kept in `seen`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LostVMError(f"no '{kind}' event within {timeout:.0f} s", self.console_tail())
+            try:
+                e = self.events.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            self.on_event(e)
+            if e.get("ev") == kind and where(e):
+                return e
+
+    def wait_switch(self, rid: int, timeout: float) -> dict:
+        """After sending `kupgrade run`: the new kernel's 'ready' event, or the command's reply
+        if it came back (it failed before the switch)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if rid in self._replies:
+                    return self._replies.pop(rid)
+            left = deadline - time.monotonic()
+            try:
+                return self.event("ready", min(1.0, max(left, 0.01)))
+            except LostVMError:
+                if time.monotonic() >= deadline or self.proc.poll() is not None:
+                    raise
+
+    def on_event(self, e: dict) -> None:  # scenarios may replace it to collect heartbeats
+        pass
+
+    def read(self, path: str) -> str:
+        r = self.call("read", path=path, timeout=120)
+        if "error" in r:
+            raise RuntimeError(f"guest: cannot read {path}: {r['error']}")
+        return r["data"]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._ctl:
+            self._ctl.close()
+
+    def __enter__(self) -> "Guest":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def op_failed(msg: dict) -> bool:
+    return set(msg) - {"id", "_t", "error"} == set()

@@ -1,0 +1,71 @@
+"""basic: boot 6.1, start the workload (in its own cgroup), `kupgrade run` to 6.12; the same
+processes go on with their memory intact."""
+
+from __future__ import annotations
+
+import json
+
+from ..scenario import Result, kupgrade_config, write_config
+from ..timeline import breakdown, marks
+from ..workload import Workload
+
+NAME = "basic"
+DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in its own cgroup"
+
+
+def run(vm, image, res: Result) -> None:
+    ready = vm.event("ready", 240)
+    res.data["kernel_before"] = ready["kernel"]
+    wl = Workload(vm)
+    wl.start(cgroup="/workload")
+    wl.wait_beats(5)
+    before = wl.state()
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    chk = vm.sh("kupgrade", "check", check=False, timeout=300)
+    res.check(chk["rc"] == 0, "kupgrade check finds no blocker", (chk["stdout"] + chk["stderr"])[-1500:])
+
+    last_before = wl.wait_beats(1).counter
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600)
+    switched = vm.wait_switch(rid, 600)
+    if "ev" not in switched:
+        res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+        return
+    res.data["kernel_after"] = switched["kernel"]
+    last_before = wl.beats[-1].counter     # everything the old kernel's agent relayed came first
+    wl.follow()
+    try:
+        wl.wait_beats(5, after=last_before, timeout=180)
+    finally:
+        res.data["restore_log"] = vm.read("/var/log/kupgrade-restore.log")[-4000:]
+    after = wl.state()
+
+    res.check(res.data["kernel_before"] == image.kernel_from, f"booted {image.kernel_from} first", res.data["kernel_before"])
+    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+    same_pids = after["pid"] == before["pid"] and after["child"] == before["child"]
+    beat_pids = {(b.pid, b.ppid) for b in wl.beats}
+    res.data["pids_preserved"] = same_pids and beat_pids == {(before["child"], before["pid"])}
+    res.check(res.data["pids_preserved"], "same PIDs (parent and child)",
+              f"before {before['pid']}/{before['child']}, after {after['pid']}/{after['child']}, heartbeat pids {sorted(beat_pids)}")
+    counters = [b.counter for b in wl.beats]
+    consecutive = counters == list(range(counters[0], counters[0] + len(counters)))
+    res.check(consecutive, "counter continued: every heartbeat once, in order, no restart",
+              f"{len(counters)} beats from {counters[0]} to {counters[-1]}")
+    res.data["state_preserved"] = after["sha256"] == before["sha256_start"] == after["sha256_start"] and consecutive
+    res.check(after["sha256"] == before["sha256_start"], "64 MiB buffer checksum intact", after["sha256"])
+    res.check(after["counter"] > before["counter"], "counter went on after the upgrade",
+              f"{before['counter']} -> {after['counter']}")
+
+    rec = json.loads(vm.read(f"/var/lib/kupgrade/records/{vm.read('/var/lib/kupgrade/records/last').strip()}.json"))
+    res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
+    restore = next((s for s in rec["stages"] if s["name"] == "restore"), {})
+    res.check(restore.get("details", {}).get("workloads", {}) != {} and
+              all(w.get("same_pid") for w in restore["details"]["workloads"].values()),
+              "record: every workload restored with its PID", json.dumps(restore.get("details", {}))[:800])
+    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data["record"] = rec
+
+    gap, a, b = wl.largest_gap()
+    res.data["downtime_s"] = round(gap, 3)
+    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+    res.check(a.counter == last_before or a.counter >= last_before, "the largest heartbeat gap is the upgrade",
+              f"gap between beats {a.counter} and {b.counter}")

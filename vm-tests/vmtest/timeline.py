@@ -1,0 +1,31 @@
+"""Host-side breakdown of the downtime from console lines timestamped on receipt."""
+
+from __future__ import annotations
+
+from .qemu import Guest
+
+MARKS = (
+    ("kexec_exec", "Starting new kernel"),
+    ("new_kernel_banner", "Linux version {to}"),
+    ("initramfs_snapshot_ready", "kupgrade: snapshot"),
+    ("init_started", "vmtest-init: kernel {to} up"),
+    ("restore_begin", "vmtest-init: restore begin"),
+    ("restore_end", "vmtest-init: restore end"),
+)
+
+
+def marks(vm: Guest, kernel_to: str, since: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, pattern in MARKS:
+        pat = pattern.format(to=kernel_to)
+        for line in vm.console:
+            if line.t >= since and pat in line.text:
+                out[name] = line.t
+                break
+    return out
+
+
+def breakdown(last_beat: float, first_beat: float, m: dict[str, float]) -> dict[str, float]:
+    """Seconds spent in each phase between the last heartbeat before and the first after."""
+    points = [("last_heartbeat", last_beat)] + sorted(m.items(), key=lambda kv: kv[1]) + [("first_heartbeat", first_beat)]
+    return {f"{a}->{b}": round(tb - ta, 3) for (a, ta), (b, tb) in zip(points, points[1:])}

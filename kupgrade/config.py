@@ -213,3 +213,7 @@ def docs_markdown() -> str:
         if nxt == len(SETTINGS) or SETTINGS[nxt].section != section:
             out.append("")
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(docs_markdown(), end="")

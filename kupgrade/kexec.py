@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +65,24 @@ def unload_argv(method: Method) -> list[str]:
 
 def exec_argv() -> list[str]:
     return [KEXEC, "--exec"]
+
+
+def check_bzimage(path: Path) -> str | None:
+    """A problem with an x86 bzImage that kexec would load and then jump into, or None.
+
+    kexec-tools accepts a truncated image as long as its header is intact; executing it
+    loses every workload. The header says how long the image must be (boot protocol 2.x)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(0x270)
+            size = path.stat().st_size
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    if len(head) < 0x270 or head[0x202:0x206] != b"HdrS":
+        return f"{path} is not an x86 bzImage (no HdrS header)"
+    setup_sects = head[0x1F1] or 4
+    syssize = struct.unpack_from("<I", head, 0x1F4)[0]
+    want = (setup_sects + 1) * 512 + syssize * 16
+    if size < want:
+        return f"{path} is truncated: {size} bytes, its header says {want}"
+    return None

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import initrd, kexec as kx, record
+from .. import faults, initrd, kexec as kx, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
 from .snapshot import snap_root
@@ -42,6 +42,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     shutil.rmtree(root)     # its bytes are in the combined initrd now; free the memory
     cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
     t0 = time.monotonic()
+    faults.point("kexec-load", "kexec load failed")
     run_cmd(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline), timeout=600,
             hint="see the kernel log (dmesg) for why the load was refused")
     ctx.kexec_loaded = True

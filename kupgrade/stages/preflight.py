@@ -54,6 +54,8 @@ def run(ctx: Context) -> tuple[str, dict]:
         if not path.is_file():
             blockers.append(Blocker(f"target {what} {path} does not exist",
                                     f"install the kernel package for {t.version}, or fix `target` in the config"))
+    if t.vmlinuz.is_file() and (problem := kexec.check_bzimage(t.vmlinuz)):
+        blockers.append(Blocker(f"target kernel image: {problem}", "reinstall the kernel package or fix `target`"))
     if t.initrd.is_file() and shutil.which("lsinitramfs"):
         try:
             if not boot.initrd_has_hook(t.initrd):

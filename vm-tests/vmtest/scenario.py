@@ -14,6 +14,11 @@ class Result:
     checks: list[dict] = field(default_factory=list)
     data: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    echo: bool = False          # the demo shows what the admin would see
+
+    def say(self, text: str) -> None:
+        if self.echo:
+            print(text, flush=True)
 
     def check(self, ok: bool, what: str, detail: str = "") -> bool:
         self.checks.append({"check": what, "ok": bool(ok), "detail": detail})

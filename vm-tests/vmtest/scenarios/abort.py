@@ -1,6 +1,9 @@
-"""abort: a failure injected at the last step before the switch (the kexec load is refused:
-the target kernel image is corrupt). The workload keeps running, untouched; the message says
-what failed; nothing is left behind."""
+"""abort: failures before the switch leave the workload running, untouched.
+
+1. A truncated target kernel (its header intact, so kexec itself would load it and jump into
+   garbage) is refused by preflight: exit 3, one line, nothing changed.
+2. The kexec load fails after the snapshot (KUPGRADE_FAULT=kexec-load): the tasks criu left
+   stopped are resumed, the tmpfs is gone, nothing is loaded, the record says aborted."""
 
 from __future__ import annotations
 
@@ -10,9 +13,14 @@ from ..scenario import Result, kupgrade_config, write_config
 from ..workload import Workload
 
 NAME = "abort"
-DESCRIPTION = "kexec load fails after the snapshot: the workload (selected by PID) resumes unharmed"
+DESCRIPTION = "a truncated kernel and a failed kexec load: the workload (selected by PID) stays unharmed"
 
-BAD_KERNEL = "/root/vmlinuz-corrupt"
+BAD_KERNEL = "/root/vmlinuz-truncated"
+
+
+def last_error_line(r: dict) -> str:
+    lines = [l for l in r["stderr"].splitlines() if l.startswith("kupgrade:")]
+    return lines[-1] if lines else r["stderr"][-300:]
 
 
 def run(vm, image, res: Result) -> None:
@@ -22,22 +30,26 @@ def run(vm, image, res: Result) -> None:
     pid = wl.start()
     wl.wait_beats(5)
     before = wl.state()
-    # A target that passes preflight (files exist, the initrd carries the boot script) but that
-    # kexec refuses to load: the first 64 KiB of the real bzImage.
-    vm.sh("dd", f"if=/boot/vmlinuz-{image.kernel_to}", f"of={BAD_KERNEL}", "bs=64k", "count=1")
+
+    # 1. truncated kernel: blocked by preflight.
+    vm.sh("dd", f"if=/boot/vmlinuz-{image.kernel_to}", f"of={BAD_KERNEL}", "bs=1M", "count=4")
     write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]).replace(
         f'kernel = "{image.kernel_to}"',
         f'vmlinuz = "{BAD_KERNEL}"\ninitrd = "/boot/initrd.img-{image.kernel_to}"'))
-    last_before = wl.wait_beats(1).counter
     r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
-    out = r["stdout"] + r["stderr"]
-    res.data["kupgrade_rc"] = r["rc"]
-    res.data["kupgrade_output"] = out[-3000:]
-    res.check(r["rc"] not in (0, None), "kupgrade run failed (exit code non-zero)", str(r["rc"]))
-    last_line = [l for l in r["stderr"].splitlines() if l.startswith("kupgrade:")]
-    res.check(bool(last_line) and "kexec" in last_line[-1], "one line says kexec failed",
-              last_line[-1] if last_line else r["stderr"][-500:])
+    res.data["truncated_kernel"] = {"rc": r["rc"], "error": last_error_line(r)}
+    res.check(r["rc"] == 3, "truncated kernel: kupgrade run exits 3 (blocked)", str(r["rc"]))
+    res.check("truncated" in last_error_line(r), "truncated kernel: the line says so", last_error_line(r))
 
+    # 2. kexec load fails after freeze + snapshot.
+    write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]))
+    r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
+    res.data["kexec_load_fault"] = {"rc": r["rc"], "error": last_error_line(r), "output": (r["stdout"] + r["stderr"])[-3000:]}
+    res.check(r["rc"] not in (0, None), "failed kexec load: kupgrade run exits non-zero", str(r["rc"]))
+    res.check("kexec load failed" in last_error_line(r), "failed kexec load: one line says kexec failed",
+              last_error_line(r))
+
+    last_before = wl.beats[-1].counter
     wl.wait_beats(5, after=last_before, timeout=120)
     after = wl.state()
     res.data["kernel_after"] = vm.sh("uname", "-r")["stdout"].strip()
@@ -50,11 +62,13 @@ def run(vm, image, res: Result) -> None:
     res.check(consecutive, "counter continued without a restart", f"{counters[0]}..{counters[-1]}")
     res.check(after["sha256"] == before["sha256_start"], "buffer checksum intact", after["sha256"])
     states = vm.sh("ps", "-o", "stat=", "-p", f"{after['pid']},{after['child']}")["stdout"].split()
-    res.check(states and not any(s.startswith("T") for s in states), "no task left stopped", " ".join(states))
-    mounts = vm.read("/proc/mounts")
-    res.check("kupgrade-snapshot" not in mounts, "snapshot tmpfs unmounted", "")
-    res.check(vm.read("/sys/kernel/kexec_loaded").strip() == "0", "no kexec kernel left loaded", "")
+    res.check(bool(states) and not any(s.startswith("T") for s in states), "no task left stopped", " ".join(states))
+    res.check("kupgrade-snapshot" not in vm.read("/proc/mounts"), "snapshot tmpfs unmounted")
+    res.check(vm.read("/sys/kernel/kexec_loaded").strip() == "0", "no kexec kernel left loaded")
     rec = json.loads(vm.read(f"/var/lib/kupgrade/records/{vm.read('/var/lib/kupgrade/records/last').strip()}.json"))
     res.check(rec["outcome"] == "aborted", "record says aborted", rec["outcome"])
+    rollback = rec["stages"][-1]
+    res.check(rollback["name"] == "rollback" and rollback["status"] == "ok", "record: rollback complete",
+              json.dumps(rollback)[:600])
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
     res.data["record"] = rec

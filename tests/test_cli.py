@@ -1,0 +1,32 @@
+import json
+
+from kupgrade.cli import main
+
+
+def test_bad_config_is_one_line_with_hint(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text("[workloads]\npid = [5]\n")
+    assert main(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"kupgrade: {cfg}: unknown key `workloads.pid`"
+    assert err[1].startswith("hint: ")
+
+
+def test_usage_error_exit_2(capsys):
+    assert main(["check", "--bogus"]) == 2
+
+
+def test_plan_json_only_json_on_stdout(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text('[workloads]\npids = [4242]\n[target]\nkernel = "6.12.117+deb12-amd64"\n')
+    assert main(["plan", "--config", str(cfg), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in doc["stages"]] == ["preflight", "freeze", "flush", "snapshot", "kexec", "restore"]
+    assert any("4242" in a for s in doc["stages"] for a in s["actions"])
+
+
+def test_report_without_records(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path}"\n')
+    assert main(["report", "--config", str(cfg)]) == 1
+    assert "no upgrade record yet" in capsys.readouterr().err

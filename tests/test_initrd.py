@@ -1,0 +1,68 @@
+import io
+import os
+
+import pytest
+
+from kupgrade import initrd
+
+
+def make_snapshot(tmp_path):
+    snap = tmp_path / "snap"
+    (snap / "images" / "tree-1").mkdir(parents=True)
+    (snap / "images" / "tree-1" / "pages-1.img").write_bytes(os.urandom(10_001))
+    (snap / "manifest.json").write_text("{}\n")
+    (snap / "empty").write_bytes(b"")
+    return snap
+
+
+def test_cpio_round_trip(tmp_path):
+    snap = make_snapshot(tmp_path)
+    buf = io.BytesIO()
+    n = initrd.write_cpio(snap, buf)
+    data = buf.getvalue()
+    assert n == len(data) and len(data) % 4 == 0
+    entries = initrd.read_cpio(data)
+    assert entries["kupgrade-snapshot"] is None
+    assert entries["kupgrade-snapshot/images/tree-1"] is None
+    assert entries["kupgrade-snapshot/images/tree-1/pages-1.img"] == (snap / "images/tree-1/pages-1.img").read_bytes()
+    assert entries["kupgrade-snapshot/manifest.json"] == b"{}\n"
+    assert entries["kupgrade-snapshot/empty"] == b""
+    # directories come before their contents: the kernel creates them in order
+    names = list(entries)
+    assert names.index("kupgrade-snapshot/images") < names.index("kupgrade-snapshot/images/tree-1/pages-1.img")
+
+
+def test_cpio_modes_are_private(tmp_path):
+    snap = make_snapshot(tmp_path)
+    (snap / "manifest.json").chmod(0o644)
+    buf = io.BytesIO()
+    initrd.write_cpio(snap, buf)
+    data = buf.getvalue()
+    pos = data.index(b"kupgrade-snapshot/manifest.json") - 110
+    mode = int(data[pos + 14:pos + 22], 16)
+    assert mode & 0o077 == 0 and mode & 0o700 == 0o600
+
+
+def test_cpio_refuses_symlinks(tmp_path):
+    snap = make_snapshot(tmp_path)
+    (snap / "link").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="only directories and regular files"):
+        initrd.write_cpio(snap, io.BytesIO())
+
+
+def test_assemble_pads_and_appends(tmp_path):
+    snap = make_snapshot(tmp_path)
+    base = tmp_path / "initrd.img"
+    base.write_bytes(b"\x28\xb5\x2f\xfd" + b"x" * 1000)      # stands for a compressed archive
+    out = tmp_path / "combined.img"
+    sizes = initrd.assemble(base, snap, out)
+    data = out.read_bytes()
+    assert data.startswith(base.read_bytes())
+    assert sizes["target_initrd_bytes"] == 1004
+    assert (sizes["target_initrd_bytes"] + sizes["padding_bytes"]) % initrd.ALIGN == 0
+    assert data[1004:1004 + sizes["padding_bytes"]] == b"\0" * sizes["padding_bytes"]
+    start = sizes["target_initrd_bytes"] + sizes["padding_bytes"]
+    assert data[start:start + 6] == b"070701"
+    assert "kupgrade-snapshot/manifest.json" in initrd.read_cpio(data[start:])
+    assert len(data) == sizes["total_bytes"]
+    assert out.stat().st_mode & 0o777 == 0o600

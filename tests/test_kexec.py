@@ -1,0 +1,68 @@
+from pathlib import Path
+
+from kupgrade import kexec, criu
+from kupgrade.record import Workload
+
+
+def test_command_line_keeps_ours_drops_loader_words():
+    cur = "BOOT_IMAGE=/vmlinuz-6.1 root=UUID=abc ro quiet initrd=/initrd.img kupgrade.snapshot=OLD\n"
+    assert kexec.command_line(cur, "NEW", "mitigations=auto") == \
+        "root=UUID=abc ro quiet mitigations=auto kupgrade.snapshot=NEW"
+
+
+def test_lockdown_mode(tmp_path):
+    p = tmp_path / "lockdown"
+    p.write_text("none [integrity] confidentiality\n")
+    assert kexec.lockdown_mode(p) == "integrity"
+    p.write_text("[none] integrity confidentiality\n")
+    assert kexec.lockdown_mode(p) == "none"
+    assert kexec.lockdown_mode(tmp_path / "absent") == "none"
+
+
+def test_method_choice():
+    assert kexec.choose_method("auto", "none").name == "classic"
+    m = kexec.choose_method("auto", "integrity")
+    assert m.name == "file" and "lockdown" in m.why
+    assert kexec.choose_method("file", "none").name == "file"
+    assert "refuse" in kexec.choose_method("classic", "integrity").why
+
+
+def test_load_argv():
+    classic = kexec.load_argv(kexec.Method("classic", ""), Path("/boot/vmlinuz"), Path("/run/s/initrd.img"), "root=/dev/vda")
+    assert classic == ["kexec", "--no-checks", "--load", "/boot/vmlinuz", "--initrd=/run/s/initrd.img",
+                       "--command-line=root=/dev/vda"]
+    file_ = kexec.load_argv(kexec.Method("file", ""), Path("/v"), Path("/i"), "x")
+    assert file_[:2] == ["kexec", "--kexec-file-syscall"]
+    assert kexec.unload_argv(kexec.Method("file", "")) == ["kexec", "--kexec-file-syscall", "--unload"]
+    assert kexec.exec_argv() == ["kexec", "--exec"]
+
+
+def test_criu_argv():
+    w = Workload("cgroup:/w", 300, (300, 301), cgroup="/w")
+    argv = criu.dump_argv(w, Path("/snap/images/tree-300"))
+    assert argv[:4] == ["criu", "dump", "--tree", "300"]
+    assert "--leave-stopped" in argv
+    assert argv[argv.index("--freeze-cgroup") + 1] == "/sys/fs/cgroup/w"
+    assert "--freeze-cgroup" not in criu.dump_argv(Workload("pid:300", 300, (300,)), Path("/x"))
+    r = criu.restore_argv(Path("/run/kupgrade/images/tree-300"), Path("/p"))
+    assert r[:2] == ["criu", "restore"] and "--restore-detached" in r and r[r.index("--pidfile") + 1] == "/p"
+
+
+def _bzimage(path: Path, syssize: int, total: int) -> Path:
+    import struct
+    data = bytearray(total)
+    data[0x1F1] = 3
+    struct.pack_into("<I", data, 0x1F4, syssize)
+    data[0x202:0x206] = b"HdrS"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_check_bzimage(tmp_path):
+    good = _bzimage(tmp_path / "good", syssize=100, total=4 * 512 + 1600 + 64)
+    assert kexec.check_bzimage(good) is None
+    short = _bzimage(tmp_path / "short", syssize=100, total=4 * 512 + 100)
+    assert "truncated" in kexec.check_bzimage(short)
+    (tmp_path / "junk").write_bytes(b"x" * 4096)
+    assert "not an x86 bzImage" in kexec.check_bzimage(tmp_path / "junk")
+    assert "cannot read" in kexec.check_bzimage(tmp_path / "absent")

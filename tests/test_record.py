@@ -1,0 +1,41 @@
+import json
+
+from kupgrade import record
+from kupgrade.record import Blocker, StageResult, UpgradeRecord, Workload
+from kupgrade.run import CommandLog
+
+
+def sample() -> UpgradeRecord:
+    return UpgradeRecord(
+        id="20261123T000000-abcdef", command="run", kernel_from="6.1.0-47-amd64",
+        kernel_to="6.12.117+deb12-amd64", outcome=record.RESTORED, created=1.5,
+        workloads=(Workload("pid:300", 300, (300, 301), name="python3"),),
+        stages=(StageResult("preflight", record.OK, 10.0, 1.25, "ok", {"blockers": []}),
+                StageResult("restore", record.FAILED, 20.0, 2.5, "", {"x": [1]}, "boom", "retry")),
+        commands=(CommandLog(("criu", "check"), 0, 0.25, ""),))
+
+
+def test_round_trip():
+    r = sample()
+    assert UpgradeRecord.from_json(json.loads(r.dumps())) == r
+
+
+def test_save_load_last(tmp_path):
+    r = sample()
+    path = record.save(r, tmp_path)
+    assert path.stat().st_mode & 0o077 == 0
+    assert record.load(tmp_path) == r
+    assert record.load(tmp_path, r.id) == r
+    assert record.load(tmp_path, "nope") is None
+    assert record.load(tmp_path / "empty") is None
+
+
+def test_stage_lookup_takes_the_latest():
+    r = sample().with_stage(StageResult("preflight", record.FAILED, 30.0, 0.1))
+    assert r.stage("preflight").status == record.FAILED
+    assert r.stage("absent") is None
+
+
+def test_blocker_round_trip():
+    b = Blocker("PID 5 is traced", "detach")
+    assert Blocker.from_json(b.to_json()) == b

@@ -35,8 +35,11 @@ class BlockedError(KupgradeError):
 
     def __init__(self, blockers: list, hint: str = "") -> None:
         self.blockers = blockers
-        lines = "; ".join(b.message for b in blockers)
-        super().__init__(f"{len(blockers)} blocker(s): {lines}", hint or "fix the blockers listed above, then run `kupgrade check` again")
+        first = blockers[0].message if blockers else "none"
+        more = f" (+{len(blockers) - 1} more, listed above)" if len(blockers) > 1 else ""
+        super().__init__(f"blocked: {first}{more}",
+                         hint or (blockers[0].hint if len(blockers) == 1 and blockers[0].hint else
+                                  "fix the blockers listed above, then run `kupgrade check` again"))
 
 
 class CommandError(KupgradeError):

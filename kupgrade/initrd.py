@@ -7,10 +7,11 @@ between archives are skipped by the kernel's unpacker; we pad to 512 bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable
 
 ARCHIVE_ROOT = "kupgrade-snapshot"
 ALIGN = 512
@@ -24,48 +25,84 @@ def _header(name: str, ino: int, mode: int, uid: int, gid: int, nlink: int, mtim
     return hdr + b"\0" * (-len(hdr) % 4)
 
 
-def _entries(src: Path) -> Iterator[tuple[str, Path]]:
-    """Directory first, then its contents, sorted: deterministic archives."""
-    yield ARCHIVE_ROOT, src
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(src)
-        for name in sorted(dirnames) + sorted(filenames):
-            yield str(Path(ARCHIVE_ROOT) / rel / name), Path(dirpath) / name
+class CpioWriter:
+    """Streams a newc archive rooted at ARCHIVE_ROOT. Entries are made private (no group/other
+    bits, uid/gid 0): the snapshot holds process memory."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.ino = 0
+        self.written = 0
+
+    def _entry(self, name: str, mode: int, nlink: int, mtime: int, size: int) -> None:
+        self.ino += 1
+        hdr = _header(f"{ARCHIVE_ROOT}/{name}" if name else ARCHIVE_ROOT, self.ino, mode, 0, 0, nlink, mtime, size)
+        self.out.write(hdr)
+        self.written += len(hdr)
+
+    def _pad(self, size: int) -> None:
+        pad = -size % 4
+        self.out.write(b"\0" * pad)
+        self.written += size + pad
+
+    def directory(self, name: str, perm: int = 0o700, mtime: int = 0) -> None:
+        self._entry(name, stat.S_IFDIR | (perm & 0o700), 2, mtime, 0)
+
+    def file(self, name: str, path: Path) -> str:
+        """Copy a file into the archive; return its sha256 (computed in the same pass)."""
+        st = path.stat()
+        self._entry(name, stat.S_IFREG | (st.st_mode & 0o700), 1, int(st.st_mtime), st.st_size)
+        h = hashlib.sha256()
+        copied = 0
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                self.out.write(chunk)
+                copied += len(chunk)
+        if copied != st.st_size:
+            raise ValueError(f"{path} changed size while being archived")
+        self._pad(copied)
+        return h.hexdigest()
+
+    def data(self, name: str, data: bytes, mtime: int = 0) -> None:
+        self._entry(name, stat.S_IFREG | 0o600, 1, mtime, len(data))
+        self.out.write(data)
+        self._pad(len(data))
+
+    def tree(self, src: Path, prefix: str = "") -> dict[str, dict]:
+        """Add every directory and regular file under src (sorted, directories first), as
+        prefix/...; return {archive path: {"size", "sha256"}} for the files."""
+        files: dict[str, dict] = {}
+        if prefix:
+            self.directory(prefix)
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(src)
+            for name in sorted(dirnames) + sorted(filenames):
+                path = Path(dirpath) / name
+                arc = str(Path(prefix, rel, name))      # pathlib drops the "." of the top level
+                st = path.lstat()
+                if stat.S_ISDIR(st.st_mode):
+                    self.directory(arc, st.st_mode, int(st.st_mtime))
+                elif stat.S_ISREG(st.st_mode):
+                    files[arc] = {"size": st.st_size, "sha256": self.file(arc, path)}
+                else:
+                    raise ValueError(f"{path}: only directories and regular files belong in a snapshot")
+        return files
+
+    def close(self) -> int:
+        trailer = _header("TRAILER!!!", 0, 0, 0, 0, 1, 0, 0)
+        self.out.write(trailer)
+        self.written += len(trailer)
+        return self.written
 
 
 def write_cpio(src: Path, out: BinaryIO) -> int:
-    """Write src (a directory) as a newc archive rooted at ARCHIVE_ROOT; return bytes written.
-
-    Only directories and regular files are allowed (that is all a snapshot holds); modes are
-    kept but made private (no group/other bits): the snapshot holds process memory.
-    """
-    written = 0
-    for ino, (name, path) in enumerate(_entries(src), start=1):
-        st = path.lstat()
-        if stat.S_ISDIR(st.st_mode):
-            mode, size, nlink = stat.S_IFDIR | (st.st_mode & 0o700), 0, 2
-        elif stat.S_ISREG(st.st_mode):
-            mode, size, nlink = stat.S_IFREG | (st.st_mode & 0o700), st.st_size, 1
-        else:
-            raise ValueError(f"{path}: only directories and regular files belong in a snapshot")
-        hdr = _header(name, ino, mode, 0, 0, nlink, int(st.st_mtime), size)
-        out.write(hdr)
-        written += len(hdr)
-        if size:
-            copied = 0
-            with path.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    out.write(chunk)
-                    copied += len(chunk)
-            if copied != size:
-                raise ValueError(f"{path} changed size while being archived")
-            pad = -size % 4
-            out.write(b"\0" * pad)
-            written += size + pad
-    trailer = _header("TRAILER!!!", 0, 0, 0, 0, 1, 0, 0)
-    out.write(trailer)
-    return written + len(trailer)
+    """src as a complete archive rooted at ARCHIVE_ROOT; returns bytes written."""
+    w = CpioWriter(out)
+    w.directory("", src.stat().st_mode, int(src.stat().st_mtime))
+    w.tree(src)
+    return w.close()
 
 
 def read_cpio(data: bytes) -> dict[str, bytes | None]:
@@ -92,8 +129,8 @@ def read_cpio(data: bytes) -> dict[str, bytes | None]:
     return out
 
 
-def assemble(target_initrd: Path, snapshot: Path, out_path: Path) -> dict:
-    """out = target initrd, zero-padded to ALIGN, + cpio(snapshot). Returns sizes."""
+def assemble(target_initrd: Path, out_path: Path, fill: Callable[[CpioWriter], None]) -> dict:
+    """out = target initrd, zero-padded to ALIGN, + a newc archive that fill() writes."""
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out, target_initrd.open("rb") as base:
         base_size = 0
@@ -102,6 +139,9 @@ def assemble(target_initrd: Path, snapshot: Path, out_path: Path) -> dict:
             base_size += len(chunk)
         pad = -base_size % ALIGN
         out.write(b"\0" * pad)
-        archive = write_cpio(snapshot, out)
+        w = CpioWriter(out)
+        w.directory("")
+        fill(w)
+        archive = w.close()
     return {"target_initrd_bytes": base_size, "padding_bytes": pad, "snapshot_cpio_bytes": archive,
             "total_bytes": base_size + pad + archive}

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .record import Workload, write_private
+from .record import Workload
 
 NAME = "manifest.json"
 FORMAT = 1
@@ -54,20 +53,13 @@ class Manifest:
                    tuple(Workload.from_json(w) for w in d["workloads"]), d["files"])
 
 
-def build(snapshot: Path, id: str, kernel_from: str, kernel_to: str,
-          workloads: tuple[Workload, ...]) -> Manifest:
-    """Hash every file under snapshot (the manifest itself excluded) and write manifest.json."""
-    files = {}
-    for dirpath, _, names in os.walk(snapshot):
-        for name in sorted(names):
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(snapshot))
-            if rel == NAME:
-                continue
-            files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-    m = Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())))
-    write_private(snapshot / NAME, json.dumps(m.to_json(), indent=1) + "\n")
-    return m
+def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict) -> Manifest:
+    """files: {relative path: {"size", "sha256"}}, as hashed while the snapshot was packed."""
+    return Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())))
+
+
+def dumps(m: Manifest) -> bytes:
+    return (json.dumps(m.to_json(), indent=1) + "\n").encode()
 
 
 def read(snapshot: Path) -> Manifest:

@@ -14,7 +14,7 @@ from . import manifest, record
 from .errors import KupgradeError, RestoreError
 from .record import FAILED, OK, StageResult, UpgradeRecord
 from .run import COMMAND_LOG
-from .stages import UPGRADE, freeze, kexec as kexec_stage, restore as restore_stage, snapshot
+from .stages import UPGRADE, freeze, kexec as kexec_stage, preflight, restore as restore_stage, snapshot
 from .stages.context import Context
 
 log = logging.getLogger("kupgrade.pipeline")
@@ -42,12 +42,13 @@ def new_record(command: str) -> UpgradeRecord:
 
 
 def check(ctx: Context, ui) -> None:
-    from .stages import preflight
+    """Preflight only; the record is returned in ctx, not saved (check changes nothing)."""
+    outcome = record.ABORTED
     try:
         execute_stage(preflight, ctx, ui)
-        ctx.record = replace(ctx.record, outcome=record.CHECKED)
+        outcome = record.CHECKED
     finally:
-        _finish(ctx, ctx.record.outcome if ctx.record.outcome == record.CHECKED else record.ABORTED, save=False)
+        _finish(ctx, outcome, save=False)
 
 
 def upgrade(ctx: Context, ui, confirm) -> None:

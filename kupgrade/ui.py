@@ -30,9 +30,10 @@ class Ui:
         if r.summary:
             line += f": {r.summary}"
         self.print(line)
-        if r.error:
+        blockers = r.details.get("blockers", [])
+        if r.error and not blockers:
             self.print(f"  [red]{r.error}[/]")
-        for b in r.details.get("blockers", []):
+        for b in blockers:
             self.print(f"  [red]✗[/] {b['message']}" + (f"\n    [dim]fix: {b['hint']}[/]" if b.get("hint") else ""))
 
     def point_of_no_return(self, ctx) -> None:

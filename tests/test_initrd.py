@@ -50,12 +50,19 @@ def test_cpio_refuses_symlinks(tmp_path):
         initrd.write_cpio(snap, io.BytesIO())
 
 
-def test_assemble_pads_and_appends(tmp_path):
+def test_assemble_pads_appends_and_hashes(tmp_path):
+    import hashlib
     snap = make_snapshot(tmp_path)
     base = tmp_path / "initrd.img"
     base.write_bytes(b"\x28\xb5\x2f\xfd" + b"x" * 1000)      # stands for a compressed archive
     out = tmp_path / "combined.img"
-    sizes = initrd.assemble(base, snap, out)
+    hashed = {}
+
+    def fill(w):
+        hashed.update(w.tree(snap / "images", prefix="images"))
+        w.data("manifest.json", b'{"id": "X"}\n')
+
+    sizes = initrd.assemble(base, out, fill)
     data = out.read_bytes()
     assert data.startswith(base.read_bytes())
     assert sizes["target_initrd_bytes"] == 1004
@@ -63,6 +70,10 @@ def test_assemble_pads_and_appends(tmp_path):
     assert data[1004:1004 + sizes["padding_bytes"]] == b"\0" * sizes["padding_bytes"]
     start = sizes["target_initrd_bytes"] + sizes["padding_bytes"]
     assert data[start:start + 6] == b"070701"
-    assert "kupgrade-snapshot/manifest.json" in initrd.read_cpio(data[start:])
+    entries = initrd.read_cpio(data[start:])
+    page = (snap / "images/tree-1/pages-1.img").read_bytes()
+    assert entries["kupgrade-snapshot/images/tree-1/pages-1.img"] == page
+    assert entries["kupgrade-snapshot/manifest.json"] == b'{"id": "X"}\n'
+    assert hashed == {"images/tree-1/pages-1.img": {"size": len(page), "sha256": hashlib.sha256(page).hexdigest()}}
     assert len(data) == sizes["total_bytes"]
     assert out.stat().st_mode & 0o777 == 0o600

@@ -7,18 +7,35 @@ W = (Workload("cgroup:/w", 100, (100, 101), cgroup="/w", name="python3"),)
 
 
 def build(tmp_path):
+    """Pack a snapshot as kupgrade does and unpack it as the kernel would."""
+    import io
+    from kupgrade import initrd
+    src = tmp_path / "src"
+    (src / "tree-100").mkdir(parents=True)
+    (src / "tree-100" / "pages-1.img").write_bytes(b"a" * 5000)
+    buf = io.BytesIO()
+    w = initrd.CpioWriter(buf)
+    w.directory("")
+    files = w.tree(src, prefix="images")
+    w.data("record.json", b"{}")
+    m = manifest.make("ID1", "6.1.0-47-amd64", "6.12.117+deb12-amd64", W,
+                      {**files, "record.json": {"size": 2, "sha256": manifest.hashlib.sha256(b"{}").hexdigest()}})
+    w.data(manifest.NAME, manifest.dumps(m))
+    w.close()
     snap = tmp_path / "snap"
-    (snap / "images" / "tree-100").mkdir(parents=True)
-    (snap / "images" / "tree-100" / "pages-1.img").write_bytes(b"a" * 5000)
-    (snap / "record.json").write_text("{}")
-    return snap, manifest.build(snap, "ID1", "6.1.0-47-amd64", "6.12.117+deb12-amd64", W)
+    for name, data in initrd.read_cpio(buf.getvalue()).items():
+        p = snap / name.removeprefix("kupgrade-snapshot").lstrip("/")
+        if data is None:
+            p.mkdir(parents=True, exist_ok=True)
+        else:
+            p.write_bytes(data)
+    return snap, m
 
 
 def test_build_and_verify(tmp_path):
     snap, m = build(tmp_path)
     assert set(m.files) == {"images/tree-100/pages-1.img", "record.json"}
     assert m.total_bytes == 5002
-    assert (snap / "manifest.json").stat().st_mode & 0o077 == 0
     m2, problems = manifest.verify(snap, "6.12.117+deb12-amd64")
     assert problems == []
     assert m2 == manifest.read(snap)

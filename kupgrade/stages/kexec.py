@@ -6,15 +6,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import faults, initrd, kexec as kx, record
+from .. import faults, kexec as kx, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
-from .snapshot import snap_root
+from .snapshot import combined_path
 
 NAME = "kexec"
 
@@ -23,23 +22,11 @@ def plan(ctx: Context) -> list[str]:
     t = ctx.target
     method = ctx.method.name if ctx.method else ctx.config.kexec_method
     kernel = t.vmlinuz if t else "the target kernel"
-    return [f"write {ctx.config.snapshot_dir}/initrd.img = {t.initrd if t else 'target initrd'} + padding + "
-            "cpio of the snapshot (in the tmpfs, never in /boot)",
-            f"kexec load {kernel} ({method} load) with the current command line + kupgrade.snapshot=ID",
+    return [f"kexec load {kernel} ({method} load) with the current command line + kupgrade.snapshot=ID",
             "save the upgrade record, sync, then `kexec --exec` (the point of no return)"]
 
 
-def combined_path(ctx: Context) -> Path:
-    return ctx.snapshot_dir / "initrd.img"
-
-
 def run(ctx: Context) -> tuple[str, dict]:
-    root = snap_root(ctx)
-    record.write_private(root / "record.json", ctx.record.dumps())
-    t0 = time.monotonic()
-    sizes = initrd.assemble(ctx.target.initrd, root, combined_path(ctx))
-    assemble_s = time.monotonic() - t0
-    shutil.rmtree(root)     # its bytes are in the combined initrd now; free the memory
     cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
     t0 = time.monotonic()
     faults.point("kexec-load", "kexec load failed")
@@ -47,10 +34,11 @@ def run(ctx: Context) -> tuple[str, dict]:
             hint="see the kernel log (dmesg) for why the load was refused")
     ctx.kexec_loaded = True
     load_s = time.monotonic() - t0
+    initrd_bytes = combined_path(ctx).stat().st_size
     combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
-    return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {sizes['total_bytes'] >> 20} MiB initrd",
-            {**sizes, "method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
-             "assemble_s": round(assemble_s, 4), "load_s": round(load_s, 4)})
+    return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {initrd_bytes >> 20} MiB initrd",
+            {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
+             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)})
 
 
 def execute(ctx: Context) -> None:

@@ -6,11 +6,11 @@ exactly where they were.
 
 from __future__ import annotations
 
-import os
 import shutil
+import time
 from pathlib import Path
 
-from .. import criu, manifest
+from .. import criu, initrd, manifest
 from ..errors import CommandError, StageError
 from ..run import run as run_cmd
 from .context import Context
@@ -19,9 +19,13 @@ NAME = "snapshot"
 MIN_TMPFS = 256 << 20
 
 
-def snap_root(ctx: Context) -> Path:
-    """What goes into the new kernel: images/, manifest.json, record.json."""
-    return ctx.snapshot_dir / "snap"
+def images_root(ctx: Context) -> Path:
+    return ctx.snapshot_dir / "images"
+
+
+def combined_path(ctx: Context) -> Path:
+    """The target initrd with the snapshot appended: what the kexec stage loads."""
+    return ctx.snapshot_dir / "initrd.img"
 
 
 def tmpfs_size(ctx: Context) -> str:
@@ -38,7 +42,9 @@ def plan(ctx: Context) -> list[str]:
         out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {len(w.pids)} task(s)) --leave-stopped")
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
-    out.append("write manifest.json: kernels, workloads, PIDs, size and sha256 of every image file")
+    out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
+               "and manifest.json (kernels, workloads, PIDs, size and sha256 of every file, hashed while "
+               "packing); then free the images")
     return out
 
 
@@ -66,10 +72,10 @@ def unmount(ctx: Context) -> list[str]:
 
 def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
-    root = snap_root(ctx)
+    t0 = time.monotonic()
     dumps = {}
     for w in ctx.workloads:
-        images = root / "images" / w.key
+        images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
         try:
             r = run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
@@ -79,9 +85,24 @@ def run(ctx: Context) -> tuple[str, dict]:
                              f"the full log is in the record; nothing was changed (the tasks were resumed by criu)")
         ctx.stopped.append(w)
         dumps[w.key] = {"selector": w.selector, "bytes": _du(images)}
-    m = manifest.build(root, ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads))
-    return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, into a {size} tmpfs",
-            {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files)})
+    dump_s = time.monotonic() - t0
+    made: list[manifest.Manifest] = []
+
+    def fill(w: initrd.CpioWriter) -> None:
+        files = w.tree(images_root(ctx), prefix="images")
+        made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files))
+        w.data(manifest.NAME, manifest.dumps(made[0]))
+        w.data("record.json", ctx.record.dumps().encode())
+
+    t1 = time.monotonic()
+    sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
+    pack_s = time.monotonic() - t1
+    shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
+    m = made[0]
+    return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, packed with the target initrd "
+            f"into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)",
+            {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
+             "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), **sizes})
 
 
 def _du(path: Path) -> int:
@@ -89,7 +110,10 @@ def _du(path: Path) -> int:
 
 
 def discard(ctx: Context) -> list[str]:
-    root = snap_root(ctx)
-    if root.exists():
-        shutil.rmtree(root)
+    if ctx.snapshot_mounted:
+        for p in (images_root(ctx), combined_path(ctx)):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
     return unmount(ctx)

@@ -151,7 +151,9 @@ def build_image(force: bool = False) -> Image:
     img = Image(out / "root.img", out / f"vmlinuz-{KERNEL_FROM}", out / f"initrd.img-{KERNEL_FROM}")
     if (out / ".complete").exists() and not force:
         return img
-    for old in cache_root().glob("image-*"):
+    # Keep the two newest other images (a concurrent run may be booting one); drop the rest.
+    others = sorted(cache_root().glob("image-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[2:]:
         shutil.rmtree(old, ignore_errors=True)
     out.mkdir(parents=True)
     work = out / "tree"

@@ -2,8 +2,8 @@
 
 `kupgrade install-boot` installs them and rebuilds the target initrds so they carry the
 script. In the new kernel the script moves the unpacked snapshot to /run/kupgrade; early
-userspace then runs `kupgrade restore` (systemd: kupgrade-restore.service; other inits:
-call it before starting services, see docs/boot.md).
+userspace then runs `kupgrade-restore` (systemd: kupgrade-restore.service; other inits:
+call `kupgrade-restore` before starting services, see docs/boot.md).
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def _data(name: str) -> str:
     return resources.files("kupgrade").joinpath("data", name).read_text()
 
 
-def kupgrade_path() -> str:
-    found = shutil.which("kupgrade")
-    return found or str(Path(sys.argv[0]).resolve())
+def restore_command() -> str:
+    """The installed kupgrade-restore (next to the kupgrade being run)."""
+    found = shutil.which("kupgrade-restore")
+    return found or str(Path(sys.argv[0]).resolve().with_name("kupgrade-restore"))
 
 
 def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = True) -> list[str]:
@@ -56,7 +57,7 @@ def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = 
     for path, text, mode in (
             (paths.hook, _data("initramfs-hook").replace("@VERSION@", __version__), 0o755),
             (paths.script, _data("initramfs-script"), 0o755),
-            (paths.unit, _data("kupgrade-restore.service").replace("@KUPGRADE@", kupgrade_path()), 0o644)):
+            (paths.unit, _data("kupgrade-restore.service").replace("@RESTORE@", restore_command()), 0o644)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)

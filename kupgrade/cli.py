@@ -4,7 +4,6 @@ one line with a hint and a distinct exit code; tracebacks only with --debug."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -12,9 +11,10 @@ from typing import List, Optional
 import typer
 
 from . import __version__, boot, config as config_mod, pipeline, record
-from .errors import KupgradeError
-from .stages import ALL, UPGRADE
+from .errors import KupgradeError, explain
+from .newkernel import restore_pending
 from .stages.context import Context, resolve_target
+from .steps import new_record
 from .ui import Ui, stdout_json
 
 app = typer.Typer(add_completion=True, no_args_is_help=True,
@@ -51,12 +51,12 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
          json: bool = JSON_OPT) -> None:
     """Show the ordered stages and what each will do on this machine. Changes nothing."""
     cfg = _config(config, pid, cgroup, kernel)
-    ctx = Context(cfg, pipeline.new_record("plan"))
+    ctx = Context(cfg, new_record("plan"))
     try:
         ctx.target = resolve_target(cfg)
     except KupgradeError:
         pass
-    rows = [(s.NAME, s.plan(ctx)) for s in ALL]
+    rows = [(s.NAME, s.plan(ctx)) for s in pipeline.ALL]
     if json:
         stdout_json({"stages": [{"name": n, "actions": a} for n, a in rows], "config": cfg.to_json()})
     else:
@@ -70,7 +70,7 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     """Preflight only: list every blocker and estimate the downtime. Changes nothing.
     Exit 0: ready; 3: blockers found; 2: config or usage error."""
     cfg = _config(config, pid, cgroup, kernel)
-    ctx = Context(cfg, pipeline.new_record("check"))
+    ctx = Context(cfg, new_record("check"))
     ui = Ui(json_mode=json, quiet=json)
     try:
         pipeline.check(ctx, ui)
@@ -87,7 +87,7 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     Changes: freezes the workloads, mounts a tmpfs, loads and executes the new kernel. Any failure
     before the switch resumes the workloads unharmed."""
     cfg = _config(config, pid, cgroup, kernel)
-    ctx = Context(cfg, pipeline.new_record("run"))
+    ctx = Context(cfg, new_record("run"))
     ui = Ui()
 
     def confirm(ctx: Context) -> bool:
@@ -103,12 +103,13 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
 
 @app.command()
 def restore(config: Optional[Path] = CONFIG_OPT) -> None:
-    """(New kernel, started by the boot integration.) Verify the snapshot in /run/kupgrade and
-    restore its workloads; record the outcome. Does nothing when no snapshot is pending."""
+    """(New kernel.) Verify the snapshot in /run/kupgrade and restore its workloads; record the
+    outcome. Does nothing when no snapshot is pending. The boot integration runs the leaner
+    `kupgrade-restore`, which does the same."""
     cfg = config_mod.load(config)
-    ctx = Context(cfg, pipeline.new_record("restore"))
+    ctx = Context(cfg, new_record("restore"))
     ui = Ui()
-    if not pipeline.restore(ctx, ui):
+    if not restore_pending(ctx, ui):
         ui.print("kupgrade: no snapshot pending in " + cfg.restore_dir)
 
 
@@ -152,9 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KupgradeError as e:
         if _state["debug"]:
             logging.getLogger("kupgrade").exception("error")
-        print(f"kupgrade: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        print(explain(e), file=sys.stderr)
         return e.exit_code
     except Exception as e:
         # click's exceptions (typer vendors its own click in newer releases): duck-typed.

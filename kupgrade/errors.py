@@ -22,6 +22,11 @@ class KupgradeError(Exception):
         return self.message
 
 
+def explain(e: KupgradeError) -> str:
+    """What the top-level handlers print: one line saying what is wrong, one saying what to do."""
+    return f"kupgrade: {e.message}" + (f"\nhint: {e.hint}" if e.hint else "")
+
+
 class ConfigError(KupgradeError):
     """The configuration file or a command-line value is wrong."""
 

@@ -8,37 +8,18 @@ import os
 import signal
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from . import manifest, record
-from .errors import KupgradeError, RestoreError
-from .record import FAILED, OK, StageResult, UpgradeRecord
-from .run import COMMAND_LOG
-from .stages import UPGRADE, freeze, kexec as kexec_stage, preflight, restore as restore_stage, snapshot
+from . import record
+from .errors import KupgradeError
+from .record import FAILED, OK, StageResult
+from .stages import flush, freeze, kexec as kexec_stage, preflight, restore, snapshot
 from .stages.context import Context
+from .steps import execute_stage, finish, new_record  # noqa: F401 - new_record is part of this API
+
+UPGRADE = (preflight, freeze, flush, snapshot, kexec_stage)
+ALL = UPGRADE + (restore,)
 
 log = logging.getLogger("kupgrade.pipeline")
-
-
-def execute_stage(stage, ctx: Context, ui) -> StageResult:
-    ui.stage_start(stage.NAME)
-    started, t0 = time.time(), time.monotonic()
-    try:
-        summary, details = stage.run(ctx)
-    except KupgradeError as e:
-        res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
-                          getattr(e, "details", {}), e.message, e.hint)
-        ctx.record = ctx.record.with_stage(res)
-        ui.stage_end(res)
-        raise
-    res = StageResult(stage.NAME, OK, started, time.monotonic() - t0, summary, details)
-    ctx.record = ctx.record.with_stage(res)
-    ui.stage_end(res)
-    return res
-
-
-def new_record(command: str) -> UpgradeRecord:
-    return UpgradeRecord(id=record.new_id(), command=command, kernel_from=os.uname().release, created=time.time())
 
 
 def check(ctx: Context, ui) -> None:
@@ -48,7 +29,7 @@ def check(ctx: Context, ui) -> None:
         execute_stage(preflight, ctx, ui)
         outcome = record.CHECKED
     finally:
-        _finish(ctx, outcome, save=False)
+        finish(ctx, outcome, save=False)
 
 
 def upgrade(ctx: Context, ui, confirm) -> None:
@@ -85,7 +66,7 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
                       "; ".join(problems))
     ctx.record = ctx.record.with_stage(res)
     ui.stage_end(res)
-    _finish(ctx, record.ABORTED)
+    finish(ctx, record.ABORTED)
 
 
 def _resume_stopped(ctx: Context) -> list[str]:
@@ -101,34 +82,3 @@ def _resume_stopped(ctx: Context) -> list[str]:
     return done
 
 
-def _finish(ctx: Context, outcome: str, save: bool = True) -> None:
-    ctx.record = replace(ctx.record, outcome=outcome, commands=ctx.record.commands + tuple(COMMAND_LOG))
-    COMMAND_LOG.clear()
-    if save:
-        record.save(ctx.record, ctx.state_dir)
-
-
-def restore(ctx: Context, ui) -> bool:
-    """The new-kernel side. Returns False when there was nothing to restore."""
-    snap = Path(ctx.config.restore_dir)
-    if not restore_stage.pending(snap):
-        return False
-    try:
-        m = manifest.read(snap)
-        prior = record.load(ctx.state_dir, m.id)
-        if prior is None and (snap / "record.json").exists():
-            prior = record.load_file(snap / "record.json")
-    except (OSError, ValueError, KeyError) as e:
-        raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
-    if prior is not None:
-        ctx.record = replace(prior, command=prior.command)
-    else:
-        ctx.record = replace(ctx.record, id=m.id, kernel_from=m.kernel_from, kernel_to=m.kernel_to,
-                             workloads=m.workloads)
-    try:
-        execute_stage(restore_stage, ctx, ui)
-    except KupgradeError:
-        _finish(ctx, record.RESTORE_FAILED)
-        raise
-    _finish(ctx, record.RESTORED)
-    return True

@@ -1,46 +1,64 @@
-"""Human output with rich. With --json, stdout carries only the JSON document and this
-writes to stderr (or nothing)."""
+"""Human output. PlainUi writes plain lines (the new kernel's restore path: no rich import,
+no terminal). Ui uses rich; with --json, stdout carries only the JSON document and Ui writes
+to stderr (or nothing)."""
 
 from __future__ import annotations
 
+import json
 import sys
-
-from rich.console import Console
-from rich.table import Table
 
 from .record import FAILED, OK, StageResult, UpgradeRecord
 
-_MARK = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", "skipped": "[yellow]skipped[/]"}
 
+class PlainUi:
+    marks = {OK: "done", FAILED: "FAILED", "skipped": "skipped"}
 
-class Ui:
-    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
-        self.console = Console(stderr=json_mode, highlight=False)
+    def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
 
-    def print(self, *a, **kw) -> None:
+    def print(self, text: str = "") -> None:
         if not self.quiet:
-            self.console.print(*a, **kw)
+            print(text, flush=True)
 
     def stage_start(self, name: str) -> None:
-        self.print(f"[bold]▶ {name}[/] …")
+        self.print(self.bold(f"▶ {name}") + " …")
+
+    def bold(self, text: str) -> str:
+        return text
 
     def stage_end(self, r: StageResult) -> None:
-        line = f"  {_MARK.get(r.status, r.status)} {r.name} in {r.duration_s:.2f} s"
+        line = f"  {self.marks.get(r.status, r.status)} {r.name} in {r.duration_s:.2f} s"
         if r.summary:
             line += f": {r.summary}"
         self.print(line)
         blockers = r.details.get("blockers", [])
         if r.error and not blockers:
-            self.print(f"  [red]{r.error}[/]")
+            self.print(f"  {r.error}")
         for b in blockers:
-            self.print(f"  [red]✗[/] {b['message']}" + (f"\n    [dim]fix: {b['hint']}[/]" if b.get("hint") else ""))
+            self.print(f"  ✗ {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+
+
+class Ui(PlainUi):
+    marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", "skipped": "[yellow]skipped[/]"}
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+        from rich.console import Console
+        super().__init__(quiet)
+        self.console = Console(stderr=json_mode, highlight=False)
+
+    def print(self, *a, **kw) -> None:
+        if not self.quiet:
+            self.console.print(*a, **kw)
+
+    def bold(self, text: str) -> str:
+        return f"[bold]{text}[/]"
 
     def point_of_no_return(self, ctx) -> None:
         self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] This session ends with the old kernel; "
                    "log in again and run `kupgrade report` to see how the restore went.")
 
     def plan(self, rows: list[tuple[str, list[str]]]) -> None:
+        from rich.table import Table
         t = Table(title="kupgrade plan", show_lines=True)
         t.add_column("#", justify="right")
         t.add_column("stage")
@@ -50,17 +68,17 @@ class Ui:
         self.print(t)
 
     def report(self, rec: UpgradeRecord) -> None:
+        from rich.table import Table
         self.print(f"[bold]upgrade {rec.id}[/]: {rec.kernel_from} → {rec.kernel_to or '?'}  outcome: [bold]{rec.outcome}[/]")
         t = Table(show_header=True)
         for col in ("stage", "status", "seconds", "summary"):
             t.add_column(col)
         for s in rec.stages:
-            t.add_row(s.name, _MARK.get(s.status, s.status), f"{s.duration_s:.2f}", s.error or s.summary)
+            t.add_row(s.name, self.marks.get(s.status, s.status), f"{s.duration_s:.2f}", s.error or s.summary)
         self.print(t)
         for w in rec.workloads:
             self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s)")
 
 
 def stdout_json(doc: dict) -> None:
-    import json
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")

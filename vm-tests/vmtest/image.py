@@ -129,9 +129,10 @@ def install_kupgrade(tree: Path) -> None:
     if site.exists():
         shutil.rmtree(site)
     shutil.copytree(REPO / "kupgrade", site, ignore=shutil.ignore_patterns("__pycache__"))
-    script = tree / "usr/sbin/kupgrade"
-    script.write_text("#!/usr/bin/python3\nimport sys\nfrom kupgrade.cli import main\nsys.exit(main())\n")
-    script.chmod(0o755)
+    for name, module in (("kupgrade", "kupgrade.cli"), ("kupgrade-restore", "kupgrade.newkernel")):
+        script = tree / "usr/sbin" / name
+        script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
+        script.chmod(0o755)
 
 
 def install_guest_files(tree: Path) -> None:

@@ -11,6 +11,7 @@ from ..timeline import breakdown, marks
 from ..workload import Workload
 
 NAME = "basic"
+SLOW_STEPS = r'/^\(/ { t = substr($1, 2) + 0; if (t - prev > 0.2) printf "%.2f s after: %s\n", t - prev, last; prev = t; last = $0 }'
 DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in its own cgroup"
 
 
@@ -67,6 +68,12 @@ def run(vm, image, res: Result) -> None:
               all(w.get("same_pid") for w in restore["details"]["workloads"].values()),
               "record: every workload restored with its PID", json.dumps(restore.get("details", {}))[:800])
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    for path in restore.get("details", {}).get("criu_logs", []):     # evidence, kept as artifacts
+        # The whole log is too big for the serial line: keep its tail and where the time went.
+        log = vm.sh("tail", "-c", "16000", path)["stdout"]
+        slow = vm.sh("awk", SLOW_STEPS, path)["stdout"]
+        (vm.workdir / ("criu-" + path.rsplit("/", 1)[-1])).write_text(
+            f"--- steps after which more than 0.2 s passed ---\n{slow}\n--- tail ---\n{log}")
     res.say(vm.sh("kupgrade", "report")["stdout"])
     res.data["record"] = rec
 

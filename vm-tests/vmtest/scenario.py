@@ -52,3 +52,16 @@ def kupgrade_config(kernel: str, pids=(), cgroups=()) -> str:
 def write_config(vm, text: str) -> None:
     vm.sh("mkdir", "-p", "/etc/kupgrade")
     vm.sh("tee", "/etc/kupgrade/kupgrade.toml", input=text)
+
+
+def booted(vm, res: Result, timeout: float = 240) -> dict:
+    """Wait for the guest agent's first 'ready'; note the kernel it booted."""
+    ready = vm.event("ready", timeout)
+    res.data["kernel_before"] = ready["kernel"]
+    return ready
+
+
+def last_record(vm) -> dict:
+    """The upgrade record kupgrade wrote last, as JSON."""
+    rid = vm.read("/var/lib/kupgrade/records/last").strip()
+    return json.loads(vm.read(f"/var/lib/kupgrade/records/{rid}.json"))

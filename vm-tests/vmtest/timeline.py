@@ -26,6 +26,7 @@ def marks(vm: Guest, kernel_to: str, since: float) -> dict[str, float]:
 
 
 def breakdown(last_beat: float, first_beat: float, m: dict[str, float]) -> dict[str, float]:
-    """Seconds spent in each phase between the last heartbeat before and the first after."""
-    points = [("last_heartbeat", last_beat)] + sorted(m.items(), key=lambda kv: kv[1]) + [("first_heartbeat", first_beat)]
+    """Seconds between consecutive marks, from the last heartbeat before the switch; the first
+    heartbeat after it may come before the restore command has finished (it saves the record)."""
+    points = sorted([("last_heartbeat", last_beat), ("first_heartbeat", first_beat), *m.items()], key=lambda kv: kv[1])
     return {f"{a}->{b}": round(tb - ta, 3) for (a, ta), (b, tb) in zip(points, points[1:])}

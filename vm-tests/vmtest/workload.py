@@ -58,6 +58,14 @@ class Workload:
         r = self.vm.sh("python3", GUEST_WORKLOAD, "--query", str(self.pid), timeout=120)
         return json.loads(r["stdout"])
 
+    def consecutive(self) -> bool:
+        """Every heartbeat exactly once, in order, no restart."""
+        counters = [b.counter for b in self.beats]
+        return bool(counters) and counters == list(range(counters[0], counters[0] + len(counters)))
+
+    def span(self) -> str:
+        return f"{len(self.beats)} beats, {self.beats[0].counter}..{self.beats[-1].counter}" if self.beats else "no beats"
+
     def largest_gap(self) -> tuple[float, Heartbeat, Heartbeat]:
         pairs = list(zip(self.beats, self.beats[1:]))
         a, b = max(pairs, key=lambda p: p[1].t - p[0].t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, kupgrade_config, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, write_config
 from ..workload import Workload
 
 NAME = "abort"
@@ -24,8 +24,7 @@ def last_error_line(r: dict) -> str:
 
 
 def run(vm, image, res: Result) -> None:
-    ready = vm.event("ready", 240)
-    res.data["kernel_before"] = ready["kernel"]
+    booted(vm, res)
     wl = Workload(vm)
     pid = wl.start()
     wl.wait_beats(5)
@@ -56,16 +55,15 @@ def run(vm, image, res: Result) -> None:
     res.check(res.data["kernel_after"] == image.kernel_from, "still on the old kernel", res.data["kernel_after"])
     res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
     res.check(res.data["pids_preserved"], "same PIDs, still running", f"{before['pid']} -> {after['pid']}")
-    counters = [b.counter for b in wl.beats]
-    consecutive = counters == list(range(counters[0], counters[0] + len(counters)))
+    consecutive = wl.consecutive()
     res.data["state_preserved"] = consecutive and after["sha256"] == before["sha256_start"]
-    res.check(consecutive, "counter continued without a restart", f"{counters[0]}..{counters[-1]}")
+    res.check(consecutive, "counter continued without a restart", wl.span())
     res.check(after["sha256"] == before["sha256_start"], "buffer checksum intact", after["sha256"])
     states = vm.sh("ps", "-o", "stat=", "-p", f"{after['pid']},{after['child']}")["stdout"].split()
     res.check(bool(states) and not any(s.startswith("T") for s in states), "no task left stopped", " ".join(states))
     res.check("kupgrade-snapshot" not in vm.read("/proc/mounts"), "snapshot tmpfs unmounted")
     res.check(vm.read("/sys/kernel/kexec_loaded").strip() == "0", "no kexec kernel left loaded")
-    rec = json.loads(vm.read(f"/var/lib/kupgrade/records/{vm.read('/var/lib/kupgrade/records/last').strip()}.json"))
+    rec = last_record(vm)
     res.check(rec["outcome"] == "aborted", "record says aborted", rec["outcome"])
     rollback = rec["stages"][-1]
     res.check(rollback["name"] == "rollback" and rollback["status"] == "ok", "record: rollback complete",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..scenario import Result, kupgrade_config, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 
@@ -15,9 +15,13 @@ SLOW_STEPS = r'/^\(/ { t = substr($1, 2) + 0; if (t - prev > 0.2) printf "%.2f s
 DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in its own cgroup"
 
 
+def worth_showing(line: str) -> bool:
+    """In the demo: kupgrade's own output and the milestones, not every kernel message."""
+    return not line.startswith("[") or any(k in line for k in ("Starting new kernel", "Linux version", "kupgrade"))
+
+
 def run(vm, image, res: Result) -> None:
-    ready = vm.event("ready", 240)
-    res.data["kernel_before"] = ready["kernel"]
+    booted(vm, res)
     wl = Workload(vm)
     wl.start(cgroup="/workload")
     wl.wait_beats(5)
@@ -32,7 +36,7 @@ def run(vm, image, res: Result) -> None:
     t_run = time.time()
     rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
     switched = vm.wait_switch(rid, 600)
-    res.say("\n".join(l.text for l in vm.console if l.t >= t_run))
+    res.say("\n".join(l.text for l in vm.console if l.t >= t_run and worth_showing(l.text)))
     if "ev" not in switched:
         res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
         return
@@ -52,16 +56,15 @@ def run(vm, image, res: Result) -> None:
     res.data["pids_preserved"] = same_pids and beat_pids == {(before["child"], before["pid"])}
     res.check(res.data["pids_preserved"], "same PIDs (parent and child)",
               f"before {before['pid']}/{before['child']}, after {after['pid']}/{after['child']}, heartbeat pids {sorted(beat_pids)}")
-    counters = [b.counter for b in wl.beats]
-    consecutive = counters == list(range(counters[0], counters[0] + len(counters)))
+    consecutive = wl.consecutive()
     res.check(consecutive, "counter continued: every heartbeat once, in order, no restart",
-              f"{len(counters)} beats from {counters[0]} to {counters[-1]}")
+              wl.span())
     res.data["state_preserved"] = after["sha256"] == before["sha256_start"] == after["sha256_start"] and consecutive
     res.check(after["sha256"] == before["sha256_start"], "64 MiB buffer checksum intact", after["sha256"])
     res.check(after["counter"] > before["counter"], "counter went on after the upgrade",
               f"{before['counter']} -> {after['counter']}")
 
-    rec = json.loads(vm.read(f"/var/lib/kupgrade/records/{vm.read('/var/lib/kupgrade/records/last').strip()}.json"))
+    rec = last_record(vm)
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
     restore = next((s for s in rec["stages"] if s["name"] == "restore"), {})
     res.check(restore.get("details", {}).get("workloads", {}) != {} and

@@ -1,0 +1,52 @@
+"""The host-side harness logic that decides pass/fail and measures downtime (no VM needed)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vm-tests"))
+
+from vmtest.qemu import Line, qemu_argv  # noqa: E402
+from vmtest.timeline import breakdown, marks  # noqa: E402
+from vmtest.workload import Heartbeat, Workload  # noqa: E402
+
+
+def beats(*pairs):
+    return [Heartbeat(t, c, 30002, 30001, 0) for t, c in pairs]
+
+
+def test_consecutive_and_gap():
+    wl = Workload(vm=None)
+    wl.beats = beats((0.0, 5), (0.1, 6), (0.2, 7), (30.2, 8), (30.3, 9))
+    assert wl.consecutive()
+    gap, a, b = wl.largest_gap()
+    assert round(gap, 3) == 30.0 and (a.counter, b.counter) == (7, 8)
+    wl.beats = beats((0.0, 5), (0.1, 6), (30.0, 6))          # duplicate after restore
+    assert not wl.consecutive()
+    wl.beats = beats((0.0, 5), (0.1, 6), (30.0, 1))          # restarted
+    assert not wl.consecutive()
+    wl.beats = []
+    assert not wl.consecutive()
+
+
+def test_breakdown_from_console_marks():
+    class VM:
+        console = [Line(9.0, "old noise"), Line(10.5, "[ 88.2] kexec_core: Starting new kernel"),
+                   Line(14.0, "[ 0.0] Linux version 6.12.117+deb12-amd64 (x)"),
+                   Line(20.0, "vmtest-init: kernel 6.12.117+deb12-amd64 up"),
+                   Line(20.1, "vmtest-init: restore begin"), Line(25.0, "vmtest-init: restore end rc=0")]
+    m = marks(VM, "6.12.117+deb12-amd64", since=10.0)
+    assert set(m) == {"kexec_exec", "new_kernel_banner", "init_started", "restore_begin", "restore_end"}
+    b = breakdown(10.0, 24.5, m)
+    assert b["last_heartbeat->kexec_exec"] == 0.5
+    assert b["new_kernel_banner->init_started"] == 6.0
+    assert b["restore_begin->first_heartbeat"] == 4.4 and b["first_heartbeat->restore_end"] == 0.5
+    assert all(v >= 0 for v in b.values())
+
+
+def test_qemu_argv_is_one_flag_per_value(tmp_path):
+    from vmtest.image import Image
+    img = Image(tmp_path / "root.img", tmp_path / "vmlinuz", tmp_path / "initrd")
+    argv = qemu_argv(img, tmp_path / "o.qcow2", tmp_path / "con", tmp_path / "ctl", "root=/dev/vda")
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-append") + 1] == "root=/dev/vda"
+    assert "-no-reboot" in argv
+    assert argv[argv.index("-accel") + 1] in ("tcg", "kvm")

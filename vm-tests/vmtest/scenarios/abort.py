@@ -3,7 +3,8 @@
 1. A truncated target kernel (its header intact, so kexec itself would load it and jump into
    garbage) is refused by preflight: exit 3, one line, nothing changed.
 2. The kexec load fails after the snapshot (KUPGRADE_FAULT=kexec-load): the tasks criu left
-   stopped are resumed, the tmpfs is gone, nothing is loaded, the record says aborted."""
+   stopped are resumed, the tmpfs is gone, nothing is loaded, the record says aborted.
+3. The same with the workload selected by cgroup: the cgroup freezer is thawed as well."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..scenario import Result, booted, kupgrade_config, last_record, write_confi
 from ..workload import Workload
 
 NAME = "abort"
-DESCRIPTION = "a truncated kernel and a failed kexec load: the workload (selected by PID) stays unharmed"
+DESCRIPTION = "a truncated kernel, then failed kexec loads (PID and cgroup workloads): the workload stays unharmed"
 
 BAD_KERNEL = "/root/vmlinuz-truncated"
 
@@ -48,8 +49,24 @@ def run(vm, image, res: Result) -> None:
     res.check("kexec load failed" in last_error_line(r), "failed kexec load: one line says kexec failed",
               last_error_line(r))
 
-    last_before = wl.beats[-1].counter
-    wl.wait_beats(5, after=last_before, timeout=120)
+    wl.wait_beats(5, after=wl.beats[-1].counter, timeout=120)
+
+    # 3. the same through the cgroup freezer: move both tasks into their own cgroup first.
+    vm.sh("mkdir", "-p", "/sys/fs/cgroup/workload")
+    for p in (before["pid"], before["child"]):
+        vm.sh("tee", "/sys/fs/cgroup/workload/cgroup.procs", input=str(p))
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
+    res.data["kexec_load_fault_cgroup"] = {"rc": r["rc"], "error": last_error_line(r),
+                                           "output": (r["stdout"] + r["stderr"])[-3000:]}
+    res.check(r["rc"] not in (0, None) and "kexec load failed" in last_error_line(r),
+              "cgroup workload, failed kexec load: one line says kexec failed", last_error_line(r))
+    res.check("froze 1 cgroup" in r["stdout"], "cgroup workload: the freeze stage used the cgroup freezer",
+              r["stdout"][-1500:])
+    res.check("frozen 0" in vm.read("/sys/fs/cgroup/workload/cgroup.events").split("\n"),
+              "cgroup workload: thawed again", vm.read("/sys/fs/cgroup/workload/cgroup.events"))
+
+    wl.wait_beats(5, after=wl.beats[-1].counter, timeout=120)
     after = wl.state()
     res.data["kernel_after"] = vm.sh("uname", "-r")["stdout"].strip()
     res.check(res.data["kernel_after"] == image.kernel_from, "still on the old kernel", res.data["kernel_after"])

@@ -87,15 +87,15 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     Changes: freezes the workloads, mounts a tmpfs, loads and executes the new kernel. Any failure
     before the switch resumes the workloads unharmed."""
     cfg = _config(config, pid, cgroup, kernel)
+    if not yes and not sys.stdin.isatty():
+        raise KupgradeError("no terminal to ask for confirmation before the kernel switch",
+                            "run it from a terminal, or pass --yes to switch without asking")
     ctx = Context(cfg, new_record("run"))
     ui = Ui()
 
     def confirm(ctx: Context) -> bool:
         if yes:
             return True
-        if not sys.stdin.isatty():
-            ui.print("no terminal on stdin and no --yes: not asking, stopping before the switch")
-            return False
         return typer.confirm(f"Workloads are frozen and snapshotted. Switch to {ctx.target.version} now?")
 
     pipeline.upgrade(ctx, ui, confirm)

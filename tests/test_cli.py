@@ -30,3 +30,13 @@ def test_report_without_records(tmp_path, capsys):
     cfg.write_text(f'[paths]\nstate = "{tmp_path}"\n')
     assert main(["report", "--config", str(cfg)]) == 1
     assert "no upgrade record yet" in capsys.readouterr().err
+
+
+def test_run_without_terminal_or_yes_refuses_before_anything(tmp_path, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[workloads]\npids = [4242]\n[target]\nkernel = "x"\n[paths]\nstate = "{tmp_path}"\n')
+    assert main(["run", "--config", str(cfg)]) == 1
+    assert "pass --yes" in capsys.readouterr().err
+    assert not (tmp_path / "records").exists()

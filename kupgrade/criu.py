@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from .record import Workload
@@ -43,3 +44,17 @@ def log_tail(images: Path, name: str, lines: int = 12) -> str:
 
 def check() -> None:
     run(check_argv(), timeout=120, hint="this kernel lacks what criu needs; see `criu check --all`")
+
+
+def keep_logs(images: Path, dest: Path) -> list[str]:
+    """Copy criu's logs (images/TREE/*.log) to dest/TREE/ on disk, root-only, before the images
+    are freed; returns the paths."""
+    kept = []
+    for log in sorted(images.glob("*/*.log")):
+        target = dest / log.parent.name / log.name
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        dest.chmod(0o700)
+        shutil.copyfile(log, target)
+        target.chmod(0o600)
+        kept.append(str(target))
+    return kept

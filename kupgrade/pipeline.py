@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import replace
 
 from . import record
 from .errors import KupgradeError

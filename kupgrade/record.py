@@ -13,7 +13,6 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from .run import CommandLog
 
@@ -158,7 +157,3 @@ def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
 
 def load_file(path: Path) -> UpgradeRecord:
     return UpgradeRecord.from_json(json.loads(path.read_text()))
-
-
-def to_plain(obj: Any) -> Any:
-    return obj.to_json() if hasattr(obj, "to_json") else obj

@@ -66,3 +66,15 @@ def test_check_bzimage(tmp_path):
     (tmp_path / "junk").write_bytes(b"x" * 4096)
     assert "not an x86 bzImage" in kexec.check_bzimage(tmp_path / "junk")
     assert "cannot read" in kexec.check_bzimage(tmp_path / "absent")
+
+
+def test_keep_criu_logs_private(tmp_path):
+    images = tmp_path / "images"
+    (images / "tree-300").mkdir(parents=True)
+    (images / "tree-300" / "dump.log").write_text("(00.1) Error (criu/x.c:1): boom\n")
+    (images / "tree-300" / "pages-1.img").write_bytes(b"x")
+    kept = criu.keep_logs(images, tmp_path / "logs" / "ID")
+    assert kept == [str(tmp_path / "logs/ID/tree-300/dump.log")]
+    assert Path(kept[0]).stat().st_mode & 0o077 == 0
+    assert (tmp_path / "logs/ID").stat().st_mode & 0o077 == 0
+    assert "boom" in criu.log_tail(images / "tree-300", "dump.log")

@@ -41,7 +41,6 @@ class Context:
     snapshot_mounted: bool = False
     method: Method | None = None
     kexec_loaded: bool = False
-    execute: bool = True        # False: `kupgrade run --no-exec` stops after loading
 
     @property
     def snapshot_dir(self) -> Path:

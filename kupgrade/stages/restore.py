@@ -52,7 +52,7 @@ def run(ctx: Context) -> tuple[str, dict]:
             results[w.key] = {"selector": w.selector, "ok": False,
                               "error": tail.splitlines()[-1] if tail else str(e), "images": str(images)}
     failed = [r for r in results.values() if not r["ok"]]
-    logs = keep_logs(snap / "images", ctx.state_dir / "logs" / m.id)
+    logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / m.id)
     for key, r in results.items():
         if r["ok"]:
             shutil.rmtree(snap / "images" / key, ignore_errors=True)   # free the RAM
@@ -66,15 +66,3 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise err
     return f"restored {len(results)} workload(s) from snapshot {m.id}", details
 
-
-def keep_logs(images: Path, dest: Path) -> list[str]:
-    """Copy criu's dump and restore logs to disk (root-only) before the images are freed."""
-    kept = []
-    for log in sorted(images.glob("*/*.log")):
-        target = dest / log.parent.name / log.name
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dest.chmod(0o700)
-        shutil.copyfile(log, target)
-        target.chmod(0o600)
-        kept.append(str(target))
-    return kept

@@ -78,11 +78,12 @@ def run(ctx: Context) -> tuple[str, dict]:
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
         try:
-            r = run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
+            run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
         except CommandError as e:
             tail = criu.log_tail(images, criu.DUMP_LOG)
+            kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
             raise StageError(f"criu dump of {w.selector} failed: {tail.splitlines()[-1] if tail else e.message}",
-                             f"the full log is in the record; nothing was changed (the tasks were resumed by criu)")
+                             f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
         dumps[w.key] = {"selector": w.selector, "bytes": _du(images)}
     dump_s = time.monotonic() - t0

@@ -7,7 +7,6 @@ Each request runs in its own thread: `kupgrade run` never returns (the kernel sw
 import json
 import os
 import subprocess
-import sys
 import termios
 import threading
 import time

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import threading

@@ -34,14 +34,14 @@ def child(r: int) -> None:
 
 def parent() -> None:
     os.makedirs(DIR, exist_ok=True)
-    buf = bytearray(random.Random(20261123).randbytes(SIZE))
-    sha_start = hashlib.sha256(buf).hexdigest()
     r, w = os.pipe()
-    kid = os.fork()
-    if kid == 0:
+    kid = os.fork()             # before the buffer exists: the child must not share it copy-on-write
+    if kid == 0:                # (criu would dump those shared pages twice)
         os.close(w)
         child(r)
     os.close(r)
+    buf = bytearray(random.Random(20261123).randbytes(SIZE))
+    sha_start = hashlib.sha256(buf).hexdigest()
     asked = []
     signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
     counter, seq = 0, 0

@@ -20,9 +20,10 @@ NAME = "kexec"
 
 def plan(ctx: Context) -> list[str]:
     t = ctx.target
-    method = ctx.method.name if ctx.method else ctx.config.kexec_method
+    method = ctx.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
     kernel = t.vmlinuz if t else "the target kernel"
-    return [f"kexec load {kernel} ({method} load) with the current command line + kupgrade.snapshot=ID",
+    return [f"kexec load {kernel} with the current command line + kupgrade.snapshot=ID",
+            f"{method.name} load: {method.why}",
             "save the upgrade record, sync, then `kexec --exec` (the point of no return)"]
 
 

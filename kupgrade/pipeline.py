@@ -13,7 +13,7 @@ from .errors import KupgradeError
 from .record import FAILED, OK, StageResult
 from .stages import flush, freeze, kexec as kexec_stage, preflight, restore, snapshot
 from .stages.context import Context
-from .steps import execute_stage, finish, new_record  # noqa: F401 - new_record is part of this API
+from .steps import execute_stage, finish
 
 UPGRADE = (preflight, freeze, flush, snapshot, kexec_stage)
 ALL = UPGRADE + (restore,)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, config as config_mod, pipeline, record
+from . import __version__, boot, config as config_mod, logfile, pipeline, record
 from .errors import KupgradeError, explain
 from .newkernel import restore_pending
 from .stages.context import Context, resolve_target
@@ -41,8 +41,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Log every command a
         typer.echo(__version__)
         raise typer.Exit(0)
     _state["debug"] = debug
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s",
-                        stream=sys.stderr)
+    logfile.stderr_handler(debug)
 
 
 @app.command()
@@ -92,6 +91,8 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
                             "run it from a terminal, or pass --yes to switch without asking")
     ctx = Context(cfg, new_record("run"))
     ui = Ui()
+    if (path := logfile.start(ctx.record.id)):
+        ui.print(f"log: {path}")
 
     def confirm(ctx: Context) -> bool:
         if yes:

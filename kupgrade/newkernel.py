@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod, manifest, record
+from . import config as config_mod, logfile, manifest, record
 from .errors import KupgradeError, RestoreError, explain
 from .stages import restore as restore_stage
 from .stages.context import Context
@@ -28,6 +28,7 @@ def restore_pending(ctx: Context, ui) -> bool:
             prior = record.load_file(snap / "record.json")
     except (OSError, ValueError, KeyError) as e:
         raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
+    logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
     if prior is not None:
         ctx.record = prior
     else:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "when no snapshot is pending in /run/kupgrade.")
     ap.add_argument("--config", "-c", type=Path, help="config file (default /etc/kupgrade/kupgrade.toml)")
     args = ap.parse_args(argv)
+    logfile.stderr_handler(debug=False)
     ui = PlainUi()
     try:
         cfg = config_mod.load(args.config)

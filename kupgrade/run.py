@@ -52,7 +52,6 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
         env: dict | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run argv; return the CompletedProcess (stdout/stderr as bytes when captured)."""
     argv = [os.fspath(a) for a in argv]
-    log.debug("run: %s", " ".join(argv))
     start = time.monotonic()
     try:
         proc = subprocess.run(
@@ -70,6 +69,10 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
     duration = time.monotonic() - start
     tail = _tail(proc.stderr)
     _record(argv, proc.returncode, duration, tail)
+    if capture and proc.stdout:
+        log.debug("stdout of %s:\n%s", argv[0], _tail(proc.stdout))
+    if tail:
+        log.debug("stderr of %s:\n%s", argv[0], tail)
     if check and proc.returncode != 0:
         log.error("command failed (exit %s, %.2f s): %s\n%s", proc.returncode, duration, " ".join(argv), tail)
         raise CommandError(argv, proc.returncode, tail, hint)
@@ -78,4 +81,4 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
 
 def _record(argv: list[str], rc: int | None, duration: float, tail: str) -> None:
     COMMAND_LOG.append(CommandLog(tuple(argv), rc, duration, tail))
-    log.debug("done: %s rc=%s %.3f s", argv[0], rc, duration)
+    log.info("ran: %s -> rc=%s in %.3f s", " ".join(argv), rc, duration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import replace
@@ -13,7 +14,11 @@ from .run import COMMAND_LOG
 from .stages.context import Context
 
 
+log = logging.getLogger("kupgrade.stage")
+
+
 def execute_stage(stage, ctx: Context, ui) -> StageResult:
+    log.info("stage %s: start", stage.NAME)
     ui.stage_start(stage.NAME)
     started, t0 = time.time(), time.monotonic()
     try:
@@ -22,10 +27,12 @@ def execute_stage(stage, ctx: Context, ui) -> StageResult:
         res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
                           getattr(e, "details", {}), e.message, e.hint)
         ctx.record = ctx.record.with_stage(res)
+        log.info("stage %s: FAILED after %.3f s: %s", stage.NAME, res.duration_s, e.message)
         ui.stage_end(res)
         raise
     res = StageResult(stage.NAME, OK, started, time.monotonic() - t0, summary, details)
     ctx.record = ctx.record.with_stage(res)
+    log.info("stage %s: done in %.3f s: %s", stage.NAME, res.duration_s, summary)
     ui.stage_end(res)
     return res
 

@@ -71,6 +71,10 @@ def run(vm, image, res: Result) -> None:
               all(w.get("same_pid") for w in restore["details"]["workloads"].values()),
               "record: every workload restored with its PID", json.dumps(restore.get("details", {}))[:800])
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    log = vm.sh("grep", "-E", "ran: criu (dump|restore)|kupgrade (run|restore)", f"/var/log/kupgrade/{rec['id']}.log",
+                check=False)["stdout"]
+    res.check("ran: criu dump" in log and "ran: criu restore" in log,
+              "one log file covers both kernels (criu dump and criu restore)", log[-1500:])
     for path in restore.get("details", {}).get("criu_logs", []):     # evidence, kept as artifacts
         # The whole log is too big for the serial line: keep its tail and where the time went.
         log = vm.sh("tail", "-c", "16000", path)["stdout"]

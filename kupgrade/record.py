@@ -155,5 +155,17 @@ def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
     return UpgradeRecord.from_json(json.loads(path.read_text()))
 
 
+def latest(state_dir: Path, outcome: str) -> UpgradeRecord | None:
+    """The newest record with this outcome (ids sort by time)."""
+    for path in sorted((state_dir / "records").glob("*.json"), reverse=True):
+        try:
+            rec = load_file(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        if rec.outcome == outcome:
+            return rec
+    return None
+
+
 def load_file(path: Path) -> UpgradeRecord:
     return UpgradeRecord.from_json(json.loads(path.read_text()))

@@ -7,17 +7,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, criu, kexec, workloads
+from .. import boot, criu, estimate, kexec, record, workloads
 from ..errors import BlockedError, CommandError
 from ..record import Blocker
 from .context import Context, resolve_target
 
 NAME = "preflight"
 MARGIN = 64 << 20
-# Stated defaults until measured here (issue: estimates from rehearsals and past records).
-DUMP_BPS = 200e6
-RESTORE_BPS = 200e6
-BOOT_S = 8.0
 
 
 def plan(ctx: Context) -> list[str]:
@@ -34,13 +30,6 @@ def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def estimate_downtime(snapshot_bytes: int) -> tuple[float, str]:
-    s = snapshot_bytes / DUMP_BPS + snapshot_bytes / RESTORE_BPS + BOOT_S
-    basis = (f"{snapshot_bytes / 1e6:.0f} MB / {DUMP_BPS / 1e6:.0f} MB/s dump + / {RESTORE_BPS / 1e6:.0f} MB/s "
-             f"restore + {BOOT_S:.0f} s kernel boot (stated defaults, not yet measured on this machine)")
-    return round(s, 1), basis
 
 
 def run(ctx: Context) -> tuple[str, dict]:
@@ -103,7 +92,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     if os.path.ismount(cfg.snapshot_dir):
         blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
                                 f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
-    downtime, basis = estimate_downtime(est)
+    downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
+        record.latest(ctx.state_dir, record.RESTORED)))
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
                "snapshot_estimate_bytes": est, "mem_available_bytes": avail,

@@ -75,6 +75,15 @@ def run(vm, image, res: Result) -> None:
                 check=False)["stdout"]
     res.check("ran: criu dump" in log and "ran: criu restore" in log,
               "one log file covers both kernels (criu dump and criu restore)", log[-1500:])
+    # The next estimate is based on what this upgrade measured (checking the way back to 6.1).
+    again = vm.sh("kupgrade", "check", "--json", "--kernel", image.kernel_from, check=False, timeout=300)
+    try:
+        pre = json.loads(again["stdout"])["stages"][0]["details"]
+    except (ValueError, KeyError, IndexError):
+        pre = {"downtime_basis": again["stdout"][-500:] + again["stderr"][-500:]}
+    res.data["next_estimate"] = {k: pre.get(k) for k in ("downtime_estimate_s", "downtime_basis")}
+    res.check(f"measured by upgrade {rec['id']}" in str(pre.get("downtime_basis")),
+              "the next downtime estimate uses this upgrade's measurements", str(pre.get("downtime_basis")))
     for path in restore.get("details", {}).get("criu_logs", []):     # evidence, kept as artifacts
         # The whole log is too big for the serial line: keep its tail and where the time went.
         log = vm.sh("tail", "-c", "16000", path)["stdout"]

@@ -117,8 +117,10 @@ def restore(config: Optional[Path] = CONFIG_OPT) -> None:
 @app.command()
 def report(config: Optional[Path] = CONFIG_OPT,
            id: Optional[str] = typer.Option(None, "--id", help="Record id (default: the last one)."),
-           json: bool = JSON_OPT) -> None:
-    """Show the last (or --id) upgrade record. Changes nothing."""
+           json: bool = JSON_OPT,
+           svg: Optional[Path] = typer.Option(None, "--svg", help="Also write the report as an SVG file.")) -> None:
+    """Show the last (or --id) upgrade record: stages, timeline, downtime, each workload's outcome.
+    Changes nothing (except writing --svg FILE)."""
     cfg = config_mod.load(config)
     rec = record.load(Path(cfg.state_dir), id)
     if rec is None:
@@ -126,8 +128,12 @@ def report(config: Optional[Path] = CONFIG_OPT,
                             "run `kupgrade run` first, or check --id")
     if json:
         stdout_json(rec.to_json())
-    else:
-        Ui().report(rec)
+        return
+    ui = Ui(record_svg=bool(svg))
+    ui.report(rec)
+    if svg:
+        ui.console.save_svg(str(svg), title=f"kupgrade {rec.id}")
+        ui.print(f"wrote {svg}")
 
 
 @app.command("install-boot")

@@ -41,10 +41,11 @@ class PlainUi:
 class Ui(PlainUi):
     marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", "skipped": "[yellow]skipped[/]"}
 
-    def __init__(self, json_mode: bool = False, quiet: bool = False) -> None:
+    def __init__(self, json_mode: bool = False, quiet: bool = False, record_svg: bool = False,
+                 width: int | None = None) -> None:
         from rich.console import Console
         super().__init__(quiet)
-        self.console = Console(stderr=json_mode, highlight=False)
+        self.console = Console(stderr=json_mode, highlight=False, record=record_svg, width=width)
 
     def print(self, *a, **kw) -> None:
         if not self.quiet:
@@ -69,6 +70,7 @@ class Ui(PlainUi):
 
     def report(self, rec: UpgradeRecord) -> None:
         from rich.table import Table
+        from . import timeline
         self.print(f"[bold]upgrade {rec.id}[/]: {rec.kernel_from} → {rec.kernel_to or '?'}  outcome: [bold]{rec.outcome}[/]")
         t = Table(show_header=True)
         for col in ("stage", "status", "seconds", "summary"):
@@ -76,8 +78,21 @@ class Ui(PlainUi):
         for s in rec.stages:
             t.add_row(s.name, self.marks.get(s.status, s.status), f"{s.duration_s:.2f}", s.error or s.summary)
         self.print(t)
+        chart = Table(title="timeline", show_header=False, box=None)
+        chart.add_column(justify="right")
+        chart.add_column()
+        chart.add_column(justify="right")
+        for label, bar, secs, status in timeline.bars(rec):
+            chart.add_row(label, f"[{'red' if status == FAILED else 'cyan'}]{bar}[/]", f"{secs:.1f} s")
+        self.print(chart)
+        if (d := timeline.downtime(rec)) is not None:
+            self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, wall clocks of both kernels, ±1 s)")
+        restored = (rec.stage("restore").details.get("workloads", {}) if rec.stage("restore") else {})
         for w in rec.workloads:
-            self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s)")
+            r = restored.get(w.key)
+            state = ("restored, same PID" if r.get("same_pid") else f"restored as PID {r.get('root_pid')}") if r and r.get("ok") \
+                else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r else "not restored (yet)")
+            self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
 
 
 def stdout_json(doc: dict) -> None:

@@ -90,7 +90,10 @@ def run(vm, image, res: Result) -> None:
         slow = vm.sh("awk", SLOW_STEPS, path)["stdout"]
         (vm.workdir / ("criu-" + path.rsplit("/", 1)[-1])).write_text(
             f"--- steps after which more than 0.2 s passed ---\n{slow}\n--- tail ---\n{log}")
-    res.say(vm.sh("kupgrade", "report")["stdout"])
+    report = vm.sh("kupgrade", "report", "--svg", "/root/kupgrade-report.svg", timeout=300)["stdout"]
+    res.say(report)
+    res.check("restored, same PID" in report and "paused for about" in report and "wrote /root/kupgrade-report.svg" in report,
+              "kupgrade report shows the outcome per workload, the downtime and writes the SVG", report[-1500:])
     res.data["record"] = rec
 
     gap, a, b = wl.largest_gap()

@@ -73,6 +73,8 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     ui = Ui(json_mode=json, quiet=json)
     try:
         pipeline.check(ctx, ui)
+        pre = ctx.record.stage("preflight")
+        ui.print(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}")
     finally:
         if json:
             stdout_json(ctx.record.to_json())

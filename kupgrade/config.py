@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,7 +190,6 @@ def with_overrides(cfg: Config, **over: Any) -> Config:
             v = given[s.attr]
             if s.check and (problem := s.check(list(v) if isinstance(v, tuple) else v)):
                 raise ConfigError(f"--{s.key}: {problem}", f"for example: {s.example}")
-    from dataclasses import replace
     new = replace(cfg, **given)
     _check_whole(new)
     return new

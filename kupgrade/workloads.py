@@ -33,7 +33,7 @@ def _tty_nr(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[4])
 
 
-def process_blockers(pid: int, proc_root: Path = Path("/proc")) -> list[Blocker]:
+def process_blockers(pid: int) -> list[Blocker]:
     """What criu cannot dump (or we cannot safely resume) about one process."""
     try:
         st = _status(pid)

@@ -1,4 +1,4 @@
-"""kexec: append the snapshot to the target initrd, load the target kernel, and switch.
+"""kexec: load the target kernel with the initrd the snapshot stage packed, and switch.
 
 `kexec --exec` is the point of no return. Everything before it is undone on failure.
 """

@@ -73,7 +73,6 @@ def unmount(ctx: Context) -> list[str]:
 def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
     t0 = time.monotonic()
-    dumps = {}
     for w in ctx.workloads:
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
@@ -85,7 +84,6 @@ def run(ctx: Context) -> tuple[str, dict]:
             raise StageError(f"criu dump of {w.selector} failed: {tail.splitlines()[-1] if tail else e.message}",
                              f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
-        dumps[w.key] = {"selector": w.selector, "bytes": _du(images)}
     dump_s = time.monotonic() - t0
     made: list[manifest.Manifest] = []
 
@@ -100,14 +98,13 @@ def run(ctx: Context) -> tuple[str, dict]:
     pack_s = time.monotonic() - t1
     shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
     m = made[0]
+    dumps = {w.key: {"selector": w.selector,
+                     "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/"))}
+             for w in ctx.workloads}
     return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, packed with the target initrd "
             f"into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)",
             {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
              "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), **sizes})
-
-
-def _du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def discard(ctx: Context) -> list[str]:

@@ -10,12 +10,12 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, config as config_mod, logfile, pipeline, record
-from .errors import KupgradeError, explain
+from . import __version__, boot, config as config_mod, logfile, pipeline, record, timeline
+from .errors import ConfigError, KupgradeError, explain
 from .newkernel import restore_pending
 from .stages.context import Context, resolve_target
 from .steps import new_record
-from .ui import Ui, stdout_json
+from .ui import LiveUi, Ui, stdout_json
 
 app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Replace the running kernel without losing the running programs (CRIU + kexec).")
@@ -80,35 +80,82 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
             stdout_json(ctx.record.to_json())
 
 
+STEP_OPT = typer.Option(False, "--step", help="Ask before every stage: continue, skip (where the stage "
+                        "allows it) or abort safely.")
+YES_OPT = typer.Option(False, "--yes", "-y", help="Never ask (also not at the go/no-go).")
+
+
+def _asking(yes: bool, step: bool) -> None:
+    """Refuse before changing anything when nobody can answer."""
+    if yes and step:
+        raise ConfigError("--step and --yes contradict each other", "use --step to be asked, --yes never to be asked")
+    if not yes and not sys.stdin.isatty():
+        raise KupgradeError("no terminal on stdin to ask the go/no-go" + (" and the steps" if step else ""),
+                            "run it from a terminal, or pass --yes to go through without asking")
+
+
+def _stage_ui(title: str, names: list[str], json_mode: bool = False) -> Ui:
+    """The live view on a terminal; plain lines otherwise (a log file, a pipe)."""
+    ui = Ui(json_mode=json_mode)
+    if ui.console.is_terminal:
+        return LiveUi(title, names, json_mode=json_mode)
+    return ui
+
+
 @app.command()
 def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
         cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
-        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before the kernel switch.")) -> None:
-    """Do the upgrade: freeze, flush, snapshot the workloads, kexec into the target kernel.
-    Changes: freezes the workloads, mounts a tmpfs, loads and executes the new kernel. Any failure
-    before the switch resumes the workloads unharmed."""
+        step: bool = STEP_OPT, yes: bool = YES_OPT) -> None:
+    """Do the upgrade: freeze, flush, snapshot the workloads, load the target kernel, then (after
+    the go/no-go) kexec into it; the new kernel restores the workloads. Changes: freezes the
+    workloads, mounts a tmpfs, loads and executes the new kernel. Any failure or a "no" before the
+    switch resumes the workloads unharmed."""
+    _asking(yes, step)
     cfg = _config(config, pid, cgroup, kernel)
-    if not yes and not sys.stdin.isatty():
-        raise KupgradeError("no terminal to ask for confirmation before the kernel switch",
-                            "run it from a terminal, or pass --yes to switch without asking")
     ctx = Context(cfg, new_record("run"))
-    ui = Ui()
+    ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
+    ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
         ui.print(f"log: {path}")
+    with ui:
+        pipeline.upgrade(ctx, ui, pipeline.Gate(ui, step=step, yes=yes))
 
-    def confirm(ctx: Context) -> bool:
-        if yes:
-            return True
-        return typer.confirm(f"Workloads are frozen and snapshotted. Switch to {ctx.target.version} now?")
 
-    pipeline.upgrade(ctx, ui, confirm)
+@app.command()
+def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
+             cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
+             step: bool = STEP_OPT, yes: bool = YES_OPT, json: bool = JSON_OPT) -> None:
+    """The dress rehearsal on the running kernel: every stage up to the kexec load, then the
+    workloads are restored from their snapshot here instead of switching kernels. Proves they
+    can be checkpointed and restored, and measures the bandwidths the downtime estimate uses.
+    Changes: the workloads are paused, then continue as restored tasks (same PIDs); the target
+    kernel is loaded and unloaded again. A failure before the handover resumes them unharmed."""
+    _asking(yes, step)
+    cfg = _config(config, pid, cgroup, kernel)
+    ctx = Context(cfg, new_record("rehearse"))
+    ui = _stage_ui(f"kupgrade rehearse on {ctx.kernel_from} (target {cfg.kernel or '?'})",
+                   [s.NAME for s in pipeline.REHEARSAL], json_mode=json)
+    ctx.progress = ui.progress
+    if (path := logfile.start(ctx.record.id)):
+        ui.print(f"log: {path}")
+    try:
+        with ui:
+            pipeline.rehearse(ctx, ui, pipeline.Gate(ui, step=step, yes=yes))
+    finally:
+        if json:
+            stdout_json(ctx.record.to_json())
+    paused = timeline.downtime(ctx.record)
+    ui.print(f"[bold green]Rehearsal passed:[/] the workloads were restored on this kernel and run again "
+             f"(paused {paused} s). The downtime estimate now uses these measurements; "
+             "`kupgrade report` shows the timeline, `kupgrade run` does the upgrade.")
 
 
 @app.command()
 def restore(config: Optional[Path] = CONFIG_OPT) -> None:
     """(New kernel.) Verify the snapshot in /run/kupgrade and restore its workloads; record the
     outcome. Does nothing when no snapshot is pending. The boot integration runs the leaner
-    `kupgrade-restore`, which does the same."""
+    `kupgrade-restore`, which does the same. Changes: starts the restored tasks, frees the
+    snapshot memory, writes the record."""
     cfg = config_mod.load(config)
     ctx = Context(cfg, new_record("restore"))
     ui = Ui()

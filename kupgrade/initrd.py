@@ -129,6 +129,48 @@ def read_cpio(data: bytes) -> dict[str, bytes | None]:
     return out
 
 
+def extract(path: Path, offset: int, dest: Path) -> int:
+    """Unpack the snapshot archive that starts at `offset` of a combined initrd into dest, as the
+    kernel does at boot (dest/ARCHIVE_ROOT/... -> dest/...): used by the rehearsal. Streams; files
+    are created private. Returns the number of files."""
+    count = 0
+    with path.open("rb") as f:
+        f.seek(offset)
+        pos = offset
+        while True:
+            hdr = f.read(110)
+            if len(hdr) < 110 or hdr[:6] != b"070701":
+                raise ValueError(f"{path}: bad cpio header at offset {pos}")
+            fields = [int(hdr[6 + 8 * i: 14 + 8 * i], 16) for i in range(13)]
+            mode, size, namesize = fields[1], fields[6], fields[11]
+            name = f.read(namesize)[:-1].decode()
+            f.read(-(110 + namesize) % 4)
+            pos += 110 + namesize + (-(110 + namesize) % 4)
+            if name == "TRAILER!!!":
+                return count
+            rel = name.removeprefix(ARCHIVE_ROOT).lstrip("/")
+            if ".." in Path(rel).parts or rel.startswith("/"):
+                raise ValueError(f"{path}: unsafe name {name!r} in the snapshot archive")
+            target = dest / rel if rel else dest
+            if stat.S_ISDIR(mode):
+                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    left = size
+                    while left:
+                        chunk = f.read(min(left, _CHUNK))
+                        if not chunk:
+                            raise ValueError(f"{path}: truncated entry {name}")
+                        out.write(chunk)
+                        left -= len(chunk)
+                os.chmod(target, mode & 0o700)
+                count += 1
+            f.read(-size % 4)
+            pos += size + (-size % 4)
+
+
 def assemble(target_initrd: Path, out_path: Path, fill: Callable[[CpioWriter], None]) -> dict:
     """out = target initrd, zero-padded to ALIGN, + a newc archive that fill() writes."""
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

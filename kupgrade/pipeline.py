@@ -1,24 +1,47 @@
-"""Run the stages in order: time each, record each, and undo everything on a failure
-before the point of no return (`kexec --exec`)."""
+"""Run the stages in order: time each, record each, ask where the admin wants to be asked, and
+undo everything on a failure before the point of no return (`kexec --exec`; in a rehearsal,
+ending the original tasks)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 from . import record
 from .errors import KupgradeError
-from .record import FAILED, OK, StageResult
-from .stages import flush, freeze, kexec as kexec_stage, preflight, restore, snapshot
+from .record import FAILED, OK, SKIPPED, StageResult
+from .stages import flush, freeze, handover, kexec as kexec_stage, preflight, restore, snapshot
 from .stages.context import Context
 from .steps import execute_stage, finish
 
 UPGRADE = (preflight, freeze, flush, snapshot, kexec_stage)
 ALL = UPGRADE + (restore,)
+REHEARSAL = UPGRADE + (handover, restore)
+
+CONTINUE, SKIP, ABORT = "continue", "skip", "abort"
+UNDONE = "the workloads are running as before; everything done so far was undone"
 
 log = logging.getLogger("kupgrade.pipeline")
+
+
+class Gate:
+    """Who decides between the stages. Default: nobody, except the go/no-go before the point of
+    no return; `step`: the admin before every stage too; `yes`: nobody at all."""
+
+    def __init__(self, ui, step: bool = False, yes: bool = False) -> None:
+        self.ui, self.step, self.yes = ui, step, yes
+
+    def before(self, stage, ctx: Context) -> str:
+        if not self.step:
+            return CONTINUE
+        return self.ui.ask_stage(stage.NAME, stage.plan(ctx), getattr(stage, "SKIPPABLE", ""))
+
+    def go(self, ctx: Context, question: str) -> bool:
+        return True if self.yes else self.ui.go_no_go(ctx, question)
 
 
 def check(ctx: Context, ui) -> None:
@@ -31,20 +54,52 @@ def check(ctx: Context, ui) -> None:
         finish(ctx, outcome, save=False)
 
 
-def upgrade(ctx: Context, ui, confirm) -> None:
-    """Every stage up to the kexec; then confirm() and switch. Returns only if it did not switch."""
+def _stages(stages, ctx: Context, ui, gate: Gate) -> None:
+    for stage in stages:
+        choice = gate.before(stage, ctx)
+        if choice == ABORT:
+            raise KupgradeError(f"aborted by the admin before the {stage.NAME} stage", UNDONE)
+        if choice == SKIP and getattr(stage, "SKIPPABLE", ""):
+            res = StageResult(stage.NAME, SKIPPED, time.time(), 0.0, "skipped by the admin")
+            ctx.record = ctx.record.with_stage(res)
+            ui.stage_end(res)
+            continue
+        execute_stage(stage, ctx, ui)
+
+
+def upgrade(ctx: Context, ui, gate: Gate) -> None:
+    """Every stage up to the kexec; then the go/no-go and the switch. Returns only if it did not switch."""
     try:
-        for stage in UPGRADE:
-            execute_stage(stage, ctx, ui)
-        if not confirm(ctx):
-            raise KupgradeError("stopped before the kernel switch; the workloads were resumed", "")
+        _stages(UPGRADE, ctx, ui, gate)
+        if not gate.go(ctx, f"Switch to {ctx.target.version} now?"):
+            raise KupgradeError("stopped before the kernel switch", UNDONE)
         ui.point_of_no_return(ctx)
         kexec_stage.execute(ctx)
-        raise KupgradeError("kexec --exec returned without switching kernels",
-                            "see dmesg; the workloads were resumed")
+        raise KupgradeError("kexec --exec returned without switching kernels", "see dmesg")
     except BaseException as e:
         rollback(ctx, ui, e)
         raise
+
+
+def rehearse(ctx: Context, ui, gate: Gate) -> None:
+    """The dress rehearsal: every stage up to the kexec load, then hand the workloads over to
+    their snapshot on this kernel (handover + restore) instead of switching."""
+    ctx.rehearsal = True
+    try:
+        _stages(UPGRADE, ctx, ui, gate)
+        if not gate.go(ctx, "Replace the workloads' tasks by their restored copies now?"):
+            raise KupgradeError("stopped before the handover", UNDONE)
+        _stages(REHEARSAL[len(UPGRADE):], ctx, ui, gate)
+    except BaseException as e:
+        if not ctx.replaced:
+            rollback(ctx, ui, e)
+            raise
+        snapshot.unmount(ctx)
+        finish(ctx, record.REHEARSAL_FAILED)
+        raise
+    snapshot.unmount(ctx)
+    shutil.rmtree(Path(ctx.config.restore_dir), ignore_errors=True)
+    finish(ctx, record.REHEARSED)
 
 
 def rollback(ctx: Context, ui, cause: BaseException) -> None:
@@ -52,7 +107,7 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
     started, t0 = time.time(), time.monotonic()
     done, problems = [], []
     steps = [lambda: kexec_stage.unload(ctx), lambda: freeze.thaw(ctx), lambda: _resume_stopped(ctx),
-             lambda: snapshot.discard(ctx)]
+             lambda: snapshot.discard(ctx), lambda: handover.discard(ctx)]
     for step in steps:
         try:
             done += step()
@@ -79,5 +134,3 @@ def _resume_stopped(ctx: Context) -> list[str]:
         done.append(f"resumed {w.selector} ({len(w.pids)} task(s))")
     ctx.stopped.clear()
     return done
-
-

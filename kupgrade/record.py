@@ -20,6 +20,7 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 # outcomes
 PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
     "planned", "aborted", "kexec", "restored", "restore-failed", "checked")
+REHEARSED, REHEARSAL_FAILED = "rehearsed", "rehearsal-failed"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,22 @@ class UpgradeRecord:
             if s.name == name:
                 return s
         return None
+
+    def warnings(self) -> list[str]:
+        """What an admin reading the report must not miss, derived from the stages."""
+        out = []
+        for s in self.stages:
+            if s.status == FAILED:
+                out.append(f"{s.name} failed: {s.error}" + (f" ({s.hint})" if s.hint else ""))
+            for problem in s.details.get("problems", []):
+                out.append(f"{s.name}: {problem}")
+        rs = self.stage("restore")
+        for key, r in (rs.details.get("workloads", {}) if rs else {}).items():
+            if r.get("ok") and not r.get("same_pid"):
+                out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
+        if self.outcome == KEXECED:
+            out.append("the new kernel has not recorded a restore (yet): is the boot integration installed?")
+        return out
 
     def to_json(self) -> dict:
         return {"id": self.id, "command": self.command, "kernel_from": self.kernel_from,

@@ -7,14 +7,26 @@ from __future__ import annotations
 import json
 import sys
 
-from .record import FAILED, OK, StageResult, UpgradeRecord
+import time
+
+from .errors import KupgradeError
+from .record import FAILED, OK, SKIPPED, StageResult, UpgradeRecord
+
+SESSION_ENDS = ("This session ends with the old kernel: the workloads come back by themselves in the new "
+                "one. Log in again and run `kupgrade report` to see how the restore went.")
 
 
 class PlainUi:
-    marks = {OK: "done", FAILED: "FAILED", "skipped": "skipped"}
+    marks = {OK: "done", FAILED: "FAILED", SKIPPED: "skipped"}
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def print(self, text: str = "") -> None:
         if not self.quiet:
@@ -22,6 +34,18 @@ class PlainUi:
 
     def stage_start(self, name: str) -> None:
         self.print(self.bold(f"▶ {name}") + " …")
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        """Bytes done of a long stage (the live view draws a bar; lines output ignores it)."""
+
+    def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
+        raise KupgradeError("--step needs a terminal to ask", "run it from a terminal")
+
+    def go_no_go(self, ctx, question: str) -> bool:
+        raise KupgradeError("no terminal to ask the go/no-go", "run it from a terminal, or pass --yes")
+
+    def point_of_no_return(self, ctx) -> None:
+        self.print(f"Switching to {ctx.target.version} now. " + SESSION_ENDS)
 
     def bold(self, text: str) -> str:
         return text
@@ -39,7 +63,7 @@ class PlainUi:
 
 
 class Ui(PlainUi):
-    marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", "skipped": "[yellow]skipped[/]"}
+    marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", SKIPPED: "[yellow]skipped[/]"}
 
     def __init__(self, json_mode: bool = False, quiet: bool = False, record_svg: bool = False,
                  width: int | None = None) -> None:
@@ -55,8 +79,27 @@ class Ui(PlainUi):
         return f"[bold]{text}[/]"
 
     def point_of_no_return(self, ctx) -> None:
-        self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] This session ends with the old kernel; "
-                   "log in again and run `kupgrade report` to see how the restore went.")
+        self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] {SESSION_ENDS}")
+
+    def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
+        from rich.prompt import Prompt
+        self.print(f"[bold]next: {name}[/]")
+        for a in actions:
+            self.print(f"  • {a}", markup=False)
+        choices = {"c": "continue", "a": "abort"}
+        line = "[c]ontinue / [a]bort safely"
+        if skippable:
+            choices["s"] = "skip"
+            line += f" / [s]kip ({skippable})"
+        self.print(line, markup=False)
+        answer = Prompt.ask(f"{name}?", choices=list(choices), default="c", console=self.console)
+        return choices[answer]
+
+    def go_no_go(self, ctx, question: str) -> bool:
+        from rich.prompt import Confirm
+        for line in go_no_go_lines(ctx):
+            self.print(line, markup=False)
+        return Confirm.ask(f"[bold]{question}[/]", default=False, console=self.console)
 
     def plan(self, rows: list[tuple[str, list[str]]]) -> None:
         from rich.table import Table
@@ -85,14 +128,130 @@ class Ui(PlainUi):
         for label, bar, secs, status in timeline.bars(rec):
             chart.add_row(label, f"[{'red' if status == FAILED else 'cyan'}]{bar}[/]", f"{secs:.1f} s")
         self.print(chart)
+        pre = rec.stage("preflight")
+        est = f", estimated {pre.details['downtime_estimate_s']} s" if pre and "downtime_estimate_s" in pre.details else ""
         if (d := timeline.downtime(rec)) is not None:
-            self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, wall clocks of both kernels, ±1 s)")
+            clocks = "this kernel's clock" if rec.stage("exec") is None else "wall clocks of both kernels, ±1 s"
+            self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, {clocks}{est})")
         restored = (rec.stage("restore").details.get("workloads", {}) if rec.stage("restore") else {})
         for w in rec.workloads:
             r = restored.get(w.key)
             state = ("restored, same PID" if r.get("same_pid") else f"restored as PID {r.get('root_pid')}") if r and r.get("ok") \
                 else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r else "not restored (yet)")
             self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
+        for warning in rec.warnings():
+            self.print(f"[yellow]warning:[/] {warning}")
+
+
+def go_no_go_lines(ctx, now: float | None = None) -> list[str]:
+    """What the admin needs to decide: what is paused since when, what is loaded, what comes."""
+    rec = ctx.record
+    pre, snap, kx = rec.stage("preflight"), rec.stage("snapshot"), rec.stage("kexec")
+    now = time.time() if now is None else now
+    paused_since = (rec.stage("freeze") if ctx.frozen_cgroups else snap)
+    out = ["go / no-go"]
+    for w in rec.workloads:
+        out.append(f"  workload {w.selector} ({w.name or '?'}, {len(w.pids)} task(s)): stopped, snapshotted")
+    if paused_since is not None:
+        out.append(f"  paused for {now - paused_since.started:.1f} s so far")
+    if snap is not None and snap.status == OK:
+        out.append(f"  snapshot {snap.details.get('snapshot_bytes', 0) >> 20} MiB, "
+                   f"packed initrd {snap.details.get('total_bytes', 0) >> 20} MiB")
+    if kx is not None and kx.status == OK:
+        out.append(f"  {rec.kernel_to} is loaded ({kx.details.get('method')} load)")
+    if pre is not None:
+        out.append(f"  estimated pause in total: {pre.details.get('downtime_estimate_s')} s "
+                   f"({pre.details.get('downtime_basis')})")
+    if ctx.rehearsal:
+        out.append("  next: the original tasks are ended and restored from the snapshot on this kernel")
+    else:
+        out.append(f"  next: kexec --exec. {SESSION_ENDS}")
+    out.append("  answering no resumes the workloads unharmed")
+    return out
+
+
+class LiveUi(Ui):
+    """The live view of `kupgrade run`/`rehearse` on a terminal: every stage with its state and
+    elapsed time, a bar for the long ones; messages print above it; prompts pause it."""
+
+    states = {"pending": "[dim]pending[/]", "running": "[bold yellow]running[/]", OK: "[green]done[/]",
+              FAILED: "[bold red]failed[/]", SKIPPED: "[yellow]skipped[/]"}
+
+    def __init__(self, title: str, stages: list[str], clock=time.monotonic, **kw) -> None:
+        super().__init__(**kw)
+        self.title, self.clock = title, clock
+        self.rows: dict[str, dict] = {n: {"state": "pending"} for n in stages}
+        self.t0 = clock()
+        self.live = None
+
+    def __enter__(self) -> "LiveUi":
+        from rich.live import Live
+        self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=4,
+                         transient=False, redirect_stdout=False, redirect_stderr=False)
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def stage_start(self, name: str) -> None:
+        self.rows.setdefault(name, {}).update(state="running", start=self.clock(), bar=None)
+
+    def stage_end(self, r: StageResult) -> None:
+        row = self.rows.setdefault(r.name, {})
+        row.update(state=r.status, seconds=r.duration_s, summary=r.error or r.summary, bar=None)
+        blockers = r.details.get("blockers", [])
+        for b in blockers:
+            self.print(f"  [red]✗[/] {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+        if r.status == FAILED and r.error and not blockers:
+            self.print(f"  [red]✗ {r.name}:[/] {r.error}")
+
+    def progress(self, label: str, done: int, total: int) -> None:
+        for row in self.rows.values():
+            if row.get("state") == "running":
+                row["bar"] = (label, done, total)
+
+    def _paused(self, fn, *a):
+        if self.live is not None:
+            self.live.stop()
+        try:
+            return fn(*a)
+        finally:
+            if self.live is not None:
+                self.live.start()
+
+    def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
+        return self._paused(super().ask_stage, name, actions, skippable)
+
+    def go_no_go(self, ctx, question: str) -> bool:
+        return self._paused(super().go_no_go, ctx, question)
+
+    def render(self, now: float | None = None):
+        from rich.table import Table
+        now = self.clock() if now is None else now
+        t = Table(title=f"{self.title} · {now - self.t0:.1f} s", title_justify="left", expand=False)
+        t.add_column("#", justify="right")
+        t.add_column("stage")
+        t.add_column("state")
+        t.add_column("time", justify="right")
+        t.add_column("progress / result", overflow="ellipsis", no_wrap=True, max_width=60)
+        for i, (name, row) in enumerate(self.rows.items(), 1):
+            state = row.get("state", "pending")
+            secs = row.get("seconds") if state != "running" else now - row["start"]
+            detail = row.get("summary", "")
+            if state == "running" and row.get("bar"):
+                detail = bar_text(*row["bar"])
+            t.add_row(str(i), name, self.states.get(state, state),
+                      "" if secs is None else f"{secs:.1f} s", detail)
+        return t
+
+
+def bar_text(label: str, done: int, total: int, width: int = 20) -> str:
+    frac = min(1.0, done / total) if total > 0 else 0.0
+    n = int(frac * width)
+    return f"{'█' * n}{'░' * (width - n)} {label} {done >> 20}/{total >> 20} MiB"
 
 
 def stdout_json(doc: dict) -> None:

@@ -40,3 +40,26 @@ def test_run_without_terminal_or_yes_refuses_before_anything(tmp_path, capsys, m
     assert main(["run", "--config", str(cfg)]) == 1
     assert "pass --yes" in capsys.readouterr().err
     assert not (tmp_path / "records").exists()
+
+
+def test_step_and_yes_contradict(tmp_path, capsys):
+    assert main(["run", "--step", "--yes", "--pid", "1", "--kernel", "x"]) == 2
+    assert "--step and --yes contradict" in capsys.readouterr().err
+
+
+def test_rehearse_step_without_terminal_refuses(tmp_path, capsys, monkeypatch):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[workloads]\npids = [4242]\n[target]\nkernel = "x"\n[paths]\nstate = "{tmp_path}"\n')
+    assert main(["rehearse", "--step", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "no terminal on stdin to ask the go/no-go and the steps" in err
+    assert not (tmp_path / "records").exists()
+
+
+def test_every_command_help_says_what_it_changes(capsys):
+    for cmd in ("plan", "check", "run", "rehearse", "restore", "report", "install-boot"):
+        assert main([cmd, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "Changes" in out or "changes" in out, cmd

@@ -35,3 +35,28 @@ def test_latest_restored_record(tmp_path):
     record.save(newer, tmp_path)
     assert record.latest(tmp_path, record.RESTORED).id == "R1"
     assert record.latest(tmp_path, record.CHECKED) is None
+
+
+def rehearsal_record(created: float) -> UpgradeRecord:
+    stages = (StageResult("snapshot", "ok", 200.0, 1.0, details={"snapshot_bytes": 80 * MB, "dump_s": 0.4, "pack_s": 0.6}),
+              StageResult("kexec", "ok", 201.0, 0.5, details={"initrd_bytes": 90 * MB, "load_s": 0.45}),
+              StageResult("handover", "ok", 201.5, 0.5),
+              StageResult("restore", "ok", 202.0, 4.0))
+    return UpgradeRecord(id="H1", command="rehearse", kernel_from="a", kernel_to="b", outcome=record.REHEARSED,
+                         stages=stages, created=created)
+
+
+def test_a_rehearsal_measures_bandwidths_but_not_the_kernel_switch():
+    r = estimate.rates_from(None, rehearsal_record(created=5.0))
+    assert r.dump_bps == 80 * MB and r.load_bps == 200 * MB and r.restore_bps == 20 * MB
+    assert r.boot_s == estimate.DEFAULTS.boot_s
+    assert "rehearsal H1" in r.source and "stated default" in r.source
+
+
+def test_newer_rehearsal_bandwidths_with_the_upgrade_kernel_switch():
+    up = restored_record()                       # created 0.0
+    r = estimate.rates_from(up, rehearsal_record(created=5.0))
+    assert r.dump_bps == 80 * MB and r.boot_s == 18.0
+    assert "rehearsal H1" in r.source and "upgrade R1" in r.source
+    older = estimate.rates_from(up, rehearsal_record(created=-1.0))
+    assert older.dump_bps == 40 * MB

@@ -77,3 +77,30 @@ def test_assemble_pads_appends_and_hashes(tmp_path):
     assert hashed == {"images/tree-1/pages-1.img": {"size": len(page), "sha256": hashlib.sha256(page).hexdigest()}}
     assert len(data) == sizes["total_bytes"]
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_extract_from_combined_initrd(tmp_path):
+    """The rehearsal unpacks the appended archive as the kernel would."""
+    snap = make_snapshot(tmp_path)
+    base = tmp_path / "initrd.img"
+    base.write_bytes(os.urandom(1000))
+    out = tmp_path / "combined.img"
+
+    def fill(w):
+        w.tree(snap / "images", prefix="images")
+        w.data("manifest.json", b"{}\n")
+
+    sizes = initrd.assemble(base, out, fill)
+    dest = tmp_path / "run"
+    n = initrd.extract(out, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    assert n == 2
+    assert (dest / "images/tree-1/pages-1.img").read_bytes() == (snap / "images/tree-1/pages-1.img").read_bytes()
+    assert (dest / "manifest.json").read_bytes() == b"{}\n"
+    assert (dest / "manifest.json").stat().st_mode & 0o077 == 0
+
+
+def test_extract_rejects_garbage_offset(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"\0" * 200)
+    with pytest.raises(ValueError, match="bad cpio header"):
+        initrd.extract(p, 0, tmp_path / "d")

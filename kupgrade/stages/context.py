@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import StageError
 from ..kexec import Method
+from ..progress import Report
 from ..record import UpgradeRecord, Workload
 
 
@@ -41,6 +42,10 @@ class Context:
     snapshot_mounted: bool = False
     method: Method | None = None
     kexec_loaded: bool = False
+    progress: Report | None = None       # the live view's progress callback, if any
+    rehearsal: bool = False              # restore on this kernel instead of switching
+    unpacked: bool = False               # rehearsal: the snapshot was unpacked into restore_dir
+    replaced: bool = False               # rehearsal: the original tasks were ended (no rollback)
 
     @property
     def snapshot_dir(self) -> Path:

@@ -7,9 +7,12 @@ import os
 import time
 from pathlib import Path
 
+from ..progress import watch
 from .context import Context
 
 NAME = "flush"
+SKIPPABLE = ("skipping it moves the write-back into `kexec --exec`'s final sync, "
+             "while the workloads are paused anyway; no data is lost")
 
 
 def plan(ctx: Context) -> list[str]:
@@ -28,8 +31,10 @@ def dirty_bytes(meminfo: Path = Path("/proc/meminfo")) -> dict[str, int]:
 
 def run(ctx: Context) -> tuple[str, dict]:
     before = dirty_bytes()
+    total = sum(before.values())
     start = time.monotonic()
-    os.sync()
+    with watch(ctx.progress, "write-back", total, lambda: max(0, total - sum(dirty_bytes().values()))):
+        os.sync()
     took = time.monotonic() - start
     after = dirty_bytes()
     return (f"synced {before.get('dirty_bytes', 0) >> 10} KiB dirty in {took:.2f} s",

@@ -36,7 +36,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.kexec_loaded = True
     load_s = time.monotonic() - t0
     initrd_bytes = combined_path(ctx).stat().st_size
-    combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
+    if not ctx.rehearsal:        # the rehearsal unpacks it again; a real switch frees the memory
+        combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
     return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {initrd_bytes >> 20} MiB initrd",
             {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
              "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)})

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, criu, estimate, kexec, record, workloads
+from .. import boot, criu, estimate, kexec, manifest, record, workloads
 from ..errors import BlockedError, CommandError
 from ..record import Blocker
 from .context import Context, resolve_target
@@ -89,11 +89,14 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB "
                                 f"(2 x {est >> 20} MiB + initrd + margin), {avail >> 20} MiB available",
                                 "free memory or select fewer workloads"))
+    if (Path(cfg.restore_dir) / manifest.NAME).exists():
+        blockers.append(Blocker(f"a snapshot is still pending in {cfg.restore_dir} (a restore that failed?)",
+                                f"see `kupgrade report`; restore or remove it (`rm -r {cfg.restore_dir}`) first"))
     if os.path.ismount(cfg.snapshot_dir):
         blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
                                 f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
-        record.latest(ctx.state_dir, record.RESTORED)))
+        record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
                "snapshot_estimate_bytes": est, "mem_available_bytes": avail,

@@ -33,7 +33,8 @@ def pending(restore_dir: Path) -> bool:
 
 def run(ctx: Context) -> tuple[str, dict]:
     snap = Path(ctx.config.restore_dir)
-    m, problems = manifest.verify(snap, os.uname().release)
+    # a rehearsal restores on the old kernel what was packed for the target kernel
+    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .. import criu, initrd, manifest
+from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, StageError
 from ..run import run as run_cmd
 from .context import Context
@@ -73,11 +74,13 @@ def unmount(ctx: Context) -> list[str]:
 def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
     t0 = time.monotonic()
+    images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
     for w in ctx.workloads:
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
         try:
-            run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
+            with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
+                run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
         except CommandError as e:
             tail = criu.log_tail(images, criu.DUMP_LOG)
             kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
@@ -94,7 +97,9 @@ def run(ctx: Context) -> tuple[str, dict]:
         w.data("record.json", ctx.record.dumps().encode())
 
     t1 = time.monotonic()
-    sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
+    pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
+    with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
+        sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
     pack_s = time.monotonic() - t1
     shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
     m = made[0]

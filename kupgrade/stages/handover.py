@@ -1,0 +1,81 @@
+"""handover (rehearsal only): instead of `kexec --exec`, hand the workloads over to their own
+snapshot on this kernel, as the new kernel would: unload the kexec kernel (its load was
+measured), unpack the snapshot archive from the packed initrd into /run/kupgrade exactly as the
+initramfs script leaves it, then end the original (stopped or frozen) tasks so that their PIDs
+are free for the restore stage.
+
+Ending the tasks is the rehearsal's point of no return: from there on, the workloads live on
+only in the snapshot, as after a real kernel switch. Everything before it is rolled back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from .. import initrd
+from ..errors import RestoreError
+from . import freeze, kexec as kexec_stage
+from .context import Context
+from .snapshot import combined_path
+
+NAME = "handover"
+PID_WAIT_S = 10.0
+
+
+def plan(ctx: Context) -> list[str]:
+    return ["(rehearsal) unload the kexec kernel instead of executing it",
+            f"unpack the snapshot from the packed initrd into {ctx.config.restore_dir}, as the initramfs would",
+            "end the stopped/frozen original tasks (SIGKILL) and wait until their PIDs are free"]
+
+
+def _taken(pids: list[int]) -> list[int]:
+    """The PIDs still taken (a task, or a zombie its parent has not reaped yet)."""
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    unloaded = kexec_stage.unload(ctx)
+    snap = combined_path(ctx)
+    sizes = ctx.record.stage("snapshot").details
+    dest = Path(ctx.config.restore_dir)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.chmod(0o700)
+    t0 = time.monotonic()
+    ctx.unpacked = True
+    files = initrd.extract(snap, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    unpack_s = time.monotonic() - t0
+    snap.unlink()
+
+    ctx.replaced = True          # from here on the workloads live on in the snapshot only
+    pids = [p for w in ctx.workloads for p in w.pids]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    ctx.stopped.clear()
+    deadline = time.monotonic() + PID_WAIT_S
+    while (taken := _taken(pids)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    thawed = freeze.thaw(ctx)    # the restored tasks go back into these cgroups
+    if taken:
+        raise RestoreError(f"PID {taken[0]} is still taken {PID_WAIT_S:.0f} s after its task was ended "
+                           "(a zombie its parent does not reap?)",
+                           f"the snapshot is kept in {dest}; once the PIDs are free: "
+                           f"criu restore -D {dest}/images/TREE --restore-detached")
+    return (f"unpacked {files} file(s) in {unpack_s:.2f} s; ended {len(pids)} original task(s)",
+            {"unpacked_files": files, "unpack_s": round(unpack_s, 4), "ended_pids": pids,
+             "done": unloaded + thawed})
+
+
+def discard(ctx: Context) -> list[str]:
+    """Rollback (before the tasks were ended): remove what run() unpacked."""
+    if not ctx.unpacked:
+        return []
+    shutil.rmtree(ctx.config.restore_dir, ignore_errors=True)
+    ctx.unpacked = False
+    return [f"removed the unpacked snapshot in {ctx.config.restore_dir}"]

@@ -1,0 +1,106 @@
+"""The stage loop and its gate: continue / skip / abort, and what a rehearsal rolls back."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from kupgrade import pipeline
+from kupgrade.config import Config
+from kupgrade.errors import KupgradeError
+from kupgrade.record import OK, SKIPPED, UpgradeRecord
+from kupgrade.stages.context import Context
+
+
+class FakeUi:
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.asked, self.ended = [], []
+
+    def stage_start(self, name):
+        pass
+
+    def stage_end(self, res):
+        self.ended.append((res.name, res.status))
+
+    def ask_stage(self, name, actions, skippable):
+        self.asked.append((name, bool(skippable)))
+        return self.answers.pop(0)
+
+
+def stage(name, skippable="", ran=None):
+    def run(ctx):
+        ran.append(name)
+        return f"{name} done", {}
+    return SimpleNamespace(NAME=name, SKIPPABLE=skippable, plan=lambda ctx: [f"do {name}"], run=run)
+
+
+def ctx(tmp_path):
+    return Context(Config(state_dir=str(tmp_path)), UpgradeRecord("X", "run", "6.1"))
+
+
+def test_step_continue_and_skip(tmp_path):
+    ran = []
+    stages = (stage("a", ran=ran), stage("b", skippable="why", ran=ran), stage("c", ran=ran))
+    ui = FakeUi([pipeline.CONTINUE, pipeline.SKIP, pipeline.CONTINUE])
+    c = ctx(tmp_path)
+    pipeline._stages(stages, c, ui, pipeline.Gate(ui, step=True))
+    assert ran == ["a", "c"]
+    assert ui.asked == [("a", False), ("b", True), ("c", False)]
+    assert [(s.name, s.status) for s in c.record.stages] == [("a", OK), ("b", SKIPPED), ("c", OK)]
+    assert c.record.stage("b").summary == "skipped by the admin"
+
+
+def test_skip_is_ignored_for_a_stage_that_cannot_be_skipped(tmp_path):
+    ran = []
+    ui = FakeUi([pipeline.SKIP])
+    pipeline._stages((stage("a", ran=ran),), ctx(tmp_path), ui, pipeline.Gate(ui, step=True))
+    assert ran == ["a"]
+
+
+def test_abort_raises_before_the_stage_runs(tmp_path):
+    ran = []
+    ui = FakeUi([pipeline.CONTINUE, pipeline.ABORT])
+    with pytest.raises(KupgradeError, match="aborted by the admin before the b stage"):
+        pipeline._stages((stage("a", ran=ran), stage("b", ran=ran)), ctx(tmp_path), ui, pipeline.Gate(ui, step=True))
+    assert ran == ["a"]
+
+
+def test_without_step_nobody_is_asked(tmp_path):
+    ran = []
+    ui = FakeUi([])
+    pipeline._stages((stage("a", ran=ran),), ctx(tmp_path), ui, pipeline.Gate(ui))
+    assert ran == ["a"] and ui.asked == []
+    assert pipeline.Gate(ui, yes=True).go(None, "?") is True
+
+
+def test_rehearsal_failure_after_the_handover_is_not_rolled_back(tmp_path, monkeypatch):
+    """Once the original tasks are ended, resuming them is impossible: no rollback, the snapshot stays."""
+    calls = []
+    monkeypatch.setattr(pipeline, "rollback", lambda *a: calls.append("rollback"))
+    monkeypatch.setattr(pipeline.snapshot, "unmount", lambda c: calls.append("unmount") or [])
+
+    def stages(stages_, c, ui, gate):
+        if stages_ is pipeline.UPGRADE:
+            return
+        c.replaced = True
+        raise KupgradeError("restore failed", "")
+    monkeypatch.setattr(pipeline, "_stages", stages)
+    c = ctx(tmp_path)
+    ui = FakeUi([])
+    with pytest.raises(KupgradeError):
+        pipeline.rehearse(c, ui, pipeline.Gate(ui, yes=True))
+    assert calls == ["unmount"]
+    assert c.record.outcome == "rehearsal-failed"
+
+
+def test_rehearsal_failure_before_the_handover_rolls_back(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipeline, "rollback", lambda *a: calls.append("rollback"))
+
+    def stages(stages_, c, ui, gate):
+        raise KupgradeError("dump failed", "")
+    monkeypatch.setattr(pipeline, "_stages", stages)
+    ui = FakeUi([])
+    with pytest.raises(KupgradeError):
+        pipeline.rehearse(ctx(tmp_path), ui, pipeline.Gate(ui, yes=True))
+    assert calls == ["rollback"]

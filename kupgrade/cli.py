@@ -13,9 +13,9 @@ import typer
 from . import __version__, boot, config as config_mod, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import restore_pending
-from .stages.context import Context, resolve_target
+from .stages.context import Context
 from .steps import new_record
-from .ui import LiveUi, Ui, stdout_json
+from .ui import LiveUi, PlainUi, Ui, stdout_json
 
 app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Replace the running kernel without losing the running programs (CRIU + kexec).")
@@ -48,18 +48,29 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Log every command a
 def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
          cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
          json: bool = JSON_OPT) -> None:
-    """Show the ordered stages and what each will do on this machine. Changes nothing."""
+    """Show the ordered stages and what each will do on this machine (the workloads and their
+    PIDs, memory to snapshot, the kernels), the blockers with their fixes and the downtime
+    estimate with its basis. Changes nothing (it runs the read-only preflight)."""
     cfg = _config(config, pid, cgroup, kernel)
     ctx = Context(cfg, new_record("plan"))
     try:
-        ctx.target = resolve_target(cfg)
+        pipeline.check(ctx, PlainUi(quiet=True))
     except KupgradeError:
-        pass
+        pass        # blockers (or e.g. no target kernel) are part of the plan, recorded by the stage
     rows = [(s.NAME, s.plan(ctx)) for s in pipeline.ALL]
+    pre = ctx.record.stage("preflight")
+    doc = {"kernel_from": ctx.kernel_from, "kernel_to": ctx.target.version if ctx.target else "",
+           "workloads": [w.to_json() for w in ctx.workloads],
+           "snapshot_estimate_bytes": ctx.estimate_bytes,
+           "blockers": pre.details["blockers"] if "blockers" in pre.details else
+           ([{"message": pre.error, "hint": pre.hint}] if pre.error else []),
+           "downtime_estimate_s": pre.details.get("downtime_estimate_s"),
+           "downtime_basis": pre.details.get("downtime_basis", ""),
+           "stages": [{"name": n, "actions": a} for n, a in rows], "config": cfg.to_json()}
     if json:
-        stdout_json({"stages": [{"name": n, "actions": a} for n, a in rows], "config": cfg.to_json()})
+        stdout_json(doc)
     else:
-        Ui().plan(rows)
+        Ui().plan(rows, doc)
 
 
 @app.command()

@@ -32,14 +32,16 @@ def restore_argv(images: Path, pidfile: Path) -> list[str]:
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
 
 
-def log_tail(images: Path, name: str, lines: int = 12) -> str:
-    """The error lines of a criu log (criu's stderr is empty when it logs to a file)."""
+def first_error(images: Path, name: str) -> str:
+    """The first error line of a criu log: the cause ("Dumping FAILED" comes last)."""
     try:
-        text = (images / name).read_text(errors="replace").splitlines()
+        with (images / name).open(errors="replace") as f:
+            for line in f:
+                if "Error" in line:
+                    return line.strip()
     except FileNotFoundError:
-        return ""
-    errors = [l for l in text if "Error" in l or "error" in l]
-    return "\n".join((errors or text)[-lines:])
+        pass
+    return ""
 
 
 def check() -> None:

@@ -101,15 +101,24 @@ class Ui(PlainUi):
             self.print(line, markup=False)
         return Confirm.ask(f"[bold]{question}[/]", default=False, console=self.console)
 
-    def plan(self, rows: list[tuple[str, list[str]]]) -> None:
+    def plan(self, rows: list[tuple[str, list[str]]], doc: dict) -> None:
         from rich.table import Table
-        t = Table(title="kupgrade plan", show_lines=True)
+        mib = doc["snapshot_estimate_bytes"] >> 20
+        self.print(f"[bold]kupgrade plan[/]: {doc['kernel_from']} → {doc['kernel_to'] or '?'}, "
+                   f"{len(doc['workloads'])} workload(s), ~{mib} MiB to snapshot")
+        t = Table(show_lines=True)
         t.add_column("#", justify="right")
         t.add_column("stage")
         t.add_column("what it will do on this machine")
         for i, (name, actions) in enumerate(rows, 1):
             t.add_row(str(i), name, "\n".join(f"• {a}" for a in actions))
         self.print(t)
+        for b in doc["blockers"]:
+            self.print(f"[red]✗ blocker:[/] {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+        if not doc["blockers"]:
+            self.print("[green]no blockers[/]: `kupgrade rehearse` or `kupgrade run` can go ahead")
+        if doc["downtime_estimate_s"] is not None:
+            self.print(f"downtime estimate [bold]{doc['downtime_estimate_s']} s[/]: {doc['downtime_basis']}")
 
     def report(self, rec: UpgradeRecord) -> None:
         from rich.table import Table
@@ -214,13 +223,15 @@ class LiveUi(Ui):
                 row["bar"] = (label, done, total)
 
     def _paused(self, fn, *a):
-        if self.live is not None:
-            self.live.stop()
+        """Stop the live view for a question, then start a fresh one below the answer (a
+        restarted Live would redraw over the question)."""
+        running = self.live is not None
+        self.__exit__()
         try:
             return fn(*a)
         finally:
-            if self.live is not None:
-                self.live.start()
+            if running:
+                self.__enter__()
 
     def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
         return self._paused(super().ask_stage, name, actions, skippable)

@@ -77,4 +77,12 @@ def test_keep_criu_logs_private(tmp_path):
     assert kept == [str(tmp_path / "logs/ID/tree-300/dump.log")]
     assert Path(kept[0]).stat().st_mode & 0o077 == 0
     assert (tmp_path / "logs/ID").stat().st_mode & 0o077 == 0
-    assert "boom" in criu.log_tail(images / "tree-300", "dump.log")
+    assert "boom" in criu.first_error(images / "tree-300", "dump.log")
+
+
+def test_criu_first_error_is_the_cause(tmp_path):
+    from kupgrade import criu
+    (tmp_path / "dump.log").write_text("(0.1) info\n(0.2) Error (criu/x.c:1): A session leader is outside\n"
+                                       "(0.3) Error (criu/cr-dump.c:2053): Dumping FAILED.\n")
+    assert criu.first_error(tmp_path, "dump.log") == "(0.2) Error (criu/x.c:1): A session leader is outside"
+    assert criu.first_error(tmp_path, "missing.log") == ""

@@ -81,7 +81,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     blockers += wl_blockers
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
 
-    ctx.estimate_bytes = est = sum(workloads.anon_bytes(p) for w in ctx.workloads for p in w.pids)
+    per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
+    ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     need = 2 * est + initrd_size + MARGIN
     avail = _mem_available()
@@ -99,7 +100,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
-               "snapshot_estimate_bytes": est, "mem_available_bytes": avail,
+               "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers]}
     if blockers:

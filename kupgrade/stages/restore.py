@@ -49,9 +49,9 @@ def run(ctx: Context) -> tuple[str, dict]:
             results[w.key] = {"selector": w.selector, "ok": True, "root_pid": pid,
                               "same_pid": pid == w.root_pid}
         except (CommandError, OSError, ValueError) as e:
-            tail = criu.log_tail(images, criu.RESTORE_LOG)
+            cause = criu.first_error(images, criu.RESTORE_LOG)
             results[w.key] = {"selector": w.selector, "ok": False,
-                              "error": tail.splitlines()[-1] if tail else str(e), "images": str(images)}
+                              "error": cause or str(e), "images": str(images)}
     failed = [r for r in results.values() if not r["ok"]]
     logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / m.id)
     for key, r in results.items():

@@ -39,8 +39,11 @@ def tmpfs_size(ctx: Context) -> str:
 
 def plan(ctx: Context) -> list[str]:
     out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
+    pre = ctx.record.stage("preflight")
+    sizes = pre.details.get("workload_bytes", {}) if pre else {}
     for w in ctx.workloads or []:
-        out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {len(w.pids)} task(s)) --leave-stopped")
+        mib = f", ~{sizes[w.key] >> 20} MiB" if w.key in sizes else ""
+        out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {w.name}, {len(w.pids)} task(s){mib}) --leave-stopped")
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
@@ -82,9 +85,9 @@ def run(ctx: Context) -> tuple[str, dict]:
             with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
                 run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
         except CommandError as e:
-            tail = criu.log_tail(images, criu.DUMP_LOG)
+            cause = criu.first_error(images, criu.DUMP_LOG)
             kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
-            raise StageError(f"criu dump of {w.selector} failed: {tail.splitlines()[-1] if tail else e.message}",
+            raise StageError(f"criu dump of {w.selector} failed: {cause or e.message}",
                              f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
     dump_s = time.monotonic() - t0

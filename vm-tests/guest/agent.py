@@ -7,6 +7,7 @@ Each request runs in its own thread: `kupgrade run` never returns (the kernel sw
 import json
 import os
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -60,9 +61,25 @@ def op_spawn(req):
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(req["last_pid"]))
     log = open(req.get("log", "/dev/null"), "ab")
-    p = subprocess.Popen(req["argv"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                         start_new_session=True, preexec_fn=prep)
-    return {"pid": p.pid}
+    # Like a daemon (or a service under systemd): a session of its own, its parent is PID 1,
+    # which reaps it; the launcher prints the daemon's PID and exits.
+    p = subprocess.Popen([sys.executable, "-c", DAEMONIZE, *req["argv"]], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=log, preexec_fn=prep)
+    out, _ = p.communicate(timeout=60)
+    # the daemon's stdout/stderr: the log file
+    return {"pid": int(out.decode().split()[0])}
+
+
+DAEMONIZE = """
+import os, sys
+pid = os.fork()
+if pid:
+    print(pid, flush=True)
+    os._exit(0)
+os.setsid()
+os.dup2(2, 1)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
 
 
 def op_tail(req):

@@ -145,7 +145,8 @@ class Guest:
                         self._replies[msg["id"]] = msg
                         self._cond.notify_all()
                 else:
-                    self.events.put(msg)
+                    self.on_event(msg)      # as it arrives: heartbeats are recorded even while
+                    self.events.put(msg)    # the scenario waits for something else
 
     # --- talking to the agent --------------------------------------------------------------
     def console_tail(self, n: int = 40) -> str:
@@ -196,7 +197,6 @@ class Guest:
                 e = self.events.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
-            self.on_event(e)
             if e.get("ev") == kind and where(e):
                 return e
 
@@ -215,7 +215,8 @@ class Guest:
                 if time.monotonic() >= deadline or self.proc.poll() is not None:
                     raise
 
-    def on_event(self, e: dict) -> None:  # scenarios may replace it to collect heartbeats
+    def on_event(self, e: dict) -> None:
+        """Called by the reader thread for every event; scenarios replace it to collect heartbeats."""
         pass
 
     def read(self, path: str) -> str:

@@ -67,6 +67,11 @@ class Workload:
         return f"{len(self.beats)} beats, {self.beats[0].counter}..{self.beats[-1].counter}" if self.beats else "no beats"
 
     def largest_gap(self) -> tuple[float, Heartbeat, Heartbeat]:
-        pairs = list(zip(self.beats, self.beats[1:]))
+        return self.largest_gap_after(-1)
+
+    def largest_gap_after(self, counter: int) -> tuple[float, Heartbeat, Heartbeat]:
+        """The largest gap between heartbeats numbered above `counter`."""
+        beats = [b for b in self.beats if b.counter > counter]
+        pairs = list(zip(beats, beats[1:]))
         a, b = max(pairs, key=lambda p: p[1].t - p[0].t)
         return b.t - a.t, a, b

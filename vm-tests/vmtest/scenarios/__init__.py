@@ -1,5 +1,5 @@
 """One module per scenario: NAME, DESCRIPTION and run(vm, image, result)."""
 
-from . import abort, basic
+from . import abort, basic, rehearse, tui
 
-SCENARIOS = {m.NAME: m for m in (basic, abort)}
+SCENARIOS = {m.NAME: m for m in (basic, rehearse, tui, abort)}

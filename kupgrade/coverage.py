@@ -24,12 +24,13 @@ UNSAFE: tuple[tuple[dict, str], ...] = (
     ({"subsystem": "pci", "driver": "amdgpu"}, _GPU),
     ({"subsystem": "pci", "driver": "i915"}, _GPU),
     ({"subsystem": "pci", "driver": "xe"}, _GPU),
-    ({"subsystem": "accel"}, "AI accelerator contexts and device memory (habanalabs, ivpu, qaic) are not "
-                             "saved by CRIU; the new kernel's driver resets the accelerator"),
-    ({"subsystem": "pci", "driver": "vfio-pci"}, "passed through to a VM or userspace driver: its state belongs "
-                                                  "to that guest, and the new kernel resets the device under it"),
-    ({"subsystem": "infiniband"}, "RDMA queue pairs and memory registrations live in the adapter; CRIU cannot "
-                                  "dump them and the new driver drops them"),
+    ({"subsystem": "accel"}, ("AI accelerator contexts and device memory (habanalabs, ivpu, qaic) are not "
+                              "saved by CRIU; the new kernel's driver resets the accelerator")),
+    ({"subsystem": "pci", "driver": "vfio-pci"}, ("passed through to a VM or userspace driver: its state "
+                                                  "belongs to that guest, and the new kernel resets the device "
+                                                  "under it")),
+    ({"subsystem": "infiniband"}, ("RDMA queue pairs and memory registrations live in the adapter; CRIU cannot "
+                                   "dump them and the new driver drops them")),
 )
 
 
@@ -49,7 +50,7 @@ class Coverage:
                 "allowed": self.allowed, "blocking": self.blocking}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Coverage":
+    def from_json(cls, d: dict) -> Coverage:
         return cls(Device.from_json(d["device"]), tuple(d["hooks"]), d.get("unsafe", ""), d.get("allowed", False))
 
 

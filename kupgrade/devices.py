@@ -45,7 +45,7 @@ class Device:
                 "devnode": self.devnode, "attributes": dict(self.attributes)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Device":
+    def from_json(cls, d: dict) -> Device:
         return cls(d["sys_path"], d["subsystem"], d.get("sys_name", ""), d.get("driver", ""),
                    d.get("parent_driver", ""), d.get("devtype", ""), d.get("devnode", ""),
                    dict(d.get("attributes", {})))
@@ -59,7 +59,7 @@ def _text(v) -> str:
 
 def enumerate_devices(subsystems: tuple[str, ...] = ()) -> list[Device]:
     """All devices udev knows (or those of `subsystems`), sorted by sys_path."""
-    import pyudev     # lazily: see the module docstring
+    import pyudev  # lazily: see the module docstring
 
     ctx = pyudev.Context()
     found = []

@@ -18,12 +18,12 @@ import logging
 import os
 import pkgutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
-from .hooks import NAME_RE, Hook, HookFailed, call_executable, parse_spec
+from .hooks import NAME_RE, BadSpec, Hook, HookFailed, call_executable, parse_spec
 
 log = logging.getLogger("kupgrade.hooks")
 
@@ -44,7 +44,7 @@ class Skipped:
         return {"name": self.name, "source": self.source, "reason": self.reason}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Skipped":
+    def from_json(cls, d: dict) -> Skipped:
         return cls(d["name"], d["source"], d["reason"])
 
 
@@ -72,7 +72,7 @@ def python_hook(obj: object, name: str, kind: str, source: str) -> Hook:
         obj = obj()
     describe = getattr(obj, "describe", None)
     if not callable(describe):
-        raise ValueError("has no describe()")
+        raise BadSpec("has no describe()")
     spec = parse_spec(describe(), name)
     if "early-restore" in spec.points:
         log.warning("hook %s: early-restore ignored (Python hooks cannot run in the initramfs)", name)
@@ -92,7 +92,7 @@ def load_builtins(package: str = BUILTIN_PACKAGE) -> tuple[list[Hook], list[Skip
         name, source = mod.name.replace("_", "-"), f"{package}.{mod.name}"
         try:
             hooks.append(python_hook(importlib.import_module(source), name, "builtin", source))
-        except Exception as e:      # a broken built-in is reported, not fatal for the listing
+        except Exception as e:  # noqa: BLE001 -- a broken built-in is reported, not fatal
             skipped.append(Skipped(name, source, f"cannot load: {type(e).__name__}: {e}"))
     return hooks, skipped
 
@@ -103,7 +103,7 @@ def load_entry_points(group: str = GROUP) -> tuple[list[Hook], list[Skipped]]:
         source = f"entry point {ep.name} = {ep.value}"
         try:
             hooks.append(python_hook(ep.load(), ep.name, "entry-point", source))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- a broken plug-in is reported, not fatal
             skipped.append(Skipped(ep.name, source, f"cannot load: {type(e).__name__}: {e}"))
     return hooks, skipped
 
@@ -129,7 +129,7 @@ def load_executables(directory: Path = DEFAULT_DIR, owner_ok: Callable[[os.stat_
             continue
         try:
             spec = parse_spec(call_executable(path, "describe", None, DESCRIBE_TIMEOUT), path.name)
-        except (HookFailed, ValueError) as e:
+        except (HookFailed, BadSpec) as e:
             log.warning("hook %s skipped: describe: %s", path, e)
             skipped.append(Skipped(path.name, str(path), f"describe: {e}"))
             continue

@@ -56,34 +56,38 @@ class HookSpec:
                 "critical": self.critical, "timeout": self.timeout, "description": self.description}
 
     @classmethod
-    def from_json(cls, d: dict) -> "HookSpec":
+    def from_json(cls, d: dict) -> HookSpec:
         return cls(d["name"], tuple(d["points"]), tuple(d.get("match", ())), d.get("critical", False),
                    d.get("timeout", DEFAULT_TIMEOUT), d.get("description", ""))
+
+
+class BadSpec(ValueError):
+    """A declaration (`describe`) that does not follow the contract; the hook is skipped."""
 
 
 def parse_spec(d: object, name: str) -> HookSpec:
     """Validate a `describe` reply. `name` is the file or module name, which the declaration may
     repeat but not contradict. Raises ValueError saying what is wrong."""
     if not isinstance(d, dict):
-        raise ValueError(f"describe must return a JSON object, got {type(d).__name__}")
+        raise BadSpec(f"describe must return a JSON object, got {type(d).__name__}")
     if d.get("name", name) != name:
-        raise ValueError(f"describe says name {d.get('name')!r} but the hook is named {name!r}")
+        raise BadSpec(f"describe says name {d.get('name')!r} but the hook is named {name!r}")
     if not NAME_RE.fullmatch(name):
-        raise ValueError(f"name {name!r} may only contain A-Z a-z 0-9 _ -")
+        raise BadSpec(f"name {name!r} may only contain A-Z a-z 0-9 _ -")
     points = d.get("points")
     if not isinstance(points, list) or not points or not all(p in POINTS for p in points):
-        raise ValueError(f"`points` must be a non-empty list of {', '.join(POINTS)}, got {points!r}")
+        raise BadSpec(f"`points` must be a non-empty list of {', '.join(POINTS)}, got {points!r}")
     match = d.get("match", [])
     if not isinstance(match, list):
-        raise ValueError(f"`match` must be a list of match objects, got {match!r}")
+        raise BadSpec(f"`match` must be a list of match objects, got {match!r}")
     for m in match:
         if problem := check_match(m):
-            raise ValueError(problem)
+            raise BadSpec(problem)
     critical, timeout = d.get("critical", False), d.get("timeout", DEFAULT_TIMEOUT)
     if not isinstance(critical, bool):
-        raise ValueError(f"`critical` must be true or false, got {critical!r}")
+        raise BadSpec(f"`critical` must be true or false, got {critical!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
-        raise ValueError(f"`timeout` must be a number of seconds in (0, 3600], got {timeout!r}")
+        raise BadSpec(f"`timeout` must be a number of seconds in (0, 3600], got {timeout!r}")
     return HookSpec(name, tuple(p for p in POINTS if p in points), tuple(match), critical, float(timeout),
                     str(d.get("description", "")))
 
@@ -155,7 +159,7 @@ def _call_python(target: object, point: str, request: dict, timeout: float) -> d
     def work() -> None:
         try:
             box["reply"] = fn(request)
-        except Exception as e:          # a hook's bug is its failure, not kupgrade's crash
+        except Exception as e:  # noqa: BLE001 -- a hook's bug is its failure, not kupgrade's crash
             box["error"] = f"{type(e).__name__}: {e}"
 
     t = threading.Thread(target=work, name=f"hook-{point}", daemon=True)
@@ -187,7 +191,7 @@ class HookResult:
                 "reply": self.reply, "error": self.error, "critical": self.critical}
 
     @classmethod
-    def from_json(cls, d: dict) -> "HookResult":
+    def from_json(cls, d: dict) -> HookResult:
         return cls(d["hook"], d["point"], d["ok"], d["seconds"], d.get("reply", {}), d.get("error", ""),
                    d.get("critical", False))
 

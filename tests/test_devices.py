@@ -2,7 +2,7 @@
 
 import json
 
-from hookfakes import CARD0, DEVICES, DISK, ETH0, GPU, IB, PyHook
+from hookfakes import CARD0, DEVICES, DISK, ETH0, GPU, PyHook
 
 from kupgrade.coverage import Coverage, coverage, interesting, unsafe_blockers
 from kupgrade.devices import Device, check_match, matches

@@ -34,8 +34,8 @@ def test_bundle_run_collect(tmp_path):
     notes = early.bundle([good, bad, py_exec, PyHook("40-inproc", points=("restore",)).hook()], [ETH0], EXTRA,
                          snap, restore_dir=snap)
     assert notes == ["10-good: bundled for early-restore", "20-bad: bundled for early-restore",
-                     "30-py: early-restore skipped: not a /bin/sh script (first line '#!/usr/bin/python3'): "
-                     "the initramfs has only busybox"]
+                     ("30-py: early-restore skipped: not a /bin/sh script (first line '#!/usr/bin/python3'): "
+                      "the initramfs has only busybox")]
     d = snap / "hooks" / early.BUNDLE
     req = json.loads((d / "10-good.request.json").read_text())
     assert req["point"] == "early-restore" and req["devices"][0]["sys_name"] == "eth0"

@@ -6,8 +6,17 @@ import pytest
 from hookfakes import DEVICES, ETH0, PyHook, write_exec
 
 from kupgrade.errors import HookError
-from kupgrade.hooks import (Hook, HookResult, HookSpec, blockers, call_executable, HookFailed, load_saved,
-                            parse_spec, run_point)
+from kupgrade.hooks import (
+    Hook,
+    HookFailed,
+    HookResult,
+    HookSpec,
+    blockers,
+    call_executable,
+    load_saved,
+    parse_spec,
+    run_point,
+)
 
 EXTRA = {"upgrade_id": "20250101T000000-abcdef", "kernel_from": "6.1.0", "kernel_to": "6.12.0"}
 

@@ -2,11 +2,14 @@
 
 A typer sub-app of its own, registered in cli.py with one add_typer line; errors go through
 kupgrade.errors like every other command (cli.main is the one handler).
+typing.Optional in the command signatures: Debian bookworm's typer 0.7 does not understand `X | None`.
 """
+# ruff: noqa: UP045
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -91,7 +94,7 @@ def _print(hooks: list[Hook], skipped: list[Skipped], rows: list[Coverage], hidd
 
 
 @app.command("list")
-def list_(config: Path | None = CONFIG_OPT,
+def list_(config: Optional[Path] = CONFIG_OPT,
           json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else."),
           all: bool = typer.Option(False, "--all", help="Show every device and every ignored file.")) -> None:
     """Devices x hooks: which hook covers which device, which devices no hook covers (the new

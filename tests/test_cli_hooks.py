@@ -1,5 +1,6 @@
 """`kupgrade hooks list` and `kupgrade hooks new`, through the real command line."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -17,6 +18,13 @@ from kupgrade.hookload import load_executables
 REPO = Path(__file__).resolve().parents[1]
 
 
+def runner() -> CliRunner:
+    """stdout without stderr: click 8.1 (Debian bookworm) mixes them unless told not to; 8.2 never does."""
+    if "mix_stderr" in inspect.signature(CliRunner.__init__).parameters:
+        return CliRunner(mix_stderr=False)
+    return CliRunner()
+
+
 @pytest.fixture
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_hooks, "list_devices", lambda: list(DEVICES))
@@ -31,7 +39,7 @@ def cfg(tmp_path, monkeypatch):
 
 
 def test_list_json_is_only_json(cfg):
-    result = CliRunner().invoke(app, ["hooks", "list", "--config", str(cfg), "--json"])
+    result = runner().invoke(app, ["hooks", "list", "--config", str(cfg), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert [h["name"] for h in doc["hooks"]] == ["50-blk", "network"]
@@ -43,13 +51,13 @@ def test_list_json_is_only_json(cfg):
 
 
 def test_list_all_shows_ignored_files(cfg):
-    doc = json.loads(CliRunner().invoke(app, ["hooks", "list", "-c", str(cfg), "--json", "--all"]).stdout)
+    doc = json.loads(runner().invoke(app, ["hooks", "list", "-c", str(cfg), "--json", "--all"]).stdout)
     assert {s["name"] for s in doc["skipped"]} == {"60-loose", "x.dpkg-old"}
     assert doc["hidden_devices"] == 0
 
 
 def test_list_human(cfg):
-    result = CliRunner().invoke(app, ["hooks", "list", "-c", str(cfg)])
+    result = runner().invoke(app, ["hooks", "list", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
     assert "UNSAFE: blocks" in result.stdout and "skipped 60-loose" in result.stdout
     assert "1 unsafe device(s) block the upgrade" in result.stdout

@@ -8,13 +8,21 @@ typing.Optional in the command signatures: Debian bookworm's typer 0.7 does not 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import config as config_mod
-from .coverage import Coverage, coverage, interesting, unsafe_blockers
+from .coverage import (
+    Coverage,
+    coverage,
+    format_holders,
+    interesting,
+    open_devnodes,
+    unsafe_blockers,
+)
 from .devices import Device, enumerate_devices
 from .early import cannot_run_early
 from .errors import StageError
@@ -48,9 +56,11 @@ def _status(c: Coverage) -> str:
     if c.hooks:
         return "[green]" + ", ".join(c.hooks) + "[/]"
     if c.blocking:
-        return "[bold red]UNSAFE: blocks[/]"
+        return "[bold red]UNSAFE, in use: blocks[/]"
+    if c.unsafe and c.holders:
+        return "[yellow]unsafe, in use, allowed[/]"
     if c.unsafe:
-        return "[yellow]unsafe, allowed[/]"
+        return "[yellow]unsafe class, not in use[/]"
     return "[dim]none: reset[/]"
 
 
@@ -69,17 +79,24 @@ def _print(hooks: list[Hook], skipped: list[Skipped], rows: list[Coverage], hidd
                   f"{h.spec.timeout:g} s")
     console.print(t)
     d = Table(title="devices", title_justify="left")
-    for col in ("device", "subsystem", "driver", "covered by"):
+    for col in ("device", "subsystem", "driver", "covered by", "held open by"):
         d.add_column(col)
     for c in rows:
         dev = c.device
-        d.add_row(escape(dev.sys_name or dev.sys_path), dev.subsystem, dev.effective_driver, _status(c))
+        d.add_row(escape(dev.sys_name or dev.sys_path), dev.subsystem, dev.effective_driver, _status(c),
+                  escape(format_holders(c.holders)) if c.holders else "")
     console.print(d)
     console.print("[dim]none: reset = no hook; the new kernel's driver starts this device from scratch[/]")
     for c in rows:
-        if c.unsafe and not c.hooks:
+        if c.unsafe and c.holders and not c.hooks:
             what = "allowed by hooks.allow" if c.allowed else "[bold red]blocks the upgrade[/]"
-            console.print(f"{escape(c.device.sys_path)}: {what}: {escape(c.unsafe)}")
+            console.print(f"{escape(c.device.sys_path)}: {what}: in use by {escape(format_holders(c.holders))}: "
+                          f"{escape(c.unsafe)}")
+    if any(c.unsafe and not c.holders and not c.hooks for c in rows):
+        console.print("[dim]unsafe class, not in use = no process holds its device nodes open now; preflight "
+                      "blocks if one does then[/]")
+    if os.geteuid() != 0:
+        console.print("[yellow]not root: device nodes held by other users' processes are not seen[/]")
     if hidden:
         console.print(f"[dim]{hidden} more device(s) without a driver of their own, no hook and nothing "
                       "known unsafe: --all shows them[/]")
@@ -90,7 +107,7 @@ def _print(hooks: list[Hook], skipped: list[Skipped], rows: list[Coverage], hidd
         console.print(f"[yellow]skipped {escape(s.name)}[/] ({escape(s.source)}): {escape(s.reason)}")
     blocking = sum(c.blocking for c in rows)
     console.print(f"{len(hooks)} hook(s), {sum(bool(c.hooks) for c in rows)} device(s) covered, "
-                  + (f"[bold red]{blocking} unsafe device(s) block the upgrade[/]" if blocking else "nothing blocks"))
+                  + (f"[bold red]{blocking} unsafe device(s) in use block the upgrade[/]" if blocking else "nothing blocks"))
 
 
 @app.command("list")
@@ -105,12 +122,13 @@ def list_(config: Optional[Path] = CONFIG_OPT,
     if not all:
         skipped = [s for s in skipped if "run-parts" not in s.reason]      # run-parts ignores those silently
     devices = list_devices()
-    rows = coverage(devices, hooks, cfg.hooks_allow)
+    open_nodes = open_devnodes()
+    rows = coverage(devices, hooks, cfg.hooks_allow, open_nodes)
     shown = rows if all else [c for c in rows if interesting(c)]
     if json:
         stdout_json({"hooks": [_hook_json(h) for h in hooks], "skipped": [s.to_json() for s in skipped],
                      "devices": [c.to_json() for c in shown], "hidden_devices": len(rows) - len(shown),
-                     "blockers": [b.to_json() for b in unsafe_blockers(devices, hooks, cfg.hooks_allow)]})
+                     "blockers": [b.to_json() for b in unsafe_blockers(devices, hooks, cfg.hooks_allow, open_nodes)]})
         return
     _print(hooks, skipped, shown, len(rows) - len(shown))
 

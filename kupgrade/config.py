@@ -125,8 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
             "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),
     Setting("hooks", "allow", "hooks_allow", list,
-            "Devices known to be unsafe without a hook (GPUs, accelerators, vfio-pci, InfiniBand) that may "
-            "be reset by the new kernel anyway: udev subsystems or sys paths. Preflight blocks on the others.",
+            "Devices of the classes unsafe without a hook (GPUs, accelerators, vfio-pci, InfiniBand) that may "
+            "be reset by the new kernel even while programs hold them open: udev subsystems or sys paths. "
+            "Preflight blocks on the other ones in use.",
             item=str, check=_allow, example='["/sys/devices/pci0000:00/0000:00:02.0"]'),
 )
 

@@ -13,9 +13,11 @@ nearest ancestor's), like udev's DRIVERS key walking up to the first bound paren
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 
-# A few sysfs attributes worth carrying (hooks and `hooks list` use them; reading all is slow).
+# A few sysfs attributes worth carrying (hooks and `hooks list` use them; reading all is slow),
+# plus "iommu_group": the number its sysfs link names (a vfio device's node is /dev/vfio/<group>).
 ATTRIBUTES = ("address", "mtu", "operstate", "type", "vendor", "device", "class", "model", "size")
 MATCH_KEYS = ("subsystem", "driver", "devtype", "sys_name", "sys_path", "attributes")
 
@@ -77,6 +79,10 @@ def enumerate_devices(subsystems: tuple[str, ...] = ()) -> list[Device]:
                     value = None
                 if value is not None:
                     attrs[name] = _text(value)
+            try:
+                attrs["iommu_group"] = os.path.basename(os.readlink(os.path.join(d.sys_path, "iommu_group")))
+            except OSError:                                          # no IOMMU, or not a bus device
+                pass
             found.append(Device(d.sys_path, _text(d.subsystem), _text(d.sys_name), _text(d.driver),
                                 parent_driver, _text(d.device_type), _text(d.device_node), attrs))
     return sorted(found, key=lambda d: d.sys_path)

@@ -28,6 +28,8 @@ def runner() -> CliRunner:
 @pytest.fixture
 def cfg(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_hooks, "list_devices", lambda: list(DEVICES))
+    held = {"/dev/dri/card0": [(4242, "python3")], "/dev/infiniband/uverbs0": [(4300, "ib_send_bw")]}
+    monkeypatch.setattr(cli_hooks, "open_devnodes", lambda: held)
     hooks_d = tmp_path / "hooks.d"
     hooks_d.mkdir()
     write_exec(hooks_d, "50-blk", describe={"points": ["save", "restore"], "match": [{"subsystem": "block"}]})
@@ -47,6 +49,7 @@ def test_list_json_is_only_json(cfg):
     rows = {d["device"]["sys_name"]: d for d in doc["devices"]}
     assert rows["eth0"]["hooks"] == ["network"] and rows["vda"]["hooks"] == ["50-blk"]
     assert rows["0000:00:02.0"]["blocking"] and not rows["mlx5_0"]["blocking"] and rows["mlx5_0"]["allowed"]
+    assert rows["0000:00:02.0"]["holders"] == [{"pid": 4242, "comm": "python3"}]
     assert [b["message"].split()[0] for b in doc["blockers"]] == ["0000:00:02.0"]
 
 
@@ -59,8 +62,16 @@ def test_list_all_shows_ignored_files(cfg):
 def test_list_human(cfg):
     result = runner().invoke(app, ["hooks", "list", "-c", str(cfg)])
     assert result.exit_code == 0, result.output
-    assert "UNSAFE: blocks" in result.stdout and "skipped 60-loose" in result.stdout
-    assert "1 unsafe device(s) block the upgrade" in result.stdout
+    assert "UNSAFE, in use" in result.stdout and "skipped 60-loose" in result.stdout
+    assert "held open by" in result.stdout and "PID 4242" in result.stdout and "(python3)" in result.stdout
+    assert "1 unsafe device(s) in use block the upgrade" in result.stdout
+
+
+def test_list_unused_gpu_does_not_block(cfg, monkeypatch):
+    monkeypatch.setattr(cli_hooks, "open_devnodes", dict)
+    result = runner().invoke(app, ["hooks", "list", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "unsafe class, not in use" in result.stdout and "nothing blocks" in result.stdout
 
 
 def _pytest(directory: Path) -> subprocess.CompletedProcess:

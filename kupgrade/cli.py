@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, config as config_mod, logfile, pipeline, record, timeline
+from . import __version__, boot, cli_hooks, config as config_mod, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import restore_pending
 from .stages.context import Context
@@ -20,6 +20,7 @@ from .ui import LiveUi, PlainUi, Ui, stdout_json
 app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Replace the running kernel without losing the running programs (CRIU + kexec).")
 
+app.add_typer(cli_hooks.app, name="hooks")
 _state = {"debug": False}
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Config file (default /etc/kupgrade/kupgrade.toml).")

@@ -31,6 +31,8 @@ class Config:
     append: str = ""
     state_dir: str = "/var/lib/kupgrade"
     restore_dir: str = "/run/kupgrade"
+    hooks_dir: str = "/etc/kupgrade/hooks.d"
+    hooks_allow: tuple[str, ...] = ()
     source: str = ""          # the file this came from ("" = defaults only)
 
     def to_json(self) -> dict:
@@ -50,6 +52,11 @@ def _positive_pids(v: list) -> str | None:
 def _abs_cgroups(v: list) -> str | None:
     bad = [p for p in v if not p.startswith("/") or ".." in p.split("/")]
     return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {bad})" if bad else None
+
+
+def _allow(v: list) -> str | None:
+    bad = [a for a in v if not a or ("/" in a and not a.startswith("/"))]
+    return f"entries are udev subsystems like \"infiniband\" or absolute sys paths (got {bad})" if bad else None
 
 
 def _abs_path(v: str) -> str | None:
@@ -114,6 +121,14 @@ SETTINGS: tuple[Setting, ...] = (
             check=_kexec_method, example='"auto"'),
     Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
             example='"/var/lib/kupgrade"'),
+    Setting("hooks", "dir", "hooks_dir", str,
+            "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
+            "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),
+    Setting("hooks", "allow", "hooks_allow", list,
+            "Devices of the classes unsafe without a hook (GPUs, accelerators, vfio-pci, InfiniBand) that may "
+            "be reset by the new kernel even while programs hold them open: udev subsystems or sys paths. "
+            "Preflight blocks on the other ones in use.",
+            item=str, check=_allow, example='["/sys/devices/pci0000:00/0000:00:02.0"]'),
 )
 
 

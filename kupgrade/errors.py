@@ -73,3 +73,15 @@ class RestoreError(KupgradeError):
     """The new-kernel side could not restore a workload; its snapshot is kept."""
 
     exit_code = 6
+
+
+class HookError(KupgradeError):
+    """A device hook failed. Before the point of no return (preflight, quiesce, save) the caller
+    rolls back and nothing has changed for the workloads; after it (early-restore, restore,
+    verify) only a hook marked critical raises this, once every other hook has run."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, hint: str = "", results: list | None = None) -> None:
+        super().__init__(message, hint)
+        self.results = list(results or [])     # the HookResults of that point, the failed one(s) included

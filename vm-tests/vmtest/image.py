@@ -120,15 +120,17 @@ def build_base(force: bool = False) -> Path:
 
 
 def image_key(base: Path) -> str:
-    return _hash(base.name, _tree_hash(REPO / "kupgrade", GUEST_DIR), (REPO / "pyproject.toml").read_text())
+    return _hash(base.name, _tree_hash(REPO / "kupgrade", REPO / "hooks", GUEST_DIR),
+                 (REPO / "pyproject.toml").read_text())
 
 
 def install_kupgrade(tree: Path) -> None:
-    """Install kupgrade from this checkout as a Debian admin would: package + console script."""
-    site = tree / "usr/lib/python3/dist-packages/kupgrade"
-    if site.exists():
-        shutil.rmtree(site)
-    shutil.copytree(REPO / "kupgrade", site, ignore=shutil.ignore_patterns("__pycache__"))
+    """Install kupgrade from this checkout as a Debian admin would: packages + console script."""
+    dist = tree / "usr/lib/python3/dist-packages"
+    for src, package in ((REPO / "kupgrade", "kupgrade"), (REPO / "hooks", "kupgrade_hooks")):
+        if (dist / package).exists():
+            shutil.rmtree(dist / package)
+        shutil.copytree(src, dist / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name, module in (("kupgrade", "kupgrade.cli"), ("kupgrade-restore", "kupgrade.newkernel")):
         script = tree / "usr/sbin" / name
         script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")

@@ -1,0 +1,116 @@
+"""early-restore: hooks that run in the new kernel's initramfs, before root and network are up.
+
+What is realistic there: busybox and nothing else of the real root (no Python, no hooks.d,
+no /usr). So an executable hook takes part in early-restore only if it is a /bin/sh script
+(busybox sh runs it), and Python hooks never do. The old kernel bundles those scripts, their
+JSON requests and a small sh runner into the snapshot (SNAPSHOT/hooks/early-restore.d/), so the
+initrd needs no rebuild when hooks change; the init-bottom script runs the runner once the
+snapshot is in /run/kupgrade; `kupgrade-restore` later turns the files it left into HookResults
+with the after-the-point-of-no-return policy (critical failures raise HookError).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from .devices import Device
+from .errors import HookError
+from .hooks import HOOKS_SUBDIR, Hook, HookResult, load_saved, raise_critical, request_for, selected
+
+BUNDLE = "early-restore.d"
+RUNNER = "run"
+SHELLS = ("/bin/sh", "/bin/busybox sh", "/bin/ash", "/usr/bin/env sh")
+
+
+def cannot_run_early(hook: Hook) -> str | None:
+    """Why this hook cannot run in the initramfs (None: it can)."""
+    if hook.kind != "executable":
+        return "Python hooks cannot run in the initramfs"
+    try:
+        with open(hook.source, "rb") as f:
+            first = f.readline(200).decode(errors="replace").strip()
+    except OSError as e:
+        return f"cannot read it: {e.strerror}"
+    if not first.startswith("#!") or first[2:].strip() not in SHELLS:
+        return f"not a /bin/sh script (first line {first[:60]!r}): the initramfs has only busybox"
+    return None
+
+
+def bundle(hooks: list[Hook], devices: list[Device], request_extra: dict, snapshot_dir: Path,
+           restore_dir: Path = Path("/run/kupgrade")) -> list[str]:
+    """Old kernel, after run_point("save"): put the early-restore hooks into the snapshot.
+    Requests name paths as they will be in the initramfs (`restore_dir`), devices as they are
+    now. Returns one line per hook, for the stage summary. A critical hook that cannot run there
+    raises HookError (we are still before the point of no return)."""
+    saved = load_saved(snapshot_dir)
+    d = snapshot_dir / HOOKS_SUBDIR / BUNDLE
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    order, meta, notes = [], [], []
+    for hook, mine in selected(hooks, "early-restore", devices, saved):
+        why = cannot_run_early(hook)
+        meta.append({"name": hook.name, "critical": hook.spec.critical, "skipped": why or ""})
+        if why and hook.spec.critical:
+            raise HookError(f"critical hook {hook.name} declares early-restore but {why}",
+                            f"make {hook.source} a /bin/sh script, or drop early-restore from its points; "
+                            "nothing was switched, the upgrade is rolled back")
+        if why:
+            notes.append(f"{hook.name}: early-restore skipped: {why}")
+            continue
+        shutil.copyfile(hook.source, d / hook.name)
+        req = request_for(hook, "early-restore", mine, request_extra, restore_dir, saved)
+        (d / f"{hook.name}.request.json").write_text(json.dumps(req) + "\n")
+        (d / f"{hook.name}.timeout").write_text(f"{math.ceil(hook.spec.timeout)}\n")
+        order.append(hook.name)
+        notes.append(f"{hook.name}: bundled for early-restore")
+    (d / "order").write_text("".join(n + "\n" for n in order))
+    (d / "hooks.json").write_text(json.dumps(meta) + "\n")
+    (d / RUNNER).write_text(resources.files("kupgrade").joinpath("data", "early-restore.sh").read_text())
+    return notes
+
+
+def _result(d: Path, name: str, critical: bool) -> HookResult:
+    def fail(error: str, seconds: float = 0.0) -> HookResult:
+        return HookResult(name, "early-restore", False, seconds, error=error, critical=critical)
+
+    try:
+        rc = int((d / f"{name}.rc").read_text())
+    except (OSError, ValueError):
+        return fail("did not run (the initramfs did not run the early-restore runner)")
+    try:
+        start, end = (float(x) for x in (d / f"{name}.time").read_text().split())
+        seconds = end - start
+    except (OSError, ValueError):
+        seconds = 0.0
+    if rc != 0:
+        err = (d / f"{name}.stderr").read_text(errors="replace").strip()
+        what = "timed out" if rc in (124, 143) else f"exited {rc}"
+        return fail(what + (f": {err[-1000:]}" if err else " (no stderr)"), seconds)
+    out = (d / f"{name}.reply.json").read_text(errors="replace").strip()
+    try:
+        reply = json.loads(out) if out else {}
+    except json.JSONDecodeError as e:
+        return fail(f"printed invalid JSON ({e.msg}): {out[:200]!r}", seconds)
+    if not isinstance(reply, dict):
+        return fail(f"replied {type(reply).__name__}, not a JSON object", seconds)
+    return HookResult(name, "early-restore", True, seconds, reply, critical=critical)
+
+
+def collect(restore_dir: Path) -> list[HookResult]:
+    """New kernel: the early-restore results the runner left ([] when nothing was bundled).
+    Raises HookError (after building every result) if a critical hook failed or did not run."""
+    d = restore_dir / HOOKS_SUBDIR / BUNDLE
+    if not (d / "hooks.json").exists():
+        return []
+    results = []
+    for m in json.loads((d / "hooks.json").read_text()):
+        if m["skipped"]:
+            results.append(HookResult(m["name"], "early-restore", False, 0.0,
+                                      error=f"skipped: {m['skipped']}", critical=m["critical"]))
+        else:
+            results.append(_result(d, m["name"], m["critical"]))
+    raise_critical("early-restore", results)
+    return results

@@ -95,6 +95,16 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
 STEP_OPT = typer.Option(False, "--step", help="Ask before every stage: continue, skip (where the stage "
                         "allows it) or abort safely.")
 YES_OPT = typer.Option(False, "--yes", "-y", help="Never ask (also not at the go/no-go).")
+SKIP_OPT = typer.Option(None, "--skip", help="Skip a stage that allows it (repeatable): prepare, flush.")
+
+
+def _skips(skip) -> tuple[str, ...]:
+    allowed = pipeline.skippable()
+    for name in skip or ():
+        if name not in allowed:
+            raise ConfigError(f"--skip {name}: not a stage that can be skipped",
+                              f"skippable: {', '.join(allowed)}; see `kupgrade plan`")
+    return tuple(skip or ())
 
 
 def _asking(yes: bool, step: bool) -> None:
@@ -117,12 +127,13 @@ def _stage_ui(title: str, names: list[str], json_mode: bool = False) -> Ui:
 @app.command()
 def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
         cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
-        step: bool = STEP_OPT, yes: bool = YES_OPT) -> None:
+        step: bool = STEP_OPT, yes: bool = YES_OPT, skip: Optional[List[str]] = SKIP_OPT) -> None:
     """Do the upgrade: freeze, flush, snapshot the workloads, load the target kernel, then (after
     the go/no-go) kexec into it; the new kernel restores the workloads. Changes: freezes the
     workloads, mounts a tmpfs, loads and executes the new kernel. Any failure or a "no" before the
     switch resumes the workloads unharmed."""
     _asking(yes, step)
+    skips = _skips(skip)
     cfg = _config(config, pid, cgroup, kernel)
     ctx = Context(cfg, new_record("run"))
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
@@ -130,19 +141,21 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     if (path := logfile.start(ctx.record.id)):
         ui.print(f"log: {path}")
     with ui:
-        pipeline.upgrade(ctx, ui, pipeline.Gate(ui, step=step, yes=yes))
+        pipeline.upgrade(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
 
 
 @app.command()
 def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
              cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
-             step: bool = STEP_OPT, yes: bool = YES_OPT, json: bool = JSON_OPT) -> None:
+             step: bool = STEP_OPT, yes: bool = YES_OPT, skip: Optional[List[str]] = SKIP_OPT,
+             json: bool = JSON_OPT) -> None:
     """The dress rehearsal on the running kernel: every stage up to the kexec load, then the
     workloads are restored from their snapshot here instead of switching kernels. Proves they
     can be checkpointed and restored, and measures the bandwidths the downtime estimate uses.
     Changes: the workloads are paused, then continue as restored tasks (same PIDs); the target
     kernel is loaded and unloaded again. A failure before the handover resumes them unharmed."""
     _asking(yes, step)
+    skips = _skips(skip)
     cfg = _config(config, pid, cgroup, kernel)
     ctx = Context(cfg, new_record("rehearse"))
     ui = _stage_ui(f"kupgrade rehearse on {ctx.kernel_from} (target {cfg.kernel or '?'})",
@@ -152,7 +165,7 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
         ui.print(f"log: {path}")
     try:
         with ui:
-            pipeline.rehearse(ctx, ui, pipeline.Gate(ui, step=step, yes=yes))
+            pipeline.rehearse(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
     finally:
         if json:
             stdout_json(ctx.record.to_json())

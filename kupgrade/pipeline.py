@@ -14,11 +14,11 @@ from pathlib import Path
 from . import record
 from .errors import KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
-from .stages import flush, freeze, handover, kexec as kexec_stage, preflight, restore, snapshot
+from .stages import flush, freeze, handover, kexec as kexec_stage, preflight, prepare, restore, snapshot
 from .stages.context import Context
 from .steps import execute_stage, finish
 
-UPGRADE = (preflight, freeze, flush, snapshot, kexec_stage)
+UPGRADE = (preflight, prepare, freeze, flush, snapshot, kexec_stage)
 ALL = UPGRADE + (restore,)
 REHEARSAL = UPGRADE + (handover, restore)
 
@@ -32,16 +32,23 @@ class Gate:
     """Who decides between the stages. Default: nobody, except the go/no-go before the point of
     no return; `step`: the admin before every stage too; `yes`: nobody at all."""
 
-    def __init__(self, ui, step: bool = False, yes: bool = False) -> None:
-        self.ui, self.step, self.yes = ui, step, yes
+    def __init__(self, ui, step: bool = False, yes: bool = False, skip: tuple[str, ...] = ()) -> None:
+        self.ui, self.step, self.yes, self.skip = ui, step, yes, skip
 
     def before(self, stage, ctx: Context) -> str:
+        if stage.NAME in self.skip:
+            return SKIP
         if not self.step:
             return CONTINUE
         return self.ui.ask_stage(stage.NAME, stage.plan(ctx), getattr(stage, "SKIPPABLE", ""))
 
     def go(self, ctx: Context, question: str) -> bool:
         return True if self.yes else self.ui.go_no_go(ctx, question)
+
+
+def skippable() -> dict[str, str]:
+    """Stage name -> why skipping it is safe, for the stages that allow it."""
+    return {s.NAME: s.SKIPPABLE for s in REHEARSAL if getattr(s, "SKIPPABLE", "")}
 
 
 def check(ctx: Context, ui) -> None:

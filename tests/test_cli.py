@@ -21,7 +21,7 @@ def test_plan_json_only_json_on_stdout(tmp_path, capsys):
     cfg.write_text('[workloads]\npids = [4242]\n[target]\nkernel = "6.12.117+deb12-amd64"\n')
     assert main(["plan", "--config", str(cfg), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in doc["stages"]] == ["preflight", "freeze", "flush", "snapshot", "kexec", "restore"]
+    assert [s["name"] for s in doc["stages"]] == ["preflight", "prepare", "freeze", "flush", "snapshot", "kexec", "restore"]
     assert any("4242" in a for s in doc["stages"] for a in s["actions"])
 
 
@@ -63,3 +63,8 @@ def test_every_command_help_says_what_it_changes(capsys):
         assert main([cmd, "--help"]) == 0
         out = capsys.readouterr().out
         assert "Changes" in out or "changes" in out, cmd
+
+
+def test_skip_only_skippable_stages(capsys):
+    assert main(["run", "--yes", "--skip", "snapshot", "--pid", "2", "--kernel", "x"]) == 2
+    assert "--skip snapshot: not a stage that can be skipped" in capsys.readouterr().err

@@ -16,7 +16,8 @@ SKIPPABLE = ("skipping it moves the write-back into `kexec --exec`'s final sync,
 
 
 def plan(ctx: Context) -> list[str]:
-    return ["sync(2): write back all dirty page cache and filesystem metadata",
+    return ["sync(2) with the workloads frozen: write back what they dirtied since the prepare stage, "
+            "and filesystem metadata",
             "report dirty/writeback bytes before and after"]
 
 
@@ -29,13 +30,16 @@ def dirty_bytes(meminfo: Path = Path("/proc/meminfo")) -> dict[str, int]:
     return out
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def writeback(ctx: Context) -> dict:
+    """sync(2), with the dirty bytes before and after and a progress bar of what is left."""
     before = dirty_bytes()
     total = sum(before.values())
     start = time.monotonic()
     with watch(ctx.progress, "write-back", total, lambda: max(0, total - sum(dirty_bytes().values()))):
         os.sync()
-    took = time.monotonic() - start
-    after = dirty_bytes()
-    return (f"synced {before.get('dirty_bytes', 0) >> 10} KiB dirty in {took:.2f} s",
-            {"before": before, "after": after, "sync_s": round(took, 4)})
+    return {"before": before, "after": dirty_bytes(), "sync_s": round(time.monotonic() - start, 4)}
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    details = writeback(ctx)
+    return f"synced {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s", details

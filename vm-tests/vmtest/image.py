@@ -145,6 +145,16 @@ def install_guest_files(tree: Path) -> None:
     for f in dest.iterdir():
         if f.suffix in (".py", "") and f.is_file():
             f.chmod(0o755)
+    # For scenarios that boot systemd: the agent as an early unit; no login prompts on the console.
+    units = tree / "etc/systemd/system"
+    shutil.copy2(GUEST_DIR / "vmtest-agent.service", units / "vmtest-agent.service")
+    wants = units / "sysinit.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "vmtest-agent.service").unlink(missing_ok=True)
+    (wants / "vmtest-agent.service").symlink_to("/etc/systemd/system/vmtest-agent.service")
+    for getty in ("serial-getty@ttyS0.service", "getty@tty1.service"):
+        (units / getty).unlink(missing_ok=True)
+        (units / getty).symlink_to("/dev/null")
 
 
 def build_image(force: bool = False) -> Image:

@@ -41,7 +41,16 @@ def accel() -> str:
 # The CPU model matters under TCG: with -cpu max (ERMS/AVX2) memory copies and sha256 run ~3x
 # slower than with qemu64 (measured in the guest: 128 MiB dd 2.5 s vs 0.76 s; sha256 of 64 MiB
 # 3.5 s vs 1.3 s).
-def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, memory_mb: int = 2048) -> list[str]:
+def nic_argv(nic: str) -> list[str]:
+    """"none", or "user:HOSTPORT-GUESTPORT" (QEMU user networking, one TCP port forwarded)."""
+    if nic == "none":
+        return ["-nic", "none"]
+    host, guest = nic.removeprefix("user:").split("-")
+    return ["-nic", f"user,model=virtio-net-pci,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:{host}-:{guest}"]
+
+
+def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, memory_mb: int = 2048,
+              nic: str = "none") -> list[str]:
     return [
         "qemu-system-x86_64",
         "-accel", accel(),
@@ -55,7 +64,7 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, me
         "-initrd", str(image.initrd),
         "-append", append,
         "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
-        "-nic", "none",
+        *nic_argv(nic),
         "-chardev", f"socket,id=con,path={con}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=ctl,path={ctl}",
@@ -63,8 +72,10 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, me
     ]
 
 
-GUEST_APPEND = ("root=/dev/vda rw console=ttyS0 loglevel=6 panic=-1 "
-                "init=/usr/local/lib/vmtest/init")
+GUEST_APPEND = "root=/dev/vda rw console=ttyS0 loglevel=6 panic=-1"
+# PID 1 in the guest: our small Python init (fast boot), or systemd as on a real server (the
+# vmtest agent is then a unit of its own, see guest/vmtest-agent.service).
+INITS = {"vmtest": " init=/usr/local/lib/vmtest/init", "systemd": " systemd.show_status=1"}
 
 
 @dataclass
@@ -77,6 +88,8 @@ class Line:
 class Guest:
     image: Image
     workdir: Path
+    init: str = "vmtest"            # or "systemd"
+    nic: str = "none"               # or "user:HOSTPORT-GUESTPORT"
     console: list[Line] = field(default_factory=list)
     events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
     proc: subprocess.Popen | None = None
@@ -98,7 +111,7 @@ class Guest:
             s.bind(str(p))
             s.listen(1)
             listeners.append(s)
-        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND)
+        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND + INITS[self.init], nic=self.nic)
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self._qemu_log = open(self.workdir / "qemu.log", "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log)

@@ -29,7 +29,7 @@ def rehearse(vm, res: Result, wl: Workload, label: str, *args: str) -> dict:
     res.check(rec["outcome"] == "rehearsed", f"{label}: --json prints the record, outcome rehearsed",
               str(rec.get("outcome")))
     stages = [(s["name"], s["status"]) for s in rec["stages"]]
-    res.check(stages == [(n, "ok") for n in ("preflight", "freeze", "flush", "snapshot", "kexec", "handover", "restore")],
+    res.check(stages == [(n, "ok") for n in ("preflight", "prepare", "freeze", "flush", "snapshot", "kexec", "handover", "restore")],
               f"{label}: every stage ran, kexec load included, then handover and restore", str(stages))
     res.check("Rehearsal passed" in r["stderr"], f"{label}: human text on stderr, not stdout", r["stderr"][-600:])
     t_reply = time.time()

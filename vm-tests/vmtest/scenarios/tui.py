@@ -42,9 +42,12 @@ def step_through(term: Terminal, res: Result, shots: Screens, what: str, skip_fl
     s = term.answer(prompt("preflight"), "c")
     res.check("next: preflight" in s and "criu check" in s and re.search(row("preflight", "pending"), s) is not None,
               f"{what}: before preflight the screen lists the stages as pending and says what preflight does", s[-1500:])
+    s = term.answer(prompt("prepare", "c/a/s"), "c")
+    res.check(re.search(row("preflight", "done"), s) is not None and "next: prepare" in s,
+              f"{what}: preflight shown done, prepare announced", s[-1500:])
     s = term.answer(prompt("freeze"), "c")
-    res.check(re.search(row("preflight", "done"), s) is not None and "next: freeze" in s,
-              f"{what}: preflight shown done, freeze announced", s[-1500:])
+    res.check(re.search(row("prepare", "done"), s) is not None and "pre-flushed" in s,
+              f"{what}: prepare shown done with what it wrote while the workload ran", s[-1500:])
     s = term.answer(prompt("flush", "c/a/s"), "s" if skip_flush else "c")
     res.check("[s]kip" in s, f"{what}: the flush can be skipped, and says why", s[-1500:])
     s = term.answer(prompt("snapshot"), "c")

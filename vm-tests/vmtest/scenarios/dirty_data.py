@@ -1,0 +1,99 @@
+"""dirty-data: no acknowledged write is lost. A writer appends numbered records to a file on
+the guest's ext4 disk (write(), never fsync) and dirties pages of a MAP_SHARED mapping, with
+page cache dirty at every moment. The guest boots systemd (kupgrade-restore.service restores).
+
+First a rehearsal with the prepare stage skipped (all dirty data is written back inside the
+pause), then the upgrade 6.1 -> 6.12 with it (the bulk is written back while the writer runs):
+the results keep both flush measurements. After the upgrade every record write() accepted is in
+the file, the file offset is where the writer left it, every page of the mapping holds its
+last update."""
+
+from __future__ import annotations
+
+import json
+
+from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+
+NAME = "dirty-data"
+DESCRIPTION = "writes without fsync + a dirty MAP_SHARED mapping survive the upgrade (systemd guest)"
+INIT = "systemd"
+WRITER = "/usr/local/lib/vmtest/writer.py"
+
+
+def writer(vm, op: str, pid: int) -> dict:
+    return json.loads(vm.sh("python3", WRITER, op, str(pid), timeout=120)["stdout"])
+
+
+def stage(rec: dict, name: str) -> dict:
+    return next((s for s in rec["stages"] if s["name"] == name), {})
+
+
+def writeback(st: dict) -> dict:
+    d = st.get("details", {})
+    return {"status": st.get("status"), "dirty_before_bytes": d.get("before", {}).get("dirty_bytes"),
+            "writeback_before_bytes": d.get("before", {}).get("writeback_bytes"),
+            "dirty_after_bytes": d.get("after", {}).get("dirty_bytes"), "sync_s": d.get("sync_s")}
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    pid = vm.call("spawn", argv=[WRITER], log="/var/log/writer.log", cgroup="/writer", last_pid=30000)["pid"]
+    first = writer(vm, "--query", pid)
+    while first["records"] < 2000:             # ~8 MiB written and mostly still dirty
+        first = writer(vm, "--query", pid)
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/writer"]))
+
+    # 1. Rehearsal without the pre-flush: what the pause costs when all dirty data is in it.
+    r = vm.sh("kupgrade", "rehearse", "--yes", "--json", "--skip", "prepare", check=False, timeout=600)
+    res.check(r["rc"] == 0, "rehearsal without prepare passes", r["stderr"][-2000:])
+    try:
+        reh = json.loads(r["stdout"])
+    except ValueError:
+        reh = {"stages": []}
+    res.check(stage(reh, "prepare").get("status") == "skipped", "the rehearsal skipped prepare (--skip)")
+    mid = writer(vm, "--query", pid)
+    res.check(mid["records"] > first["records"] and mid["pid"] == pid, "the writer goes on after the rehearsal",
+              f"{first['records']} -> {mid['records']}")
+
+    # 2. The upgrade, with the pre-flush.
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    switched = vm.wait_switch(rid, 600)
+    if "ev" not in switched:
+        res.check(False, "kupgrade run switched kernels", switched.get("stderr", "")[-3000:])
+        return
+    res.data["kernel_after"] = switched["kernel"]
+    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    rec = last_record(vm)
+    res.check(rec["outcome"] == "restored", "upgrade record says restored (by kupgrade-restore.service)",
+              rec["outcome"] + " " + vm.sh("journalctl", "-b", "-u", "kupgrade-restore", "--no-pager",
+                                           check=False)["stdout"][-2000:])
+    after = writer(vm, "--query", pid)
+    res.data["pids_preserved"] = after["pid"] == pid
+    res.check(after["pid"] == pid and after["kernel"] == image.kernel_to, "same writer process, on the new kernel",
+              json.dumps(after))
+    res.check(after["records"] > mid["records"], "the writer goes on writing after the upgrade",
+              f"{mid['records']} -> {after['records']}")
+    final = writer(vm, "--stop", pid)
+    check = json.loads(vm.sh("python3", WRITER, "--verify", timeout=300)["stdout"])
+    res.data["verify"] = check
+    res.data["state_preserved"] = check["ok"]
+    res.check(not check["bad_records"], f"all {final['records']} records write() accepted are in the file, intact",
+              json.dumps(check))
+    res.check(check["size"] == check["offset"] == final["records"] * 4096,
+              "file offset and size are where the writer left them", json.dumps(check))
+    res.check(not check["bad_pages"], "every page of the MAP_SHARED mapping holds its last update", json.dumps(check))
+
+    res.data["flush"] = {
+        "rehearsal_without_prepare": {"flush_in_pause": writeback(stage(reh, "flush"))},
+        "upgrade_with_prepare": {"prepare_while_running": writeback(stage(rec, "prepare")),
+                                 "flush_in_pause": writeback(stage(rec, "flush"))},
+    }
+    res.check(stage(rec, "prepare").get("status") == "ok" and stage(rec, "flush").get("status") == "ok",
+              "the upgrade pre-flushed while running and flushed again in the pause", json.dumps(res.data["flush"]))
+    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    frz, rs = stage(rec, "freeze"), stage(rec, "restore")
+    # No heartbeat here: the pause from the record (freeze -> restored; wall clocks of both kernels, ±1 s).
+    res.data["downtime_s"] = round(rs["started"] + rs["duration_s"] - frz["started"], 1)
+    res.data["downtime_source"] = "upgrade record (freeze -> restored)"
+    res.data["record"] = rec

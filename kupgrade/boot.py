@@ -37,6 +37,10 @@ class BootPaths:
     def unit(self) -> Path:
         return self.root / "etc/systemd/system/kupgrade-restore.service"
 
+    @property
+    def generator(self) -> Path:
+        return self.root / "etc/systemd/system-generators/kupgrade"
+
 
 def _data(name: str) -> str:
     return resources.files("kupgrade").joinpath("data", name).read_text()
@@ -57,7 +61,8 @@ def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = 
     for path, text, mode in (
             (paths.hook, _data("initramfs-hook").replace("@VERSION@", __version__), 0o755),
             (paths.script, _data("initramfs-script"), 0o755),
-            (paths.unit, _data("kupgrade-restore.service").replace("@RESTORE@", restore_command()), 0o644)):
+            (paths.unit, _data("kupgrade-restore.service").replace("@RESTORE@", restore_command()), 0o644),
+            (paths.generator, _data("systemd-generator").replace("@RESTORE@", restore_command()), 0o755)):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)

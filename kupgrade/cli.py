@@ -26,13 +26,15 @@ _state = {"debug": False}
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="Config file (default /etc/kupgrade/kupgrade.toml).")
 PID_OPT = typer.Option(None, "--pid", help="Add a process tree by the PID of its root (repeatable).")
 CGROUP_OPT = typer.Option(None, "--cgroup", help="Add a workload by cgroup v2 path, e.g. /workload (repeatable).")
+UNIT_OPT = typer.Option(None, "--unit", help="Add a systemd service, restored as itself (repeatable).")
 KERNEL_OPT = typer.Option(None, "--kernel", help="Target kernel version in /boot (overrides the config).")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
 
 
-def _config(path: Optional[Path], pids, cgroups, kernel) -> config_mod.Config:
+def _config(path: Optional[Path], pids, cgroups, kernel, units=()) -> config_mod.Config:
     cfg = config_mod.load(path)
-    return config_mod.with_overrides(cfg, pids=tuple(pids or ()), cgroups=tuple(cgroups or ()), kernel=kernel or "")
+    return config_mod.with_overrides(cfg, pids=tuple(pids or ()), cgroups=tuple(cgroups or ()),
+                                     units=tuple(units or ()), kernel=kernel or "")
 
 
 @app.callback()
@@ -47,12 +49,13 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Log every command a
 
 @app.command()
 def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
-         cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
+         cgroup: Optional[List[str]] = CGROUP_OPT,
+        unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
          json: bool = JSON_OPT) -> None:
     """Show the ordered stages and what each will do on this machine (the workloads and their
     PIDs, memory to snapshot, the kernels), the blockers with their fixes and the downtime
     estimate with its basis. Changes nothing (it runs the read-only preflight)."""
-    cfg = _config(config, pid, cgroup, kernel)
+    cfg = _config(config, pid, cgroup, kernel, unit)
     ctx = Context(cfg, new_record("plan"))
     try:
         pipeline.check(ctx, PlainUi(quiet=True))
@@ -76,11 +79,12 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
 
 @app.command()
 def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
-          cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
+          cgroup: Optional[List[str]] = CGROUP_OPT,
+        unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
           json: bool = JSON_OPT) -> None:
     """Preflight only: list every blocker and estimate the downtime. Changes nothing.
     Exit 0: ready; 3: blockers found; 2: config or usage error."""
-    cfg = _config(config, pid, cgroup, kernel)
+    cfg = _config(config, pid, cgroup, kernel, unit)
     ctx = Context(cfg, new_record("check"))
     ui = Ui(json_mode=json, quiet=json)
     try:
@@ -126,7 +130,8 @@ def _stage_ui(title: str, names: list[str], json_mode: bool = False) -> Ui:
 
 @app.command()
 def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
-        cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
+        cgroup: Optional[List[str]] = CGROUP_OPT,
+        unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
         step: bool = STEP_OPT, yes: bool = YES_OPT, skip: Optional[List[str]] = SKIP_OPT) -> None:
     """Do the upgrade: freeze, flush, snapshot the workloads, load the target kernel, then (after
     the go/no-go) kexec into it; the new kernel restores the workloads. Changes: freezes the
@@ -134,7 +139,7 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     switch resumes the workloads unharmed."""
     _asking(yes, step)
     skips = _skips(skip)
-    cfg = _config(config, pid, cgroup, kernel)
+    cfg = _config(config, pid, cgroup, kernel, unit)
     ctx = Context(cfg, new_record("run"))
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
     ctx.progress = ui.progress
@@ -146,7 +151,8 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
 
 @app.command()
 def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
-             cgroup: Optional[List[str]] = CGROUP_OPT, kernel: Optional[str] = KERNEL_OPT,
+             cgroup: Optional[List[str]] = CGROUP_OPT,
+        unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
              step: bool = STEP_OPT, yes: bool = YES_OPT, skip: Optional[List[str]] = SKIP_OPT,
              json: bool = JSON_OPT) -> None:
     """The dress rehearsal on the running kernel: every stage up to the kexec load, then the
@@ -156,7 +162,7 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
     kernel is loaded and unloaded again. A failure before the handover resumes them unharmed."""
     _asking(yes, step)
     skips = _skips(skip)
-    cfg = _config(config, pid, cgroup, kernel)
+    cfg = _config(config, pid, cgroup, kernel, unit)
     ctx = Context(cfg, new_record("rehearse"))
     ui = _stage_ui(f"kupgrade rehearse on {ctx.kernel_from} (target {cfg.kernel or '?'})",
                    [s.NAME for s in pipeline.REHEARSAL], json_mode=json)

@@ -22,6 +22,7 @@ KEXEC_METHODS = ("auto", "file", "classic")
 class Config:
     pids: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
     kernel: str = ""
     vmlinuz: str = ""
     initrd: str = ""
@@ -52,6 +53,11 @@ def _positive_pids(v: list) -> str | None:
 def _abs_cgroups(v: list) -> str | None:
     bad = [p for p in v if not p.startswith("/") or ".." in p.split("/")]
     return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {bad})" if bad else None
+
+
+def _units(v: list) -> str | None:
+    bad = [u for u in v if not u.endswith(".service") or "/" in u]
+    return f"units are systemd service names like \"nginx.service\" (got {bad})" if bad else None
 
 
 def _allow(v: list) -> str | None:
@@ -98,6 +104,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Workloads to keep, by cgroup v2 path (relative to /sys/fs/cgroup). The cgroup is frozen "
             "with the cgroup freezer; every process in it must belong to one process tree.",
             item=str, check=_abs_cgroups, example='["/workload"]'),
+    Setting("workloads", "units", "units", list,
+            "systemd services to keep. Each is frozen through its cgroup and restored as itself: in "
+            "the new boot the unit's start restores its main process (same PID) instead of starting "
+            "it fresh.", item=str, check=_units, example='["memcached.service"]'),
     Setting("target", "kernel", "kernel", str,
             "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
             example='"6.12.117+deb12-amd64"'),

@@ -4,16 +4,50 @@ neither typer nor rich nor psutil, which cost ~5 s under QEMU TCG, inside the do
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod, logfile, manifest, record
+from . import config as config_mod, logfile, manifest, record, systemd
 from .errors import KupgradeError, RestoreError, explain
+from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
 from .stages.context import Context
 from .steps import execute_stage, finish, new_record
 from .ui import PlainUi
+
+
+@contextmanager
+def record_lock(state_dir: Path):
+    """The early restore and each unit's restore update one record: one at a time."""
+    d = state_dir / "records"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(d / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _prior(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
+    prior = record.load(ctx.state_dir, m.id)
+    if prior is None and (snap / "record.json").exists():
+        prior = record.load_file(snap / "record.json")
+    return prior if prior is not None else replace(ctx.record, id=m.id, kernel_from=m.kernel_from,
+                                                   kernel_to=m.kernel_to, workloads=m.workloads)
+
+
+def _outcome(rec: record.UpgradeRecord, m) -> str:
+    """restoring while a unit has not been restored yet; then restored or restore-failed."""
+    results: dict[str, dict] = {}
+    for s in rec.stages:
+        if s.name in ("restore", "restore-unit"):
+            results.update({k: v for k, v in s.details.get("workloads", {}).items() if v.get("ok") is not None})
+    if any(w.key not in results for w in m.workloads):
+        return record.RESTORING
+    return record.RESTORED if all(r.get("ok") for r in results.values()) else record.RESTORE_FAILED
 
 
 def restore_pending(ctx: Context, ui) -> bool:
@@ -23,24 +57,61 @@ def restore_pending(ctx: Context, ui) -> bool:
         return False
     try:
         m = manifest.read(snap)
-        prior = record.load(ctx.state_dir, m.id)
-        if prior is None and (snap / "record.json").exists():
-            prior = record.load_file(snap / "record.json")
     except (OSError, ValueError, KeyError) as e:
         raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
     logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
-    if prior is not None:
-        ctx.record = prior
-    else:
-        ctx.record = replace(ctx.record, id=m.id, kernel_from=m.kernel_from, kernel_to=m.kernel_to,
-                             workloads=m.workloads)
-    try:
-        execute_stage(restore_stage, ctx, ui)
-    except KupgradeError:
-        finish(ctx, record.RESTORE_FAILED)
-        raise
-    finish(ctx, record.RESTORED)
+    with record_lock(ctx.state_dir):
+        try:
+            ctx.record = _prior(ctx, snap, m)
+        except (OSError, ValueError, KeyError) as e:
+            raise RestoreError(f"cannot read the upgrade record of {m.id}: {e}", "nothing was restored")
+        try:
+            execute_stage(restore_stage, ctx, ui)
+        except KupgradeError:
+            finish(ctx, record.RESTORE_FAILED)
+            raise
+        finish(ctx, _outcome(ctx.record, m))
     return True
+
+
+def restore_unit(ctx: Context, unit: str, ui) -> None:
+    """ExecStart of a systemd unit in the boot after the switch (see kupgrade/systemd.py)."""
+    snap = Path(ctx.config.restore_dir)
+    if not (snap / restore_stage.VERIFIED).exists():
+        raise RestoreError(f"{unit}: the snapshot in {snap} was not verified, so it is not restored",
+                           "see `journalctl -u kupgrade-restore` and `kupgrade report`")
+    m = manifest.read(snap)
+    w = next((w for w in m.workloads if w.unit == unit), None)
+    if w is None:
+        raise RestoreError(f"{unit} is not in snapshot {m.id}", "nothing to restore for it")
+    logfile.start(m.id)
+    started, t0 = time.time(), time.monotonic()
+    result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit))
+    with record_lock(ctx.state_dir):
+        ctx.record = _prior(ctx, snap, m)
+        logs = restore_stage.finish_trees(ctx, snap, m.id, {w.key: result})
+        res = StageResult("restore-unit", OK if result["ok"] else FAILED, started, time.monotonic() - t0,
+                          f"restored {unit} (main PID {result.get('root_pid')})" if result["ok"] else "",
+                          {"unit": unit, "workloads": {w.key: result}, "criu_logs": logs},
+                          "" if result["ok"] else result["error"])
+        ctx.record = ctx.record.with_stage(res)
+        outcome = _outcome(ctx.record, m)
+        if outcome != record.RESTORING and (snap / manifest.NAME).exists():
+            os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
+        finish(ctx, outcome)
+    ui.print(f"kupgrade: {res.summary or res.error}")
+    if not result["ok"]:
+        raise RestoreError(f"{unit}: {result['error']}", f"its images and criu's log are kept in {result['images']}")
+
+
+def generator(dirs: list[str], restore_dir: Path) -> None:
+    """systemd generator: drop-ins that make each unit's start restore it (this boot only)."""
+    if len(dirs) != 3 or not restore_stage.pending(restore_dir):
+        return
+    m = manifest.read(restore_dir)
+    units = [w.unit for w in m.workloads if w.unit]
+    if units:
+        systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +119,19 @@ def main(argv: list[str] | None = None) -> int:
                                  "a kexec by `kupgrade run` (run early by the boot integration). Does nothing "
                                  "when no snapshot is pending in /run/kupgrade.")
     ap.add_argument("--config", "-c", type=Path, help="config file (default /etc/kupgrade/kupgrade.toml)")
+    ap.add_argument("--unit", help="restore this systemd unit's processes (its ExecStart in this boot)")
+    ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
     args = ap.parse_args(argv)
     logfile.stderr_handler(debug=False)
     ui = PlainUi()
     try:
         cfg = config_mod.load(args.config)
+        if args.generator is not None:
+            generator(args.generator, Path(cfg.restore_dir))
+            return 0
+        if args.unit:
+            restore_unit(Context(cfg, new_record("restore")), args.unit, ui)
+            return 0
         if not restore_pending(Context(cfg, new_record("restore")), ui):
             ui.print(f"kupgrade: no snapshot pending in {cfg.restore_dir}")
         return 0

@@ -21,6 +21,7 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
     "planned", "aborted", "kexec", "restored", "restore-failed", "checked")
 REHEARSED, REHEARSAL_FAILED = "rehearsed", "rehearsal-failed"
+RESTORING = "restoring"         # some systemd units have not been restored (started) yet
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ class Workload:
     selector: str                   # "pid:1234" or "cgroup:/workload"
     root_pid: int
     pids: tuple[int, ...]
-    cgroup: str = ""                # cgroup v2 path when selected by cgroup
+    cgroup: str = ""                # cgroup v2 path when selected by cgroup (or the unit's)
     name: str = ""                  # comm of the root
+    unit: str = ""                  # systemd service when selected by unit
 
     @property
     def key(self) -> str:
@@ -73,11 +75,12 @@ class Workload:
 
     def to_json(self) -> dict:
         return {"selector": self.selector, "root_pid": self.root_pid, "pids": list(self.pids),
-                "cgroup": self.cgroup, "name": self.name}
+                "cgroup": self.cgroup, "name": self.name, "unit": self.unit}
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
-        return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""))
+        return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
+                   d.get("unit", ""))
 
 
 def new_id() -> str:
@@ -113,8 +116,9 @@ class UpgradeRecord:
                 out.append(f"{s.name} failed: {s.error}" + (f" ({s.hint})" if s.hint else ""))
             for problem in s.details.get("problems", []):
                 out.append(f"{s.name}: {problem}")
-        rs = self.stage("restore")
-        for key, r in (rs.details.get("workloads", {}) if rs else {}).items():
+        results = {k: r for s in self.stages if s.name in ("restore", "restore-unit")
+                   for k, r in s.details.get("workloads", {}).items()}
+        for key, r in results.items():
             if r.get("ok") and not r.get("same_pid"):
                 out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
         if self.outcome == KEXECED:

@@ -33,12 +33,13 @@ def spans(rec: UpgradeRecord) -> list[Span]:
 def downtime(rec: UpgradeRecord) -> float | None:
     """From the freeze (cgroup workloads) or the dump (criu seizes PID workloads) to the end of
     the restore; None unless the record covers both."""
-    frz, snap, rs = rec.stage("freeze"), rec.stage("snapshot"), rec.stage("restore")
-    if rs is None or snap is None:
+    frz, snap = rec.stage("freeze"), rec.stage("snapshot")
+    ends = [s.started + s.duration_s for s in rec.stages if s.name in ("restore", "restore-unit")]
+    if not ends or snap is None:
         return None
     froze = frz is not None and frz.details.get("frozen_cgroups")
     start = frz.started if froze else snap.started
-    return round(rs.started + rs.duration_s - start, 1)
+    return round(max(ends) - start, 1)
 
 
 def bars(rec: UpgradeRecord, width: int = 40) -> list[tuple[str, str, float, str]]:

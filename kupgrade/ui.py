@@ -142,11 +142,16 @@ class Ui(PlainUi):
         if (d := timeline.downtime(rec)) is not None:
             clocks = "this kernel's clock" if rec.stage("exec") is None else "wall clocks of both kernels, ±1 s"
             self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, {clocks}{est})")
-        restored = (rec.stage("restore").details.get("workloads", {}) if rec.stage("restore") else {})
+        restored: dict[str, dict] = {}
+        for s in rec.stages:
+            if s.name in ("restore", "restore-unit"):
+                restored.update({k: v for k, v in s.details.get("workloads", {}).items()
+                                 if v.get("ok") is not None or k not in restored})
         for w in rec.workloads:
             r = restored.get(w.key)
             state = ("restored, same PID" if r.get("same_pid") else f"restored as PID {r.get('root_pid')}") if r and r.get("ok") \
-                else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r else "not restored (yet)")
+                else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r and r.get("ok") is False
+                      else (r.get("pending") if r else None) or "not restored (yet)")
             self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
         for warning in rec.warnings():
             self.print(f"[yellow]warning:[/] {warning}")

@@ -84,9 +84,28 @@ def tree_roots(pids: list[int], parent_of) -> list[int]:
     return sorted(p for p in pids if parent_of(p) not in members)
 
 
-def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...]) -> tuple[list[Workload], list[Blocker]]:
+def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
+            describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
     workloads: list[Workload] = []
     blockers: list[Blocker] = []
+    for unit in units:
+        if describe_unit is None:
+            from .systemd import describe as describe_unit
+        props, problem = describe_unit(unit)
+        if problem:
+            blockers.append(Blocker(problem, "check `workloads.units`; `systemctl status " + unit + "`"))
+            continue
+        main, cg = int(props["MainPID"]), props["ControlGroup"]
+        tree = _tree(main)
+        try:
+            strays = sorted(set(cgroup_procs(cg)) - set(tree))
+        except FileNotFoundError:
+            strays = []
+        if strays:
+            blockers.append(Blocker(f"{unit}: PIDs {strays} in its cgroup are not descendants of its main "
+                                    f"process {main}", "criu dumps one process tree: such a unit cannot be kept yet"))
+            continue
+        workloads.append(Workload(f"unit:{unit}", main, tree, cgroup=cg, name=psutil.Process(main).name(), unit=unit))
     me = os.getpid()
     for pid in pids:
         if not psutil.pid_exists(pid):

@@ -75,9 +75,13 @@ def run(ctx: Context) -> tuple[str, dict]:
             blockers.append(Blocker(f"`criu check` failed: {e.stderr_tail.strip().splitlines()[-1] if e.stderr_tail.strip() else e.message}",
                                     e.hint))
 
-    if not cfg.pids and not cfg.cgroups:
-        blockers.append(Blocker("no workloads selected", "set `workloads.pids` or `workloads.cgroups`, or pass --pid/--cgroup"))
-    ctx.workloads, wl_blockers = workloads.resolve(cfg.pids, cfg.cgroups)
+    if not cfg.pids and not cfg.cgroups and not cfg.units:
+        blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups` or "
+                                "`workloads.units`, or pass --pid/--cgroup/--unit"))
+    if ctx.rehearsal and cfg.units:
+        blockers.append(Blocker("a rehearsal cannot keep systemd units yet: systemd would see their main "
+                                "process end and restart or fail the unit", "rehearse without --unit/`workloads.units`"))
+    ctx.workloads, wl_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units)
     blockers += wl_blockers
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
 

@@ -18,6 +18,7 @@ from .context import Context
 
 NAME = "restore"
 DONE = "restored.json"
+VERIFIED = "verified"           # written once every file matched the manifest
 
 
 def plan(ctx: Context) -> list[str]:
@@ -31,7 +32,56 @@ def pending(restore_dir: Path) -> bool:
     return (restore_dir / manifest.NAME).exists()
 
 
+def _taken(w) -> str:
+    """Why this tree cannot get its PIDs back in this boot ("" if it can)."""
+    for pid in w.pids:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+        return (f"PID {pid} of {w.selector} is taken in this boot by `{comm}`: restoring it would change the "
+                "PIDs, so it was not restored")
+    return ""
+
+
+def restore_one(snap: Path, w, pidfile: Path | None = None) -> dict:
+    """criu-restore one tree from snap/images/TREE; the result for the record."""
+    images = snap / "images" / w.key
+    if (why := _taken(w)):
+        return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
+    pidfile = pidfile or images / "restored.pid"
+    pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        run_cmd(criu.restore_argv(images, pidfile), timeout=600, cwd=str(images))
+        pid = int(pidfile.read_text())
+        return {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
+    except (CommandError, OSError, ValueError) as e:
+        cause = criu.first_error(images, criu.RESTORE_LOG)
+        return {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
+
+
+def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:
+    """Keep the criu logs on disk, free the images of the restored trees."""
+    logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / snapshot_id)
+    for key, r in results.items():
+        if r.get("ok"):
+            shutil.rmtree(snap / "images" / key, ignore_errors=True)   # free the RAM
+    return logs
+
+
+def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError | None:
+    failed = [r for r in results.values() if r.get("ok") is False]
+    if not failed:
+        return None
+    err = RestoreError(f"{len(failed)} of {len(results)} workload(s) failed to restore: {failed[0]['error']}",
+                       f"their images and criu's restore.log are kept in {snap}/images/ (RAM: lost on reboot)")
+    err.details = details  # type: ignore[attr-defined]
+    return err
+
+
 def run(ctx: Context) -> tuple[str, dict]:
+    """Verify the whole snapshot, restore the trees that are not systemd units; units are
+    restored by their own start (see kupgrade/systemd.py), after this."""
     snap = Path(ctx.config.restore_dir)
     # a rehearsal restores on the old kernel what was packed for the target kernel
     m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
@@ -39,31 +89,21 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
+    (snap / VERIFIED).write_text(m.id + "\n")
     results: dict[str, dict] = {}
     for w in m.workloads:
-        images = snap / "images" / w.key
-        pidfile = images / "restored.pid"
-        try:
-            run_cmd(criu.restore_argv(images, pidfile), timeout=600, cwd=str(images))
-            pid = int(pidfile.read_text())
-            results[w.key] = {"selector": w.selector, "ok": True, "root_pid": pid,
-                              "same_pid": pid == w.root_pid}
-        except (CommandError, OSError, ValueError) as e:
-            cause = criu.first_error(images, criu.RESTORE_LOG)
-            results[w.key] = {"selector": w.selector, "ok": False,
-                              "error": cause or str(e), "images": str(images)}
-    failed = [r for r in results.values() if not r["ok"]]
-    logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / m.id)
-    for key, r in results.items():
-        if r["ok"]:
-            shutil.rmtree(snap / "images" / key, ignore_errors=True)   # free the RAM
-    os.replace(snap / manifest.NAME, snap / DONE)
+        if w.unit:
+            results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
+                              "pending": f"restored when {w.unit} starts"}
+        else:
+            results[w.key] = restore_one(snap, w)
+    logs = finish_trees(ctx, snap, m.id, results)
+    if not any(w.unit for w in m.workloads):
+        os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs}
-    if failed:
-        err = RestoreError(f"{len(failed)} of {len(results)} workload(s) failed to restore: {failed[0]['error']}",
-                           f"their images and criu's restore.log are kept in {snap}/images/ (RAM: lost on reboot)")
-        err.details = details  # type: ignore[attr-defined]
+    if (err := failure(results, snap, details)):
         raise err
-    return f"restored {len(results)} workload(s) from snapshot {m.id}", details
-
+    units = sum(1 for w in m.workloads if w.unit)
+    return (f"restored {len(results) - units} workload(s) from snapshot {m.id}"
+            + (f"; {units} unit(s) restore when systemd starts them" if units else "")), details

@@ -96,6 +96,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     def fill(w: initrd.CpioWriter) -> None:
         files = w.tree(images_root(ctx), prefix="images")
         made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files))
+        # for the initramfs script: new PIDs in the next boot start above every snapshot PID
+        w.data("max-pid", f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
         w.data(manifest.NAME, manifest.dumps(made[0]))
         w.data("record.json", ctx.record.dumps().encode())
 

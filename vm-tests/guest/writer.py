@@ -76,9 +76,13 @@ def signal_and_read(pid: int, sig: int) -> dict:
                 return json.load(f)["n"]
         except (OSError, ValueError):
             return 0
+    deadline = time.monotonic() + 60
+    while n() == 0:             # its first state.json: the signal handlers are in place
+        if time.monotonic() > deadline:
+            sys.exit("writer did not start within 60 s")
+        time.sleep(0.02)
     before = n()
     os.kill(pid, sig)
-    deadline = time.monotonic() + 60
     while n() == before:
         if time.monotonic() > deadline:
             sys.exit("writer did not answer within 60 s")

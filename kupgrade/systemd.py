@@ -1,0 +1,106 @@
+"""systemd services as workloads.
+
+Old kernel: a unit resolves to its main process (the tree criu dumps) and its cgroup (what the
+freezer freezes). New kernel: `kupgrade-restore --generator` runs as a systemd generator, the
+earliest point of the boot, and for each unit in the snapshot writes a drop-in into the
+generator.early directory (this boot only, it is in /run) that turns the unit's start into the
+restore of its snapshot:
+
+  Type=forking + PIDFile: `kupgrade-restore --unit UNIT` (the unit's only ExecStart) restores
+  the tree with criu, which writes the restored main PID (the old one) into the PID file and
+  exits; systemd adopts that PID as the unit's main process. The restored tasks are in the
+  unit's own cgroup (criu puts them back into the cgroup they were dumped from, which is the
+  unit's), so systemd tracks them as the unit's, `systemctl stop` stops them, and nothing kills
+  them when a helper ends. ExecStartPre/Post are cleared: the process was set up already.
+
+Why a generator: it runs before any unit is loaded, so the unit is never started fresh, and its
+ordering (After=network-online.target, mounts, ...) still applies to the restore.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import CommandError
+from .run import run
+
+PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type")
+DROPIN = "zz-kupgrade-restore.conf"
+PIDFILE_DIR = "units"          # below the restore dir
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+             "/usr/lib/systemd/system", "/lib/systemd/system")
+
+
+def show(unit: str) -> dict[str, str]:
+    """`systemctl show` of the properties kupgrade needs."""
+    out = run(["systemctl", "show", "--property=" + ",".join(PROPS), unit], timeout=60,
+              hint="is systemd running?").stdout.decode()
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def describe(unit: str) -> tuple[dict[str, str], str]:
+    """(properties, problem): problem is "" when the unit can be a workload."""
+    try:
+        props = show(unit)
+    except CommandError as e:
+        return {}, f"cannot ask systemd about {unit}: {e.message}"
+    if props.get("ActiveState") != "active":
+        return props, f"unit {unit} is not active ({props.get('ActiveState') or 'unknown'})"
+    if int(props.get("MainPID") or 0) <= 1:
+        return props, f"unit {unit} has no main process (Type={props.get('Type')})"
+    if not props.get("ControlGroup"):
+        return props, f"unit {unit} has no cgroup"
+    return props, ""
+
+
+def pidfile(restore_dir: Path, unit: str) -> Path:
+    return restore_dir / PIDFILE_DIR / f"{unit}.pid"
+
+
+def dropin(unit: str, snapshot_id: str, restore_cmd: str, restore_dir: Path) -> str:
+    return f"""# Written by kupgrade's generator for this boot only (snapshot {snapshot_id}):
+# starting {unit} restores its processes from the snapshot (same PIDs) instead of
+# starting it fresh. A failed restore leaves the unit failed and the snapshot in {restore_dir}.
+[Service]
+Type=forking
+PIDFile={pidfile(restore_dir, unit)}
+GuessMainPID=no
+ExecStartPre=
+ExecStart=
+ExecStart={restore_cmd} --unit {unit}
+ExecStartPost=
+Restart=no
+TimeoutStartSec=600
+"""
+
+
+def unit_file(unit: str, dirs=UNIT_DIRS) -> Path | None:
+    names = [unit]
+    if "@" in unit:                           # an instance: its template
+        names.append(unit.split("@", 1)[0] + "@.service")
+    for d in dirs:
+        for n in names:
+            if (p := Path(d) / n).exists():
+                return p
+    return None
+
+
+def generate(early_dir: Path, snapshot_id: str, units: list[str], restore_cmd: str, restore_dir: Path,
+             dirs=UNIT_DIRS) -> list[str]:
+    """Write the drop-ins (and pull each unit into multi-user.target, in case it was started by
+    hand and not enabled). Returns what was written."""
+    done = []
+    for unit in units:
+        d = early_dir / f"{unit}.d"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / DROPIN).write_text(dropin(unit, snapshot_id, restore_cmd, restore_dir))
+        done.append(str(d / DROPIN))
+        if (path := unit_file(unit, dirs)) is not None:
+            wants = early_dir / "multi-user.target.wants"
+            wants.mkdir(parents=True, exist_ok=True)
+            link = wants / unit
+            if not link.is_symlink():
+                os.symlink(path, link)
+            done.append(str(link))
+    return done

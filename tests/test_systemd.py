@@ -1,0 +1,68 @@
+"""systemd units as workloads: the drop-in, the generator, resolving, restore bookkeeping."""
+
+import os
+from pathlib import Path
+
+from kupgrade import newkernel, record, systemd, workloads
+from kupgrade.record import StageResult, UpgradeRecord, Workload
+from kupgrade.stages import restore
+
+
+def test_dropin_turns_the_start_into_the_restore():
+    text = systemd.dropin("web.service", "ID1", "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"))
+    lines = text.splitlines()
+    assert "Type=forking" in lines and "PIDFile=/run/kupgrade/units/web.service.pid" in lines
+    # the original command is cleared before ours; pre/post commands are cleared
+    assert lines.index("ExecStart=") < lines.index("ExecStart=/usr/sbin/kupgrade-restore --unit web.service")
+    assert "ExecStartPre=" in lines and "ExecStartPost=" in lines and "Restart=no" in lines
+
+
+def test_generate_writes_dropins_and_wants(tmp_path):
+    units = tmp_path / "lib"
+    units.mkdir()
+    (units / "web.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (units / "getty@.service").write_text("[Service]\nExecStart=/bin/true\n")
+    early = tmp_path / "early"
+    done = systemd.generate(early, "ID1", ["web.service", "getty@tty5.service", "gone.service"],
+                            "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"), dirs=(str(units),))
+    assert (early / "web.service.d" / systemd.DROPIN).exists()
+    assert os.readlink(early / "multi-user.target.wants/web.service") == str(units / "web.service")
+    assert os.readlink(early / "multi-user.target.wants/getty@tty5.service") == str(units / "getty@.service")
+    assert (early / "gone.service.d" / systemd.DROPIN).exists()          # restored if something starts it
+    assert not (early / "multi-user.target.wants/gone.service").exists()
+    assert len(done) == 5
+
+
+def test_resolve_unit_to_main_pid_and_cgroup():
+    me = os.getpid()
+
+    def describe(unit):
+        return {"MainPID": str(me), "ControlGroup": "/system.slice/web.service", "ActiveState": "active"}, ""
+
+    ws, blockers = workloads.resolve((), (), ("web.service",), describe_unit=describe)
+    assert [(w.selector, w.root_pid, w.unit, w.cgroup) for w in ws] == [
+        ("unit:web.service", me, "web.service", "/system.slice/web.service")]
+    assert any("contains kupgrade itself" in b.message for b in blockers)     # (it is this test)
+    down = workloads.resolve((), (), ("down.service",),
+                             describe_unit=lambda u: ({}, "unit down.service is not active (inactive)"))
+    assert down[0] == [] and "not active" in down[1][0].message
+
+
+def test_pid_taken_is_detected_before_criu(tmp_path):
+    w = Workload("unit:web.service", os.getpid(), (os.getpid(),), unit="web.service")
+    r = restore.restore_one(tmp_path, w)
+    assert r["ok"] is False and f"PID {os.getpid()} of unit:web.service is taken in this boot" in r["error"]
+    assert r["images"] == str(tmp_path / "images" / w.key)
+
+
+def test_outcome_waits_for_every_unit():
+    class M:
+        workloads = (Workload("pid:5", 5, (5,)), Workload("unit:a.service", 6, (6,), unit="a.service"))
+    early = StageResult("restore", "ok", 1.0, 1.0, details={"workloads": {
+        "tree-5": {"ok": True}, "tree-6": {"ok": None, "pending": "restored when a.service starts"}}})
+    rec = UpgradeRecord("X", "run", "a", stages=(early,))
+    assert newkernel._outcome(rec, M) == record.RESTORING
+    unit_ok = StageResult("restore-unit", "ok", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": True}}})
+    assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.RESTORED
+    unit_bad = StageResult("restore-unit", "failed", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": False}}})
+    assert newkernel._outcome(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED

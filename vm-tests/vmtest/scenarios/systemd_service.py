@@ -1,0 +1,111 @@
+"""systemd-service: the guest boots systemd. heartbeat.service (the two-process 64 MiB test
+workload, started by hand, not enabled) and victim.service are selected as units. In the new
+boot, a unit started early takes victim's old PID. Expected: heartbeat.service comes back as
+itself (same main PID, its cgroup, active, not started fresh, `systemctl stop` stops it);
+victim's restore fails with a clear message, its snapshot is kept, the other is restored."""
+
+from __future__ import annotations
+
+import json
+
+from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..workload import GUEST_WORKLOAD, Workload
+
+NAME = "systemd-service"
+DESCRIPTION = "systemd units restored as themselves; a PID taken in the new boot fails only that unit"
+INIT = "systemd"
+
+UNITS = {
+    "heartbeat.service": f"[Unit]\nDescription=test workload (heartbeat)\n[Service]\nExecStart={GUEST_WORKLOAD}\n",
+    "victim.service": "[Unit]\nDescription=test workload whose PID is taken in the next boot\n"
+                      "[Service]\nExecStart=/bin/sleep infinity\n",
+    # enabled for the next boot only matters there: it takes victim's PID before the restore
+    "squat.service": "[Unit]\nDescription=takes a PID before kupgrade restores it (test)\nDefaultDependencies=no\n"
+                     "Before=sysinit.target\nConditionKernelCommandLine=kupgrade.snapshot\n"
+                     "[Service]\nType=oneshot\nRemainAfterExit=yes\nKillMode=process\n"
+                     "ExecStart=/usr/local/lib/vmtest/squat.py /etc/vmtest-squat-pid\n"
+                     "[Install]\nWantedBy=sysinit.target\n",
+}
+
+
+def show(vm, unit: str) -> dict:
+    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState,SubState,ControlGroup,NRestarts", unit)["stdout"]
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    for unit, text in UNITS.items():
+        vm.sh("tee", f"/etc/systemd/system/{unit}", input=text)
+    vm.sh("systemctl", "daemon-reload")
+    vm.sh("systemctl", "start", "heartbeat.service")
+    vm.sh("systemctl", "start", "victim.service")
+    hb, victim = show(vm, "heartbeat.service"), show(vm, "victim.service")
+    wl = Workload(vm, pid=int(hb["MainPID"]))
+    vm.on_event = wl._on_event
+    wl.follow()
+    wl.wait_beats(5, timeout=120)
+    before = wl.state()
+    vm.sh("tee", "/etc/vmtest-squat-pid", input=victim["MainPID"])
+    vm.sh("systemctl", "enable", "squat.service")
+    write_config(vm, kupgrade_config(image.kernel_to).replace(
+        "[target]", 'units = ["heartbeat.service", "victim.service"]\n\n[target]'))
+    res.data["before"] = {"heartbeat": hb, "victim": victim}
+
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    switched = vm.wait_switch(rid, 600)
+    if "ev" not in switched:
+        res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+        return
+    res.data["kernel_after"] = switched["kernel"]
+    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+    last_before = wl.beats[-1].counter
+    wl.follow()
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    wl.wait_beats(5, after=last_before, timeout=180)
+    after = wl.state()
+
+    hb2 = show(vm, "heartbeat.service")
+    res.data["after"] = {"heartbeat": hb2, "victim": show(vm, "victim.service")}
+    status = vm.sh("systemctl", "status", "--no-pager", "heartbeat.service", check=False)["stdout"]
+    (vm.workdir / "systemctl-status-heartbeat.txt").write_text(status)
+    res.check(hb2["MainPID"] == hb["MainPID"] and hb2["ActiveState"] == "active",
+              "heartbeat.service is active with the restored process (same PID) as its main process",
+              json.dumps(hb2) + "\n" + status[-1500:])
+    procs = vm.read(f"/sys/fs/cgroup{hb2['ControlGroup']}/cgroup.procs").split()
+    res.check(sorted(procs) == sorted([str(before["pid"]), str(before["child"])]),
+              "both restored tasks are in the unit's cgroup", f"{hb2['ControlGroup']}: {procs}")
+    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
+    res.check(res.data["pids_preserved"], "same PIDs (parent and child)", f"{before} -> {after}")
+    consecutive = wl.consecutive()
+    res.check(consecutive, "not started fresh: the counter went on, every heartbeat once, in order", wl.span())
+    res.data["state_preserved"] = consecutive and after["sha256"] == before["sha256_start"]
+    res.check(after["sha256"] == before["sha256_start"], "64 MiB buffer checksum intact", after["sha256"])
+
+    victim2 = res.data["after"]["victim"]
+    res.check(victim2["ActiveState"] == "failed", "victim.service failed instead of starting fresh",
+              json.dumps(victim2))
+    rec = last_record(vm)
+    unit_stages = {s["details"].get("unit"): s for s in rec["stages"] if s["name"] == "restore-unit"}
+    v = unit_stages.get("victim.service", {})
+    res.check(f"PID {victim['MainPID']}" in v.get("error", "") and "is taken in this boot" in v.get("error", ""),
+              "the record says why: victim's PID is taken in this boot", json.dumps(v)[:1500])
+    kept = v.get("details", {}).get("workloads", {})
+    images = next(iter(kept.values()), {}).get("images", "")
+    res.check(bool(images) and vm.sh("test", "-d", images, check=False)["rc"] == 0,
+              "victim's snapshot is kept", images)
+    res.check(rec["outcome"] == "restore-failed", "the outcome says one workload failed", rec["outcome"])
+    report = vm.sh("kupgrade", "report", timeout=300)["stdout"]
+    (vm.workdir / "report.txt").write_text(report)
+    res.check("NOT restored" in report and "is taken in this boot" in report and "restored, same PID" in report,
+              "kupgrade report shows which unit came back and which did not, and why", report[-2000:])
+
+    gap, a, b = wl.largest_gap()
+    res.data["downtime_s"] = round(gap, 3)
+    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data["record"] = rec
+
+    vm.sh("systemctl", "stop", "heartbeat.service")
+    gone = vm.sh("kill", "-0", str(before["pid"]), check=False)["rc"] != 0
+    res.check(gone, "systemctl stop heartbeat.service stops the restored process")

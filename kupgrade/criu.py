@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -24,12 +25,35 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
             "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks"]
     if w.cgroup:
         argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
+    if w.unit:      # stdout/stderr are stream sockets to journald, outside the tree
+        argv += ["--ext-unix-sk"]
     return argv
 
 
-def restore_argv(images: Path, pidfile: Path) -> list[str]:
-    return [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
+def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None) -> list[str]:
+    """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it."""
+    argv = [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
+    for res, fd in sorted((inherit or {}).items()):
+        argv += ["--inherit-fd", f"fd[{fd}]:{res}"]
+    return argv
+
+
+STDIO = "kupgrade-stdio.json"    # next to the images: external stdio sockets to hand over at restore
+
+
+def stdio_sockets(pids, proc: Path = Path("/proc")) -> list[str]:
+    """The sockets the tree's stdin/stdout/stderr are (a systemd service's go to journald)."""
+    found = set()
+    for pid in pids:
+        for fd in (0, 1, 2):
+            try:
+                link = os.readlink(proc / str(pid) / "fd" / str(fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                found.add(link)
+    return sorted(found)
 
 
 def first_error(images: Path, name: str) -> str:

@@ -49,13 +49,13 @@ def _tail(data: bytes | str | None) -> str:
 
 def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
         input: bytes | None = None, capture: bool = True, hint: str = "",
-        env: dict | None = None, cwd: str | None = None) -> subprocess.CompletedProcess:
+        env: dict | None = None, cwd: str | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
     """Run argv; return the CompletedProcess (stdout/stderr as bytes when captured)."""
     argv = [os.fspath(a) for a in argv]
     start = time.monotonic()
     try:
         proc = subprocess.run(
-            argv, input=input, timeout=timeout, env=env, cwd=cwd,
+            argv, input=input, timeout=timeout, env=env, cwd=cwd, pass_fds=pass_fds,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
             stdin=None if input is not None else subprocess.DEVNULL)

@@ -248,11 +248,13 @@ class LiveUi(Ui):
         from rich.table import Table
         now = self.clock() if now is None else now
         t = Table(title=f"{self.title} · {now - self.t0:.1f} s", title_justify="left", expand=False)
-        t.add_column("#", justify="right")
-        t.add_column("stage")
-        t.add_column("state")
-        t.add_column("time", justify="right")
-        t.add_column("progress / result", overflow="ellipsis", no_wrap=True, max_width=60)
+        t.add_column("#", justify="right", no_wrap=True, min_width=1)
+        t.add_column("stage", no_wrap=True, min_width=9)
+        t.add_column("state", no_wrap=True, min_width=7)
+        t.add_column("time", justify="right", no_wrap=True, min_width=5)
+        # the other columns take 37 characters with the borders: the last one gets what is left
+        t.add_column("progress / result", overflow="ellipsis", no_wrap=True,
+                     max_width=max(20, min(60, self.console.width - 37)))
         for i, (name, row) in enumerate(self.rows.items(), 1):
             state = row.get("state", "pending")
             secs = row.get("seconds") if state != "running" else now - row["start"]

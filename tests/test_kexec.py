@@ -86,3 +86,17 @@ def test_criu_first_error_is_the_cause(tmp_path):
                                        "(0.3) Error (criu/cr-dump.c:2053): Dumping FAILED.\n")
     assert criu.first_error(tmp_path, "dump.log") == "(0.2) Error (criu/x.c:1): A session leader is outside"
     assert criu.first_error(tmp_path, "missing.log") == ""
+
+
+def test_criu_unit_dump_and_inherited_stdio(tmp_path):
+    from kupgrade.record import Workload
+    w = Workload("unit:web.service", 300, (300,), cgroup="/system.slice/web.service", unit="web.service")
+    assert "--ext-unix-sk" in criu.dump_argv(w, Path("/i"))
+    argv = criu.restore_argv(Path("/i"), Path("/p"), {"socket:[77]": 9})
+    assert argv[-2:] == ["--inherit-fd", "fd[9]:socket:[77]"]
+    proc = tmp_path / "proc"
+    (proc / "300" / "fd").mkdir(parents=True)
+    (proc / "300" / "fd" / "1").symlink_to("socket:[77]")
+    (proc / "300" / "fd" / "2").symlink_to("socket:[77]")
+    (proc / "300" / "fd" / "0").symlink_to("/dev/null")
+    assert criu.stdio_sockets((300, 301), proc) == ["socket:[77]"]

@@ -7,6 +7,7 @@ Started by the boot integration after the initramfs script moved the snapshot to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -51,13 +52,24 @@ def restore_one(snap: Path, w, pidfile: Path | None = None) -> dict:
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
     pidfile = pidfile or images / "restored.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ours = -1
     try:
-        run_cmd(criu.restore_argv(images, pidfile), timeout=600, cwd=str(images))
+        inherit = {}
+        if (images / criu.STDIO).exists():
+            # the tree's stdio sockets (to the old boot's journald) become our stdout: when a
+            # unit's start restores it, that is the unit's journal stream in this boot
+            ours = os.dup(1)
+            inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
+        run_cmd(criu.restore_argv(images, pidfile, inherit), timeout=600, cwd=str(images),
+                pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         return {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
     except (CommandError, OSError, ValueError) as e:
         cause = criu.first_error(images, criu.RESTORE_LOG)
         return {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
+    finally:
+        if ours >= 0:
+            os.close(ours)
 
 
 def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:

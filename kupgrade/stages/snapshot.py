@@ -6,6 +6,7 @@ exactly where they were.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -81,6 +82,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     for w in ctx.workloads:
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
+        if w.unit and (socks := criu.stdio_sockets(w.pids)):
+            # in the new boot the unit's own journal stream takes their place (criu --inherit-fd)
+            (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
         try:
             with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
                 run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))

@@ -27,7 +27,11 @@ def run(vm, image, res: Result) -> None:
     wl.wait_beats(5)
     before = wl.state()
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
-    res.say(vm.sh("kupgrade", "plan", "--cgroup", "/workload", timeout=300)["stdout"])
+    plan = vm.sh("kupgrade", "plan", "--cgroup", "/workload", timeout=300)["stdout"]
+    (vm.workdir / "plan.txt").write_text(plan)
+    res.say(plan)
+    res.check("no blockers" in plan and "downtime estimate" in plan and "/workload" in plan,
+              "kupgrade plan shows the workload, no blockers and the estimate", plan[-1500:])
     chk = vm.sh("kupgrade", "check", check=False, timeout=300)
     res.say(chk["stdout"] + chk["stderr"])
     res.check(chk["rc"] == 0, "kupgrade check finds no blocker", (chk["stdout"] + chk["stderr"])[-1500:])

@@ -18,15 +18,16 @@ def check_argv() -> list[str]:
     return [CRIU, "check"]
 
 
-def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup"),
+              external: list[str] = ()) -> list[str]:
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
     `kexec -e` can resume them untouched; kexec ends them."""
     argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
             "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks"]
     if w.cgroup:
         argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
-    if w.unit:      # stdout/stderr are stream sockets to journald, outside the tree
-        argv += ["--ext-unix-sk"]
+    for res in external:    # "socket:[INO]": a stream socket whose peer is outside (journald)
+        argv += ["--external", "unix[" + res.removeprefix("socket:[").rstrip("]") + "]"]
     return argv
 
 

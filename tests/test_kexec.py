@@ -91,7 +91,7 @@ def test_criu_first_error_is_the_cause(tmp_path):
 def test_criu_unit_dump_and_inherited_stdio(tmp_path):
     from kupgrade.record import Workload
     w = Workload("unit:web.service", 300, (300,), cgroup="/system.slice/web.service", unit="web.service")
-    assert "--ext-unix-sk" in criu.dump_argv(w, Path("/i"))
+    assert criu.dump_argv(w, Path("/i"), external=["socket:[77]"])[-2:] == ["--external", "unix[77]"]
     argv = criu.restore_argv(Path("/i"), Path("/p"), {"socket:[77]": 9})
     assert argv[-2:] == ["--inherit-fd", "fd[9]:socket:[77]"]
     proc = tmp_path / "proc"

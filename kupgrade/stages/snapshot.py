@@ -82,12 +82,12 @@ def run(ctx: Context) -> tuple[str, dict]:
     for w in ctx.workloads:
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
-        if w.unit and (socks := criu.stdio_sockets(w.pids)):
-            # in the new boot the unit's own journal stream takes their place (criu --inherit-fd)
+        socks = criu.stdio_sockets(w.pids) if w.unit else []
+        if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
         try:
             with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-                run_cmd(criu.dump_argv(w, images), timeout=600, cwd=str(images))
+                run_cmd(criu.dump_argv(w, images, external=socks), timeout=600, cwd=str(images))
         except CommandError as e:
             cause = criu.first_error(images, criu.DUMP_LOG)
             kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)

@@ -34,6 +34,10 @@ class BootPaths:
         return self.root / "etc/initramfs-tools/scripts/init-bottom/kupgrade"
 
     @property
+    def top_script(self) -> Path:
+        return self.root / "etc/initramfs-tools/scripts/init-top/kupgrade"
+
+    @property
     def unit(self) -> Path:
         return self.root / "etc/systemd/system/kupgrade-restore.service"
 
@@ -61,6 +65,7 @@ def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = 
     for path, text, mode in (
             (paths.hook, _data("initramfs-hook").replace("@VERSION@", __version__), 0o755),
             (paths.script, _data("initramfs-script"), 0o755),
+            (paths.top_script, _data("initramfs-top"), 0o755),
             (paths.unit, _data("kupgrade-restore.service").replace("@RESTORE@", restore_command()), 0o644),
             (paths.generator, _data("systemd-generator").replace("@RESTORE@", restore_command()), 0o755)):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,16 @@ TIMEOUT_S = 10.0
 
 def plan(ctx: Context) -> list[str]:
     out = []
-    for cg in ctx.config.cgroups:
-        out.append(f"write 1 to {CGROUP_ROOT}{cg}/cgroup.freeze and wait for `frozen 1` in cgroup.events")
-    for pid in ctx.config.pids:
-        out.append(f"PID {pid}: criu seizes the tree during the snapshot (no cgroup of its own)")
+    for w in ctx.workloads:         # resolved by preflight
+        if w.cgroup:
+            out.append(f"{w.selector}: write 1 to {CGROUP_ROOT}{w.cgroup}/cgroup.freeze and wait for "
+                       "`frozen 1` in cgroup.events")
+        else:
+            out.append(f"{w.selector}: criu seizes the tree during the snapshot (no cgroup of its own)")
+    if not ctx.workloads:
+        out += [f"cgroup {cg}: cgroup freezer" for cg in ctx.config.cgroups]
+        out += [f"unit {u}: cgroup freezer on its cgroup" for u in ctx.config.units]
+        out += [f"PID {pid}: criu seizes the tree during the snapshot" for pid in ctx.config.pids]
     return out or ["nothing selected"]
 
 

@@ -63,6 +63,10 @@ def run(vm, image, res: Result) -> None:
     last_before = wl.beats[-1].counter
     wl.follow()
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    # evidence first, whatever happens next
+    (vm.workdir / "journal.txt").write_text(vm.sh(
+        "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", "heartbeat.service", "-u", "victim.service",
+        "-u", "kupgrade-restore.service", "-u", "squat.service", check=False)["stdout"][-12000:])
     wl.wait_beats(5, after=last_before, timeout=180)
     after = wl.state()
 

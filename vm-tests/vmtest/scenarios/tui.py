@@ -54,6 +54,15 @@ def step_through(term: Terminal, res: Result, shots: Screens, what: str, skip_fl
     if skip_flush:
         res.check(re.search(row("flush", "skipped"), s) is not None, f"{what}: flush shown skipped", s[-1500:])
     shots.keep(f"{what}-before-snapshot", s)
+    # While the snapshot runs: keep a screen of the live view (best effort: it takes ~2-3 s)
+    while True:
+        s = term.screen()
+        if re.search(row("snapshot", "running"), s):
+            shots.keep(f"{what}-snapshot-running", s)
+            res.data.setdefault("progress_bar_seen", {})[what] = "░" in s or "█" in s
+            break
+        if re.search(prompt("kexec"), s):
+            break
     s = term.answer(prompt("kexec"), "c")
     res.check(re.search(row("snapshot", "done"), s) is not None and "dumped 1 tree(s)" in s,
               f"{what}: snapshot shown done with what it dumped", s[-1500:])

@@ -153,13 +153,14 @@ def test_preflight_failing_hook_is_a_hook_error(tmp_path):
 
 
 def test_preflight_loads_hooks_and_devices_once(tmp_path, monkeypatch):
-    loaded = []
+    loaded, asked = [], []
     monkeypatch.setattr(hookload, "load_hooks", lambda d: loaded.append(d) or ([PyHook("n").hook()], []))
-    monkeypatch.setattr(hookpoints, "devices", lambda: ([ETH0], ""))
+    monkeypatch.setattr(hookpoints, "devices", lambda subsystems=(): asked.append(subsystems) or ([ETH0], ""))
     c = context(tmp_path)
     hookpoints.load(c)
     hookpoints.load(c)
     assert loaded == [tmp_path / "hooks.d"] and [h.name for h in c.hooks] == ["n"] and c.devices == [ETH0]
+    assert asked == [()]        # preflight: every device (unsafe ones are looked for too)
 
 
 # --- the new kernel ---
@@ -178,10 +179,14 @@ def packed_snapshot(tmp_path, hooks) -> Path:
 
 
 def new_kernel(tmp_path, monkeypatch, hooks) -> Context:
-    """A fresh context as kupgrade-restore makes it: the hooks are loaded lazily."""
+    """A fresh context as kupgrade-restore makes it: the hooks are loaded lazily. c.asked: which
+    subsystems were enumerated."""
+    asked = []
     monkeypatch.setattr(hookload, "load_hooks", lambda d: ([h.hook() for h in hooks], []))
-    monkeypatch.setattr(hookpoints, "devices", lambda: ([ETH0], ""))
-    return context(tmp_path)
+    monkeypatch.setattr(hookpoints, "devices", lambda subsystems=(): asked.append(subsystems) or ([ETH0], ""))
+    c = context(tmp_path)
+    c.asked = asked
+    return c
 
 
 def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypatch):
@@ -191,7 +196,9 @@ def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypat
                  verify=lambda r: seen.append(("verify", r["state"])) or {})
     flaky = PyHook("flaky", points=("save", "restore"), restore=RuntimeError("gone"))
     snap = packed_snapshot(tmp_path, [net, flaky])
-    _, details = restore.run(new_kernel(tmp_path, monkeypatch, [net, flaky]))
+    c = new_kernel(tmp_path, monkeypatch, [net, flaky])
+    _, details = restore.run(c)
+    assert c.asked == [("net",)]      # only the subsystems the hooks match (inside the downtime)
     assert seen == [("restore", {"mtu": 1400}), ("verify", {"mtu": 1400})]
     assert [(r["hook"], r["point"], r["ok"]) for r in details["hooks"]] == [
         ("flaky", "restore", False), ("net", "restore", True), ("net", "verify", True)]
@@ -210,6 +217,7 @@ def test_restore_stage_collects_early_restore_results(tmp_path, monkeypatch):
     _, details = restore.run(c)
     assert [(r["hook"], r["point"], r["ok"], r["reply"]) for r in details["hooks"]] == [
         ("05-early", "early-restore", True, {"up": 1})]
+    assert c.asked == []              # no hook left that matches devices: pyudev is not asked
 
 
 def test_critical_restore_failure_restores_nothing_and_keeps_the_snapshot(tmp_path, monkeypatch):
@@ -238,6 +246,15 @@ def test_no_hook_state_and_none_installed_loads_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(hookload, "load_hooks", lambda d: pytest.fail("hooks loaded"))
     _, details = restore.run(context(tmp_path))
     assert details["hooks"] == []
+
+
+def test_subsystems_to_enumerate():
+    net, gpu = PyHook("n").hook(), PyHook("g", match=({"subsystem": "pci", "driver": "amdgpu"},)).hook()
+    wide, glob = PyHook("w", match=()).hook(), PyHook("x", match=({"subsystem": "n*"},)).hook()
+    assert hookpoints.subsystems([net, gpu, wide]) == ("net", "pci")
+    assert hookpoints.subsystems([wide]) == ()
+    assert hookpoints.subsystems([net, glob]) is None
+    assert hookpoints.subsystems([PyHook("d", match=({"driver": "e1000"},)).hook()]) is None
 
 
 def test_report_shows_the_hook_results():

@@ -50,6 +50,7 @@ class Context:
     hooks_skipped: list[dict] = field(default_factory=list)   # hooks that will not run, and why
     devices: list = field(default_factory=list)               # devices.Device records, for the hooks
     devices_error: str = ""              # why the devices could not be enumerated
+    hooks_load_s: float = 0.0            # loading the hooks + enumerating the devices took
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
 
     @property

@@ -11,6 +11,7 @@ kernel's restore path imports this; pyudev only when devices are enumerated.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from .. import hooks as hk
@@ -21,24 +22,46 @@ log = logging.getLogger("kupgrade.hooks")
 TOUCHING = ("quiesce", "save")          # points whose hooks get `resume` on a rollback
 
 
-def devices() -> tuple[list, str]:
-    """The machine's devices, and why there are none ("" if enumerated)."""
+def devices(subsystems: tuple[str, ...] = ()) -> tuple[list, str]:
+    """The machine's devices (of `subsystems`, or all), and why there are none ("" if enumerated)."""
     from .. import devices as dv
     try:
-        return dv.enumerate_devices(), ""
+        return dv.enumerate_devices(subsystems), ""
     except Exception as e:  # noqa: BLE001 -- no pyudev, no /sys: hooks still get their saved state
         log.warning("cannot enumerate the devices: %s", e)
         return [], f"cannot enumerate the devices with pyudev: {type(e).__name__}: {e}"
 
 
-def load(ctx: Context) -> None:
-    """Load the hooks and enumerate the devices, once per upgrade (preflight, or the new kernel)."""
+def subsystems(hooks: list) -> tuple[str, ...] | None:
+    """The udev subsystems the hooks' match specs name (() = none: all are machine-wide), or
+    None when one needs every device (a spec without a plain subsystem)."""
+    out = set()
+    for h in hooks:
+        for m in h.spec.match:
+            sub = m.get("subsystem", "")
+            if not sub or any(c in sub for c in "*?["):
+                return None
+            out.add(sub)
+    return tuple(sorted(out))
+
+
+def load(ctx: Context, narrow: bool = False) -> None:
+    """Load the hooks and enumerate the devices, once per upgrade (preflight, or the new kernel).
+    narrow (new kernel, inside the downtime): only the subsystems the hooks match, none if no
+    hook matches any (preflight needs them all: unsafe devices are looked for there)."""
     if ctx.hooks is not None:
         return
     from .. import hookload
+    t0 = time.monotonic()
     ctx.hooks, skipped = hookload.load_hooks(Path(ctx.config.hooks_dir))
     ctx.hooks_skipped = [s.to_json() for s in skipped]
-    ctx.devices, ctx.devices_error = devices()
+    wanted = subsystems(ctx.hooks) if narrow else None
+    if wanted == ():
+        ctx.devices, ctx.devices_error = [], ""
+    else:
+        ctx.devices, ctx.devices_error = devices(wanted or ())
+    ctx.hooks_load_s = round(time.monotonic() - t0, 4)
+    log.info("loaded %d hook(s), %d device(s) in %.3f s", len(ctx.hooks), len(ctx.devices), ctx.hooks_load_s)
 
 
 def installed(cfg) -> bool:
@@ -110,7 +133,7 @@ def restore(ctx: Context, snap: Path) -> list[dict]:
             early_results, first = e.results, e
         ctx.hook_results += early_results
         out += results_json(early_results)
-    load(ctx)
+    load(ctx, narrow=True)
     try:
         out += call(ctx, "restore", snap)
     except HookError as e:

@@ -118,7 +118,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     if not any(w.unit for w in m.workloads):
         os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
-               "workloads": results, "criu_logs": logs, "hooks": hooks_done}
+               "workloads": results, "criu_logs": logs, "hooks": hooks_done,
+               "hooks_load_s": ctx.hooks_load_s}
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err

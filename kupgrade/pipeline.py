@@ -14,7 +14,7 @@ from pathlib import Path
 from . import record
 from .errors import KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
-from .stages import flush, freeze, handover, kexec as kexec_stage, preflight, prepare, restore, snapshot
+from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
 from .stages.context import Context
 from .steps import execute_stage, finish
 
@@ -110,11 +110,13 @@ def rehearse(ctx: Context, ui, gate: Gate) -> None:
 
 
 def rollback(ctx: Context, ui, cause: BaseException) -> None:
-    """Undo every change, in reverse order; each step is attempted even if another failed."""
+    """Undo every change, in reverse order; each step is attempted even if another failed.
+    The device hooks' `resume` comes before the thaw: the devices run again before the workloads."""
     started, t0 = time.time(), time.monotonic()
     done, problems = [], []
-    steps = [lambda: kexec_stage.unload(ctx), lambda: freeze.thaw(ctx), lambda: _resume_stopped(ctx),
-             lambda: snapshot.discard(ctx), lambda: handover.discard(ctx)]
+    seen = len(ctx.hook_results)
+    steps = [lambda: kexec_stage.unload(ctx), lambda: hookpoints.resume(ctx), lambda: freeze.thaw(ctx),
+             lambda: _resume_stopped(ctx), lambda: snapshot.discard(ctx), lambda: handover.discard(ctx)]
     for step in steps:
         try:
             done += step()
@@ -122,8 +124,9 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
             problems.append(str(e))
             log.exception("rollback step failed")
     res = StageResult("rollback", FAILED if problems else OK, started, time.monotonic() - t0,
-                      "; ".join(done) or "nothing to undo", {"done": done, "problems": problems,
-                                                             "cause": str(cause) or type(cause).__name__},
+                      "; ".join(done) or "nothing to undo",
+                      {"done": done, "problems": problems, "cause": str(cause) or type(cause).__name__,
+                       "hooks": hookpoints.results_json(ctx.hook_results[seen:])},
                       "; ".join(problems))
     ctx.record = ctx.record.with_stage(res)
     ui.stage_end(res)

@@ -116,6 +116,9 @@ class UpgradeRecord:
                 out.append(f"{s.name} failed: {s.error}" + (f" ({s.hint})" if s.hint else ""))
             for problem in s.details.get("problems", []):
                 out.append(f"{s.name}: {problem}")
+            for r in s.details.get("hooks", []):      # a failing hook the stage went on after
+                if not r["ok"] and not (s.status == FAILED and r["error"] in s.error):
+                    out.append(f"hook {r['hook']} failed at {r['point']}: {r['error']}")
         results = {k: r for s in self.stages if s.name in ("restore", "restore-unit")
                    for k, r in s.details.get("workloads", {}).items()}
         for key, r in results.items():

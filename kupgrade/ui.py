@@ -153,8 +153,21 @@ class Ui(PlainUi):
                 else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r and r.get("ok") is False
                       else (r.get("pending") if r else None) or "not restored (yet)")
             self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
+        if rows := hook_rows(rec):
+            h = Table(title="device hooks", show_header=True)
+            for col in ("hook", "point", "ok", "seconds", "error"):
+                h.add_column(col)
+            for hook, point, ok, secs, error in rows:
+                h.add_row(hook, point, "ok" if ok else "[red]FAILED[/]", f"{secs:.2f}", error)
+            self.print(h)
         for warning in rec.warnings():
             self.print(f"[yellow]warning:[/] {warning}")
+
+
+def hook_rows(rec: UpgradeRecord) -> list[tuple[str, str, bool, float, str]]:
+    """(hook, point, ok, seconds, error) of every hook call the record's stages made, in order."""
+    return [(r["hook"], r["point"], r["ok"], r["seconds"], r.get("error", ""))
+            for s in rec.stages for r in s.details.get("hooks", [])]
 
 
 def go_no_go_lines(ctx, now: float | None = None) -> list[str]:

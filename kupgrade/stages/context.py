@@ -46,6 +46,12 @@ class Context:
     rehearsal: bool = False              # restore on this kernel instead of switching
     unpacked: bool = False               # rehearsal: the snapshot was unpacked into restore_dir
     replaced: bool = False               # rehearsal: the original tasks were ended (no rollback)
+    hooks: list | None = None            # the loaded device hooks (None: not loaded yet; see hookpoints.py)
+    hooks_skipped: list[dict] = field(default_factory=list)   # hooks that will not run, and why
+    devices: list = field(default_factory=list)               # devices.Device records, for the hooks
+    devices_error: str = ""              # why the devices could not be enumerated
+    hooks_load_s: float = 0.0            # loading the hooks + enumerating the devices took
+    hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
 
     @property
     def snapshot_dir(self) -> Path:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import StageError
+from ..errors import HookError, StageError
 from ..workloads import CGROUP_ROOT
+from . import hookpoints
 from .context import Context
 
 NAME = "freeze"
@@ -31,7 +32,7 @@ def plan(ctx: Context) -> list[str]:
         out += [f"cgroup {cg}: cgroup freezer" for cg in ctx.config.cgroups]
         out += [f"unit {u}: cgroup freezer on its cgroup" for u in ctx.config.units]
         out += [f"PID {pid}: criu seizes the tree during the snapshot" for pid in ctx.config.pids]
-    return out or ["nothing selected"]
+    return (out or ["nothing selected"]) + hookpoints.plan_line(ctx, "quiesce")
 
 
 def cgroup_dir(cg: str, root: Path = CGROUP_ROOT) -> Path:
@@ -60,7 +61,15 @@ def run(ctx: Context) -> tuple[str, dict]:
             ctx.frozen_cgroups.append(w.cgroup)
     seized = [w.selector for w in ctx.workloads if not w.cgroup]
     summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
-    return summary, {"frozen_cgroups": took, "criu_seizes": seized}
+    details = {"frozen_cgroups": took, "criu_seizes": seized}
+    try:
+        details["hooks"] = hookpoints.call(ctx, "quiesce")     # the devices stop changing too
+    except HookError as e:
+        e.details = {**details, **e.details}  # type: ignore[attr-defined]
+        raise
+    if details["hooks"]:
+        summary += f"; {len(details['hooks'])} device hook(s) quiesced"
+    return summary, details
 
 
 def thaw(ctx: Context) -> list[str]:

@@ -7,9 +7,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, criu, estimate, kexec, manifest, record, workloads
-from ..errors import BlockedError, CommandError
+from .. import boot, coverage, criu, estimate, kexec, manifest, record, workloads
+from .. import hooks as hk
+from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
+from . import hookpoints
 from .context import Context, resolve_target
 
 NAME = "preflight"
@@ -22,7 +24,9 @@ def plan(ctx: Context) -> list[str]:
             "`criu check`",
             "resolve each selected PID/cgroup to a process tree; look for traced, D-state, stopped tasks "
             "and controlling terminals",
-            "estimate the snapshot size against free memory"]
+            "estimate the snapshot size against free memory",
+            "device hooks: load them, run their preflight; an unsafe device in use that no hook covers blocks",
+            *hookpoints.plan_line(ctx, "preflight")]
 
 
 def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -100,16 +104,38 @@ def run(ctx: Context) -> tuple[str, dict]:
     if os.path.ismount(cfg.snapshot_dir):
         blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
                                 f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
+    hooks_done, hook_error = _hooks(ctx, blockers)
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
                "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
                "downtime_estimate_s": downtime, "downtime_basis": basis,
-               "blockers": [b.to_json() for b in blockers]}
+               "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
+               "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
+               "devices": len(ctx.devices)}
+    if hook_error is not None:
+        hook_error.details = {**details, "hooks": hook_error.details["hooks"]}  # type: ignore[attr-defined]
+        raise hook_error
     if blockers:
         err = BlockedError(blockers)
         err.details = details  # type: ignore[attr-defined]
         raise err
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def _hooks(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], HookError | None]:
+    """Load the hooks, run their preflight, add their blockers and those of unsafe devices in use
+    (blockers is extended). A failing hook is returned, raised once the details are complete."""
+    hookpoints.load(ctx)
+    if ctx.devices_error:
+        blockers.append(Blocker(ctx.devices_error, "install python3-pyudev and check that /sys is mounted"))
+    seen = len(ctx.hook_results)
+    try:
+        done = hookpoints.call(ctx, "preflight")
+    except HookError as e:
+        return e.details["hooks"], e  # type: ignore[attr-defined]
+    blockers += hk.blockers(ctx.hook_results[seen:])
+    blockers += coverage.unsafe_blockers(ctx.devices, ctx.hooks, ctx.config.hooks_allow)
+    return done, None

@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import criu, manifest
 from ..errors import CommandError, RestoreError
 from ..run import run as run_cmd
+from . import hookpoints
 from .context import Context
 
 NAME = "restore"
@@ -25,7 +26,10 @@ VERIFIED = "verified"           # written once every file matched the manifest
 def plan(ctx: Context) -> list[str]:
     return ["(new kernel) the initramfs script moves the snapshot to /run/kupgrade",
             "verify manifest.json: target kernel, size and sha256 of every file",
+            ("device hooks: collect their early-restore results, run restore (a critical failure: no "
+             "workload is restored, the snapshot is kept)"),
             "criu restore --restore-detached each tree (same PIDs); the tasks run again",
+            "device hooks: run verify",
             "free the snapshot memory; record the outcome in /var/lib/kupgrade/records/"]
 
 
@@ -101,6 +105,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
+    hooks_done = hookpoints.restore(ctx, snap)    # HookError (critical): no workload is restored
     (snap / VERIFIED).write_text(m.id + "\n")
     results: dict[str, dict] = {}
     for w in m.workloads:
@@ -113,8 +118,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     if not any(w.unit for w in m.workloads):
         os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
-               "workloads": results, "criu_logs": logs}
-    if (err := failure(results, snap, details)):
+               "workloads": results, "criu_logs": logs, "hooks": hooks_done,
+               "hooks_load_s": ctx.hooks_load_s}
+    verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
+    if (err := failure(results, snap, details) or verify_err):
         raise err
     units = sum(1 for w in m.workloads if w.unit)
     return (f"restored {len(results) - units} workload(s) from snapshot {m.id}"

@@ -11,10 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import criu, initrd, manifest
+from .. import criu, early, initrd, manifest
+from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
-from ..errors import CommandError, StageError
+from ..errors import CommandError, HookError, StageError
 from ..run import run as run_cmd
+from . import hookpoints
 from .context import Context
 
 NAME = "snapshot"
@@ -23,6 +25,11 @@ MIN_TMPFS = 256 << 20
 
 def images_root(ctx: Context) -> Path:
     return ctx.snapshot_dir / "images"
+
+
+def hooks_root(ctx: Context) -> Path:
+    """The hooks' state (SNAPSHOT/hooks/NAME/, saved.json, the early-restore bundle)."""
+    return ctx.snapshot_dir / HOOKS_SUBDIR
 
 
 def combined_path(ctx: Context) -> Path:
@@ -47,9 +54,10 @@ def plan(ctx: Context) -> list[str]:
         out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {w.name}, {len(w.pids)} task(s){mib}) --leave-stopped")
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
+    out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
     out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
-               "and manifest.json (kernels, workloads, PIDs, size and sha256 of every file, hashed while "
-               "packing); then free the images")
+               "and the hooks' state, and manifest.json (kernels, workloads, PIDs, size and sha256 of every "
+               "file, hashed while packing); then free the images")
     return out
 
 
@@ -95,10 +103,13 @@ def run(ctx: Context) -> tuple[str, dict]:
                              f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
     dump_s = time.monotonic() - t0
+    hook_notes, hooks_done = _save_hooks(ctx)
     made: list[manifest.Manifest] = []
 
     def fill(w: initrd.CpioWriter) -> None:
         files = w.tree(images_root(ctx), prefix="images")
+        if hooks_root(ctx).is_dir():
+            files |= w.tree(hooks_root(ctx), prefix=HOOKS_SUBDIR)
         made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files))
         # for the initramfs script: new PIDs in the next boot start above every snapshot PID
         w.data("max-pid", f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
@@ -111,6 +122,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
     pack_s = time.monotonic() - t1
     shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
+    shutil.rmtree(hooks_root(ctx), ignore_errors=True)
     m = made[0]
     dumps = {w.key: {"selector": w.selector,
                      "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/"))}
@@ -118,12 +130,27 @@ def run(ctx: Context) -> tuple[str, dict]:
     return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, packed with the target initrd "
             f"into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)",
             {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
-             "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), **sizes})
+             "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), "hooks": hooks_done,
+             "early_restore": hook_notes, **sizes})
+
+
+def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:
+    """After the dumps, before packing: the hooks' save, then the early-restore bundle."""
+    if not ctx.hooks:
+        return [], []
+    done = hookpoints.call(ctx, "save", snapshot_dir=ctx.snapshot_dir)   # a HookError carries its details
+    try:
+        notes = early.bundle(ctx.hooks, ctx.devices, hookpoints.extra(ctx), ctx.snapshot_dir,
+                             restore_dir=Path(ctx.config.restore_dir))
+    except HookError as e:      # a critical hook that cannot run in the initramfs
+        e.details = {"hooks": done}  # type: ignore[attr-defined]
+        raise
+    return notes, done
 
 
 def discard(ctx: Context) -> list[str]:
     if ctx.snapshot_mounted:
-        for p in (images_root(ctx), combined_path(ctx)):
+        for p in (images_root(ctx), hooks_root(ctx), combined_path(ctx)):
             if p.is_dir():
                 shutil.rmtree(p)
             else:

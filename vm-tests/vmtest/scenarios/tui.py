@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..timeline import breakdown, marks
 from ..tmux import Terminal
 from ..workload import Workload
 
@@ -132,4 +133,6 @@ def run(vm, image, res: Result) -> None:
     gap, a, b = wl.largest_gap()
     # not a downtime figure: the workloads stay paused while the admin answers the prompts
     res.data["pause_with_prompts_s"] = round(gap, 3)
+    # where the time after the last answer went (host clock, console lines as they arrived)
+    res.data["switch_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
     res.data["record"] = last_record(vm)

@@ -273,7 +273,9 @@ def test_report_shows_the_hook_results():
 
 
 def test_restore_path_imports_stay_lean():
-    code = ("import sys, kupgrade.newkernel, kupgrade.stages.hookpoints; "
+    """The new kernel's restore path runs hooks: no typer, rich, psutil or pyudev on import."""
+    code = ("import sys, kupgrade.newkernel, kupgrade.stages.hookpoints, kupgrade.hooks, kupgrade.hookload, "
+            "kupgrade.early, kupgrade.coverage; "
             "print(sorted(m for m in ('typer', 'rich', 'psutil', 'pyudev') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -65,3 +65,35 @@ def last_record(vm) -> dict:
     """The upgrade record kupgrade wrote last, as JSON."""
     rid = vm.read("/var/lib/kupgrade/records/last").strip()
     return json.loads(vm.read(f"/var/lib/kupgrade/records/{rid}.json"))
+
+
+def worth_showing(line: str) -> bool:
+    """In the demo: kupgrade's own output and the milestones, not every kernel message."""
+    return not line.startswith("[") or any(k in line for k in ("Starting new kernel", "Linux version", "kupgrade"))
+
+
+def upgrade(vm, res: Result, show: bool = False) -> dict | None:
+    """`kupgrade run --yes` with its output on the console (the host keeps it although the kernel
+    switches under it). Returns the new kernel's 'ready' event, or None after recording why not."""
+    t_run = time.time()
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    switched = vm.wait_switch(rid, 600)
+    if show:
+        res.say("\n".join(l.text for l in vm.console if l.t >= t_run and worth_showing(l.text)))
+    if "ev" not in switched:
+        res.check(False, "kupgrade run switched kernels",
+                  (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+        return None
+    res.data["kernel_after"] = switched["kernel"]
+    return switched
+
+
+def next_estimate(vm, res: Result, *args: str) -> dict:
+    """The downtime estimate `kupgrade check --json ARGS` gives now (kept in the results)."""
+    r = vm.sh("kupgrade", "check", "--json", *args, check=False, timeout=300)
+    try:
+        pre = json.loads(r["stdout"])["stages"][0]["details"]
+    except (ValueError, KeyError, IndexError):
+        pre = {"downtime_basis": r["stdout"][-500:] + r["stderr"][-500:]}
+    res.data["next_estimate"] = {k: pre.get(k) for k in ("downtime_estimate_s", "downtime_basis")}
+    return pre

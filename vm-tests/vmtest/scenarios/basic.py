@@ -4,20 +4,14 @@ processes go on with their memory intact."""
 from __future__ import annotations
 
 import json
-import time
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, next_estimate, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 
 NAME = "basic"
 SLOW_STEPS = r'/^\(/ { t = substr($1, 2) + 0; if (t - prev > 0.2) printf "%.2f s after: %s\n", t - prev, last; prev = t; last = $0 }'
 DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in its own cgroup"
-
-
-def worth_showing(line: str) -> bool:
-    """In the demo: kupgrade's own output and the milestones, not every kernel message."""
-    return not line.startswith("[") or any(k in line for k in ("Starting new kernel", "Linux version", "kupgrade"))
 
 
 def run(vm, image, res: Result) -> None:
@@ -36,15 +30,8 @@ def run(vm, image, res: Result) -> None:
     res.say(chk["stdout"] + chk["stderr"])
     res.check(chk["rc"] == 0, "kupgrade check finds no blocker", (chk["stdout"] + chk["stderr"])[-1500:])
 
-    # Its output goes to the console: the host keeps it even though the kernel switches under it.
-    t_run = time.time()
-    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
-    switched = vm.wait_switch(rid, 600)
-    res.say("\n".join(l.text for l in vm.console if l.t >= t_run and worth_showing(l.text)))
-    if "ev" not in switched:
-        res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+    if (switched := upgrade(vm, res, show=True)) is None:
         return
-    res.data["kernel_after"] = switched["kernel"]
     last_before = wl.beats[-1].counter     # everything the old kernel's agent relayed came first
     wl.follow()
     try:
@@ -80,12 +67,7 @@ def run(vm, image, res: Result) -> None:
     res.check("ran: criu dump" in log and "ran: criu restore" in log,
               "one log file covers both kernels (criu dump and criu restore)", log[-1500:])
     # The next estimate is based on what this upgrade measured (checking the way back to 6.1).
-    again = vm.sh("kupgrade", "check", "--json", "--kernel", image.kernel_from, check=False, timeout=300)
-    try:
-        pre = json.loads(again["stdout"])["stages"][0]["details"]
-    except (ValueError, KeyError, IndexError):
-        pre = {"downtime_basis": again["stdout"][-500:] + again["stderr"][-500:]}
-    res.data["next_estimate"] = {k: pre.get(k) for k in ("downtime_estimate_s", "downtime_basis")}
+    pre = next_estimate(vm, res, "--kernel", image.kernel_from)
     res.check(f"measured by upgrade {rec['id']}" in str(pre.get("downtime_basis")),
               "the next downtime estimate uses this upgrade's measurements", str(pre.get("downtime_basis")))
     for path in restore.get("details", {}).get("criu_logs", []):     # evidence, kept as artifacts

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
 
 NAME = "dirty-data"
 DESCRIPTION = "writes without fsync + a dirty MAP_SHARED mapping survive the upgrade (systemd guest)"
@@ -56,12 +56,8 @@ def run(vm, image, res: Result) -> None:
               f"{first['records']} -> {mid['records']}")
 
     # 2. The upgrade, with the pre-flush.
-    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
-    switched = vm.wait_switch(rid, 600)
-    if "ev" not in switched:
-        res.check(False, "kupgrade run switched kernels", switched.get("stderr", "")[-3000:])
+    if (switched := upgrade(vm, res)) is None:
         return
-    res.data["kernel_after"] = switched["kernel"]
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
     rec = last_record(vm)

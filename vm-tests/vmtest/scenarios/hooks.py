@@ -13,13 +13,11 @@
 from __future__ import annotations
 
 import json
-import time
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .abort import last_error_line
-from .basic import worth_showing
 
 NAME = "hooks"
 DESCRIPTION = "network hook across 6.1 -> 6.12 (addresses, routes by MAC), a failing save hook rolls back (exit 7)"
@@ -155,14 +153,8 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
     failing_save(vm, res, wl, before)
 
-    t_run = time.time()
-    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
-    switched = vm.wait_switch(rid, 600)
-    res.say("\n".join(l.text for l in vm.console if l.t >= t_run and worth_showing(l.text)))
-    if "ev" not in switched:
-        res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+    if (switched := upgrade(vm, res, show=True)) is None:
         return
-    res.data["kernel_after"] = switched["kernel"]
     last_before = wl.beats[-1].counter
     wl.follow()
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, next_estimate, write_config
 from ..workload import Workload
 
 NAME = "rehearse"
@@ -78,12 +78,7 @@ def run(vm, image, res: Result) -> None:
     res.check(vm.sh("test", "-e", "/run/kupgrade", check=False)["rc"] != 0, "the unpacked snapshot is gone")
     res.check(last_record(vm)["id"] == rec2["id"], "the record is saved like an upgrade's")
 
-    chk = vm.sh("kupgrade", "check", "--json", "--pid", str(before["pid"]), check=False, timeout=300)
-    try:
-        pre = json.loads(chk["stdout"])["stages"][0]["details"]
-    except (ValueError, KeyError, IndexError):
-        pre = {"downtime_basis": chk["stdout"][-500:] + chk["stderr"][-500:]}
-    res.data["next_estimate"] = {k: pre.get(k) for k in ("downtime_estimate_s", "downtime_basis")}
+    pre = next_estimate(vm, res, "--pid", str(before["pid"]))
     res.check(f"rehearsal {rec2['id']}" in str(pre.get("downtime_basis")),
               "the downtime estimate uses the rehearsal's bandwidths", str(pre.get("downtime_basis")))
     report = vm.sh("kupgrade", "report", timeout=300)["stdout"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
 from ..workload import GUEST_WORKLOAD, Workload
 
 NAME = "systemd-service"
@@ -57,12 +57,8 @@ def run(vm, image, res: Result) -> None:
         "[target]", 'units = ["heartbeat.service", "victim.service"]\n\n[target]'))
     res.data["before"] = {"heartbeat": hb, "victim": victim}
 
-    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
-    switched = vm.wait_switch(rid, 600)
-    if "ev" not in switched:
-        res.check(False, "kupgrade run switched kernels", (switched.get("stdout", "") + switched.get("stderr", ""))[-3000:])
+    if (switched := upgrade(vm, res)) is None:
         return
-    res.data["kernel_after"] = switched["kernel"]
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     last_before = wl.beats[-1].counter
     wl.follow()

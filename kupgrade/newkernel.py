@@ -77,6 +77,10 @@ def restore_pending(ctx: Context, ui) -> bool:
 def restore_unit(ctx: Context, unit: str, ui) -> None:
     """ExecStart of a systemd unit in the boot after the switch (see kupgrade/systemd.py)."""
     snap = Path(ctx.config.restore_dir)
+    if not restore_stage.pending(snap):
+        raise RestoreError(f"{unit}: no kupgrade snapshot is pending in {snap} (restored already in this boot?)",
+                           "to start it fresh: `systemctl daemon-reload` (the generator then drops the restore "
+                           "drop-in), then start it again")
     if not (snap / restore_stage.VERIFIED).exists():
         raise RestoreError(f"{unit}: the snapshot in {snap} was not verified, so it is not restored",
                            "see `journalctl -u kupgrade-restore` and `kupgrade report`")

@@ -66,3 +66,13 @@ def test_outcome_waits_for_every_unit():
     assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.RESTORED
     unit_bad = StageResult("restore-unit", "failed", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": False}}})
     assert newkernel._outcome(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
+
+
+def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
+    # restore_dir is fixed (/run/kupgrade); on this machine nothing is pending there
+    assert not restore.pending(Path("/run/kupgrade"))
+    assert newkernel.main(["--config", str(cfg), "--unit", "web.service"]) == 6
+    err = capsys.readouterr().err
+    assert "web.service: no kupgrade snapshot is pending" in err and "systemctl daemon-reload" in err

@@ -35,13 +35,15 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
 
 
 def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
-                 tcp: bool = False) -> list[str]:
+                 tcp: bool = False, action_script: str = "") -> list[str]:
     """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
     images hold established connections (criu refuses them without --tcp-established)."""
     argv = [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
     if tcp:
         argv.append("--tcp-established")
+    if action_script:       # run by criu with `sh -c`, with CRTOOLS_SCRIPT_ACTION set
+        argv += ["--action-script", action_script]
     for res, fd in sorted((inherit or {}).items()):
         argv += ["--inherit-fd", f"fd[{fd}]:{res}"]
     return argv

@@ -146,3 +146,27 @@ def test_criu_flags():
     assert "--tcp-established" in argv and "--skip-in-flight" in argv
     assert "--tcp-established" not in criu.restore_argv(Path("/i"), Path("/p"))
     assert "--tcp-established" in criu.restore_argv(Path("/i"), Path("/p"), tcp=True)
+
+
+def test_window_scale_fix_runs_only_at_post_restore(tmp_path):
+    script = tcp.action_script(30003)
+    argv = criu.restore_argv(Path("/i"), Path("/p"), tcp=True, action_script=script)
+    assert argv[argv.index("--action-script") + 1] == script
+    env = {**os.environ, "CRTOOLS_SCRIPT_ACTION": "pre-resume"}
+    assert subprocess.run(["sh", "-c", script], env=env).returncode == 0      # other actions: nothing
+    assert script.endswith("-m kupgrade.tcp fix-windows 30003")
+    assert tcp.Sock.from_json({**tcp.parse_table(TCP4)[1].to_json(), "wscale": False}).wscale is False
+    assert tcp.Sock.from_json({k: v for k, v in tcp.parse_table(TCP4)[1].to_json().items() if k != "wscale"}).wscale
+
+
+def test_tree_pids(tmp_path):
+    for pid, kids in ((1, "2 3"), (2, "4"), (3, ""), (4, "")):
+        d = tmp_path / str(pid) / "task" / str(pid)
+        d.mkdir(parents=True)
+        (d / "children").write_text(kids)
+    assert sorted(tcp.tree_pids(1, tmp_path)) == [1, 2, 3, 4]
+
+
+def test_main_usage():
+    assert tcp.main([]) == 2
+    assert tcp.main(["fix-windows", "not-a-pid"]) == 0          # never fails criu's restore

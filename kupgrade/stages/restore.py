@@ -73,8 +73,10 @@ def _restore(images: Path, w, pidfile: Path, socks: list) -> dict:
             # unit's start restores it, that is the unit's journal stream in this boot
             ours = os.dup(1)
             inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
-        run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=any(s.connected for s in socks)), timeout=600,
-                cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
+        conns = [s for s in socks if s.connected]
+        run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
+                                  action_script=tcp.action_script(w.root_pid) if any(not s.wscale for s in conns) else ""),
+                timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
     except (CommandError, OSError, ValueError) as e:

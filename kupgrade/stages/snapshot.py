@@ -107,7 +107,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                              f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
-        ctx.tcp[w.key] = socks_tcp = tcp.sockets(w.pids)
+        ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
         if socks_tcp:
             tcp.write(images, socks_tcp)
     dump_s = time.monotonic() - t0

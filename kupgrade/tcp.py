@@ -279,11 +279,24 @@ def release(socks: list[Sock]) -> dict:
 # sockets are still in repair mode (criu's post-restore action), scale 0 both ways is set,
 # which is exactly "no scaling" on the wire.
 
-def action_script(root_pid: int) -> str:
-    """criu --action-script: runs `fix_windows` at post-restore, nothing at other actions
-    (criu restores the tree with its old PIDs)."""
-    return (f'[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0; '
-            f'exec {sys.executable} -m kupgrade.tcp fix-windows {root_pid}')
+ACTION = "criu-action"
+
+
+def action_script(state_dir: Path) -> str:
+    """criu --action-script (criu execs it: a file, not a command line): runs `fix_windows`
+    at post-restore and nothing at criu's other actions. Written (again) into the state
+    directory: /run is mounted noexec by initramfs-tools."""
+    path = state_dir / ACTION
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = ("#!/bin/sh\n# kupgrade: criu's action script for restored TCP connections (kupgrade/tcp.py)\n"
+            '[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\n'
+            f'exec {sys.executable} -m kupgrade.tcp fix-windows "$CRTOOLS_INIT_PID"\n')
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o700)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def tree_pids(root: int, proc: Path = Path("/proc")) -> list[int]:

@@ -149,12 +149,14 @@ def test_criu_flags():
 
 
 def test_window_scale_fix_runs_only_at_post_restore(tmp_path):
-    script = tcp.action_script(30003)
+    script = tcp.action_script(tmp_path / "state")
+    assert os.stat(script).st_mode & 0o777 == 0o700
     argv = criu.restore_argv(Path("/i"), Path("/p"), tcp=True, action_script=script)
     assert argv[argv.index("--action-script") + 1] == script
     env = {**os.environ, "CRTOOLS_SCRIPT_ACTION": "pre-resume"}
-    assert subprocess.run(["sh", "-c", script], env=env).returncode == 0      # other actions: nothing
-    assert script.endswith("-m kupgrade.tcp fix-windows 30003")
+    assert subprocess.run([script], env=env).returncode == 0      # criu execs it; other actions: nothing
+    assert Path(script).read_text().splitlines()[-1].endswith('-m kupgrade.tcp fix-windows "$CRTOOLS_INIT_PID"')
+    assert tcp.action_script(tmp_path / "state") == script        # idempotent
     assert tcp.Sock.from_json({**tcp.parse_table(TCP4)[1].to_json(), "wscale": False}).wscale is False
     assert tcp.Sock.from_json({k: v for k, v in tcp.parse_table(TCP4)[1].to_json().items() if k != "wscale"}).wscale
 

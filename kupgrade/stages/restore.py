@@ -51,17 +51,17 @@ def _taken(w) -> str:
     return ""
 
 
-def restore_one(snap: Path, w, pidfile: Path | None = None) -> dict:
+def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path("/var/lib/kupgrade")) -> dict:
     """criu-restore one tree from snap/images/TREE; the result for the record."""
     images = snap / "images" / w.key
     socks = tcp.read(images)
-    result = _restore(images, w, pidfile or images / "restored.pid", socks)
+    result = _restore(images, w, pidfile or images / "restored.pid", socks, state_dir)
     if any(s.connected for s in socks):     # restored or lost: the peers' packets may come in again
         result["tcp"] = {"connections": [str(s) for s in socks if s.connected], **tcp.release(socks)}
     return result
 
 
-def _restore(images: Path, w, pidfile: Path, socks: list) -> dict:
+def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> dict:
     if (why := _taken(w)):
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -75,7 +75,7 @@ def _restore(images: Path, w, pidfile: Path, socks: list) -> dict:
             inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
         conns = [s for s in socks if s.connected]
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
-                                  action_script=tcp.action_script(w.root_pid) if any(not s.wscale for s in conns) else ""),
+                                  action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else ""),
                 timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
@@ -131,7 +131,7 @@ def run(ctx: Context) -> tuple[str, dict]:
             results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
                               "pending": f"restored when {w.unit} starts"}
         else:
-            results[w.key] = restore_one(snap, w)
+            results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir)
     logs = finish_trees(ctx, snap, m.id, results)
     if not any(w.unit for w in m.workloads):
         os.replace(snap / manifest.NAME, snap / DONE)

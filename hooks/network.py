@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 from kupgrade.run import run
 
@@ -154,8 +155,21 @@ def save(request: dict) -> dict:
     return {"state": capture()}
 
 
+def _udev_done(link: dict, udev_db: Path = Path("/run/udev/data")) -> bool:
+    """udev has processed (and, if it renames, renamed) this interface: renaming a link we
+    already set up would fail, and the predictable name would be lost."""
+    return link.get("link_type") == "loopback" or (udev_db / f"n{link.get('ifindex')}").exists()
+
+
 def _wait_for_links(saved: dict) -> None:
-    """Give udev time to create and name the interfaces (restore runs early in boot)."""
+    """Give udev time to create and name the interfaces (restore runs early in boot). No
+    wait when every saved interface is there already: `udevadm settle` alone took 5 s of
+    the downtime under QEMU TCG."""
+    current = capture()["links"]
+    mapping, missing = match_links(saved["links"], current)
+    needed = [n for n in missing if _addresses(next(s for s in saved["links"] if s["ifname"] == n))]
+    if not needed and all(_udev_done(c) for c in current if c["ifname"] in mapping.values()):
+        return
     if shutil.which("udevadm"):
         run(["udevadm", "settle", "--timeout=10"], timeout=15, check=False)
     deadline = time.monotonic() + WAIT_S

@@ -18,7 +18,7 @@ So kupgrade:
 3. after each tree's restore (success or failure) deletes that tree's elements, and the table
    once it is empty, logging how many packets it dropped;
 4. works around a restore defect for connections without window scaling (QEMU's user
-   networking, some embedded stacks): see `fix_windows`;
+   networking, some embedded stacks): see tcpfix.py;
 5. on a rollback in the old kernel (a failure before `kexec -e`) deletes criu's iptables rules
    and takes the sockets out of repair mode (pidfd_getfd + TCP_REPAIR off) before the tasks
    are resumed: the connections go on as if nothing happened.
@@ -26,7 +26,6 @@ So kupgrade:
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import json
 import logging
@@ -36,8 +35,10 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import tcpfix
 from .errors import CommandError
 from .run import run
+from .tcpfix import TCP_REPAIR, TCPI_OPT_WSCALE, getfd as _getfd, owned, tcp_info as _tcp_info
 
 log = logging.getLogger("kupgrade.tcp")
 
@@ -45,11 +46,7 @@ FILE = "kupgrade-tcp.json"          # next to a tree's images
 TABLE = "kupgrade"                  # nft table inet kupgrade
 NFT = "nft"
 SOCCR_MARK = "0xC114"               # criu's own packets pass its lock rules
-TCP_REPAIR = 19
-TCP_INFO = 11
-TCP_REPAIR_OPTIONS = 22
-TCPOPT_WINDOW = 3
-TCPI_OPT_WSCALE = 4
+ACTION = "criu-action"               # in the state dir: criu's --action-script
 STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
           6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 NO_PEER = ("LISTEN", "CLOSE", "TIME_WAIT")   # TIME_WAIT: no process holds it
@@ -115,24 +112,6 @@ def parse_table(text: str) -> list[Sock]:
     return out
 
 
-def owned(pids, proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
-    """Socket inode -> (pid, fd) of the first task of `pids` holding it."""
-    found: dict[int, tuple[int, int]] = {}
-    for pid in pids:
-        try:
-            fds = os.listdir(proc / str(pid) / "fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(proc / str(pid) / "fd" / fd)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                found.setdefault(int(link[8:-1]), (pid, int(fd)))
-    return found
-
-
 def sockets(pids, proc: Path = Path("/proc")) -> list[Sock]:
     """The TCP sockets (listening and connected) the tree holds, in its network namespace."""
     mine = owned(pids, proc)
@@ -150,12 +129,6 @@ def sockets(pids, proc: Path = Path("/proc")) -> list[Sock]:
                 seen.add(s.inode)
                 out.append(s)
     return out
-
-
-def _tcp_info(sk: socket.socket) -> tuple[int, int]:
-    """(state, options) of a TCP socket: the first and sixth byte of struct tcp_info."""
-    info = sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
-    return info[0], info[5]
 
 
 def with_options(socks: list[Sock], pids) -> list[Sock]:
@@ -269,66 +242,24 @@ def release(socks: list[Sock]) -> dict:
     return done
 
 
-# --- restore: connections without window scaling ---
-#
-# A restored socket is created with connect() in repair mode, which picks a receive window
-# scale for the new socket; TCP_REPAIR_OPTIONS replaces it only when the dumped connection
-# had negotiated scaling. Otherwise the socket keeps that scale (e.g. 7) while its peer reads
-# the advertised window unscaled: it sees a window of a few bytes and the connection crawls
-# (measured: 4-byte segments, slower than a 20-lines-per-second stream). While the restored
-# sockets are still in repair mode (criu's post-restore action), scale 0 both ways is set,
-# which is exactly "no scaling" on the wire.
-
-ACTION = "criu-action"
-
+# --- restore: connections without window scaling (the fix itself: tcpfix.py) ---
 
 def action_script(state_dir: Path) -> str:
-    """criu --action-script (criu execs it: a file, not a command line): runs `fix_windows`
-    at post-restore and nothing at criu's other actions. Written (again) into the state
-    directory: /run is mounted noexec by initramfs-tools."""
+    """criu --action-script (criu execs it: a file, not a command line): runs tcpfix.py at
+    post-restore and nothing at criu's other actions. Written (again) into the state
+    directory: /run is mounted noexec by initramfs-tools. `python -I -S`: only the standard
+    library, the interpreter's start is inside the downtime."""
     path = state_dir / ACTION
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    text = ("#!/bin/sh\n# kupgrade: criu's action script for restored TCP connections (kupgrade/tcp.py)\n"
+    text = ("#!/bin/sh\n# kupgrade: criu's action script for restored TCP connections (kupgrade/tcpfix.py)\n"
             '[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\n'
-            f'exec {sys.executable} -m kupgrade.tcp fix-windows "$CRTOOLS_INIT_PID"\n')
+            f'exec {sys.executable} -I -S {tcpfix.__file__} "$CRTOOLS_INIT_PID"\n')
     if not path.exists() or path.read_text() != text:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(0o700)
         os.replace(tmp, path)
     return str(path)
-
-
-def tree_pids(root: int, proc: Path = Path("/proc")) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        for task in (proc / str(pid) / "task").glob("*/children"):
-            todo += [int(c) for c in task.read_text().split()]
-    return out
-
-
-def fix_windows(root: int) -> list[str]:
-    """Scale 0/0 on the tree's restored connections (still in repair mode) that did not
-    negotiate window scaling. Returns one line per socket fixed."""
-    done = []
-    for inode, (pid, fd) in owned(tree_pids(root)).items():
-        try:
-            dup = _getfd(pid, fd)
-        except OSError:
-            continue
-        with socket.socket(fileno=dup) as sk:
-            if sk.type != socket.SOCK_STREAM or sk.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            if not sk.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR):
-                continue
-            state, options = _tcp_info(sk)
-            if state != 1 or options & TCPI_OPT_WSCALE:
-                continue
-            sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_OPTIONS, TCPOPT_WINDOW.to_bytes(4, sys.byteorder) + bytes(4))
-            done.append(f"socket:[{inode}] of PID {pid}: window scale set to 0 (the connection never negotiated one)")
-    return done
 
 
 # --- old kernel: undo criu's lock when the upgrade is rolled back ---
@@ -339,23 +270,6 @@ def _iptables_rule(s: Sock, chain: str) -> list[str]:
     return ["ip6tables" if s.v6 else "iptables", "-w", "-t", "filter", "-D", chain, "--protocol", "tcp",
             "-m", "mark", "!", "--mark", SOCCR_MARK, "--source", src, "--sport", str(sport),
             "--destination", dst, "--dport", str(dport), "-j", "DROP"]
-
-
-_libc = None
-
-
-def _getfd(pid: int, fd: int) -> int:
-    """A duplicate of another process's fd (pidfd_open + pidfd_getfd, Linux >= 5.6)."""
-    global _libc
-    _libc = _libc or ctypes.CDLL(None, use_errno=True)
-    pidfd = os.pidfd_open(pid)
-    try:
-        new = _libc.syscall(438, pidfd, fd, 0)      # SYS_pidfd_getfd on x86_64 and aarch64
-        if new < 0:
-            raise OSError(ctypes.get_errno(), f"pidfd_getfd({pid}, {fd}): {os.strerror(ctypes.get_errno())}")
-        return new
-    finally:
-        os.close(pidfd)
 
 
 def unlock(socks: list[Sock], pids) -> list[str]:
@@ -386,19 +300,3 @@ def unlock(socks: list[Sock], pids) -> list[str]:
                     f"{removed} of criu's lock rule(s) removed")
     return done
 
-
-def main(argv: list[str]) -> int:
-    """`python -m kupgrade.tcp fix-windows PID` (criu's post-restore action)."""
-    if len(argv) != 2 or argv[0] != "fix-windows":
-        print("usage: python -m kupgrade.tcp fix-windows ROOT_PID", file=sys.stderr)
-        return 2
-    try:
-        for line in fix_windows(int(argv[1])):
-            print(f"kupgrade: {line}", file=sys.stderr)
-    except (OSError, ValueError) as e:      # the connection is slow then, not lost: criu goes on
-        print(f"kupgrade: cannot fix the restored sockets' window scale: {e}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -93,3 +93,10 @@ def test_describe_is_a_valid_declaration():
     from kupgrade.hooks import parse_spec
     spec = parse_spec(network.describe(), "network")
     assert spec.points == ("save", "restore", "verify") and spec.match == ({"subsystem": "net"},)
+
+
+def test_udev_done(tmp_path):
+    (tmp_path / "n2").write_text("")
+    assert network._udev_done({"ifindex": 2, "ifname": "ens3"}, tmp_path)
+    assert not network._udev_done({"ifindex": 3, "ifname": "eth0"}, tmp_path)      # rename may still come
+    assert network._udev_done({"ifindex": 1, "ifname": "lo", "link_type": "loopback"}, tmp_path)

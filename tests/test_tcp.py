@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-from kupgrade import criu, tcp
+from kupgrade import criu, tcp, tcpfix
 from kupgrade.record import Workload
 
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -155,7 +156,7 @@ def test_window_scale_fix_runs_only_at_post_restore(tmp_path):
     assert argv[argv.index("--action-script") + 1] == script
     env = {**os.environ, "CRTOOLS_SCRIPT_ACTION": "pre-resume"}
     assert subprocess.run([script], env=env).returncode == 0      # criu execs it; other actions: nothing
-    assert Path(script).read_text().splitlines()[-1].endswith('-m kupgrade.tcp fix-windows "$CRTOOLS_INIT_PID"')
+    assert Path(script).read_text().splitlines()[-1].endswith(f'-I -S {tcpfix.__file__} "$CRTOOLS_INIT_PID"')
     assert tcp.action_script(tmp_path / "state") == script        # idempotent
     assert tcp.Sock.from_json({**tcp.parse_table(TCP4)[1].to_json(), "wscale": False}).wscale is False
     assert tcp.Sock.from_json({k: v for k, v in tcp.parse_table(TCP4)[1].to_json().items() if k != "wscale"}).wscale
@@ -166,9 +167,11 @@ def test_tree_pids(tmp_path):
         d = tmp_path / str(pid) / "task" / str(pid)
         d.mkdir(parents=True)
         (d / "children").write_text(kids)
-    assert sorted(tcp.tree_pids(1, tmp_path)) == [1, 2, 3, 4]
+    assert sorted(tcpfix.tree_pids(1, tmp_path)) == [1, 2, 3, 4]
 
 
-def test_main_usage():
-    assert tcp.main([]) == 2
-    assert tcp.main(["fix-windows", "not-a-pid"]) == 0          # never fails criu's restore
+def test_fix_main_never_fails_the_restore():
+    assert tcpfix.main([]) == 2
+    assert tcpfix.main(["not-a-pid"]) == 0
+    r = subprocess.run([sys.executable, "-I", "-S", tcpfix.__file__, "999999999"], capture_output=True)
+    assert r.returncode == 0 and r.stderr == b""            # no such tree: nothing to fix, stdlib only

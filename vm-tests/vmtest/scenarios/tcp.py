@@ -234,6 +234,8 @@ def run(vm, image, res: Result) -> None:
         tables = vm.sh("nft", "list", "tables")["stdout"]
         res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
         rec = last_record(vm)
+        logs = vm.sh("sh", "-c", f"cat /var/lib/kupgrade/logs/{rec['id']}/*/restore.log", check=False)["stdout"]
+        (vm.workdir / "criu-restore.log").write_text(logs)
         unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
         tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
         restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})

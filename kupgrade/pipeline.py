@@ -140,7 +140,7 @@ def _resume_stopped(ctx: Context) -> list[str]:
     done, failed = [], []
     for w in reversed(ctx.stopped):
         try:
-            done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids)
+            done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids, w.root_pid)
         except (OSError, CommandError) as e:
             failed.append(f"{w.selector}: its TCP connections could not be unlocked ({e}); they will stall")
         for pid in w.pids:

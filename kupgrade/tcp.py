@@ -1,8 +1,8 @@
 """TCP connections carried across the kernel switch (criu --tcp-established).
 
 What criu does and what it leaves to us (criu 3.17, host network namespace):
-- dump: each established connection is locked in the *old* kernel (iptables DROP rules, INPUT
-  and OUTPUT, per 4-tuple) and its socket put in repair mode; with --leave-stopped both stay.
+- dump: each established connection is locked in the *old* kernel (DROP, input and output,
+  per 4-tuple) and its socket put in repair mode; with --leave-stopped both stay.
   The old kernel never sends a FIN or RST afterwards: `kexec -e` simply stops it.
 - restore: the socket is recreated in repair mode (bind to the old local address: it must be
   on an interface again, the network hook's job), then released; criu installs no lock in the
@@ -10,6 +10,7 @@ What criu does and what it leaves to us (criu 3.17, host network namespace):
   the connection would die.
 
 So kupgrade:
+0. dumps with --network-lock nftables: criu's lock is a table inet CRIU-ROOTPID;
 1. after each dump lists the tree's TCP sockets from /proc (the tasks are stopped: exactly what
    was dumped) into images/TREE/kupgrade-tcp.json;
 2. in the new kernel, before the network hook configures any address, installs an nftables
@@ -19,7 +20,7 @@ So kupgrade:
    once it is empty, logging how many packets it dropped;
 4. works around a restore defect for connections without window scaling (QEMU's user
    networking, some embedded stacks): see tcpfix.py;
-5. on a rollback in the old kernel (a failure before `kexec -e`) deletes criu's iptables rules
+5. on a rollback in the old kernel (a failure before `kexec -e`) deletes criu's lock table
    and takes the sockets out of repair mode (pidfd_getfd + TCP_REPAIR off) before the tasks
    are resumed: the connections go on as if nothing happened.
 """
@@ -36,6 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import tcpfix
+from .criu import LOCK_TABLE
 from .errors import CommandError
 from .run import run
 from .tcpfix import TCP_REPAIR, TCPI_OPT_WSCALE, getfd as _getfd, owned, tcp_info as _tcp_info
@@ -45,7 +47,6 @@ log = logging.getLogger("kupgrade.tcp")
 FILE = "kupgrade-tcp.json"          # next to a tree's images
 TABLE = "kupgrade"                  # nft table inet kupgrade
 NFT = "nft"
-SOCCR_MARK = "0xC114"               # criu's own packets pass its lock rules
 ACTION = "criu-action"               # in the state dir: criu's --action-script
 STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
           6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
@@ -264,39 +265,24 @@ def action_script(state_dir: Path) -> str:
 
 # --- old kernel: undo criu's lock when the upgrade is rolled back ---
 
-def _iptables_rule(s: Sock, chain: str) -> list[str]:
-    src, sport, dst, dport = ((s.peer, s.pport, s.local, s.lport) if chain == "INPUT"
-                              else (s.local, s.lport, s.peer, s.pport))
-    return ["ip6tables" if s.v6 else "iptables", "-w", "-t", "filter", "-D", chain, "--protocol", "tcp",
-            "-m", "mark", "!", "--mark", SOCCR_MARK, "--source", src, "--sport", str(sport),
-            "--destination", dst, "--dport", str(dport), "-j", "DROP"]
-
-
-def unlock(socks: list[Sock], pids) -> list[str]:
-    """Rollback: delete the lock rules criu left and take the sockets out of repair mode (the
-    kernel then sends a window probe; the peers' retransmits are answered). Raises OSError or
-    CommandError on the first socket that cannot be released."""
-    done = []
+def unlock(socks: list[Sock], pids, root_pid: int) -> list[str]:
+    """Rollback: delete the lock criu left (table inet CRIU-ROOTPID) and take the sockets out
+    of repair mode (the kernel then sends a window probe; the peers' retransmits are
+    answered). Raises OSError or CommandError on the first socket that cannot be released."""
     connected = [s for s in socks if s.connected]
-    removed = 0
-    for s in connected:
-        for chain in ("INPUT", "OUTPUT"):
-            removed += run(_iptables_rule(s, chain), timeout=30, check=False).returncode == 0
+    if not connected:
+        return []
+    table = LOCK_TABLE.format(root_pid=root_pid)
+    unlocked = _nft(f"delete table inet {table}\n", check=False).returncode == 0
     where = owned(pids)
     repaired = 0
     for s in connected:
         if s.inode not in where:
             continue
         fd = _getfd(*where[s.inode])
-        sk = socket.socket(fileno=fd)
-        try:
+        with socket.socket(fileno=fd) as sk:
             if sk.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR):
                 sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
                 repaired += 1
-        finally:
-            sk.close()
-    if connected:
-        done.append(f"TCP: {repaired} of {len(connected)} connection(s) taken out of repair mode, "
-                    f"{removed} of criu's lock rule(s) removed")
-    return done
-
+    return [f"TCP: {repaired} of {len(connected)} connection(s) taken out of repair mode, criu's lock "
+            + (f"(table inet {table}) deleted" if unlocked else f"table inet {table} not found")]

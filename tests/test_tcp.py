@@ -126,25 +126,21 @@ def test_release_never_raises(monkeypatch):
     assert tcp.release(tcp.parse_table(TCP4))["error"] == "nft: not found"
 
 
-def test_unlock_deletes_criu_rules_as_criu_wrote_them(monkeypatch):
+def test_unlock_deletes_criu_lock_table(monkeypatch):
     fake = FakeRun()
     monkeypatch.setattr(tcp, "run", fake)
     monkeypatch.setattr(tcp, "owned", lambda pids: {})
-    s = tcp.parse_table(TCP4)[1]
-    done = tcp.unlock([s], [10])
-    assert [c[0] for c in fake.calls] == [
-        ["iptables", "-w", "-t", "filter", "-D", "INPUT", "--protocol", "tcp", "-m", "mark", "!", "--mark", "0xC114",
-         "--source", "10.0.2.2", "--sport", "41716", "--destination", "10.0.2.15", "--dport", "7000", "-j", "DROP"],
-        ["iptables", "-w", "-t", "filter", "-D", "OUTPUT", "--protocol", "tcp", "-m", "mark", "!", "--mark", "0xC114",
-         "--source", "10.0.2.15", "--sport", "7000", "--destination", "10.0.2.2", "--dport", "41716", "-j", "DROP"]]
-    assert done == ["TCP: 0 of 1 connection(s) taken out of repair mode, 2 of criu's lock rule(s) removed"]
-    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10]) == []        # a listener: nothing was locked
+    done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], 10)
+    assert fake.calls == [(["nft", "-f", "-"], "delete table inet CRIU-10\n")]
+    assert done == ["TCP: 0 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-10) deleted"]
+    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10], 10) == []        # a listener: nothing was locked
 
 
 def test_criu_flags():
     w = Workload("pid:300", 300, (300,))
     argv = criu.dump_argv(w, Path("/i"))
     assert "--tcp-established" in argv and "--skip-in-flight" in argv
+    assert argv[argv.index("--network-lock") + 1] == "nftables"
     assert "--tcp-established" not in criu.restore_argv(Path("/i"), Path("/p"))
     assert "--tcp-established" in criu.restore_argv(Path("/i"), Path("/p"), tcp=True)
 

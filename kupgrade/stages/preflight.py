@@ -128,17 +128,15 @@ def run(ctx: Context) -> tuple[str, dict]:
 
 def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:
     """The workloads' TCP connections (tree key -> "local <-> peer"), and what carrying them
-    needs: criu's lock (iptables) in this kernel, the drop table (nft) in the next, and no
+    needs: nft for the drop table in the next kernel (criu's own lock uses libnftables), no
     network configuration by the initramfs (`ip=`), which would come before that table."""
     found = {w.key: [s for s in tcp.sockets(w.pids) if s.connected] for w in ctx.workloads}
     socks = [s for ss in found.values() for s in ss]
     if socks:
-        for tool, why in (("ip6tables" if any(s.v6 for s in socks) else "iptables", "criu locks the connections "
-                           "with it during the dump"), (tcp.NFT, "the new kernel must drop the peers' packets until "
-                           "the connections are restored")):
-            if not shutil.which(tool):
-                blockers.append(Blocker(f"the workloads have {len(socks)} TCP connection(s) and {tool} is not "
-                                        f"installed: {why}", "apt-get install iptables nftables"))
+        if not shutil.which(tcp.NFT):
+            blockers.append(Blocker(f"the workloads have {len(socks)} TCP connection(s) and nft is not installed: "
+                                    "the new kernel must drop the peers' packets until the connections are "
+                                    "restored", "apt-get install nftables"))
         cmdline = kexec.command_line(Path("/proc/cmdline").read_text(), "x", ctx.config.append).split()
         if any(w.startswith("ip=") for w in cmdline):
             blockers.append(Blocker("the kernel command line has `ip=`: the new kernel's initramfs would configure "

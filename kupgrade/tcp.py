@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 from dataclasses import dataclass, replace
@@ -270,10 +271,11 @@ def unlock(socks: list[Sock], pids, root_pid: int) -> list[str]:
     of repair mode (the kernel then sends a window probe; the peers' retransmits are
     answered). Raises OSError or CommandError on the first socket that cannot be released."""
     connected = [s for s in socks if s.connected]
+    table = LOCK_TABLE.format(root_pid=root_pid)
+    # criu may create its (empty) table for a tree without connections too: delete it quietly
+    unlocked = bool(shutil.which(NFT)) and _nft(f"delete table inet {table}\n", check=False).returncode == 0
     if not connected:
         return []
-    table = LOCK_TABLE.format(root_pid=root_pid)
-    unlocked = _nft(f"delete table inet {table}\n", check=False).returncode == 0
     where = owned(pids)
     repaired = 0
     for s in connected:

@@ -130,10 +130,12 @@ def test_unlock_deletes_criu_lock_table(monkeypatch):
     fake = FakeRun()
     monkeypatch.setattr(tcp, "run", fake)
     monkeypatch.setattr(tcp, "owned", lambda pids: {})
+    monkeypatch.setattr(tcp.shutil, "which", lambda name: "/usr/sbin/" + name)
     done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], 10)
     assert fake.calls == [(["nft", "-f", "-"], "delete table inet CRIU-10\n")]
     assert done == ["TCP: 0 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-10) deleted"]
-    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10], 10) == []        # a listener: nothing was locked
+    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10], 10) == []        # a listener: nothing to report
+    assert fake.calls[-1] == (["nft", "-f", "-"], "delete table inet CRIU-10\n")   # an empty lock table goes too
 
 
 def test_criu_flags():

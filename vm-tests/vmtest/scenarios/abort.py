@@ -80,6 +80,8 @@ def run(vm, image, res: Result) -> None:
     res.check(bool(states) and not any(s.startswith("T") for s in states), "no task left stopped", " ".join(states))
     res.check("kupgrade-snapshot" not in vm.read("/proc/mounts"), "snapshot tmpfs unmounted")
     res.check(vm.read("/sys/kernel/kexec_loaded").strip() == "0", "no kexec kernel left loaded")
+    tables = vm.sh("nft", "list", "tables")["stdout"]
+    res.check("CRIU" not in tables, "no criu network lock table left", tables)
     rec = last_record(vm)
     res.check(rec["outcome"] == "aborted", "record says aborted", rec["outcome"])
     rollback = rec["stages"][-1]

@@ -44,7 +44,7 @@ def test_list_json_is_only_json(cfg):
     result = runner().invoke(app, ["hooks", "list", "--config", str(cfg), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert [h["name"] for h in doc["hooks"]] == ["50-blk", "network"]
+    assert [h["name"] for h in doc["hooks"]] == ["50-blk", "network", "watchdog"]     # name order
     assert [s["name"] for s in doc["skipped"]] == ["60-loose"]           # run-parts-ignored names only with --all
     rows = {d["device"]["sys_name"]: d for d in doc["devices"]}
     assert rows["eth0"]["hooks"] == ["network"] and rows["vda"]["hooks"] == ["50-blk"]

@@ -27,6 +27,7 @@ ADDRS = ("10.0.2.15/24", "192.0.2.7/32")
 GATEWAY = "10.0.2.2"
 EXTRA_ROUTE = "198.51.100.0/24"
 HOOKS_D = "/etc/kupgrade/hooks.d"
+BUILTIN_HOOKS = ["network", "watchdog"]
 FAILING = "50-failsave"
 FAILING_HOOK = """#!/bin/sh
 # vm-tests: a hook whose save fails (machine-wide: no match)
@@ -95,8 +96,8 @@ def check_listing(vm, res: Result, dev: str) -> None:
     mine = [c for c in net if c["device"]["attributes"].get("address") == MAC]
     res.check(len(mine) == 1 and mine[0]["hooks"] == ["network"] and all(c["hooks"] == ["network"] for c in net),
               f"hooks list --json: the NIC ({dev}) and lo are covered by network", json.dumps(net)[:1500])
-    res.check(not doc["blockers"] and [h["name"] for h in doc["hooks"]] == ["network"],
-              "hooks list --json: the network hook, no blockers", json.dumps(doc["hooks"])[:800])
+    res.check(not doc["blockers"] and [h["name"] for h in doc["hooks"]] == BUILTIN_HOOKS,
+              "hooks list --json: the built-in hooks, no blockers", json.dumps(doc["hooks"])[:800])
     rows = [l for l in text["stdout"].splitlines() if l.startswith("│ ")]
     res.check(any(dev in l and "network" in l for l in rows) and
               all(c["device"]["sys_name"] in text["stdout"] for c in doc["devices"]),

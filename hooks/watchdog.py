@@ -17,6 +17,8 @@ starts again and opens the device, as in any boot. The hook covers the gap in be
   magic character, so it stays armed ("watchdog did not stop!" in the kernel log is that) and
   the daemon can open it. The daemon sets its own timeout when it starts; if it never comes, the
   watchdog resets the machine when the bridge runs out: what a watchdog is for.
+  In a rehearsal (no switch) the daemon still holds it with the bridge: restore puts its
+  timeout back.
 - verify: armed again; the timeout is the daemon's (if it took over already) or the bridge.
 - resume (rollback): the original timeout back on the daemon's open file.
 
@@ -319,8 +321,13 @@ def restore(request: dict) -> dict:
             continue
         held = holders(w["nodes"])
         if armed(w) and held:     # its daemon got there first (systemd's own watchdog opens early)
+            timeout = w["timeout"]
+            if timeout == s["bridge"] != s["timeout"]:  # our bridge, still on: a rehearsal's same daemon
+                with handle(w) as (fd, _):
+                    timeout = IO.set_timeout(fd, s["timeout"])
+                    IO.keepalive(fd)
             done.append({"name": w["name"], "was": s["name"], "armed_by": _holder_text(held[0]),
-                         "timeout": w["timeout"]})
+                         "timeout": timeout})
             continue
         with handle(w) as (fd, _):      # opening it starts it
             got = IO.set_timeout(fd, s["bridge"])

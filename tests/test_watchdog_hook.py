@@ -236,3 +236,14 @@ def test_find_prefers_the_parent_device_then_a_unique_identity():
     assert wd.find({"parent": b["parent"], "identity": "i6300ESB timer"}, [a, b]) is b
     assert wd.find({"parent": "", "identity": "i6300ESB timer"}, [a, b]) is None     # ambiguous
     assert wd.find({"parent": "/gone", "identity": "i6300ESB timer"}, [a]) is a
+
+
+def test_a_rehearsal_gets_the_daemons_timeout_back_at_restore(core):
+    core.add(state="active", timeout=10)
+    core.hold(4321)
+    wd.quiesce(request(core, "quiesce"))
+    saved = wd.save(request(core, "save"))["state"]
+    reply = wd.restore({"point": "restore", "devices": [], "state": saved})     # same kernel, same daemon
+    assert reply["rearmed"] == [{"name": "watchdog0", "was": "watchdog0",
+                                 "armed_by": "PID 4321 (petter, vmtest-petter.service)", "timeout": 10}]
+    assert state(core) == ("active", 10) and not core.loaded

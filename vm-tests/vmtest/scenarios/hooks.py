@@ -27,7 +27,7 @@ ADDRS = ("10.0.2.15/24", "192.0.2.7/32")
 GATEWAY = "10.0.2.2"
 EXTRA_ROUTE = "198.51.100.0/24"
 HOOKS_D = "/etc/kupgrade/hooks.d"
-BUILTIN_HOOKS = ["network", "watchdog"]
+BUILTIN_HOOKS = ["block", "network", "watchdog"]
 FAILING = "50-failsave"
 FAILING_HOOK = """#!/bin/sh
 # vm-tests: a hook whose save fails (machine-wide: no match)

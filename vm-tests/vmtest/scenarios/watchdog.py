@@ -118,8 +118,9 @@ def failing_quiesce(vm, res: Result, wl: Workload) -> None:
     vm.sh("mkdir", "-p", HOOKS_D)
     vm.sh("tee", f"{HOOKS_D}/{FAILING}", input=FAILING_HOOK)
     vm.sh("chmod", "0755", f"{HOOKS_D}/{FAILING}")
-    last_beat, last = wl.beats[-1].counter, pets(vm)[-1]
+    last = pets(vm)[-1]
     r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
+    last_beat = wl.beats[-1].counter        # delivered before the command returned
     vm.sh("rm", f"{HOOKS_D}/{FAILING}")
     res.check(r["rc"] == 7, "failing quiesce hook: kupgrade run exits 7", f"{r['rc']}\n{r['stderr'][-1500:]}")
     rec = last_record(vm)
@@ -159,7 +160,6 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
     failing_quiesce(vm, res, wl)
 
-    last_beat = wl.beats[-1].counter
     t_run = time.time()
     try:
         switched = upgrade(vm, res)
@@ -171,6 +171,7 @@ def run(vm, image, res: Result) -> None:
         return
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     t_switch = next((l.t for l in vm.console if l.t >= t_run and "Starting new kernel" in l.text), switched["_t"])
+    last_beat = wl.beats[-1].counter       # the last one the old kernel's relay delivered
 
     def old(p: Pet) -> bool:
         return t_run <= p.t < t_switch

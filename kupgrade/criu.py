@@ -23,7 +23,10 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
     `kexec -e` can resume them untouched; kexec ends them."""
     argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
-            "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks"]
+            "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks",
+            # established connections are dumped (and locked) instead of failing the dump; a
+            # connection not yet accept()ed is dropped (its peer gets an RST after the switch)
+            "--tcp-established", "--skip-in-flight"]
     if w.cgroup:
         argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
     for res in external:    # "socket:[INO]": a stream socket whose peer is outside (journald)
@@ -31,10 +34,16 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
     return argv
 
 
-def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None) -> list[str]:
-    """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it."""
+def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
+                 tcp: bool = False, action_script: str = "") -> list[str]:
+    """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
+    images hold established connections (criu refuses them without --tcp-established)."""
     argv = [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
+    if tcp:
+        argv.append("--tcp-established")
+    if action_script:       # run by criu with `sh -c`, with CRTOOLS_SCRIPT_ACTION set
+        argv += ["--action-script", action_script]
     for res, fd in sorted((inherit or {}).items()):
         argv += ["--inherit-fd", f"fd[{fd}]:{res}"]
     return argv

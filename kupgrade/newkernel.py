@@ -90,7 +90,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
         raise RestoreError(f"{unit} is not in snapshot {m.id}", "nothing to restore for it")
     logfile.start(m.id)
     started, t0 = time.time(), time.monotonic()
-    result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit))
+    result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir)
     with record_lock(ctx.state_dir):
         ctx.record = _prior(ctx, snap, m)
         logs = restore_stage.finish_trees(ctx, snap, m.id, {w.key: result})

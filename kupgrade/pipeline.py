@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from . import record
-from .errors import KupgradeError
+from . import record, tcp
+from .errors import CommandError, KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
 from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
 from .stages.context import Context
@@ -134,8 +134,15 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
 
 
 def _resume_stopped(ctx: Context) -> list[str]:
-    done = []
+    """SIGCONT the trees criu left stopped; their TCP connections are unlocked first (criu's
+    rules deleted, the sockets out of repair mode). Every tree is resumed even if one's unlock
+    failed; the failure is raised afterwards, for the rollback's problems."""
+    done, failed = [], []
     for w in reversed(ctx.stopped):
+        try:
+            done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids)
+        except (OSError, CommandError) as e:
+            failed.append(f"{w.selector}: its TCP connections could not be unlocked ({e}); they will stall")
         for pid in w.pids:
             try:
                 os.kill(pid, signal.SIGCONT)
@@ -143,4 +150,6 @@ def _resume_stopped(ctx: Context) -> list[str]:
                 pass
         done.append(f"resumed {w.selector} ({len(w.pids)} task(s))")
     ctx.stopped.clear()
+    if failed:
+        raise RuntimeError("; ".join(failed))
     return done

@@ -153,6 +153,11 @@ class Ui(PlainUi):
                 else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r and r.get("ok") is False
                       else (r.get("pending") if r else None) or "not restored (yet)")
             self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
+            if r and (t := r.get("tcp")):
+                held = f", {t['dropped_packets']} packet(s) of their peers held back" if "dropped_packets" in t else ""
+                kept = "kept" if r.get("ok") else "lost"
+                self.print(f"    TCP: {len(t.get('connections', []))} connection(s) {kept}{held}: "
+                           + ", ".join(t.get("connections", [])))
         if rows := hook_rows(rec):
             h = Table(title="device hooks", show_header=True)
             for col in ("hook", "point", "ok", "seconds", "error"):

@@ -143,3 +143,16 @@ def test_report_warnings_for_a_failed_restore():
     text = ui.console.export_text()
     assert "workload pid:8: root PID 8, 1 task(s): NOT restored: PID taken (images: /run/x)" in text
     assert "warning: pid:7 was restored as PID 9, not its old PID" in text
+
+
+def test_report_says_which_tcp_connections_were_kept():
+    tcp = {"connections": ["10.0.2.15:7000 <-> 10.0.2.2:41716"], "released": 1, "dropped_packets": 3}
+    st = (StageResult("restore", "ok", 118.0, 2.0, "restored",
+                      details={"workloads": {"tree-7": {"ok": True, "root_pid": 7, "same_pid": True, "tcp": tcp}}}),)
+    rec = UpgradeRecord(id="T1", command="run", kernel_from="6.1", kernel_to="6.12", outcome="restored",
+                        workloads=(Workload("pid:7", 7, (7,)),), stages=st)
+    ui = Ui(width=120)
+    ui.console.file = io.StringIO()
+    ui.report(rec)
+    assert ("    TCP: 1 connection(s) kept, 3 packet(s) of their peers held back: 10.0.2.15:7000 <-> 10.0.2.2:41716"
+            in lines(ui.console.file.getvalue()))

@@ -39,6 +39,7 @@ class Context:
     estimate_bytes: int = 0
     frozen_cgroups: list[str] = field(default_factory=list)
     stopped: list[Workload] = field(default_factory=list)     # trees criu left stopped
+    tcp: dict = field(default_factory=dict)                    # tree key -> its TCP sockets (tcp.Sock), dumped
     snapshot_mounted: bool = False
     method: Method | None = None
     kexec_loaded: bool = False

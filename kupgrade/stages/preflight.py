@@ -7,7 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, coverage, criu, estimate, kexec, manifest, record, workloads
+from .. import boot, coverage, criu, estimate, kexec, manifest, record, tcp, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -89,6 +89,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     blockers += wl_blockers
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
 
+    conns = _tcp(ctx, blockers)
     per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
@@ -114,7 +115,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices)}
+               "devices": len(ctx.devices), "tcp": conns}
     if hook_error is not None:
         hook_error.details = {**details, "hooks": hook_error.details["hooks"]}  # type: ignore[attr-defined]
         raise hook_error
@@ -124,6 +125,27 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise err
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:
+    """The workloads' TCP connections (tree key -> "local <-> peer"), and what carrying them
+    needs: criu's lock (iptables) in this kernel, the drop table (nft) in the next, and no
+    network configuration by the initramfs (`ip=`), which would come before that table."""
+    found = {w.key: [s for s in tcp.sockets(w.pids) if s.connected] for w in ctx.workloads}
+    socks = [s for ss in found.values() for s in ss]
+    if socks:
+        for tool, why in (("ip6tables" if any(s.v6 for s in socks) else "iptables", "criu locks the connections "
+                           "with it during the dump"), (tcp.NFT, "the new kernel must drop the peers' packets until "
+                           "the connections are restored")):
+            if not shutil.which(tool):
+                blockers.append(Blocker(f"the workloads have {len(socks)} TCP connection(s) and {tool} is not "
+                                        f"installed: {why}", "apt-get install iptables nftables"))
+        cmdline = kexec.command_line(Path("/proc/cmdline").read_text(), "x", ctx.config.append).split()
+        if any(w.startswith("ip=") for w in cmdline):
+            blockers.append(Blocker("the kernel command line has `ip=`: the new kernel's initramfs would configure "
+                                    "the network before the TCP connections are protected, and reset them",
+                                    "remove ip= from the command line (kexec.append / the boot loader)"))
+    return {k: [str(s) for s in v] for k, v in found.items() if v}
 
 
 def _hooks(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], HookError | None]:

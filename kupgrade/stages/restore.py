@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import criu, manifest
+from .. import criu, manifest, tcp
 from ..errors import CommandError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -28,6 +28,8 @@ def plan(ctx: Context) -> list[str]:
             "verify manifest.json: target kernel, size and sha256 of every file",
             ("device hooks: collect their early-restore results, run restore (a critical failure: no "
              "workload is restored, the snapshot is kept)"),
+            ("TCP connections in the snapshot: drop their peers' packets (nft table inet kupgrade) until "
+             "their tree is restored, so the new kernel does not reset them"),
             "criu restore --restore-detached each tree (same PIDs); the tasks run again",
             "device hooks: run verify",
             "free the snapshot memory; record the outcome in /var/lib/kupgrade/records/"]
@@ -49,12 +51,19 @@ def _taken(w) -> str:
     return ""
 
 
-def restore_one(snap: Path, w, pidfile: Path | None = None) -> dict:
+def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path("/var/lib/kupgrade")) -> dict:
     """criu-restore one tree from snap/images/TREE; the result for the record."""
     images = snap / "images" / w.key
+    socks = tcp.read(images)
+    result = _restore(images, w, pidfile or images / "restored.pid", socks, state_dir)
+    if any(s.connected for s in socks):     # restored or lost: the peers' packets may come in again
+        result["tcp"] = {"connections": [str(s) for s in socks if s.connected], **tcp.release(socks)}
+    return result
+
+
+def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> dict:
     if (why := _taken(w)):
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
-    pidfile = pidfile or images / "restored.pid"
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     ours = -1
     try:
@@ -64,16 +73,19 @@ def restore_one(snap: Path, w, pidfile: Path | None = None) -> dict:
             # unit's start restores it, that is the unit's journal stream in this boot
             ours = os.dup(1)
             inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
-        run_cmd(criu.restore_argv(images, pidfile, inherit), timeout=600, cwd=str(images),
-                pass_fds=(ours,) if ours >= 0 else ())
+        conns = [s for s in socks if s.connected]
+        run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
+                                  action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else ""),
+                timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
-        return {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
+        result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
     except (CommandError, OSError, ValueError) as e:
         cause = criu.first_error(images, criu.RESTORE_LOG)
-        return {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
+        result = {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
     finally:
         if ours >= 0:
             os.close(ours)
+    return result
 
 
 def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:
@@ -105,6 +117,12 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
+    # before any address is configured (network hook, the distribution's networking): the
+    # peers' packets would meet no socket and be answered with an RST
+    try:
+        protected: int | str = tcp.install([s for w in m.workloads for s in tcp.read(snap / "images" / w.key)])
+    except CommandError as e:       # the workloads still come back; their connections may be reset
+        protected = f"not protected: {e.message}"
     hooks_done = hookpoints.restore(ctx, snap)    # HookError (critical): no workload is restored
     (snap / VERIFIED).write_text(m.id + "\n")
     results: dict[str, dict] = {}
@@ -113,13 +131,13 @@ def run(ctx: Context) -> tuple[str, dict]:
             results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
                               "pending": f"restored when {w.unit} starts"}
         else:
-            results[w.key] = restore_one(snap, w)
+            results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir)
     logs = finish_trees(ctx, snap, m.id, results)
     if not any(w.unit for w in m.workloads):
         os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
-               "hooks_load_s": ctx.hooks_load_s}
+               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected}
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import criu, early, initrd, manifest
+from .. import criu, early, initrd, manifest, tcp
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -52,6 +52,10 @@ def plan(ctx: Context) -> list[str]:
     for w in ctx.workloads or []:
         mib = f", ~{sizes[w.key] >> 20} MiB" if w.key in sizes else ""
         out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {w.name}, {len(w.pids)} task(s){mib}) --leave-stopped")
+        socks = tcp.sockets(w.pids)
+        if any(s.connected for s in socks):
+            out.append(f"  --tcp-established: {', '.join(str(s) for s in socks if s.connected)} (locked by "
+                       "criu; the new kernel drops their peers' packets until they are restored)")
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
@@ -102,6 +106,10 @@ def run(ctx: Context) -> tuple[str, dict]:
             raise StageError(f"criu dump of {w.selector} failed: {cause or e.message}",
                              f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
         ctx.stopped.append(w)
+        # the tasks are stopped now: exactly the sockets criu dumped (and locked)
+        ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
+        if socks_tcp:
+            tcp.write(images, socks_tcp)
     dump_s = time.monotonic() - t0
     hook_notes, hooks_done = _save_hooks(ctx)
     made: list[manifest.Manifest] = []
@@ -125,7 +133,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     shutil.rmtree(hooks_root(ctx), ignore_errors=True)
     m = made[0]
     dumps = {w.key: {"selector": w.selector,
-                     "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/"))}
+                     "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/")),
+                     "tcp": [str(s) for s in ctx.tcp.get(w.key, [])]}
              for w in ctx.workloads}
     return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, packed with the target initrd "
             f"into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)",

@@ -33,7 +33,7 @@ KERNEL_TO = "6.12.117+deb12-amd64"
 BASE_PACKAGES = [
     "criu", "kexec-tools", "python3", "python3-typer", "python3-rich", "python3-psutil",
     "python3-pyudev", "iproute2", "initramfs-tools", "kmod", "procps", "udev", "zstd",
-    "busybox", "iptables", "systemd-sysv", "e2fsprogs", "tmux", "mdadm",
+    "busybox", "iptables", "nftables", "systemd-sysv", "e2fsprogs", "tmux", "mdadm",
 ]
 KERNEL_PACKAGES = [f"linux-image-{KERNEL_FROM}", f"linux-image-{KERNEL_TO}"]
 # A small initrd: what a tuned server would list. MODULES=most makes 31 MB initrds that take

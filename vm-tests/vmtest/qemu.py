@@ -45,12 +45,17 @@ def accel() -> str:
 # The CPU model matters under TCG: with -cpu max (ERMS/AVX2) memory copies and sha256 run ~3x
 # slower than with qemu64 (measured in the guest: 128 MiB dd 2.5 s vs 0.76 s; sha256 of 64 MiB
 # 3.5 s vs 1.3 s).
-def nic_argv(nic: str) -> list[str]:
-    """"none", or "user:HOSTPORT-GUESTPORT" (QEMU user networking, one TCP port forwarded)."""
+def nic_argv(nic: str, pcap: Path | None = None) -> list[str]:
+    """"none", or "user:HOSTPORT-GUESTPORT" (QEMU user networking, one TCP port forwarded).
+    pcap: record the NIC's traffic there (KUPGRADE_VM_PCAP=1; evidence for network scenarios)."""
     if nic == "none":
         return ["-nic", "none"]
     host, guest = nic.removeprefix("user:").split("-")
-    return ["-nic", f"user,model=virtio-net-pci,mac=52:54:00:12:34:56,hostfwd=tcp:127.0.0.1:{host}-:{guest}"]
+    argv = ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}",
+            "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"]
+    if pcap is not None:
+        argv += ["-object", f"filter-dump,id=dump0,netdev=n0,file={pcap}"]
+    return argv
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, me
         "-append", " ".join(filter(None, (append, machine.append))),
         "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
         *extra_drives,
-        *nic_argv(nic),
+        *nic_argv(nic, con.parent / "nic.pcap" if os.environ.get("KUPGRADE_VM_PCAP") else None),
         "-chardev", f"socket,id=con,path={con}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=ctl,path={ctl}",

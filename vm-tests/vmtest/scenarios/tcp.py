@@ -1,0 +1,262 @@
+"""tcp: a TCP connection with a peer that keeps talking survives the kernel switch.
+
+The guest boots systemd; tcpserver.service (guest/tcpserver.py) listens on port 7000 and is the
+selected workload (a unit). The host connects through QEMU user networking and, on one
+connection, both sides send a numbered line every 50 ms during the whole test.
+
+1. A failure after the snapshot (KUPGRADE_FAULT=kexec-load): the rollback deletes criu's lock
+   rules and takes the socket out of repair mode; the conversation goes on.
+2. `kupgrade run` to 6.12: the same connection (no reconnect, the server accepted one), no
+   line lost, duplicated or reordered in either direction; the drop table held the peer's
+   packets until the restore and is gone afterwards; a new connection works.
+Downtime: the largest gap between the server's lines as the host received them."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+
+from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from .abort import last_error_line
+
+NAME = "tcp"
+DESCRIPTION = "a TCP connection, both peers talking every 50 ms, survives a failed attempt and 6.1 -> 6.12"
+INIT = "systemd"
+HOST_PORT, GUEST_PORT = 5556, 7000
+NIC = f"user:{HOST_PORT}-{GUEST_PORT}"
+MAC = "52:54:00:12:34:56"
+PERIOD = 0.05
+UNIT = "tcpserver.service"
+UNIT_TEXT = (f"[Unit]\nDescription=test workload: a TCP server that talks\n"
+             f"[Service]\nExecStart=/usr/local/lib/vmtest/tcpserver.py {GUEST_PORT}\n")
+
+
+class Peer:
+    """The host side of one connection: sends "h N" every PERIOD, checks the "g N" it gets."""
+
+    def __init__(self) -> None:
+        self.sock = self._connect()
+        self.local_port = self.sock.getsockname()[1]
+        self.sent = 0
+        self.got: list[tuple[float, int]] = []        # (host time, N) of every "g N"
+        self.problems: list[str] = []
+        self.stats: list[dict] = []
+        self.error = ""
+        self.closed_at = 0.0
+        self._stat_wanted = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="tcp-peer", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _connect(timeout: float = 60) -> socket.socket:
+        """slirp accepts the host's connect before the guest does: wait for the first line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = socket.create_connection(("127.0.0.1", HOST_PORT), timeout=5)
+            s.settimeout(None)
+            r, _, _ = select.select([s], [], [], 5)
+            if r and s.recv(1, socket.MSG_PEEK):
+                return s
+            s.close()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no TCP server answering on host port {HOST_PORT}")
+            time.sleep(0.5)
+
+    def _run(self) -> None:
+        buf, due = b"", time.monotonic()
+        try:
+            while not self._stop.is_set():
+                r, _, _ = select.select([self.sock], [], [], max(0.0, due - time.monotonic()))
+                if r:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        self.error = "the server closed the connection"
+                        break
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    self._lines(lines)
+                if time.monotonic() >= due:
+                    with self._lock:
+                        self.sent += 1
+                        msg = f"h {self.sent}\n" + ("stat\n" if self._stat_wanted else "")
+                        self._stat_wanted = False
+                    self.sock.sendall(msg.encode())
+                    due = max(due + PERIOD, time.monotonic())
+        except OSError as e:
+            self.error = f"{type(e).__name__}: {e}"
+        self.closed_at = time.time()
+
+    def _lines(self, lines: list[bytes]) -> None:
+        now = time.time()
+        for line in lines:
+            word, _, arg = line.decode().partition(" ")
+            if word == "g":
+                n = int(arg)
+                last = self.got[-1][1] if self.got else 0
+                if n != last + 1:
+                    self.problems.append(f"got g {n} after g {last}")
+                self.got.append((now, n))
+            elif word == "stat":
+                self.stats.append(json.loads(arg))
+
+    def wait(self, what: str, cond, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.error or not self.thread.is_alive():
+                raise AssertionError(f"the connection broke while waiting for {what}: {self.error}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout:g} s for {what}")
+            time.sleep(0.05)
+
+    def lines(self, n: int, timeout: float = 120) -> None:
+        want = (self.got[-1][1] if self.got else 0) + n
+        self.wait(f"{n} more lines from the server", lambda: bool(self.got) and self.got[-1][1] >= want, timeout)
+
+    def stat(self, timeout: float = 120) -> dict:
+        """The server's view, asked in-stream after "h N": it has read every line up to N."""
+        have = len(self.stats)
+        with self._lock:
+            self._stat_wanted = True
+            asked_after = self.sent + 1
+        self.wait("the server's stat reply", lambda: len(self.stats) > have, timeout)
+        return {**self.stats[have], "asked_after": asked_after}
+
+    def largest_gap(self, since: float = 0.0) -> tuple[float, int]:
+        pts = [p for p in self.got if p[0] >= since]
+        gaps = [(b[0] - a[0], a[1]) for a, b in zip(pts, pts[1:])]
+        return max(gaps) if gaps else (0.0, 0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def configure_nic(vm) -> str:
+    links = json.loads(vm.sh("ip", "-j", "link", "show")["stdout"])
+    dev = next(l["ifname"] for l in links if l.get("address") == MAC)
+    vm.sh("ip", "link", "set", "dev", dev, "up")
+    vm.sh("ip", "addr", "add", "10.0.2.15/24", "dev", dev)
+    vm.sh("ip", "route", "add", "default", "via", "10.0.2.2", "dev", dev)
+    return dev
+
+
+def evidence(vm, label: str) -> None:
+    """The guest's view of its sockets and TCP counters, appended to net-evidence.txt."""
+    out = [f"===== {label} ({time.strftime('%H:%M:%S')})"]
+    for argv in (("ss", "-tinoem"), ("nstat", "-az"), ("nft", "list", "ruleset")):
+        r = vm.sh(*argv, check=False, timeout=120)
+        out += [f"--- {' '.join(argv)}", r["stdout"] + r["stderr"]]
+    with (vm.workdir / "net-evidence.txt").open("a") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main_pid(vm) -> dict:
+    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState", UNIT)["stdout"]
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
+    """Both directions complete and in order, on the same connection as `first` (a stat)."""
+    st = peer.stat()
+    res.check(not peer.error, f"{what}: the connection is alive (no reset, no reconnect)", peer.error)
+    res.check(not peer.problems, f"{what}: every server line arrived once, in order ({peer.got[-1][1]} lines)",
+              "; ".join(peer.problems[:10]))
+    res.check(st["last"] == st["asked_after"] and not st["problems"],
+              f"{what}: every host line arrived once, in order ({st['last']} lines)", json.dumps(st))
+    res.check(st["accepted"] == first["accepted"] and st["peer"] == first["peer"],
+              f"{what}: the server accepted no other connection, the peer is the same", json.dumps([first, st]))
+    return st
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    res.data["nic"] = configure_nic(vm)
+    vm.sh("tee", f"/etc/systemd/system/{UNIT}", input=UNIT_TEXT)
+    vm.sh("systemctl", "daemon-reload")
+    vm.sh("tee", "/proc/sys/kernel/ns_last_pid", input="30000")    # see systemd_service.py
+    vm.sh("systemctl", "start", UNIT)
+    before = main_pid(vm)
+    write_config(vm, kupgrade_config(image.kernel_to).replace("[target]", f'units = ["{UNIT}"]\n\n[target]'))
+    peer = Peer()
+    try:
+        peer.lines(20)
+        first = peer.stat()
+        res.data["server_pid"] = before["MainPID"]
+        check_plan = vm.sh("kupgrade", "plan", check=False, timeout=300)["stdout"]
+        (vm.workdir / "plan.txt").write_text(check_plan)
+        res.check("--tcp-established" in check_plan and f":{GUEST_PORT} <-> 10.0.2.2:" in check_plan,
+                  "kupgrade plan lists the connection the dump will carry", check_plan[-2000:])
+
+        # 1. a failure after the snapshot: rolled back, the conversation goes on
+        r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
+        res.data["fault"] = {"rc": r["rc"], "error": last_error_line(r)}
+        res.check(r["rc"] not in (0, None) and "kexec load failed" in last_error_line(r),
+                  "failed kexec load: kupgrade run exits non-zero with one line", last_error_line(r))
+        rollback = last_record(vm)["stages"][-1]
+        res.data["rollback"] = rollback
+        res.check(rollback["name"] == "rollback" and rollback["status"] == "ok"
+                  and "1 of 1 connection(s) taken out of repair mode, 2 of criu's lock rule(s) removed"
+                  in rollback["summary"], "rollback: criu's lock rules removed, the socket out of repair mode",
+                  json.dumps(rollback)[:1500])
+        rules = vm.sh("iptables", "-S")["stdout"]
+        res.check("0xc114" not in rules.lower(), "no criu lock rule left in iptables", rules)
+        peer.lines(40)
+        check_conversation(res, peer, "after the rollback", first)
+        res.data["rollback_gap_s"] = round(peer.largest_gap()[0], 3)
+
+        # 2. the real upgrade
+        evidence(vm, "before the switch")
+        t_switch = time.time()
+        if (switched := upgrade(vm, res)) is None:
+            return
+        res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+        vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+        (vm.workdir / "journal.txt").write_text(vm.sh(
+            "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", UNIT, "-u", "kupgrade-restore.service",
+            check=False)["stdout"][-12000:])
+        peer.lines(40, timeout=240)
+        evidence(vm, "after the switch")
+        try:
+            st = check_conversation(res, peer, "after the switch", first)
+        finally:
+            evidence(vm, "after the conversation check")
+        res.data["server_stat"] = st
+        after = main_pid(vm)
+        res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
+                  f"{UNIT} is active with the same main PID", json.dumps(after))
+        tables = vm.sh("nft", "list", "tables")["stdout"]
+        res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
+        rec = last_record(vm)
+        unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
+        tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
+        restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})
+        res.data["tcp_restore"] = {"protected": restore_stage.get("details", {}).get("tcp_protected"), **tcp_info}
+        res.check(restore_stage.get("details", {}).get("tcp_protected") == 1 and tcp_info.get("released") == 1
+                  and tcp_info.get("table") == "deleted",
+                  "the record: 1 connection protected before the network came up, released after its restore",
+                  json.dumps(res.data["tcp_restore"]))
+        res.check(rec["outcome"] == "restored", "the outcome is restored", rec["outcome"])
+
+        # other traffic: a new connection to the restored listener
+        second = Peer()
+        second.lines(5)
+        res.check(not second.problems and not second.error, "a new connection to the restored server works",
+                  "; ".join(second.problems) + second.error)
+        second.close()
+        res.check(peer.stat()["accepted"] == first["accepted"] + 1, "the server saw it as one more connection")
+
+        gap, at = peer.largest_gap(since=t_switch)
+        res.data["downtime_s"] = round(gap, 3)
+        res.data["gap_after_line"] = at
+        res.data["lines"] = {"from_server": peer.got[-1][1], "from_host": peer.sent}
+        res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+        res.data["record"] = rec
+    finally:
+        peer.close()

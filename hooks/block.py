@@ -1,9 +1,12 @@
 """block: no disk I/O in flight at the freeze; md arrays paused before the switch and back,
 assembled, mounted and resyncing, before the workloads in the new kernel.
 
-Disks (every block device of type disk): quiesce, after the workloads are frozen, waits until
-no request is in flight on any of them (/sys/block/X/inflight) — at most DRAIN_S, else it fails
-and the upgrade is rolled back; save checks again, just before the snapshot is packed.
+Disks (every block device of type disk): save — the workloads frozen, md frozen, the flush
+stage's sync done, just before the snapshot is packed — waits until no request is in flight on
+any of them (/sys/block/X/inflight all zero in one sample), at most DRAIN_S, else it fails and
+the upgrade is rolled back. (Waiting at quiesce instead would race the write-back the flush
+stage is about to do: a busy write-back keeps requests in flight for longer than any bound.)
+quiesce only notes what is in flight when the workloads stopped.
 
 md arrays: a resync, recovery or check keeps the members busy and moves its position on. At
 quiesce the hook writes `frozen` to md/sync_action: md stops the sync thread and writes the
@@ -186,7 +189,8 @@ def quiesce(request: dict) -> dict:
         b = read_md(name)
         frozen.append({"name": name, "was": a["sync_action"], "at": a["sync_completed"],
                        "checkpoint": b["resync_start"], "action": b["sync_action"]})
-    return {"frozen": frozen, **drain(_disks(request))}
+    busy = {k: list(v) for k, v in inflight(_disks(request)).items() if v != (0, 0)}
+    return {"frozen": frozen, "in_flight": busy}
 
 
 def save(request: dict) -> dict:

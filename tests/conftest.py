@@ -1,5 +1,6 @@
-"""Make `kupgrade_hooks` importable from this checkout's hooks/ even when the installed
-(editable) kupgrade predates the package-dir mapping, e.g. when testing a git worktree."""
+"""Make `kupgrade_hooks` this checkout's hooks/, even when the installed (editable) kupgrade
+maps it elsewhere: it predates the package-dir mapping, or it was installed from another
+checkout (testing a git worktree with the main checkout's venv)."""
 
 import importlib.util
 import sys
@@ -8,8 +9,13 @@ from pathlib import Path
 HOOKS = Path(__file__).resolve().parents[1] / "hooks"
 
 try:
-    import kupgrade_hooks  # noqa: F401
+    import kupgrade_hooks
+    mine = Path(kupgrade_hooks.__file__).resolve().parent == HOOKS
 except ImportError:
+    mine = False
+if not mine:
+    for name in [m for m in sys.modules if m == "kupgrade_hooks" or m.startswith("kupgrade_hooks.")]:
+        del sys.modules[name]
     spec = importlib.util.spec_from_file_location("kupgrade_hooks", HOOKS / "__init__.py",
                                                   submodule_search_locations=[str(HOOKS)])
     module = importlib.util.module_from_spec(spec)

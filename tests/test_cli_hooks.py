@@ -44,10 +44,10 @@ def test_list_json_is_only_json(cfg):
     result = runner().invoke(app, ["hooks", "list", "--config", str(cfg), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert [h["name"] for h in doc["hooks"]] == ["50-blk", "network"]
+    assert [h["name"] for h in doc["hooks"]] == ["50-blk", "block", "network", "watchdog"]     # name order
     assert [s["name"] for s in doc["skipped"]] == ["60-loose"]           # run-parts-ignored names only with --all
     rows = {d["device"]["sys_name"]: d for d in doc["devices"]}
-    assert rows["eth0"]["hooks"] == ["network"] and rows["vda"]["hooks"] == ["50-blk"]
+    assert rows["eth0"]["hooks"] == ["network"] and rows["vda"]["hooks"] == ["50-blk", "block"]
     assert rows["0000:00:02.0"]["blocking"] and not rows["mlx5_0"]["blocking"] and rows["mlx5_0"]["allowed"]
     assert rows["0000:00:02.0"]["holders"] == [{"pid": 4242, "comm": "python3"}]
     assert [b["message"].split()[0] for b in doc["blockers"]] == ["0000:00:02.0"]

@@ -130,6 +130,23 @@ def test_save_writes_state_and_the_early_bundle_into_the_snapshot(tmp_path):
     assert req["upgrade_id"] == "U1" and req["kernel_to"] == "6.12"
 
 
+def test_requests_carry_the_downtime_estimate_and_the_workload_pids(tmp_path):
+    from dataclasses import replace
+
+    from kupgrade.record import StageResult, Workload
+    c = context(tmp_path)
+    c.workloads = [Workload("cgroup:/w", 30001, (30001, 30002)), Workload("pid:7", 7, (7,))]
+    c.downtime_estimate_s = 14.2
+    assert hookpoints.extra(c) == {"upgrade_id": "U1", "kernel_from": "6.1", "kernel_to": "6.12",
+                                   "downtime_estimate_s": 14.2, "workload_pids": [7, 30001, 30002]}
+    # the new kernel: a fresh context, the old kernel's record
+    rec = replace(UpgradeRecord("U1", "run", "6.1", workloads=tuple(c.workloads)), kernel_to="6.12").with_stage(
+        StageResult("preflight", OK, 0.0, 1.0, "", {"downtime_estimate_s": 9.5}))
+    fresh = Context(c.config, rec)
+    assert hookpoints.extra(fresh)["downtime_estimate_s"] == 9.5
+    assert hookpoints.extra(fresh)["workload_pids"] == [7, 30001, 30002]
+
+
 def test_preflight_hook_blockers_and_unsafe_devices_in_use(tmp_path, monkeypatch):
     monkeypatch.setattr(coverage, "open_devnodes", lambda: {"/dev/dri/card0": [(42, "python3")]})
     pre = PyHook("gpu-check", points=("preflight",), match=({"subsystem": "net"},),     # does not cover the GPU

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "vm-tests"))
 
-from vmtest.qemu import Line, qemu_argv  # noqa: E402
+from vmtest.qemu import Line, Machine, qemu_argv  # noqa: E402
 from vmtest.timeline import breakdown, marks  # noqa: E402
 from vmtest.workload import Heartbeat, Workload  # noqa: E402
 
@@ -50,3 +50,17 @@ def test_qemu_argv_is_one_flag_per_value(tmp_path):
     assert argv[argv.index("-append") + 1] == "root=/dev/vda"
     assert "-no-reboot" in argv
     assert argv[argv.index("-accel") + 1] in ("tcg", "kvm")
+
+
+def test_machine_adds_devices_disks_and_kernel_words(tmp_path):
+    from vmtest.image import Image
+    img = Image(tmp_path / "root.img", tmp_path / "vmlinuz", tmp_path / "initrd")
+    m = Machine(args=("-device", "i6300esb"), append="watchdog.stop_on_reboot=0", disks=("64M", "64M"))
+    argv = qemu_argv(img, tmp_path / "o.qcow2", tmp_path / "con", tmp_path / "ctl", "root=/dev/vda",
+                     qmp=tmp_path / "qmp", machine=m, disks=(tmp_path / "d1.qcow2", tmp_path / "d2.qcow2"))
+    assert argv[argv.index("-append") + 1] == "root=/dev/vda watchdog.stop_on_reboot=0"
+    assert argv[argv.index("-device") + 1] == "i6300esb"
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert [d.split(",")[0] for d in drives] == [f"file={tmp_path}/o.qcow2", f"file={tmp_path}/d1.qcow2",
+                                                 f"file={tmp_path}/d2.qcow2"]     # root disk stays vda
+    assert argv[argv.index("-mon") + 1] == "chardev=qmp,mode=control"

@@ -53,6 +53,7 @@ class Context:
     devices_error: str = ""              # why the devices could not be enumerated
     hooks_load_s: float = 0.0            # loading the hooks + enumerating the devices took
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
+    downtime_estimate_s: float | None = None                  # preflight's estimate, for the hooks' requests
 
     @property
     def snapshot_dir(self) -> Path:

@@ -105,9 +105,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     if os.path.ismount(cfg.snapshot_dir):
         blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
                                 f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
-    hooks_done, hook_error = _hooks(ctx, blockers)
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
+    ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
+    hooks_done, hook_error = _hooks(ctx, blockers)
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
                "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,

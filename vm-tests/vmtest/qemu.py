@@ -2,8 +2,12 @@
 
 Two serial ports, both unix sockets the host listens on: ttyS0 is the console (every line
 timestamped on receipt and kept), ttyS1 carries the agent's JSON lines (requests, replies,
-events such as heartbeat lines). `panic=-1` + `-no-reboot`: a guest panic ends QEMU, and the
-host raises LostVMError with the console tail instead of waiting out a timeout.
+events such as heartbeat lines). A third socket carries QMP: QEMU's own events (a watchdog
+firing, a guest reset) are kept, so when QEMU ends the host says why instead of guessing.
+`panic=-1` + `-no-reboot`: a guest panic or reset ends QEMU, and the host raises LostVMError
+with the QEMU events and the console tail instead of waiting out a timeout.
+
+A scenario adds devices, disks and kernel arguments through one `Machine` (its MACHINE).
 """
 
 from __future__ import annotations
@@ -54,8 +58,24 @@ def nic_argv(nic: str, pcap: Path | None = None) -> list[str]:
     return argv
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What a scenario adds to the standard guest (module attribute MACHINE).
+
+    args: extra QEMU flags, one flag and its value per pair ("-device", "i6300esb");
+    append: extra kernel command-line words (kupgrade passes them on to the new kernel);
+    disks: sizes of blank virtio disks ("512M"), created as qcow2 files in the scenario's
+    artifacts dir and attached after the root disk, in order (vdb, vdc, ...)."""
+    args: tuple[str, ...] = ()
+    append: str = ""
+    disks: tuple[str, ...] = ()
+
+
 def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, memory_mb: int = 2048,
-              nic: str = "none") -> list[str]:
+              nic: str = "none", qmp: Path | None = None, machine: Machine = Machine(),
+              disks: tuple[Path, ...] = ()) -> list[str]:
+    extra_drives = [a for d in disks for a in ("-drive", f"file={d},if=virtio,format=qcow2,cache=unsafe")]
+    qmp_args = ["-chardev", f"socket,id=qmp,path={qmp}", "-mon", "chardev=qmp,mode=control"] if qmp else []
     return [
         "qemu-system-x86_64",
         "-accel", accel(),
@@ -67,13 +87,16 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, me
         "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
-        "-append", append,
+        "-append", " ".join(filter(None, (append, machine.append))),
         "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+        *extra_drives,
         *nic_argv(nic, con.parent / "nic.pcap" if os.environ.get("KUPGRADE_VM_PCAP") else None),
         "-chardev", f"socket,id=con,path={con}",
         "-serial", "chardev:con",
         "-chardev", f"socket,id=ctl,path={ctl}",
         "-serial", "chardev:ctl",
+        *qmp_args,
+        *machine.args,
     ]
 
 
@@ -95,7 +118,9 @@ class Guest:
     workdir: Path
     init: str = "vmtest"            # or "systemd"
     nic: str = "none"               # or "user:HOSTPORT-GUESTPORT"
+    machine: Machine = Machine()    # the scenario's extra devices, disks, kernel arguments
     console: list[Line] = field(default_factory=list)
+    qmp_events: list[dict] = field(default_factory=list)   # QEMU's events, each with "_t" (host time)
     events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
     proc: subprocess.Popen | None = None
     _replies: dict = field(default_factory=dict)
@@ -108,15 +133,20 @@ class Guest:
         overlay = self.workdir / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk), "-F", "raw", str(overlay)])
-        con_path, ctl_path = self.workdir / "con.sock", self.workdir / "ctl.sock"
+        disks = tuple(self.workdir / f"disk{i + 1}.qcow2" for i in range(len(self.machine.disks)))
+        for path, size in zip(disks, self.machine.disks):
+            path.unlink(missing_ok=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size])
+        con_path, ctl_path, qmp_path = self.workdir / "con.sock", self.workdir / "ctl.sock", self.workdir / "qmp.sock"
         listeners = []
-        for p in (con_path, ctl_path):
+        for p in (con_path, ctl_path, qmp_path):
             p.unlink(missing_ok=True)
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.bind(str(p))
             s.listen(1)
             listeners.append(s)
-        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND + INITS[self.init], nic=self.nic)
+        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND + INITS[self.init], nic=self.nic,
+                         qmp=qmp_path, machine=self.machine, disks=disks)
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self._qemu_log = open(self.workdir / "qemu.log", "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log)
@@ -124,10 +154,12 @@ class Guest:
             s.settimeout(30)
         con, _ = listeners[0].accept()
         self._ctl, _ = listeners[1].accept()
+        qmp, _ = listeners[2].accept()
         for s in listeners:
             s.close()
         threading.Thread(target=self._read_console, args=(con,), daemon=True).start()
         threading.Thread(target=self._read_ctl, daemon=True).start()
+        threading.Thread(target=self._read_qmp, args=(qmp,), daemon=True).start()
         return self
 
     # --- readers -------------------------------------------------------------------------
@@ -142,6 +174,34 @@ class Guest:
                 *lines, buf = buf.split(b"\n")
                 for l in lines:
                     self.console.append(Line(now, l.decode(errors="replace").rstrip("\r")))
+
+    def _read_qmp(self, sock: socket.socket) -> None:
+        """QMP: answer the greeting with qmp_capabilities, then keep every event."""
+        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        buf = b""
+        with open(self.workdir / "qmp.log", "ab") as out:
+            while data := sock.recv(65536):
+                now = time.time()
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for l in lines:
+                    out.write(b"%.3f " % now + l.strip() + b"\n")
+                    out.flush()
+                    try:
+                        msg = json.loads(l)
+                    except ValueError:
+                        continue
+                    if "event" in msg:
+                        msg["_t"] = now
+                        self.qmp_events.append(msg)
+
+    def events_of(self, name: str) -> list[dict]:
+        """QEMU's events of this name so far (e.g. "WATCHDOG": a guest watchdog fired)."""
+        return [e for e in self.qmp_events if e.get("event") == name]
+
+    def qemu_events_summary(self) -> str:
+        return ", ".join(e["event"] + "".join(f" {k}={v}" for k, v in e.get("data", {}).items())
+                         for e in self.qmp_events) or "none"
 
     def _read_ctl(self) -> None:
         buf = b""
@@ -172,7 +232,10 @@ class Guest:
 
     def _alive(self) -> None:
         if self.proc.poll() is not None:
-            raise LostVMError(f"QEMU exited with {self.proc.returncode}", self.console_tail())
+            time.sleep(0.2)     # let the QMP reader take QEMU's last events
+            why = " (the guest's watchdog fired: QEMU reset it)" if self.events_of("WATCHDOG") else ""
+            raise LostVMError(f"QEMU exited with {self.proc.returncode}{why}; QEMU events: "
+                              f"{self.qemu_events_summary()}", self.console_tail())
 
     def send(self, op: str, **kw) -> int:
         rid = self._next_id

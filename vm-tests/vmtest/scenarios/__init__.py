@@ -1,6 +1,7 @@
 """One module per scenario: NAME, DESCRIPTION and run(vm, image, result); optionally INIT
-("systemd" to boot systemd instead of the small test init) and NIC (see qemu.nic_argv)."""
+("systemd" to boot systemd instead of the small test init), NIC (see qemu.nic_argv) and MACHINE
+(extra QEMU devices, disks, kernel arguments: qemu.Machine)."""
 
-from . import abort, basic, dirty_data, hooks, rehearse, systemd_service, tcp, tui
+from . import abort, basic, dirty_data, hooks, md, rehearse, systemd_service, tcp, tui, watchdog
 
-SCENARIOS = {m.NAME: m for m in (basic, rehearse, tui, abort, dirty_data, systemd_service, tcp, hooks)}
+SCENARIOS = {m.NAME: m for m in (basic, rehearse, tui, abort, dirty_data, systemd_service, tcp, hooks, watchdog, md)}

@@ -29,7 +29,6 @@ by identity: names (watchdog0) follow probe order.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import math
 import os
@@ -39,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kupgrade.run import run
+from kupgrade.tcpfix import getfd
 
 SYS_CLASS = Path("/sys/class/watchdog")
 SYS_MODULE = Path("/sys/module")
@@ -48,7 +48,6 @@ BRIDGE_MIN_S = 300          # never bridge less: the first estimate on a machine
 BRIDGE_FACTOR = 3
 BRIDGE_MARGIN_S = 60
 WAIT_S = 10.0               # restore: how long to wait for the device after loading its driver
-SYS_PIDFD_GETFD = 438       # the same number on every architecture (Linux >= 5.6)
 WDIOC_KEEPALIVE = 0x80045705
 WDIOC_SETTIMEOUT = 0xC0045706
 WDIOC_GETTIMEOUT = 0x80045707
@@ -67,17 +66,7 @@ def describe() -> dict:
 class Io:
     def borrow(self, pid: int, fd: int) -> int:
         """A duplicate of another process's fd: the same open file, so ioctls are allowed."""
-        pidfd = os.pidfd_open(pid)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            got = libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(fd),
-                               ctypes.c_long(0))
-            if got < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"pidfd_getfd(PID {pid}, fd {fd}): {os.strerror(err)}")
-            return got
-        finally:
-            os.close(pidfd)
+        return getfd(pid, fd)
 
     def open(self, node: str) -> int:
         return os.open(node, os.O_WRONLY | os.O_CLOEXEC)

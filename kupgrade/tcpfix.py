@@ -12,7 +12,7 @@ is exactly "no scaling" on the wire.
 Run as `python3 -I -S tcpfix.py ROOT_PID` by the action script kupgrade/tcp.py writes:
 standard library only (the interpreter's start is inside the downtime). Never fails criu's
 restore: a connection left unfixed is slow, not lost. Also the /proc and pidfd helpers that
-kupgrade/tcp.py shares.
+kupgrade/tcp.py and the watchdog hook share (`getfd`: borrow another process's open file).
 """
 
 from __future__ import annotations
@@ -56,10 +56,10 @@ def getfd(pid: int, fd: int) -> int:
     _libc = _libc or ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid)
     try:
-        new = _libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        new = _libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(fd), ctypes.c_long(0))
         if new < 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"pidfd_getfd({pid}, {fd}): {os.strerror(err)}")
+            raise OSError(err, f"pidfd_getfd(PID {pid}, fd {fd}): {os.strerror(err)}")
         return new
     finally:
         os.close(pidfd)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import __version__
+from . import __version__, contract
 from .errors import StageError
 from .run import run
 
-MARKER = "etc/kupgrade-boot"
+MARKER = contract.BOOT_MARKER
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,27 @@ def restore_command() -> str:
     return found or str(Path(sys.argv[0]).resolve().with_name("kupgrade-restore"))
 
 
+# (BootPaths attribute, file in kupgrade/data/, mode): what install() writes
+BOOT_FILES = (("hook", "initramfs-hook", 0o755), ("script", "initramfs-script", 0o755),
+              ("top_script", "initramfs-top", 0o755), ("unit", "kupgrade-restore.service", 0o644),
+              ("generator", "systemd-generator", 0o755))
+
+
+def boot_file(name: str) -> str:
+    """A boot file as installed: the contract's values (kupgrade/contract.py) filled in."""
+    return contract.render(_data(name), {"VERSION": __version__, "RESTORE": restore_command()})
+
+
 def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = True) -> list[str]:
     """Write the files; rebuild the initrds of `kernels`. Returns what was done, one line each."""
     if not Path("/usr/share/initramfs-tools/hook-functions").exists():
         raise StageError("initramfs-tools is not installed",
                          "install it (apt-get install initramfs-tools busybox); other initrd builders are not supported yet")
     done = []
-    for path, text, mode in (
-            (paths.hook, _data("initramfs-hook").replace("@VERSION@", __version__), 0o755),
-            (paths.script, _data("initramfs-script"), 0o755),
-            (paths.top_script, _data("initramfs-top"), 0o755),
-            (paths.unit, _data("kupgrade-restore.service").replace("@RESTORE@", restore_command()), 0o644),
-            (paths.generator, _data("systemd-generator").replace("@RESTORE@", restore_command()), 0o755)):
+    for path, name, mode in BOOT_FILES:
+        path = getattr(paths, path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(boot_file(name))
         path.chmod(mode)
         done.append(f"wrote {path}")
     wants = paths.root / "etc/systemd/system/sysinit.target.wants"

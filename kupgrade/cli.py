@@ -191,7 +191,7 @@ def restore(config: Optional[Path] = CONFIG_OPT) -> None:
     ctx = Context(cfg, new_record("restore"))
     ui = Ui()
     if not restore_pending(ctx, ui):
-        ui.print("kupgrade: no snapshot pending in " + cfg.restore_dir)
+        ui.print("kupgrade: no snapshot pending in " + str(ctx.restore_dir))
 
 
 @app.command()

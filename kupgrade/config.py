@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from . import contract
 from .errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
@@ -26,12 +27,11 @@ class Config:
     kernel: str = ""
     vmlinuz: str = ""
     initrd: str = ""
-    snapshot_dir: str = "/run/kupgrade-snapshot"
+    snapshot_dir: str = contract.SNAPSHOT_TMPFS
     snapshot_size: str = "auto"
     kexec_method: str = "auto"
     append: str = ""
-    state_dir: str = "/var/lib/kupgrade"
-    restore_dir: str = "/run/kupgrade"
+    state_dir: str = contract.STATE_DIR
     hooks_dir: str = "/etc/kupgrade/hooks.d"
     hooks_allow: tuple[str, ...] = ()
     source: str = ""          # the file this came from ("" = defaults only)
@@ -120,7 +120,7 @@ SETTINGS: tuple[Setting, ...] = (
             example='"quiet"'),
     Setting("snapshot", "dir", "snapshot_dir", str,
             "Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot. Never under /boot.",
-            check=_snapshot_dir, example='"/run/kupgrade-snapshot"'),
+            check=_snapshot_dir, example=f'"{contract.SNAPSHOT_TMPFS}"'),
     Setting("snapshot", "size", "snapshot_size", str,
             "Size limit of that tmpfs: \"auto\" (estimate x 2.5, at least 256M) or a size like \"4G\".",
             check=_size, example='"auto"'),
@@ -130,7 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
             "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
             check=_kexec_method, example='"auto"'),
     Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
-            example='"/var/lib/kupgrade"'),
+            example=f'"{contract.STATE_DIR}"'),
     Setting("hooks", "dir", "hooks_dir", str,
             "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
             "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),

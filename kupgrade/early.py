@@ -17,12 +17,13 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from . import contract
 from .devices import Device
 from .errors import HookError
 from .hooks import HOOKS_SUBDIR, Hook, HookResult, load_saved, raise_critical, request_for, selected
 
-BUNDLE = "early-restore.d"
-RUNNER = "run"
+BUNDLE = contract.EARLY_BUNDLE
+RUNNER = contract.EARLY_RUNNER
 SHELLS = ("/bin/sh", "/bin/busybox sh", "/bin/ash", "/usr/bin/env sh")
 
 
@@ -41,7 +42,7 @@ def cannot_run_early(hook: Hook) -> str | None:
 
 
 def bundle(hooks: list[Hook], devices: list[Device], request_extra: dict, snapshot_dir: Path,
-           restore_dir: Path = Path("/run/kupgrade")) -> list[str]:
+           restore_dir: Path = Path(contract.RESTORE_DIR)) -> list[str]:
     """Old kernel, after run_point("save"): put the early-restore hooks into the snapshot.
     Requests name paths as they will be in the initramfs (`restore_dir`), devices as they are
     now. Returns one line per hook, for the stage summary. A critical hook that cannot run there

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import contract
 from .devices import Device, check_match, matches_any
 from .errors import CommandError, HookError
 from .record import Blocker, write_private
@@ -37,7 +38,7 @@ AFTER_NO_RETURN = ("early-restore", "restore", "verify")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")       # run-parts' rule
 DEFAULT_TIMEOUT = 30.0
 KILL_AFTER = 2                                 # s between TERM and KILL on timeout
-HOOKS_SUBDIR = "hooks"                         # SNAPSHOT/hooks/NAME/ belongs to hook NAME
+HOOKS_SUBDIR = contract.HOOKS                  # SNAPSHOT/hooks/NAME/ belongs to hook NAME
 SAVED = "saved.json"                           # SNAPSHOT/hooks/saved.json: the save results
 
 

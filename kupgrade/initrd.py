@@ -13,7 +13,9 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-ARCHIVE_ROOT = "kupgrade-snapshot"
+from . import contract
+
+ARCHIVE_ROOT = contract.ARCHIVE_ROOT
 ALIGN = 512
 _CHUNK = 1 << 20
 

@@ -6,8 +6,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import contract
+
 KEXEC = "kexec"
-MARKER = "kupgrade.snapshot"
+MARKER = contract.CMDLINE_KEY
 _DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", "kupgrade.")
 
 
@@ -65,6 +67,27 @@ def unload_argv(method: Method) -> list[str]:
 
 def exec_argv() -> list[str]:
     return [KEXEC, "--exec"]
+
+
+def bzimage_version(path: Path) -> str:
+    """The kernel release (what `uname -r` will say) from an x86 bzImage's header: the boot
+    protocol's `kernel_version` field (offset 0x20E) points at a string (its value + 0x200)
+    that starts with the release, e.g. "6.12.117+deb12-amd64 (debian-kernel@...) #1 SMP ...".
+    "" when the image has none (not a bzImage, protocol < 2.0, unreadable)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(0x210)
+            if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+                return ""
+            ptr = struct.unpack_from("<H", head, 0x20E)[0]
+            if ptr == 0:
+                return ""
+            f.seek(ptr + 0x200)
+            text = f.read(256).split(b"\0", 1)[0].decode("ascii", errors="replace")
+    except OSError:
+        return ""
+    words = text.split()
+    return words[0] if words else ""
 
 
 def check_bzimage(path: Path) -> str | None:

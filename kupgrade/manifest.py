@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import contract
 from .record import Workload
 
-NAME = "manifest.json"
+NAME = contract.MANIFEST
 FORMAT = 1
 
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod, logfile, manifest, record, systemd
+from . import config as config_mod, contract, logfile, manifest, record, systemd
 from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
@@ -33,8 +33,8 @@ def record_lock(state_dir: Path):
 
 def _prior(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
     prior = record.load(ctx.state_dir, m.id)
-    if prior is None and (snap / "record.json").exists():
-        prior = record.load_file(snap / "record.json")
+    if prior is None and (snap / contract.RECORD).exists():
+        prior = record.load_file(snap / contract.RECORD)
     return prior if prior is not None else replace(ctx.record, id=m.id, kernel_from=m.kernel_from,
                                                    kernel_to=m.kernel_to, workloads=m.workloads)
 
@@ -52,7 +52,7 @@ def _outcome(rec: record.UpgradeRecord, m) -> str:
 
 def restore_pending(ctx: Context, ui) -> bool:
     """The new-kernel side. Returns False when there was nothing to restore."""
-    snap = Path(ctx.config.restore_dir)
+    snap = ctx.restore_dir
     if not restore_stage.pending(snap):
         return False
     try:
@@ -76,7 +76,7 @@ def restore_pending(ctx: Context, ui) -> bool:
 
 def restore_unit(ctx: Context, unit: str, ui) -> None:
     """ExecStart of a systemd unit in the boot after the switch (see kupgrade/systemd.py)."""
-    snap = Path(ctx.config.restore_dir)
+    snap = ctx.restore_dir
     if not restore_stage.pending(snap):
         raise RestoreError(f"{unit}: no kupgrade snapshot is pending in {snap} (restored already in this boot?)",
                            "to start it fresh: `systemctl daemon-reload` (the generator then drops the restore "
@@ -121,7 +121,7 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kupgrade-restore", description="Restore the workloads carried across "
                                  "a kexec by `kupgrade run` (run early by the boot integration). Does nothing "
-                                 "when no snapshot is pending in /run/kupgrade.")
+                                 f"when no snapshot is pending in {contract.RESTORE_DIR}.")
     ap.add_argument("--config", "-c", type=Path, help="config file (default /etc/kupgrade/kupgrade.toml)")
     ap.add_argument("--unit", help="restore this systemd unit's processes (its ExecStart in this boot)")
     ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
@@ -131,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_mod.load(args.config)
         if args.generator is not None:
-            generator(args.generator, Path(cfg.restore_dir))
+            generator(args.generator, Path(contract.RESTORE_DIR))
             return 0
         if args.unit:
             restore_unit(Context(cfg, new_record("restore")), args.unit, ui)
             return 0
         if not restore_pending(Context(cfg, new_record("restore")), ui):
-            ui.print(f"kupgrade: no snapshot pending in {cfg.restore_dir}")
+            ui.print(f"kupgrade: no snapshot pending in {contract.RESTORE_DIR}")
         return 0
     except KupgradeError as e:
         print(explain(e), file=sys.stderr)

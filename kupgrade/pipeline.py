@@ -105,7 +105,7 @@ def rehearse(ctx: Context, ui, gate: Gate) -> None:
         finish(ctx, record.REHEARSAL_FAILED)
         raise
     snapshot.unmount(ctx)
-    shutil.rmtree(Path(ctx.config.restore_dir), ignore_errors=True)
+    shutil.rmtree(ctx.restore_dir, ignore_errors=True)
     finish(ctx, record.REHEARSED)
 
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import contract
 from .errors import CommandError
 from .run import run
 
 PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type")
 DROPIN = "zz-kupgrade-restore.conf"
-PIDFILE_DIR = "units"          # below the restore dir
+PIDFILE_DIR = contract.UNIT_PIDFILES   # below the restore dir
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
 

@@ -38,8 +38,9 @@ class QuietUi:
 
 def context(tmp_path, hooks=None, devices=DEVICES) -> Context:
     cfg = Config(state_dir=str(tmp_path / "state"), snapshot_dir=str(tmp_path / "snap"),
-                 restore_dir=str(tmp_path / "run-kupgrade"), hooks_dir=str(tmp_path / "hooks.d"))
-    c = Context(cfg, UpgradeRecord("U1", "run", "6.1"), target=Target("6.12", Path("/x"), Path("/y")))
+                 hooks_dir=str(tmp_path / "hooks.d"))
+    c = Context(cfg, UpgradeRecord("U1", "run", "6.1"), target=Target("6.12", Path("/x"), Path("/y")),
+                restore_dir=tmp_path / "run-kupgrade")
     if hooks is not None:
         c.hooks, c.devices = [h.hook() if isinstance(h, PyHook) else h for h in hooks], list(devices)
     return c
@@ -185,7 +186,7 @@ def test_preflight_loads_hooks_and_devices_once(tmp_path, monkeypatch):
 def packed_snapshot(tmp_path, hooks) -> Path:
     """What the old kernel's snapshot stage leaves in the new kernel's /run/kupgrade (no workloads)."""
     old = context(tmp_path, hooks)
-    old.config = Config(snapshot_dir=str(tmp_path / "run-kupgrade"), restore_dir=str(tmp_path / "run-kupgrade"))
+    old.config = Config(snapshot_dir=str(tmp_path / "run-kupgrade"))
     old.snapshot_dir.mkdir()
     snapshot._save_hooks(old)
     snap = old.snapshot_dir

@@ -48,14 +48,43 @@ def test_criu_argv():
     assert r[:2] == ["criu", "restore"] and "--restore-detached" in r and r[r.index("--pidfile") + 1] == "/p"
 
 
-def _bzimage(path: Path, syssize: int, total: int) -> Path:
+def _bzimage(path: Path, syssize: int, total: int, version: str = "") -> Path:
+    """A bzImage header (setup_sects 3) with, optionally, the kernel_version string as the
+    boot protocol places it: at the field's value + 0x200."""
     import struct
     data = bytearray(total)
     data[0x1F1] = 3
     struct.pack_into("<I", data, 0x1F4, syssize)
     data[0x202:0x206] = b"HdrS"
+    if version:
+        struct.pack_into("<H", data, 0x20E, 0x300)
+        text = f"{version} (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC".encode() + b"\0"
+        data[0x500:0x500 + len(text)] = text
     path.write_bytes(bytes(data))
     return path
+
+
+def test_bzimage_version_from_the_header_not_the_name(tmp_path):
+    img = _bzimage(tmp_path / "vmlinuz-custom", syssize=100, total=4 * 512 + 1600 + 64, version="6.12.117+deb12-amd64")
+    assert kexec.bzimage_version(img) == "6.12.117+deb12-amd64"
+    assert kexec.bzimage_version(_bzimage(tmp_path / "old", syssize=1, total=4096)) == ""
+    assert kexec.bzimage_version(tmp_path / "absent") == ""
+
+
+def test_preflight_target_release_from_the_image(tmp_path):
+    from kupgrade.stages.context import Target
+    from kupgrade.stages.preflight import _target
+    img = _bzimage(tmp_path / "vmlinuz", syssize=100, total=4 * 512 + 1600 + 64, version="6.12.117+deb12-amd64")
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"x")
+    blockers = []
+    assert _target(Target("", img, initrd), blockers).version == "6.12.117+deb12-amd64" and not blockers
+    t = _target(Target("6.12.999-amd64", img, initrd), blockers)
+    assert t.version == "6.12.117+deb12-amd64"
+    assert [b.message for b in blockers] == [f"{img} is kernel 6.12.117+deb12-amd64, not 6.12.999-amd64"]
+    blockers.clear()
+    _target(Target("", _bzimage(tmp_path / "noversion", syssize=100, total=4 * 512 + 1600 + 64), initrd), blockers)
+    assert "does not say which kernel release" in blockers[0].message
 
 
 def test_check_bzimage(tmp_path):

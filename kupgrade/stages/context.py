@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import contract
 from ..config import Config
 from ..errors import StageError
 from ..kexec import Method
@@ -23,9 +24,8 @@ class Target:
 def resolve_target(cfg: Config, boot: Path = Path("/boot")) -> Target:
     if cfg.kernel:
         return Target(cfg.kernel, boot / f"vmlinuz-{cfg.kernel}", boot / f"initrd.img-{cfg.kernel}")
-    if cfg.vmlinuz:
-        version = Path(cfg.vmlinuz).name.removeprefix("vmlinuz-") or "unknown"
-        return Target(version, Path(cfg.vmlinuz), Path(cfg.initrd))
+    if cfg.vmlinuz:     # the release comes from the image's header (preflight), never from its name
+        return Target("", Path(cfg.vmlinuz), Path(cfg.initrd))
     raise StageError("no target kernel configured",
                      "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
 
@@ -54,6 +54,7 @@ class Context:
     hooks_load_s: float = 0.0            # loading the hooks + enumerating the devices took
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
     downtime_estimate_s: float | None = None                  # preflight's estimate, for the hooks' requests
+    restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
 
     @property
     def snapshot_dir(self) -> Path:

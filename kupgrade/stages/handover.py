@@ -28,7 +28,7 @@ PID_WAIT_S = 10.0
 
 def plan(ctx: Context) -> list[str]:
     return ["(rehearsal) unload the kexec kernel instead of executing it",
-            f"unpack the snapshot from the packed initrd into {ctx.config.restore_dir}, as the initramfs would",
+            f"unpack the snapshot from the packed initrd into {ctx.restore_dir}, as the initramfs would",
             "end the stopped/frozen original tasks (SIGKILL) and wait until their PIDs are free"]
 
 
@@ -41,7 +41,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     unloaded = kexec_stage.unload(ctx)
     snap = combined_path(ctx)
     sizes = ctx.record.stage("snapshot").details
-    dest = Path(ctx.config.restore_dir)
+    dest = ctx.restore_dir
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.chmod(0o700)
     t0 = time.monotonic()
@@ -76,6 +76,6 @@ def discard(ctx: Context) -> list[str]:
     """Rollback (before the tasks were ended): remove what run() unpacked."""
     if not ctx.unpacked:
         return []
-    shutil.rmtree(ctx.config.restore_dir, ignore_errors=True)
+    shutil.rmtree(ctx.restore_dir, ignore_errors=True)
     ctx.unpacked = False
-    return [f"removed the unpacked snapshot in {ctx.config.restore_dir}"]
+    return [f"removed the unpacked snapshot in {ctx.restore_dir}"]

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import faults, kexec as kx, record
+from .. import contract, faults, kexec as kx, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
 from .snapshot import combined_path
@@ -22,7 +22,7 @@ def plan(ctx: Context) -> list[str]:
     t = ctx.target
     method = ctx.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
     kernel = t.vmlinuz if t else "the target kernel"
-    return [f"kexec load {kernel} with the current command line + kupgrade.snapshot=ID",
+    return [f"kexec load {kernel} with the current command line + {contract.CMDLINE_KEY}=ID",
             f"{method.name} load: {method.why}",
             "save the upgrade record, sync, then `kexec --exec` (the point of no return)"]
 

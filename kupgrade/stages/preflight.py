@@ -7,12 +7,12 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, coverage, criu, estimate, kexec, manifest, record, tcp, workloads
+from .. import boot, contract, coverage, criu, estimate, kexec, manifest, record, tcp, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
 from . import hookpoints
-from .context import Context, resolve_target
+from .context import Context, Target, resolve_target
 
 NAME = "preflight"
 MARGIN = 64 << 20
@@ -41,21 +41,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     blockers: list[Blocker] = []
     if os.geteuid() != 0:
         blockers.append(Blocker("kupgrade must run as root", "run it with sudo"))
-    ctx.target = t = resolve_target(cfg)
+    ctx.target = t = _target(resolve_target(cfg), blockers)
     ctx.record = replace(ctx.record, kernel_to=t.version)
-    for what, path in (("kernel image", t.vmlinuz), ("initrd", t.initrd)):
-        if not path.is_file():
-            blockers.append(Blocker(f"target {what} {path} does not exist",
-                                    f"install the kernel package for {t.version}, or fix `target` in the config"))
-    if t.vmlinuz.is_file() and (problem := kexec.check_bzimage(t.vmlinuz)):
-        blockers.append(Blocker(f"target kernel image: {problem}", "reinstall the kernel package or fix `target`"))
-    if t.initrd.is_file() and shutil.which("lsinitramfs"):
-        try:
-            if not boot.initrd_has_hook(t.initrd):
-                blockers.append(Blocker(f"{t.initrd} does not carry the kupgrade boot script",
-                                        f"run `kupgrade install-boot --kernel {t.version}`"))
-        except CommandError as e:
-            blockers.append(Blocker(f"cannot list {t.initrd}: {e.message}", "check that the initrd is intact"))
+    if t.initrd.is_file():
+        blockers += _initrd_blockers(t)
     if t.version == ctx.kernel_from:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
 
@@ -99,9 +88,10 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB "
                                 f"(2 x {est >> 20} MiB + initrd + margin), {avail >> 20} MiB available",
                                 "free memory or select fewer workloads"))
-    if (Path(cfg.restore_dir) / manifest.NAME).exists():
-        blockers.append(Blocker(f"a snapshot is still pending in {cfg.restore_dir} (a restore that failed?)",
-                                f"see `kupgrade report`; restore or remove it (`rm -r {cfg.restore_dir}`) first"))
+    if (ctx.restore_dir / manifest.NAME).exists():
+        blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
+                                "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
+                                "or `kupgrade restore --discard` to give those workloads up"))
     if os.path.ismount(cfg.snapshot_dir):
         blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
                                 f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
@@ -125,6 +115,44 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise err
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def _target(t: Target, blockers: list[Blocker]) -> Target:
+    """The target with its release as the image itself says it (what `uname -r` will print in
+    the new kernel, which the restore compares with the manifest): never from a file name."""
+    for what, path in (("kernel image", t.vmlinuz), ("initrd", t.initrd)):
+        if not path.is_file():
+            blockers.append(Blocker(f"target {what} {path} does not exist",
+                                    f"install the kernel package for {t.version or t.vmlinuz.name}, or fix `target` in the config"))
+    if not t.vmlinuz.is_file():
+        return t
+    if (problem := kexec.check_bzimage(t.vmlinuz)):
+        blockers.append(Blocker(f"target kernel image: {problem}", "reinstall the kernel package or fix `target`"))
+        return t
+    release = kexec.bzimage_version(t.vmlinuz)
+    if not release:
+        blockers.append(Blocker(f"{t.vmlinuz} does not say which kernel release it is (no version in its "
+                                "boot header): the new kernel could not tell that the snapshot is meant for it",
+                                "use a kernel image built with the x86 boot protocol 2.0 or later"))
+        return t
+    if t.version and release != t.version:
+        blockers.append(Blocker(f"{t.vmlinuz} is kernel {release}, not {t.version}",
+                                f"fix `target` in the config (--kernel {release}?) or reinstall the kernel package"))
+    return replace(t, version=release)
+
+
+def _initrd_blockers(t: Target) -> list[Blocker]:
+    """The target initrd must carry the boot scripts of this kupgrade's contract."""
+    if not shutil.which("lsinitramfs"):
+        return [Blocker(f"cannot check that {t.initrd} carries the kupgrade boot script: lsinitramfs is missing",
+                        "apt-get install initramfs-tools")]
+    try:
+        if boot.initrd_has_hook(t.initrd):
+            return []
+    except CommandError as e:
+        return [Blocker(f"cannot list {t.initrd}: {e.message}", "check that the initrd is intact")]
+    return [Blocker(f"{t.initrd} does not carry the kupgrade boot script (contract {contract.VERSION})",
+                    f"run `kupgrade install-boot --kernel {t.version}`")]
 
 
 def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:

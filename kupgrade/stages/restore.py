@@ -12,27 +12,27 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import criu, manifest, tcp
+from .. import contract, criu, manifest, tcp
 from ..errors import CommandError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
 from .context import Context
 
 NAME = "restore"
-DONE = "restored.json"
-VERIFIED = "verified"           # written once every file matched the manifest
+DONE = contract.DONE
+VERIFIED = contract.VERIFIED       # written once every file matched the manifest
 
 
 def plan(ctx: Context) -> list[str]:
-    return ["(new kernel) the initramfs script moves the snapshot to /run/kupgrade",
-            "verify manifest.json: target kernel, size and sha256 of every file",
+    return [f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}",
+            f"verify {contract.MANIFEST}: target kernel, size and sha256 of every file",
             ("device hooks: collect their early-restore results, run restore (a critical failure: no "
              "workload is restored, the snapshot is kept)"),
             ("TCP connections in the snapshot: drop their peers' packets (nft table inet kupgrade) until "
              "their tree is restored, so the new kernel does not reset them"),
             "criu restore --restore-detached each tree (same PIDs); the tasks run again",
             "device hooks: run verify",
-            "free the snapshot memory; record the outcome in /var/lib/kupgrade/records/"]
+            f"free the snapshot memory; record the outcome in {ctx.state_dir}/records/"]
 
 
 def pending(restore_dir: Path) -> bool:
@@ -51,7 +51,7 @@ def _taken(w) -> str:
     return ""
 
 
-def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path("/var/lib/kupgrade")) -> dict:
+def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path(contract.STATE_DIR)) -> dict:
     """criu-restore one tree from snap/images/TREE; the result for the record."""
     images = snap / "images" / w.key
     socks = tcp.read(images)
@@ -110,7 +110,7 @@ def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError
 def run(ctx: Context) -> tuple[str, dict]:
     """Verify the whole snapshot, restore the trees that are not systemd units; units are
     restored by their own start (see kupgrade/systemd.py), after this."""
-    snap = Path(ctx.config.restore_dir)
+    snap = ctx.restore_dir
     # a rehearsal restores on the old kernel what was packed for the target kernel
     m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
     if problems:

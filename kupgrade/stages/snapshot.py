@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import criu, early, initrd, manifest, tcp
+from .. import contract, criu, early, initrd, manifest, tcp
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -45,6 +45,12 @@ def tmpfs_size(ctx: Context) -> str:
     return f"{(want >> 20) + 1}M"
 
 
+def restore_tmpfs_kib(snapshot_bytes: int) -> int:
+    """The size of the tmpfs that holds the snapshot on the restoring side (the new kernel's
+    initramfs, the rehearsal's handover): the files, criu's logs and PID files beside them."""
+    return (snapshot_bytes + snapshot_bytes // 10 + (64 << 20)) >> 10
+
+
 def plan(ctx: Context) -> list[str]:
     out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
     pre = ctx.record.stage("preflight")
@@ -60,7 +66,7 @@ def plan(ctx: Context) -> list[str]:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
     out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
-               "and the hooks' state, and manifest.json (kernels, workloads, PIDs, size and sha256 of every "
+               f"and the hooks' state, and {contract.MANIFEST} (kernels, workloads, PIDs, size and sha256 of every "
                "file, hashed while packing); then free the images")
     return out
 
@@ -70,7 +76,7 @@ def mount(ctx: Context) -> str:
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     size = tmpfs_size(ctx)
     run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},nosuid,nodev,noexec",
-             "kupgrade-snapshot", str(d)], timeout=30)
+             "kupgrade-snapshot", str(d)], timeout=30)     # the source name /proc/mounts shows
     ctx.snapshot_mounted = True
     return size
 
@@ -120,9 +126,10 @@ def run(ctx: Context) -> tuple[str, dict]:
             files |= w.tree(hooks_root(ctx), prefix=HOOKS_SUBDIR)
         made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files))
         # for the initramfs script: new PIDs in the next boot start above every snapshot PID
-        w.data("max-pid", f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
+        w.data(contract.MAX_PID, f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
+        w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())
         w.data(manifest.NAME, manifest.dumps(made[0]))
-        w.data("record.json", ctx.record.dumps().encode())
+        w.data(contract.RECORD, ctx.record.dumps().encode())
 
     t1 = time.monotonic()
     pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
@@ -150,7 +157,7 @@ def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:
     done = hookpoints.call(ctx, "save", snapshot_dir=ctx.snapshot_dir)   # a HookError carries its details
     try:
         notes = early.bundle(ctx.hooks, ctx.devices, hookpoints.extra(ctx), ctx.snapshot_dir,
-                             restore_dir=Path(ctx.config.restore_dir))
+                             restore_dir=ctx.restore_dir)
     except HookError as e:      # a critical hook that cannot run in the initramfs
         e.details = {"hooks": done}  # type: ignore[attr-defined]
         raise

@@ -1,0 +1,75 @@
+"""What the old kernel's side and the new kernel's side must agree on, in one place.
+
+The old kernel's side is Python (`kupgrade run`); the new kernel's side is partly shell (the
+initramfs-tools hook and scripts, which run before the root filesystem is mounted and cannot
+read any config), partly systemd (the restore unit, the generator) and partly Python again
+(`kupgrade-restore`). Every path, file name and command-line word they share is defined here;
+the boot files in kupgrade/data/ name them as @PLACEHOLDERS@ that `kupgrade install-boot`
+fills in from BOOT_VALUES (tests/test_contract.py fails when a boot file spells a value out or
+names a placeholder that is not here).
+
+VERSION is written into the initrd as the boot marker's name: preflight refuses an initrd whose
+scripts were built for another contract (`kupgrade install-boot` rebuilds it).
+"""
+
+from __future__ import annotations
+
+VERSION = 2
+
+# --- the kernel command line of the new kernel -------------------------------------------------
+CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores
+
+# --- the snapshot archive appended to the target initrd ----------------------------------------
+ARCHIVE_ROOT = "kupgrade-snapshot"         # the kernel unpacks it as /kupgrade-snapshot/ in the early rootfs
+MANIFEST = "manifest.json"                 # id, kernels, workloads, size + sha256 of every file
+RECORD = "record.json"                     # the old kernel's upgrade record, continued by the restore
+MAX_PID = "max-pid"                        # the snapshot's highest PID: new PIDs start above it
+SIZE_KIB = "size-kib"                      # what the snapshot's tmpfs in the new kernel must hold
+MOVE_FAILED = "move-failed"                # left by the initramfs when it could not move the snapshot: why
+IMAGES = "images"                          # images/TREE/: criu's images of one process tree
+HOOKS = "hooks"                            # hooks/NAME/: a device hook's saved state
+EARLY_BUNDLE = "early-restore.d"           # hooks/early-restore.d/: the initramfs hooks and runner
+EARLY_RUNNER = "run"
+
+# --- the new kernel's side ---------------------------------------------------------------------
+RESTORE_DIR = "/run/kupgrade"              # the snapshot, on a tmpfs of its own, after the initramfs
+REJECTED_DIR = "/run/kupgrade-rejected"    # a snapshot that is not the one the command line names
+VERIFIED = "verified"                      # written once every file matched the manifest
+DONE = "restored.json"                     # the manifest, renamed once every workload is restored
+UNIT_PIDFILES = "units"                    # RESTORE_DIR/units/UNIT.pid: a restored unit's main PID
+BOOT_MARKER = f"etc/kupgrade-boot.{VERSION}"   # in the initrd: it carries this contract's scripts
+
+# --- on disk, both kernels ---------------------------------------------------------------------
+STATE_DIR = "/var/lib/kupgrade"            # records/ID.json, logs/ID/ (default of paths.state)
+SNAPSHOT_TMPFS = "/run/kupgrade-snapshot"  # the old kernel's private tmpfs (default of snapshot.dir)
+
+# The values the boot files (kupgrade/data/*) are written with.
+BOOT_VALUES: dict[str, str] = {
+    "CMDLINE_KEY": CMDLINE_KEY,
+    "ARCHIVE_ROOT": ARCHIVE_ROOT,
+    "MANIFEST": MANIFEST,
+    "MAX_PID": MAX_PID,
+    "SIZE_KIB": SIZE_KIB,
+    "MOVE_FAILED": MOVE_FAILED,
+    "HOOKS": HOOKS,
+    "EARLY_BUNDLE": EARLY_BUNDLE,
+    "EARLY_RUNNER": EARLY_RUNNER,
+    "RESTORE_DIR": RESTORE_DIR,
+    "REJECTED_DIR": REJECTED_DIR,
+    "BOOT_MARKER": BOOT_MARKER,
+    "STATE_DIR": STATE_DIR,
+    "CONTRACT": str(VERSION),
+}
+
+
+def render(text: str, extra: dict[str, str] | None = None) -> str:
+    """A boot file with its @NAME@ placeholders filled in; an unknown one is a bug."""
+    import re
+    values = {**BOOT_VALUES, **(extra or {})}
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"boot file names @{m.group(1)}@, which the contract does not define")
+        return values[m.group(1)]
+
+    return re.sub(r"@([A-Z_]+)@", sub, text)

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, cli_hooks, config as config_mod, logfile, pipeline, record, timeline
+from . import __version__, boot, cli_hooks, config as config_mod, inflight, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import restore_pending
 from .stages.context import Context
@@ -120,6 +120,14 @@ def _asking(yes: bool, step: bool) -> None:
                             "run it from a terminal, or pass --yes to go through without asking")
 
 
+def _begin(cfg: config_mod.Config, command: str) -> Context:
+    """One run at a time (the lock, held until this process ends); from here on a signal rolls
+    back like any failure, and what the run changes is written down for `kupgrade recover`."""
+    _state["lock"] = inflight.acquire()
+    inflight.catch_signals()
+    return Context(cfg, new_record(command), journal=inflight.JOURNAL)
+
+
 def _stage_ui(title: str, names: list[str], json_mode: bool = False) -> Ui:
     """The live view on a terminal; plain lines otherwise (a log file, a pipe)."""
     ui = Ui(json_mode=json_mode)
@@ -140,8 +148,9 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     _asking(yes, step)
     skips = _skips(skip)
     cfg = _config(config, pid, cgroup, kernel, unit)
-    ctx = Context(cfg, new_record("run"))
+    ctx = _begin(cfg, "run")
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
+    ui.timeout = cfg.answer_timeout
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
         ui.print(f"log: {path}")
@@ -163,9 +172,10 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
     _asking(yes, step)
     skips = _skips(skip)
     cfg = _config(config, pid, cgroup, kernel, unit)
-    ctx = Context(cfg, new_record("rehearse"))
+    ctx = _begin(cfg, "rehearse")
     ui = _stage_ui(f"kupgrade rehearse on {ctx.kernel_from} (target {cfg.kernel or '?'})",
                    [s.NAME for s in pipeline.REHEARSAL], json_mode=json)
+    ui.timeout = cfg.answer_timeout
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
         ui.print(f"log: {path}")
@@ -192,6 +202,30 @@ def restore(config: Optional[Path] = CONFIG_OPT) -> None:
     ui = Ui()
     if not restore_pending(ctx, ui):
         ui.print("kupgrade: no snapshot pending in " + str(ctx.restore_dir))
+
+
+@app.command()
+def recover(config: Optional[Path] = CONFIG_OPT) -> None:
+    """After a `kupgrade run` or `rehearse` that was killed before it could undo its changes
+    (SIGKILL, the OOM killer): resume every workload it stopped or froze and undo the rest
+    (TCP locks, OOM scores, device hooks' quiesce, the snapshot tmpfs, a loaded kexec kernel),
+    from what the run wrote down in /run. Changes: only what that run left behind; nothing
+    when there is nothing to recover."""
+    config_mod.load(config)     # a broken config is reported, though the run's own is used
+    _state["lock"] = inflight.acquire(journal=None)
+    state = inflight.read()
+    ui = Ui()
+    if state is None:
+        ui.print("kupgrade: nothing to recover (no interrupted run left changes behind)")
+        return
+    if state.get("unreadable"):
+        raise KupgradeError(f"{inflight.JOURNAL} is unreadable: what the interrupted run changed is unknown",
+                            "check the workloads by hand (`kupgrade report`), then remove the file")
+    inflight.catch_signals()
+    ctx = pipeline.recover(state, ui)
+    done = ctx.record.stage("rollback").details.get("done", [])
+    ui.print(f"kupgrade: recovered run {ctx.record.id}: {'; '.join(done) or 'nothing was left to undo'}",
+             markup=False)
 
 
 @app.command()

@@ -34,6 +34,7 @@ class Config:
     state_dir: str = contract.STATE_DIR
     hooks_dir: str = "/etc/kupgrade/hooks.d"
     hooks_allow: tuple[str, ...] = ()
+    answer_timeout: int = 300
     source: str = ""          # the file this came from ("" = defaults only)
 
     def to_json(self) -> dict:
@@ -79,6 +80,10 @@ def _snapshot_dir(v: str) -> str | None:
 
 def _size(v: str) -> str | None:
     return None if v == "auto" or re.fullmatch(r"[0-9]+[KMG]", v) else f"must be \"auto\" or a size like \"2G\" (got {v!r})"
+
+
+def _timeout(v: int) -> str | None:
+    return None if 1 <= v <= 86400 else f"must be between 1 and 86400 seconds (got {v})"
 
 
 def _kexec_method(v: str) -> str | None:
@@ -129,6 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
             "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
             check=_kexec_method, example='"auto"'),
+    Setting("run", "answer_timeout", "answer_timeout", int,
+            "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
+            "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),
     Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
             example=f'"{contract.STATE_DIR}"'),
     Setting("hooks", "dir", "hooks_dir", str,

@@ -69,6 +69,27 @@ def stdio_sockets(pids, proc: Path = Path("/proc")) -> list[str]:
     return sorted(found)
 
 
+def wait_gone(images_root: Path, timeout: float) -> list[int]:
+    """Wait until no criu process works in images_root (one whose parent was killed carries on);
+    those still running after `timeout` are killed (criu then resumes the tasks it seized).
+    Returns the PIDs waited for."""
+    import psutil
+
+    def mine() -> list[psutil.Process]:
+        out = []
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if p.info["name"] == CRIU and any(str(images_root) in a for a in p.info["cmdline"] or ()):
+                out.append(p)
+        return out
+
+    procs = mine()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=30)
+    return [p.pid for p in procs]
+
+
 def first_error(images: Path, name: str) -> str:
     """The first error line of a criu log: the cause ("Dumping FAILED" comes last)."""
     try:

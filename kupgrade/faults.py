@@ -1,13 +1,19 @@
 """Fault injection for tests, in the spirit of CRIU's CRIU_FAULT: KUPGRADE_FAULT=name[,name]
-makes the named point fail as the real step would. The rollback that follows is the real one."""
+makes the named point fail as the real step would; the rollback that follows is the real one.
+`name:hang` makes the point stop there instead (after writing /run/kupgrade-fault.NAME), so
+that a test can kill kupgrade at exactly that moment, as an OOM killer or an admin's
+`kill -9` would (then `kupgrade recover` must undo what was done)."""
 
 from __future__ import annotations
 
 import os
+import signal
+from pathlib import Path
 
 from .errors import StageError
 
-POINTS = ("kexec-load",)     # where point() is called
+POINTS = ("kexec-load", "dump", "pack")     # where point() is called
+MARKER = "/run/kupgrade-fault.{name}"
 
 
 def active(name: str) -> bool:
@@ -15,5 +21,9 @@ def active(name: str) -> bool:
 
 
 def point(name: str, message: str) -> None:
+    if active(f"{name}:hang"):
+        Path(MARKER.format(name=name)).write_text(f"{os.getpid()}\n")
+        while True:             # until a signal ends the process (SIGKILL: nothing runs after it)
+            signal.pause()
     if active(name):
         raise StageError(f"{message} (fault injected by KUPGRADE_FAULT={name})", "this is a test fault")

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
 
-from . import record, tcp
+from . import criu, faults, inflight, oom, record, tcp, workloads
 from .errors import CommandError, KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
 from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
@@ -78,6 +77,7 @@ def upgrade(ctx: Context, ui, gate: Gate) -> None:
     """Every stage up to the kexec; then the go/no-go and the switch. Returns only if it did not switch."""
     try:
         _stages(UPGRADE, ctx, ui, gate)
+        faults.point("go", "stopped at the go/no-go")
         if not gate.go(ctx, f"Switch to {ctx.target.version} now?"):
             raise KupgradeError("stopped before the kernel switch", UNDONE)
         ui.point_of_no_return(ctx)
@@ -101,36 +101,75 @@ def rehearse(ctx: Context, ui, gate: Gate) -> None:
         if not ctx.replaced:
             rollback(ctx, ui, e)
             raise
+        inflight.hold_signals()
         snapshot.unmount(ctx)
         finish(ctx, record.REHEARSAL_FAILED)
+        _clear_journal(ctx)
         raise
+    inflight.hold_signals()
     snapshot.unmount(ctx)
-    shutil.rmtree(ctx.restore_dir, ignore_errors=True)
+    handover.discard(ctx)
     finish(ctx, record.REHEARSED)
+    _clear_journal(ctx)
 
 
 def rollback(ctx: Context, ui, cause: BaseException) -> None:
     """Undo every change, in reverse order; each step is attempted even if another failed.
     The device hooks' `resume` comes before the thaw: the devices run again before the workloads."""
+    inflight.hold_signals()     # a second Ctrl-C or SIGTERM must not cut the undoing short
     started, t0 = time.time(), time.monotonic()
     done, problems = [], []
     seen = len(ctx.hook_results)
-    steps = [lambda: kexec_stage.unload(ctx), lambda: hookpoints.resume(ctx), lambda: freeze.thaw(ctx),
-             lambda: _resume_stopped(ctx), lambda: snapshot.discard(ctx), lambda: handover.discard(ctx)]
+    steps = [lambda: kexec_stage.unload(ctx), lambda: hookpoints.resume(ctx), lambda: oom.restore(ctx.oom),
+             lambda: freeze.thaw(ctx), lambda: _resume_stopped(ctx), lambda: snapshot.discard(ctx),
+             lambda: handover.discard(ctx)]
     for step in steps:
         try:
             done += step()
         except Exception as e:  # noqa: BLE001 - every undo step must get its chance
             problems.append(str(e))
             log.exception("rollback step failed")
+        ctx.note()
     res = StageResult("rollback", FAILED if problems else OK, started, time.monotonic() - t0,
                       "; ".join(done) or "nothing to undo",
                       {"done": done, "problems": problems, "cause": str(cause) or type(cause).__name__,
                        "hooks": hookpoints.results_json(ctx.hook_results[seen:])},
                       "; ".join(problems))
     ctx.record = ctx.record.with_stage(res)
-    ui.stage_end(res)
+    try:
+        ui.stage_end(res)
+    except OSError:             # the terminal is gone (SIGHUP): the record and the log have it
+        pass
     finish(ctx, record.ABORTED)
+    if not problems:
+        _clear_journal(ctx)
+
+
+def _clear_journal(ctx: Context) -> None:
+    if ctx.journal is not None:
+        inflight.clear(ctx.journal)
+
+CRIU_WAIT_S = 600.0
+
+
+def recover(state: dict, ui) -> Context:
+    """`kupgrade recover`: the rollback of a run that was killed, from its journal. A criu dump
+    it started may still be running (criu outlives its parent): wait for it first."""
+    from .stages import journal
+    ctx = journal.context(state)
+    ctx.journal = inflight.JOURNAL
+    if ctx.dumping is not None:
+        criu.wait_gone(ctx.snapshot_dir, CRIU_WAIT_S)
+    if state.get("hooks_touched"):
+        hookpoints.load(ctx)
+    if ctx.replaced:        # a rehearsal past its handover: the workloads live on in the snapshot
+        snapshot.unmount(ctx)
+        finish(ctx, record.REHEARSAL_FAILED)
+        _clear_journal(ctx)
+        return ctx
+    rollback(ctx, ui, KupgradeError(f"run {ctx.record.id} (PID {state.get('pid')}) was interrupted; "
+                                    "recovered by `kupgrade recover`"))
+    return ctx
 
 
 def _resume_stopped(ctx: Context) -> list[str]:
@@ -138,6 +177,11 @@ def _resume_stopped(ctx: Context) -> list[str]:
     rules deleted, the sockets out of repair mode). Every tree is resumed even if one's unlock
     failed; the failure is raised afterwards, for the rollback's problems."""
     done, failed = [], []
+    if ctx.dumping is not None:     # killed during its dump: criu left it stopped or resumed it
+        w = workloads.retree(ctx.dumping)
+        ctx.tcp.setdefault(w.key, tcp.sockets(w.pids))
+        ctx.stopped.append(w)
+        ctx.dumping = None
     for w in reversed(ctx.stopped):
         try:
             done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids, w.root_pid)

@@ -27,11 +27,13 @@ def execute_stage(stage, ctx: Context, ui) -> StageResult:
         res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
                           getattr(e, "details", {}), e.message, e.hint)
         ctx.record = ctx.record.with_stage(res)
+        ctx.note()
         log.info("stage %s: FAILED after %.3f s: %s", stage.NAME, res.duration_s, e.message)
         ui.stage_end(res)
         raise
     res = StageResult(stage.NAME, OK, started, time.monotonic() - t0, summary, details)
     ctx.record = ctx.record.with_stage(res)
+    ctx.note()
     log.info("stage %s: done in %.3f s: %s", stage.NAME, res.duration_s, summary)
     ui.stage_end(res)
     return res

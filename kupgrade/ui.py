@@ -64,6 +64,7 @@ class PlainUi:
 
 class Ui(PlainUi):
     marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", SKIPPED: "[yellow]skipped[/]"}
+    timeout: float = 300.0          # seconds a question waits for an answer (`run.answer_timeout`)
 
     def __init__(self, json_mode: bool = False, quiet: bool = False, record_svg: bool = False,
                  width: int | None = None) -> None:
@@ -82,7 +83,6 @@ class Ui(PlainUi):
         self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] {SESSION_ENDS}")
 
     def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
-        from rich.prompt import Prompt
         self.print(f"[bold]next: {name}[/]")
         for a in actions:
             self.print(f"  • {a}", markup=False)
@@ -92,14 +92,28 @@ class Ui(PlainUi):
             choices["s"] = "skip"
             line += f" / [s]kip ({skippable})"
         self.print(line, markup=False)
-        answer = Prompt.ask(f"{name}?", choices=list(choices), default="c", console=self.console)
+        answer = self.answer(f"{name}? [{'/'.join(choices)}] (c):", list(choices), "c", "a")
         return choices[answer]
 
     def go_no_go(self, ctx, question: str) -> bool:
-        from rich.prompt import Confirm
         for line in go_no_go_lines(ctx):
             self.print(line, markup=False)
-        return Confirm.ask(f"[bold]{question}[/]", default=False, console=self.console)
+        return self.answer(f"{question} [y/n] (n):", ["y", "yes", "n", "no"], "n", "n") in ("y", "yes")
+
+    def answer(self, prompt: str, choices: list[str], default: str, silent: str) -> str:
+        """Ask until one of the choices (or Enter: default) is typed; after `timeout` seconds
+        without an answer, `silent` (the safe one: no, abort). EOF on stdin is silence too."""
+        while True:
+            self.console.print(prompt + " ", end="", markup=False, highlight=False)
+            ready, line = _read_line(sys.stdin.fileno(), self.timeout)
+            if not ready or not line:
+                self.print(f"\nno answer within {self.timeout:g} s: {silent}" if not ready else f"\n{silent}",
+                           markup=False)
+                return silent
+            word = line.strip().lower() or default
+            if word in choices:
+                return word
+            self.print(f"please answer one of {', '.join(choices)}", markup=False)
 
     def plan(self, rows: list[tuple[str, list[str]]], doc: dict) -> None:
         from rich.table import Table
@@ -173,6 +187,22 @@ def hook_rows(rec: UpgradeRecord) -> list[tuple[str, str, bool, float, str]]:
     """(hook, point, ok, seconds, error) of every hook call the record's stages made, in order."""
     return [(r["hook"], r["point"], r["ok"], r["seconds"], r.get("error", ""))
             for s in rec.stages for r in s.details.get("hooks", [])]
+
+
+def _read_line(fd: int, timeout: float) -> tuple[bool, str]:
+    """(anything typed within timeout?, the line, "" at EOF). Byte by byte from the file
+    descriptor: a buffered reader would hide typed-ahead lines from the next select()."""
+    import os
+    import select
+    if not select.select([fd], [], [], timeout)[0]:
+        return False, ""
+    data = b""
+    while not data.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        data += byte
+    return True, data.decode(errors="replace")
 
 
 def go_no_go_lines(ctx, now: float | None = None) -> list[str]:

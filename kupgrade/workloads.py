@@ -155,3 +155,13 @@ def _ancestors(pid: int) -> set[int]:
     except psutil.Error:
         pass
     return out
+
+
+def retree(w: Workload) -> Workload:
+    """The same workload with its tree read again: once its tasks are frozen or stopped, the
+    tree is exactly what criu dumps, children forked since preflight included."""
+    from dataclasses import replace
+    try:
+        return replace(w, pids=_tree(w.root_pid))
+    except psutil.Error:
+        return w

@@ -66,7 +66,7 @@ def test_no_module_repeats_a_contract_path():
                       and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                for v in values:
-                    if v in node.value:
+                for v in values:      # the value itself, not a longer name that starts with it
+                    if re.search(re.escape(v) + r"(?![\w.-])", node.value):
                         found.append(f"{path.relative_to(root)}:{node.lineno}: {v!r}")
     assert not found, "\n".join(found)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import contract
+from .. import contract, inflight
 from ..config import Config
 from ..errors import StageError
 from ..kexec import Method
@@ -55,6 +55,16 @@ class Context:
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
     downtime_estimate_s: float | None = None                  # preflight's estimate, for the hooks' requests
     restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
+    dumping: Workload | None = None      # the tree criu is dumping right now (stopped, or resumed by criu)
+    oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
+    journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)
+
+    def note(self) -> None:
+        """Something the rollback would undo changed: rewrite the journal (`kupgrade recover`
+        reads it when this process could not roll back itself)."""
+        if self.journal is not None:
+            from .journal import state
+            inflight.write(state(self), self.journal)
 
     @property
     def snapshot_dir(self) -> Path:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import HookError, StageError
+from .. import workloads
 from ..workloads import CGROUP_ROOT
 from . import hookpoints
 from .context import Context
@@ -57,8 +58,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     took = {}
     for w in ctx.workloads:
         if w.cgroup:
+            ctx.frozen_cgroups.append(w.cgroup)     # before: a freeze that times out is undone too
+            ctx.note()
             took[w.cgroup] = round(set_frozen(w.cgroup, True), 4)
-            ctx.frozen_cgroups.append(w.cgroup)
+    _check_frozen_trees(ctx)
     seized = [w.selector for w in ctx.workloads if not w.cgroup]
     summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
     details = {"frozen_cgroups": took, "criu_seizes": seized}
@@ -72,10 +75,27 @@ def run(ctx: Context) -> tuple[str, dict]:
     return summary, details
 
 
+def _check_frozen_trees(ctx: Context) -> None:
+    """Frozen, a cgroup's tasks cannot fork any more: read its trees again. A task that came
+    since preflight and is not in the tree (a daemon that double-forked) would be frozen, not
+    dumped, and lost: stop here, the rollback thaws it."""
+    for i, w in enumerate(ctx.workloads):
+        if not w.cgroup:
+            continue
+        now = workloads.retree(w)
+        strays = sorted(set(workloads.cgroup_procs(w.cgroup)) - set(now.pids))
+        if strays:
+            raise StageError(f"{w.selector}: PIDs {strays} joined its cgroup since preflight and are not "
+                             f"descendants of its root {w.root_pid}: they would not be carried",
+                             "nothing was changed; run `kupgrade check` again and select their tree too")
+        ctx.workloads[i] = now
+
+
 def thaw(ctx: Context) -> list[str]:
     done = []
     for cg in reversed(ctx.frozen_cgroups):
         set_frozen(cg, False)
         done.append(f"thawed {cg}")
     ctx.frozen_cgroups.clear()
+    ctx.note()
     return done

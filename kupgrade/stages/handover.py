@@ -20,7 +20,8 @@ from .. import initrd
 from ..errors import RestoreError
 from . import freeze, kexec as kexec_stage
 from .context import Context
-from .snapshot import combined_path
+from ..run import run as run_cmd
+from .snapshot import combined_path, restore_tmpfs_kib
 
 NAME = "handover"
 PID_WAIT_S = 10.0
@@ -44,13 +45,18 @@ def run(ctx: Context) -> tuple[str, dict]:
     dest = ctx.restore_dir
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.chmod(0o700)
+    ctx.unpacked = True         # before the mount: an interruption right after it is undone too
+    ctx.note()
+    # as in the new kernel's initramfs: a tmpfs of its own (a tmpfs /run is limited in size)
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={restore_tmpfs_kib(sizes['snapshot_bytes'])}k,"
+             "nosuid,nodev,noexec", "kupgrade-restore", str(dest)], timeout=30)
     t0 = time.monotonic()
-    ctx.unpacked = True
     files = initrd.extract(snap, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
     unpack_s = time.monotonic() - t0
     snap.unlink()
 
     ctx.replaced = True          # from here on the workloads live on in the snapshot only
+    ctx.note()
     pids = [p for w in ctx.workloads for p in w.pids]
     for pid in pids:
         try:
@@ -76,6 +82,9 @@ def discard(ctx: Context) -> list[str]:
     """Rollback (before the tasks were ended): remove what run() unpacked."""
     if not ctx.unpacked:
         return []
+    if os.path.ismount(ctx.restore_dir):
+        run_cmd(["umount", str(ctx.restore_dir)], timeout=60)
     shutil.rmtree(ctx.restore_dir, ignore_errors=True)
     ctx.unpacked = False
+    ctx.note()
     return [f"removed the unpacked snapshot in {ctx.restore_dir}"]

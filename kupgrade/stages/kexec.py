@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, faults, kexec as kx, record
+from .. import contract, faults, inflight, kexec as kx, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
 from .snapshot import combined_path
@@ -34,6 +34,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     run_cmd(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline), timeout=600,
             hint="see the kernel log (dmesg) for why the load was refused")
     ctx.kexec_loaded = True
+    ctx.note()
     load_s = time.monotonic() - t0
     initrd_bytes = combined_path(ctx).stat().st_size
     if not ctx.rehearsal:        # the rehearsal unpacks it again; a real switch frees the memory
@@ -45,6 +46,7 @@ def run(ctx: Context) -> tuple[str, dict]:
 
 def execute(ctx: Context) -> None:
     """Save the record for the new kernel, sync, and switch. Returns only if kexec failed."""
+    inflight.hold_signals()     # from here on nothing may race `kexec --exec`
     mark = record.StageResult("exec", record.OK, time.time(), 0.0, "kexec --exec: the point of no return")
     ctx.record = replace(ctx.record.with_stage(mark), outcome=record.KEXECED, commands=tuple(COMMAND_LOG))
     record.save(ctx.record, ctx.state_dir)
@@ -57,4 +59,5 @@ def unload(ctx: Context) -> list[str]:
         return []
     run_cmd(kx.unload_argv(ctx.method), timeout=60)
     ctx.kexec_loaded = False
+    ctx.note()
     return ["unloaded the kexec kernel"]

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, contract, coverage, criu, estimate, kexec, manifest, record, tcp, workloads
+from .. import boot, contract, coverage, criu, inflight, estimate, kexec, manifest, record, tcp, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -29,6 +29,20 @@ def plan(ctx: Context) -> list[str]:
             *hookpoints.plan_line(ctx, "preflight")]
 
 
+# Copies of the packed initrd (target initrd + snapshot) that exist at once during `kexec --load`:
+# the file in the snapshot tmpfs, kexec-tools' buffer (classic kexec_load reads the whole file
+# into its own memory), and the kernel's copy of the segments. kexec_file_load reads the file
+# from the kernel: no userspace copy.
+COPIES = {"classic": 3, "file": 2}
+
+
+def memory_needed(snapshot: int, initrd: int, method: str) -> int:
+    """The peak of the upgrade's memory use on this side: packing (the images + the packed
+    initrd being written) or the load, whichever is larger. (The new kernel needs less: the
+    unpacked snapshot + its largest file while the initramfs moves it, and no workloads yet.)"""
+    return max(2 * snapshot + initrd, COPIES[method] * (snapshot + initrd)) + MARGIN
+
+
 def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
     for line in meminfo.read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -40,7 +54,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     cfg = ctx.config
     blockers: list[Blocker] = []
     if os.geteuid() != 0:
-        blockers.append(Blocker("kupgrade must run as root", "run it with sudo"))
+        blockers.append(Blocker("kupgrade must run as root", "run it as root"))
+    blockers += inflight.blockers()
     ctx.target = t = _target(resolve_target(cfg), blockers)
     ctx.record = replace(ctx.record, kernel_to=t.version)
     if t.initrd.is_file():
@@ -57,7 +72,6 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker("kexec is disabled (kernel.kexec_load_disabled = 1)",
                                 "it cannot be re-enabled without a reboot; boot without it being set"))
     lockdown = kexec.lockdown_mode()
-    ctx.method = kexec.choose_method(cfg.kexec_method, lockdown)
 
     if not shutil.which(criu.CRIU):
         blockers.append(Blocker("criu is not installed", "apt-get install criu"))
@@ -82,12 +96,14 @@ def run(ctx: Context) -> tuple[str, dict]:
     per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
-    need = 2 * est + initrd_size + MARGIN
     avail = _mem_available()
-    if need > avail:
-        blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB "
-                                f"(2 x {est >> 20} MiB + initrd + margin), {avail >> 20} MiB available",
-                                "free memory or select fewer workloads"))
+    ctx.method = kexec.choose_method(cfg.kexec_method, lockdown,
+                                     classic_fits=memory_needed(est, initrd_size, "classic") <= avail)
+    if (need := memory_needed(est, initrd_size, ctx.method.name)) > avail:
+        blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
+                                f"({COPIES[ctx.method.name]} copies of the {(est + initrd_size) >> 20} MiB packed "
+                                f"initrd during the {ctx.method.name} kexec load, + margin), {avail >> 20} MiB "
+                                "available", "free memory or select fewer workloads"))
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "

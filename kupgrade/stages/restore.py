@@ -111,6 +111,11 @@ def run(ctx: Context) -> tuple[str, dict]:
     """Verify the whole snapshot, restore the trees that are not systemd units; units are
     restored by their own start (see kupgrade/systemd.py), after this."""
     snap = ctx.restore_dir
+    if (snap / contract.MOVE_FAILED).exists():
+        raise RestoreError(f"the initramfs could not move the snapshot into {snap}: "
+                           f"{(snap / contract.MOVE_FAILED).read_text().strip()}",
+                           "nothing was restored: the snapshot is incomplete (preflight sizes memory for it; "
+                           "see `kupgrade report` and the kernel log)")
     # a rehearsal restores on the old kernel what was packed for the target kernel
     m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
     if problems:

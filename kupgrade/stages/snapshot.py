@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, initrd, manifest, tcp
+from .. import contract, criu, early, faults, initrd, manifest, oom, tcp, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -78,6 +79,7 @@ def mount(ctx: Context) -> str:
     run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},nosuid,nodev,noexec",
              "kupgrade-snapshot", str(d)], timeout=30)     # the source name /proc/mounts shows
     ctx.snapshot_mounted = True
+    ctx.note()
     return size
 
 
@@ -86,6 +88,7 @@ def unmount(ctx: Context) -> list[str]:
         return []
     run_cmd(["umount", str(ctx.snapshot_dir)], timeout=60)
     ctx.snapshot_mounted = False
+    ctx.note()
     try:
         ctx.snapshot_dir.rmdir()
     except OSError:
@@ -97,25 +100,19 @@ def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
     t0 = time.monotonic()
     images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
-    for w in ctx.workloads:
+    for w in list(ctx.workloads):
         images = images_root(ctx) / w.key
         images.mkdir(parents=True, mode=0o700)
         socks = criu.stdio_sockets(w.pids) if w.unit else []
         if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
-        try:
-            with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-                run_cmd(criu.dump_argv(w, images, external=socks), timeout=600, cwd=str(images))
-        except CommandError as e:
-            cause = criu.first_error(images, criu.DUMP_LOG)
-            kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
-            raise StageError(f"criu dump of {w.selector} failed: {cause or e.message}",
-                             f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
-        ctx.stopped.append(w)
+        w = _dump(ctx, w, images, socks)
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
         if socks_tcp:
             tcp.write(images, socks_tcp)
+        ctx.oom.update(oom.protect(w.pids))
+        ctx.note()
     dump_s = time.monotonic() - t0
     hook_notes, hooks_done = _save_hooks(ctx)
     made: list[manifest.Manifest] = []
@@ -132,6 +129,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         w.data(contract.RECORD, ctx.record.dumps().encode())
 
     t1 = time.monotonic()
+    faults.point("pack", "packing the snapshot failed")
     pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
     with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
         sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
@@ -148,6 +146,29 @@ def run(ctx: Context) -> tuple[str, dict]:
             {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
              "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), "hooks": hooks_done,
              "early_restore": hook_notes, **sizes})
+
+
+def _dump(ctx: Context, w, images: Path, socks: list[str]):
+    """criu dump of one tree, its tasks left stopped; returns the workload as dumped (its tree
+    read again: children forked since preflight are in the dump and must be resumed too)."""
+    ctx.dumping = w
+    ctx.note()
+    try:
+        faults.point("dump", "criu dump failed")
+        with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
+            run_cmd(criu.dump_argv(w, images, external=socks), timeout=600, cwd=str(images))
+    except CommandError as e:
+        ctx.dumping = None
+        cause = criu.first_error(images, criu.DUMP_LOG)
+        kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
+        raise StageError(f"criu dump of {w.selector} failed: {cause or e.message}",
+                         f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
+    dumped = workloads.retree(w)
+    ctx.workloads = [dumped if x.key == w.key else x for x in ctx.workloads]
+    ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
+    ctx.stopped.append(dumped)
+    ctx.dumping = None
+    return dumped
 
 
 def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:

@@ -1,0 +1,154 @@
+"""A run in progress: one at a time, its journal, signals and `kupgrade recover`, real
+processes where it matters (a stopped child is resumed by the recovery)."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from kupgrade import inflight, oom, pipeline
+from kupgrade.config import Config
+from kupgrade.errors import BlockedError
+from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.stages import journal
+from kupgrade.stages.context import Context
+from kupgrade.ui import Ui
+
+
+class QuietUi:
+    def stage_start(self, name):
+        pass
+
+    def stage_end(self, res):
+        self.last = res
+
+
+def test_one_run_at_a_time(tmp_path):
+    lock, jr = tmp_path / "lock", tmp_path / "journal.json"
+    held = inflight.acquire(lock, jr)
+    with pytest.raises(BlockedError, match=f"another kupgrade run is in progress \\(PID {os.getpid()} holds"):
+        inflight.acquire(lock, jr)
+    held.release()
+    inflight.acquire(lock, jr).release()
+
+
+def test_an_interrupted_run_blocks_until_recovered(tmp_path):
+    lock, jr = tmp_path / "lock", tmp_path / "journal.json"
+    inflight.write({"pid": 4242, "record": {"id": "R1"}, "frozen_cgroups": ["/w"], "kexec_loaded": True}, jr)
+    with pytest.raises(BlockedError) as e:
+        inflight.acquire(lock, jr)
+    assert "run R1 (PID 4242) was interrupted" in e.value.blockers[0].message
+    assert "cgroup /w frozen" in e.value.blockers[0].message and "kexec kernel loaded" in e.value.blockers[0].message
+    assert "kupgrade recover" in e.value.blockers[0].hint
+    assert [b.message for b in inflight.blockers(lock, jr)] == [e.value.blockers[0].message]
+    inflight.acquire(lock, journal=None).release()      # recover takes the lock anyway
+    assert os.stat(jr).st_mode & 0o077 == 0
+
+
+def test_journal_round_trip(tmp_path):
+    c = Context(Config(state_dir=str(tmp_path), snapshot_dir=str(tmp_path / "snap")),
+                UpgradeRecord("R2", "run", "6.1"), frozen_cgroups=["/w"], snapshot_mounted=True,
+                stopped=[Workload("pid:10", 10, (10, 11))], oom={10: 200}, journal=tmp_path / "j.json")
+    c.note()
+    back = journal.context(json.loads((tmp_path / "j.json").read_text()))
+    assert back.record.id == "R2" and back.frozen_cgroups == ["/w"] and back.snapshot_mounted
+    assert back.stopped == c.stopped and back.oom == {10: 200} and back.snapshot_dir == c.snapshot_dir
+
+
+def _stopped_child():
+    p = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.05)"])
+    os.kill(p.pid, signal.SIGSTOP)
+    os.waitid(os.P_PID, p.pid, os.WSTOPPED)
+    return p
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_recover_resumes_what_a_killed_run_left_stopped(tmp_path, monkeypatch):
+    """A run killed after the dump (as by SIGKILL): recover SIGCONTs the tree, puts the OOM
+    score back, records the rollback, and removes the journal."""
+    p = _stopped_child()
+    try:
+        before = open(f"/proc/{p.pid}/oom_score_adj").read().strip()
+        c = Context(Config(state_dir=str(tmp_path)), UpgradeRecord("R3", "run", "6.1"),
+                    stopped=[Workload(f"pid:{p.pid}", p.pid, (p.pid,))], journal=tmp_path / "j.json")
+        c.oom.update(oom.protect([p.pid]))      # where this sandbox allows it
+        c.note()
+        monkeypatch.setattr(inflight, "JOURNAL", tmp_path / "j.json")
+        out = pipeline.recover(json.loads((tmp_path / "j.json").read_text()), QuietUi())
+        assert _state(p.pid) != "T"
+        assert open(f"/proc/{p.pid}/oom_score_adj").read().strip() == before
+        assert out.record.outcome == "aborted" and "resumed pid:" in out.record.stage("rollback").summary
+        assert "was interrupted; recovered by `kupgrade recover`" in out.record.stage("rollback").details["cause"]
+        assert not (tmp_path / "j.json").exists()
+        assert json.loads((tmp_path / "records" / "R3.json").read_text())["outcome"] == "aborted"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_signal_rolls_back_like_a_failure(tmp_path, monkeypatch):
+    """SIGTERM while a stage runs: Interrupted, the rollback resumes the stopped tree."""
+    from types import SimpleNamespace
+    p = _stopped_child()
+    old = {s: signal.getsignal(s) for s in inflight.SIGNALS}
+    try:
+        c = Context(Config(state_dir=str(tmp_path)), UpgradeRecord("R4", "run", "6.1"),
+                    stopped=[Workload(f"pid:{p.pid}", p.pid, (p.pid,))])
+
+        def killed(ctx):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("the signal did not interrupt the stage")
+        stage = SimpleNamespace(NAME="freeze", plan=lambda ctx: [], run=killed)
+        monkeypatch.setattr(pipeline, "UPGRADE", (stage,))
+        inflight.catch_signals()
+        with pytest.raises(inflight.Interrupted, match="interrupted by SIGTERM"):
+            pipeline.upgrade(c, QuietUi(), pipeline.Gate(None, yes=True))
+        assert _state(p.pid) != "T"
+        assert c.record.outcome == "aborted" and c.record.stage("rollback").details["cause"] == "interrupted by SIGTERM"
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN     # held while undoing
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        p.kill()
+        p.wait()
+
+
+def test_unanswered_question_is_the_safe_answer(monkeypatch):
+    r, w = os.pipe()
+    monkeypatch.setattr(sys, "stdin", os.fdopen(r))
+    ui = Ui(width=100)
+    ui.timeout = 0.05
+    assert ui.answer("Switch now? [y/n] (n):", ["y", "n"], "n", "n") == "n"
+    os.write(w, b"maybe\ny\n")
+    assert ui.answer("Switch now? [y/n] (n):", ["y", "n"], "n", "n") == "y"
+    os.close(w)
+    assert ui.answer("Switch now? [y/n] (n):", ["y", "n"], "n", "n") == "n"      # EOF: the terminal is gone
+
+
+def test_oom_protect_and_restore(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "oom_score_adj").write_text("100\n")
+    saved = oom.protect([7, 8], proc)
+    assert saved == {7: 100} and (proc / "7" / "oom_score_adj").read_text() == "-1000\n"
+    assert oom.restore(saved, proc) == ["put back the OOM scores of 1 task(s)"]
+    assert (proc / "7" / "oom_score_adj").read_text() == "100\n" and saved == {}
+
+
+def test_memory_counts_every_copy_of_the_load():
+    from kupgrade import kexec
+    from kupgrade.stages.preflight import MARGIN, memory_needed
+    mib = 1 << 20
+    assert memory_needed(500 * mib, 20 * mib, "classic") == 3 * 520 * mib + MARGIN
+    assert memory_needed(500 * mib, 20 * mib, "file") == 2 * 520 * mib + MARGIN
+    m = kexec.choose_method("auto", "none", classic_fits=False)
+    assert m.name == "file" and "memory" in m.why
+    assert kexec.choose_method("auto", "none", classic_fits=True).name == "classic"

@@ -12,7 +12,7 @@ import typer
 
 from . import __version__, boot, cli_hooks, config as config_mod, inflight, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
-from .newkernel import restore_pending
+from .newkernel import discard as discard_pending, restore_pending
 from .stages.context import Context
 from .steps import new_record
 from .ui import LiveUi, PlainUi, Ui, stdout_json
@@ -192,15 +192,22 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
 
 
 @app.command()
-def restore(config: Optional[Path] = CONFIG_OPT) -> None:
+def restore(config: Optional[Path] = CONFIG_OPT,
+            retry: bool = typer.Option(False, "--retry", help="Restore what an earlier attempt did not "
+                                       "(after fixing the cause it recorded)."),
+            discard: bool = typer.Option(False, "--discard", help="Give up the workloads a failed restore "
+                                         "left in the snapshot and free it.")) -> None:
     """(New kernel.) Verify the snapshot in /run/kupgrade and restore its workloads; record the
     outcome. Does nothing when no snapshot is pending. The boot integration runs the leaner
-    `kupgrade-restore`, which does the same. Changes: starts the restored tasks, frees the
-    snapshot memory, writes the record."""
+    `kupgrade-restore`, which does the same. A failed restore keeps the snapshot (in RAM) until
+    `--retry` brings the rest back or `--discard` gives it up. Changes: starts the restored
+    tasks, frees the snapshot memory, writes the record."""
+    if retry and discard:
+        raise ConfigError("--retry and --discard contradict each other", "choose one")
     cfg = config_mod.load(config)
     ctx = Context(cfg, new_record("restore"))
     ui = Ui()
-    if not restore_pending(ctx, ui):
+    if not (discard_pending(ctx, ui) if discard else restore_pending(ctx, ui, retry=retry)):
         ui.print("kupgrade: no snapshot pending in " + str(ctx.restore_dir))
 
 

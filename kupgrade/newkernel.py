@@ -50,27 +50,67 @@ def _outcome(rec: record.UpgradeRecord, m) -> str:
     return record.RESTORED if all(r.get("ok") for r in results.values()) else record.RESTORE_FAILED
 
 
-def restore_pending(ctx: Context, ui) -> bool:
-    """The new-kernel side. Returns False when there was nothing to restore."""
+def _pending_manifest(ctx: Context):
+    snap = ctx.restore_dir
+    try:
+        return manifest.read(snap)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
+
+
+def _load_prior(ctx: Context, m) -> None:
+    try:
+        ctx.record = _prior(ctx, ctx.restore_dir, m)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RestoreError(f"cannot read the upgrade record of {m.id}: {e}", "nothing was restored")
+
+
+def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
+    """The new-kernel side. Returns False when there was nothing to restore. A snapshot whose
+    restore was attempted already is restored again only with retry (`kupgrade restore --retry`)."""
     snap = ctx.restore_dir
     if not restore_stage.pending(snap):
         return False
-    try:
-        m = manifest.read(snap)
-    except (OSError, ValueError, KeyError) as e:
-        raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
+    m = _pending_manifest(ctx)
     logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
     with record_lock(ctx.state_dir):
-        try:
-            ctx.record = _prior(ctx, snap, m)
-        except (OSError, ValueError, KeyError) as e:
-            raise RestoreError(f"cannot read the upgrade record of {m.id}: {e}", "nothing was restored")
+        _load_prior(ctx, m)
+        if ctx.record.stage(restore_stage.NAME) is not None and not retry:
+            raise RestoreError(f"the restore of snapshot {m.id} was attempted already "
+                               f"({len(restore_stage.restored_keys(ctx.record))} of {len(m.workloads)} "
+                               "workload(s) restored)", "`kupgrade report` says why; once the cause is fixed "
+                               "`kupgrade restore --retry`, or `kupgrade restore --discard` to give them up")
         try:
             execute_stage(restore_stage, ctx, ui)
         except KupgradeError:
             finish(ctx, record.RESTORE_FAILED)
             raise
         finish(ctx, _outcome(ctx.record, m))
+    return True
+
+
+def discard(ctx: Context, ui) -> bool:
+    """`kupgrade restore --discard`: give up the workloads a failed restore left in the snapshot
+    (the admin's decision, recorded): free their images, let their peers' packets in."""
+    from . import tcp
+    snap = ctx.restore_dir
+    if not restore_stage.pending(snap):
+        return False
+    m = _pending_manifest(ctx)
+    logfile.start(m.id)
+    with record_lock(ctx.state_dir):
+        _load_prior(ctx, m)
+        done = restore_stage.restored_keys(ctx.record)
+        given_up = [w for w in m.workloads if w.key not in done]
+        for w in given_up:
+            tcp.release(tcp.read(snap / "images" / w.key))
+        started = time.time()
+        ctx.record = ctx.record.with_stage(StageResult(
+            "discard", OK, started, 0.0, f"gave up {len(given_up)} workload(s) at the admin's request",
+            {"discarded": [w.selector for w in given_up], "restored": sorted(done)}))
+        restore_stage.clear(snap)
+        finish(ctx, record.RESTORED if not given_up else record.RESTORE_FAILED)
+    ui.print(f"kupgrade: discarded {', '.join(w.selector for w in given_up) or 'nothing'}; snapshot {m.id} removed")
     return True
 
 
@@ -100,7 +140,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
                           "" if result["ok"] else result["error"])
         ctx.record = ctx.record.with_stage(res)
         outcome = _outcome(ctx.record, m)
-        if outcome != record.RESTORING and (snap / manifest.NAME).exists():
+        if outcome == record.RESTORED and (snap / manifest.NAME).exists():
             os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
         finish(ctx, outcome)
     ui.print(f"kupgrade: {res.summary or res.error}")

@@ -88,6 +88,13 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> di
     return result
 
 
+def clear(snap: Path) -> None:
+    """Remove the snapshot (its tmpfs too, when it has one): nothing is pending any more."""
+    if os.path.ismount(snap):
+        run_cmd(["umount", "--lazy", str(snap)], timeout=60)
+    shutil.rmtree(snap, ignore_errors=True)
+
+
 def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:
     """Keep the criu logs on disk, free the images of the restored trees."""
     logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / snapshot_id)
@@ -107,38 +114,59 @@ def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError
     return err
 
 
-def run(ctx: Context) -> tuple[str, dict]:
-    """Verify the whole snapshot, restore the trees that are not systemd units; units are
-    restored by their own start (see kupgrade/systemd.py), after this."""
-    snap = ctx.restore_dir
+def restored_keys(rec) -> set[str]:
+    """The trees an earlier attempt of this upgrade's restore brought back (their images are gone)."""
+    return {k for s in rec.stages if s.name in (NAME, "restore-unit")
+            for k, r in s.details.get("workloads", {}).items() if r.get("ok")}
+
+
+def _verified(ctx: Context, snap: Path, done: set[str]):
+    """The manifest, once every file of the trees still to restore matched it."""
     if (snap / contract.MOVE_FAILED).exists():
         raise RestoreError(f"the initramfs could not move the snapshot into {snap}: "
                            f"{(snap / contract.MOVE_FAILED).read_text().strip()}",
                            "nothing was restored: the snapshot is incomplete (preflight sizes memory for it; "
                            "see `kupgrade report` and the kernel log)")
     # a rehearsal restores on the old kernel what was packed for the target kernel
-    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
+    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release,
+                                  skip=tuple(f"images/{k}/" for k in sorted(done)))
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
-    # before any address is configured (network hook, the distribution's networking): the
-    # peers' packets would meet no socket and be answered with an RST
+    return m
+
+
+def _protect(snap: Path, trees) -> int | str:
+    """Before any address is configured (network hook, the distribution's networking): the
+    peers' packets would meet no socket and be answered with an RST."""
     try:
-        protected: int | str = tcp.install([s for w in m.workloads for s in tcp.read(snap / "images" / w.key)])
+        return tcp.install([s for w in trees for s in tcp.read(snap / "images" / w.key)])
     except CommandError as e:       # the workloads still come back; their connections may be reset
-        protected = f"not protected: {e.message}"
-    hooks_done = hookpoints.restore(ctx, snap)    # HookError (critical): no workload is restored
+        return f"not protected: {e.message}"
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    """Verify the snapshot, restore the trees that are not systemd units; units are restored by
+    their own start (see kupgrade/systemd.py), after this. A retry (`kupgrade restore --retry`)
+    restores what an earlier attempt did not, without running the device hooks again."""
+    snap = ctx.restore_dir
+    done = restored_keys(ctx.record)
+    m = _verified(ctx, snap, done)
+    todo = [w for w in m.workloads if w.key not in done]
+    protected = _protect(snap, [w for w in todo if not w.unit])
+    retry = ctx.record.stage(NAME) is not None
+    hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
     (snap / VERIFIED).write_text(m.id + "\n")
     results: dict[str, dict] = {}
-    for w in m.workloads:
+    for w in todo:
         if w.unit:
             results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
                               "pending": f"restored when {w.unit} starts"}
         else:
             results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir)
     logs = finish_trees(ctx, snap, m.id, results)
-    if not any(w.unit for w in m.workloads):
+    if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
         os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,

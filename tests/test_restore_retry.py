@@ -1,0 +1,70 @@
+"""A failed restore keeps the snapshot: `kupgrade restore --retry` brings back what the first
+attempt did not (and only that), `--discard` gives it up on purpose; both are recorded."""
+
+import os
+
+import pytest
+
+from kupgrade import manifest, newkernel, record
+from kupgrade.config import Config
+from kupgrade.errors import RestoreError
+from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.stages import restore
+from kupgrade.stages.context import Context
+from kupgrade.ui import PlainUi
+
+A, B = Workload("pid:100", 100, (100,)), Workload("pid:200", 200, (200,))
+
+
+def snapshot(tmp_path):
+    snap = tmp_path / "run-kupgrade"
+    files = {}
+    for w in (A, B):
+        d = snap / "images" / w.key
+        d.mkdir(parents=True)
+        (d / "pages-1.img").write_bytes(w.key.encode())
+        files[f"images/{w.key}/pages-1.img"] = {"size": len(w.key), "sha256": manifest.sha256_file(d / "pages-1.img")}
+    (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U9", "6.1", os.uname().release, (A, B), files)))
+    return snap
+
+
+def ctx(tmp_path):
+    return Context(Config(state_dir=str(tmp_path / "state"), hooks_dir=str(tmp_path / "none")),
+                   newkernel.new_record("restore"), restore_dir=tmp_path / "run-kupgrade")
+
+
+def test_retry_restores_only_what_failed(tmp_path, monkeypatch):
+    snap = snapshot(tmp_path)
+    broken = {B.key}
+    tried = []
+
+    def fake(snap_, w, pidfile=None, state_dir=None):
+        tried.append(w.key)
+        if w.key in broken:
+            return {"selector": w.selector, "ok": False, "error": "criu: boom", "images": str(snap_ / "images" / w.key)}
+        return {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True}
+    monkeypatch.setattr(restore, "restore_one", fake)
+    with pytest.raises(RestoreError, match="1 of 2 workload"):
+        newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
+    assert (snap / manifest.NAME).exists() and not (snap / "images" / A.key).exists()
+    assert record.load(tmp_path / "state", "U9").outcome == record.RESTORE_FAILED
+    with pytest.raises(RestoreError, match="attempted already"):      # not again without --retry
+        newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
+    broken.clear()
+    assert newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True), retry=True)
+    assert tried == [A.key, B.key, B.key]
+    rec = record.load(tmp_path / "state", "U9")
+    assert rec.outcome == record.RESTORED and (snap / restore.DONE).exists()
+
+
+def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
+    snap = snapshot(tmp_path)
+    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": False,
+                                                                      "error": "criu: boom", "images": "x"})
+    with pytest.raises(RestoreError):
+        newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
+    assert newkernel.discard(ctx(tmp_path), PlainUi(quiet=True))
+    rec = record.load(tmp_path / "state", "U9")
+    assert rec.stages[-1].name == "discard" and rec.stages[-1].details["discarded"] == ["pid:100", "pid:200"]
+    assert rec.outcome == record.RESTORE_FAILED and not snap.exists()
+    assert not newkernel.discard(ctx(tmp_path), PlainUi(quiet=True))      # nothing pending any more

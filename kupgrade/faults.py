@@ -2,17 +2,19 @@
 makes the named point fail as the real step would; the rollback that follows is the real one.
 `name:hang` makes the point stop there instead (after writing /run/kupgrade-fault.NAME), so
 that a test can kill kupgrade at exactly that moment, as an OOM killer or an admin's
-`kill -9` would (then `kupgrade recover` must undo what was done)."""
+`kill -9` would (then `kupgrade recover` must undo what was done); `name:wait` waits there
+until the test removes that file (to change something at exactly that moment)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 from .errors import StageError
 
-POINTS = ("kexec-load", "dump", "pack")     # where point() is called
+POINTS = ("prepare", "dump", "pack", "kexec-load", "go")     # where point() is called
 MARKER = "/run/kupgrade-fault.{name}"
 
 
@@ -21,9 +23,14 @@ def active(name: str) -> bool:
 
 
 def point(name: str, message: str) -> None:
+    marker = Path(MARKER.format(name=name))
     if active(f"{name}:hang"):
-        Path(MARKER.format(name=name)).write_text(f"{os.getpid()}\n")
+        marker.write_text(f"{os.getpid()}\n")
         while True:             # until a signal ends the process (SIGKILL: nothing runs after it)
             signal.pause()
+    if active(f"{name}:wait"):
+        marker.write_text(f"{os.getpid()}\n")
+        while marker.exists():
+            time.sleep(0.05)
     if active(name):
         raise StageError(f"{message} (fault injected by KUPGRADE_FAULT={name})", "this is a test fault")

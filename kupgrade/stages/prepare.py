@@ -7,6 +7,7 @@ too; not done yet.)
 
 from __future__ import annotations
 
+from .. import faults
 from .context import Context
 from .flush import writeback
 
@@ -21,5 +22,6 @@ def plan(ctx: Context) -> list[str]:
 
 def run(ctx: Context) -> tuple[str, dict]:
     details = writeback(ctx)
+    faults.point("prepare", "prepare failed")
     return (f"pre-flushed {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s "
             "while the workloads ran"), details

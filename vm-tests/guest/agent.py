@@ -64,7 +64,7 @@ def op_spawn(req):
     # Like a daemon (or a service under systemd): a session of its own, its parent is PID 1,
     # which reaps it; the launcher prints the daemon's PID and exits.
     p = subprocess.Popen([sys.executable, "-c", DAEMONIZE, *req["argv"]], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=log, preexec_fn=prep)
+                         stdout=subprocess.PIPE, stderr=log, preexec_fn=prep, env={**os.environ, **req.get("env", {})})
     out, _ = p.communicate(timeout=60)
     # the daemon's stdout/stderr: the log file
     return {"pid": int(out.decode().split()[0])}

@@ -4,7 +4,10 @@
 The parent holds a 64 MiB buffer of known content and a counter; every 100 ms it sends the
 next counter value down the pipe; the child appends one heartbeat line per value to
 heartbeat.log. On SIGUSR1 the parent writes state.json: PIDs, counter, sha256 of the buffer.
-`workload.py --query PID` triggers that and prints the state."""
+`workload.py --query PID` triggers that and prints the state. On SIGUSR2 the parent forks a
+late child (it sleeps; its PID is in the state as "late"): a tree that grew after preflight.
+KUPGRADE_WL_DIR and KUPGRADE_WL_MIB (environment) give a second instance its own directory
+and buffer size."""
 import hashlib
 import json
 import os
@@ -13,10 +16,10 @@ import signal
 import sys
 import time
 
-DIR = "/var/lib/workload"
+DIR = os.environ.get("KUPGRADE_WL_DIR", "/var/lib/workload")
 STATE = f"{DIR}/state.json"
 HEARTBEAT = f"{DIR}/heartbeat.log"
-SIZE = 64 << 20
+SIZE = int(os.environ.get("KUPGRADE_WL_MIB", "64")) << 20
 
 
 def child(r: int) -> None:
@@ -42,17 +45,25 @@ def parent() -> None:
     os.close(r)
     buf = bytearray(random.Random(20261123).randbytes(SIZE))
     sha_start = hashlib.sha256(buf).hexdigest()
-    asked = []
+    asked, late = [], []
     signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
+    signal.signal(signal.SIGUSR2, lambda *_: late.append(0))
     counter, seq = 0, 0
     asked.append(1)
     while True:
         counter += 1
         os.write(w, b"%d\n" % counter)
+        if late and late[-1] == 0:
+            late[-1] = os.fork()
+            if late[-1] == 0:
+                os.close(w)
+                while True:
+                    time.sleep(1)
+            asked.append(1)
         if asked:
             asked.clear()
             seq += 1
-            state = {"seq": seq, "pid": os.getpid(), "child": kid, "counter": counter,
+            state = {"seq": seq, "pid": os.getpid(), "child": kid, "late": late, "counter": counter,
                      "sha256": hashlib.sha256(buf).hexdigest(), "sha256_start": sha_start,
                      "kernel": os.uname().release}
             with open(STATE + ".tmp", "w") as f:

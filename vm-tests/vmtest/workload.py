@@ -27,12 +27,16 @@ class Workload:
     pid: int = 0
     beats: list[Heartbeat] = field(default_factory=list)
     offset: int = 0
+    env: dict = field(default_factory=dict)     # KUPGRADE_WL_DIR/_MIB: a second instance, another size
 
-    def start(self, cgroup: str = "") -> int:
-        self.vm.on_event = self._on_event
+    def start(self, cgroup: str = "", last_pid: int = FIRST_PID) -> int:
+        """Start it; only the first instance's heartbeats are followed (one relay per guest)."""
+        if not self.env:
+            self.vm.on_event = self._on_event
         self.pid = self.vm.call("spawn", argv=[GUEST_WORKLOAD], log="/var/lib/workload.log",
-                                cgroup=cgroup, last_pid=FIRST_PID)["pid"]
-        self.follow()
+                                cgroup=cgroup, last_pid=last_pid, env=self.env)["pid"]
+        if not self.env:
+            self.follow()
         return self.pid
 
     def follow(self) -> None:
@@ -55,7 +59,8 @@ class Workload:
         return self.beats[-1]
 
     def state(self) -> dict:
-        r = self.vm.sh("python3", GUEST_WORKLOAD, "--query", str(self.pid), timeout=120)
+        r = self.vm.sh("env", *(f"{k}={v}" for k, v in self.env.items()), "python3", GUEST_WORKLOAD,
+                       "--query", str(self.pid), timeout=120)
         return json.loads(r["stdout"])
 
     def consecutive(self) -> bool:

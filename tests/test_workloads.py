@@ -1,10 +1,15 @@
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import psutil
+import pytest
+from procfake import fake_proc, task
 
-from kupgrade import workloads
+from kupgrade import procfs, workloads
 
 
 def test_tree_roots():
@@ -42,3 +47,125 @@ def test_missing_cgroup_is_a_blocker(tmp_path, monkeypatch):
     monkeypatch.setattr(workloads, "CGROUP_ROOT", tmp_path)
     _, blockers = workloads.resolve((), ("/nope",))
     assert "does not exist" in blockers[0].message
+
+
+def test_task_states_from_a_fake_proc(tmp_path):
+    """Kernel threads by PF_KTHREAD (older kernels have no Kthread: line), not by a missing VmSize:
+    every zombie lacks one."""
+    proc = fake_proc(tmp_path)
+    task(proc, 2, comm="kthreadd", flags=0x208040)
+    task(proc, 10, state="Z")
+    task(proc, 11, state="T", status="VmSize:\t1000 kB\n")
+    task(proc, 12, state="t", status="VmSize:\t1000 kB\n")
+    task(proc, 13, state="Z")
+    for tid in (13, 14):
+        (proc / "13" / "task" / str(tid)).mkdir(parents=True)
+
+    def found(pid, root=False):
+        return [b.message for b in workloads.process_blockers(pid, root=root, proc=proc)]
+    assert found(2) == ["PID 2 (kthreadd) is a kernel thread"]
+    assert found(10) == [] and found(11) == []
+    assert found(10, root=True) == [
+        "PID 10 (w), the root of its tree, has exited (zombie): criu cannot dump a dead root"]
+    assert found(12) == ["PID 12 (w) is being traced (tracing stop)"]
+    assert found(13) == ["PID 13 (w): its main thread has exited while 1 other thread(s) run: criu cannot dump a "
+                         "process whose main thread is a zombie"]
+    assert workloads.stopped([10, 11, 12, 99], proc) == (11,)
+
+
+# --- real processes on this host: what preflight says about each (no root needed) -------------
+
+def wait_for(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def state(pid):
+    return procfs.stat(pid).state
+
+
+@pytest.fixture
+def spawn():
+    """Start `python -c CODE` in a session of its own (no terminal); every process started is
+    killed afterwards, and the extra PIDs a test registers (grandchildren it made) too."""
+    started, extra = [], []
+
+    def start(code, *args, **kw):
+        kw.setdefault("start_new_session", True)
+        p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, text=True, **kw)
+        started.append(p)
+        return p
+    start.extra = extra
+    yield start
+    for pid in extra:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+def messages(pid):
+    return [b.message for b in workloads.resolve((pid,), ())[1]]
+
+
+def test_a_zombie_child_is_carried(spawn):
+    p = spawn("""
+        import os, time
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        print(pid, flush=True)
+        time.sleep(60)   # never waits: the child stays a zombie
+        """)
+    zombie = int(p.stdout.readline())
+    wait_for(lambda: state(zombie) == "Z")
+    ws, blockers = workloads.resolve((p.pid,), ())
+    assert ws[0].pids == (p.pid, zombie) and blockers == []
+
+
+def test_a_stopped_child_is_carried_and_left_stopped(spawn):
+    p = spawn("""
+        import subprocess, sys, time
+        c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+        print(c.pid, flush=True)
+        time.sleep(60)
+        """)
+    child = int(p.stdout.readline())
+    spawn.extra.append(child)
+    os.kill(child, signal.SIGSTOP)
+    wait_for(lambda: state(child) == "T")
+    ws, blockers = workloads.resolve((p.pid,), ())
+    assert blockers == []
+    assert ws[0].pids == (p.pid, child) and ws[0].stopped_before == (child,)
+
+
+def test_a_main_thread_that_exited_is_not_a_kernel_thread(spawn):
+    p = spawn("""
+        import ctypes, threading, time
+        threading.Thread(target=time.sleep, args=(60,)).start()
+        print("started", flush=True)
+        ctypes.CDLL(None).pthread_exit(None)
+        """)
+    p.stdout.readline()
+    wait_for(lambda: state(p.pid) == "Z")
+    assert messages(p.pid) == [f"PID {p.pid} ({procfs.comm(p.pid)}): its main thread has exited while 1 other "
+                               "thread(s) run: criu cannot dump a process whose main thread is a zombie"]
+
+
+def test_pending_signals_are_carried(spawn):
+    p = spawn("""
+        import signal, time
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        print("blocked", flush=True)
+        time.sleep(60)
+        """)
+    p.stdout.readline()
+    os.kill(p.pid, signal.SIGUSR1)
+    wait_for(lambda: int(procfs.status(p.pid)["ShdPnd"], 16) != 0)
+    assert messages(p.pid) == []

@@ -1,5 +1,5 @@
 """Resolve the configured workloads (PIDs, cgroups, units) into process trees, and find their
-blockers.
+blockers: the tasks' states here, what the snapshot would not carry in carry.py.
 
 Reads /proc and /sys/fs/cgroup only; changes nothing.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from . import procfs
+from . import carry, procfs
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -152,7 +152,8 @@ def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
 
 def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
             describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
-    """The selected trees, and everything that blocks them."""
+    """The selected trees, and everything that blocks them: each task's state, and what the
+    snapshot would not carry (carry.blockers)."""
     blockers: list[Blocker] = []
     workloads = _from_units(units, describe_unit, blockers)
     for pid in pids:
@@ -174,6 +175,7 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
                                         "select each process tree once"))
             seen[p] = w.selector
             blockers.extend(process_blockers(p, root=p == w.root_pid))
+        blockers.extend(carry.blockers(w))
     return workloads, blockers
 
 

@@ -1,3 +1,4 @@
+import ctypes
 import os
 import signal
 import subprocess
@@ -169,3 +170,109 @@ def test_pending_signals_are_carried(spawn):
     os.kill(p.pid, signal.SIGUSR1)
     wait_for(lambda: int(procfs.status(p.pid)["ShdPnd"], 16) != 0)
     assert messages(p.pid) == []
+
+
+SHM = """
+    import ctypes, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    shmid = libc.shmget(0, 4096, 0o1600)            # IPC_PRIVATE, IPC_CREAT | 0600
+    assert shmid >= 0 and libc.shmat(shmid, None, 0) not in (None, 2**64 - 1)
+    libc.shmctl(shmid, 0, None)                     # IPC_RMID: gone once detached (when the test kills us)
+    print(shmid, flush=True)
+    time.sleep(60)
+    """
+
+
+def test_sysv_shared_memory_in_the_host_namespace(spawn):
+    p = spawn(SHM)
+    shmid = int(p.stdout.readline())
+    name = procfs.comm(p.pid)
+    assert messages(p.pid) == [
+        f"PID {p.pid} ({name}) uses SysV shared memory segment shmid {shmid} (key 0x00000000, 4096 bytes; attached, "
+        "created by it, last attached or detached by it) in the host IPC namespace: it is not in the snapshot and "
+        "would not exist after the switch"]
+
+
+def test_sysv_message_queue_and_semaphore(spawn):
+    p = spawn("""
+        import ctypes, time
+        libc = ctypes.CDLL(None, use_errno=True)
+        msqid, semid = libc.msgget(0, 0o1600), libc.semget(0, 1, 0o1600)
+        msg = ctypes.create_string_buffer(b"\\1\\0\\0\\0\\0\\0\\0\\0x")   # long mtype = 1, one byte
+        assert libc.msgsnd(msqid, msg, 1, 0) == 0
+        op = (ctypes.c_short * 3)(0, 1, 0)                               # sem 0, +1
+        assert libc.semop(semid, op, 1) == 0
+        print(msqid, semid, flush=True)
+        time.sleep(60)
+        """)
+    msqid, semid = map(int, p.stdout.readline().split())
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        found = messages(p.pid)
+    finally:
+        libc.msgctl(msqid, 0, None)     # IPC_RMID: they outlive their creator
+        libc.semctl(semid, 0, 0)
+    assert [m.split(" (key")[0].split(" uses ")[1] for m in found] == [f"SysV message queue msqid {msqid}",
+                                                                     f"SysV semaphore set semid {semid}"]
+
+
+def test_a_process_group_led_from_outside_the_tree(spawn):
+    """The root forks M, M forks O and exits: O (its own group) is reparented out of the tree; the
+    root's child X joins O's group."""
+    p = spawn("""
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            if os.fork() == 0:
+                os.setpgid(0, 0)
+                os.write(w, b"%d\\n" % os.getpid())
+                time.sleep(60)
+            os._exit(0)
+        o = int(os.read(r, 32))
+        os.wait()
+        x = os.fork()
+        if x == 0:
+            os.setpgid(0, o)
+            os.write(w, b"x\\n")
+            time.sleep(60)
+        os.read(r, 32)
+        print(o, x, flush=True)
+        time.sleep(60)
+        """)
+    o, x = map(int, p.stdout.readline().split())
+    spawn.extra += [o, x]
+    ws, blockers = workloads.resolve((p.pid,), ())
+    assert ws[0].pids == (p.pid, x)
+    assert [b.message for b in blockers] == [
+        f"PID {o} ({procfs.comm(o)}) is not in the tree of pid:{p.pid} but shares session {p.pid} with its PID(s) "
+        f"[{p.pid}, {x}]; it leads process group {o} of PID(s) [{x}]: it would not be carried"]
+
+
+def test_a_root_in_another_session(spawn):
+    p = spawn("import time; print(1, flush=True); time.sleep(60)", start_new_session=False)
+    p.stdout.readline()
+    assert "does not lead its session" in messages(p.pid)[0]
+
+
+LOCKER = """
+    import fcntl, sys, time
+    files = [open(path, "a") for path in sys.argv[1:]]
+    fcntl.lockf(files[0], fcntl.LOCK_EX)
+    if len(files) > 1:
+        fcntl.flock(files[1], fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(60)
+    """
+
+
+def test_file_locks_are_carried_unless_held_outside_the_tree(spawn, tmp_path):
+    own, flocked, shared = (str(tmp_path / n) for n in ("own", "flocked", "shared"))
+    tree = spawn(LOCKER, own, flocked, shared)      # locks the first two, has the third open
+    tree.stdout.readline()
+    assert messages(tree.pid) == []                 # its own POSIX lock and flock: --file-locks
+    other = spawn(LOCKER, shared)
+    other.stdout.readline()
+    assert messages(tree.pid) == [
+        f"PID {other.pid} ({procfs.comm(other.pid)}), outside the tree, holds a POSIX lock on {shared}, which "
+        f"PID {tree.pid} ({procfs.comm(tree.pid)}) has open: neither that process nor its lock is carried"]

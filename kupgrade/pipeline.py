@@ -173,9 +173,10 @@ def recover(state: dict, ui) -> Context:
 
 
 def _resume_stopped(ctx: Context) -> list[str]:
-    """SIGCONT the trees criu left stopped; their TCP connections are unlocked first (criu's
-    rules deleted, the sockets out of repair mode). Every tree is resumed even if one's unlock
-    failed; the failure is raised afterwards, for the rollback's problems."""
+    """SIGCONT the trees criu left stopped, except the tasks that were stopped before kupgrade
+    (job control: they stay as found); their TCP connections are unlocked first (criu's rules
+    deleted, the sockets out of repair mode). Every tree is resumed even if one's unlock failed;
+    the failure is raised afterwards, for the rollback's problems."""
     done, failed = [], []
     if ctx.dumping is not None:     # killed during its dump: criu left it stopped or resumed it
         w = workloads.retree(ctx.dumping)
@@ -187,12 +188,14 @@ def _resume_stopped(ctx: Context) -> list[str]:
             done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids, w.root_pid)
         except (OSError, CommandError) as e:
             failed.append(f"{w.selector}: its TCP connections could not be unlocked ({e}); they will stall")
-        for pid in w.pids:
+        resume = [p for p in w.pids if p not in w.stopped_before]
+        for pid in resume:
             try:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        done.append(f"resumed {w.selector} ({len(w.pids)} task(s))")
+        kept = f"; left stopped as found: {list(w.stopped_before)}" if w.stopped_before else ""
+        done.append(f"resumed {w.selector} ({len(resume)} task(s){kept})")
     ctx.stopped.clear()
     if failed:
         raise RuntimeError("; ".join(failed))

@@ -68,6 +68,7 @@ class Workload:
     cgroup: str = ""                # cgroup v2 path when selected by cgroup (or the unit's)
     name: str = ""                  # comm of the root
     unit: str = ""                  # systemd service when selected by unit
+    stopped_before: tuple[int, ...] = ()   # tasks stopped by job control before kupgrade: left stopped
 
     @property
     def key(self) -> str:
@@ -75,12 +76,13 @@ class Workload:
 
     def to_json(self) -> dict:
         return {"selector": self.selector, "root_pid": self.root_pid, "pids": list(self.pids),
-                "cgroup": self.cgroup, "name": self.name, "unit": self.unit}
+                "cgroup": self.cgroup, "name": self.name, "unit": self.unit,
+                "stopped_before": list(self.stopped_before)}
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
-                   d.get("unit", ""))
+                   d.get("unit", ""), tuple(d.get("stopped_before", ())))
 
 
 def new_id() -> str:

@@ -1,4 +1,5 @@
-"""Resolve the configured workloads (PIDs, cgroups) into process trees, and find blockers.
+"""Resolve the configured workloads (PIDs, cgroups, units) into process trees, and find their
+blockers: the tasks' states here, what the snapshot would not carry in carry.py.
 
 Reads /proc and /sys/fs/cgroup only; changes nothing.
 """
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from . import carry, procfs
+from .procfs import PROC
 from .record import Blocker, Workload
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -20,46 +23,59 @@ def _tree(root: int) -> tuple[int, ...]:
     return (root,) + tuple(sorted(c.pid for c in p.children(recursive=True)))
 
 
-def _status(pid: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k] = v.strip()
-    return out
-
-
-def _tty_nr(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[4])
-
-
-def process_blockers(pid: int) -> list[Blocker]:
-    """What criu cannot dump (or we cannot safely resume) about one process."""
+def process_blockers(pid: int, root: bool = False, proc: Path = PROC) -> list[Blocker]:
+    """What criu cannot dump (or we cannot safely resume) about one task's state. Carried, so no
+    blocker: a zombie (criu recreates it), a task stopped by job control (restored stopped; see
+    `stopped`), pending signals."""
     try:
-        st = _status(pid)
-        tty = _tty_nr(pid)
+        st, sf = procfs.status(pid, proc), procfs.stat(pid, proc)
     except (FileNotFoundError, ProcessLookupError):
         return []   # exited meanwhile; the tree is resolved again at snapshot time
-    name = st.get("Name", "?")
-    who = f"PID {pid} ({name})"
+    who = f"PID {pid} ({st.get('Name', '?')})"
+    if st.get("Kthread") == "1" or sf.kthread:      # Kthread: only in newer kernels' status
+        return [Blocker(f"{who} is a kernel thread", "select userspace processes only")]
     out = []
-    if st.get("TracerPid", "0") != "0":
-        out.append(Blocker(f"{who} is being traced by PID {st['TracerPid']}",
+    tracer = st.get("TracerPid", "0")
+    if tracer != "0" or sf.state == "t":
+        out.append(Blocker(f"{who} is being traced" + (f" by PID {tracer}" if tracer != "0" else " (tracing stop)"),
                            "detach the debugger/strace; criu needs to ptrace the process itself"))
-    state = st.get("State", "")
-    if state.startswith("D"):
+    if sf.state == "Z":
+        return out + _zombie(pid, who, root, proc)
+    if sf.state == "D":
         out.append(Blocker(f"{who} is in uninterruptible sleep (D state)",
                            "wait for its I/O to finish (check the storage it uses) and run check again"))
-    if state.startswith("T") or state.startswith("t"):
-        out.append(Blocker(f"{who} is stopped ({state})",
-                           "continue it (kill -CONT) first; a stopped task cannot be told apart from one we stopped"))
-    if tty:
+    if sf.tty_nr:
         out.append(Blocker(f"{who} has a controlling terminal",
                            "run it detached from any terminal (setsid, stdin from /dev/null, output to a file) "
                            "or as a service; restoring a terminal across kernels is not supported"))
-    if st.get("Kthread") == "1" or (not st.get("VmSize") and pid != os.getpid()):
-        out.append(Blocker(f"{who} is a kernel thread", "select userspace processes only"))
     return out
+
+
+def _zombie(pid: int, who: str, root: bool, proc: Path) -> list[Blocker]:
+    """A zombie is carried, unless it is the tree root or its main thread exited (pthread_exit)
+    while other threads run (criu seize.c: "Zombies with threads are not supported")."""
+    if (n := procfs.threads(pid, proc)) > 1:
+        return [Blocker(f"{who}: its main thread has exited while {n - 1} other thread(s) run: criu cannot dump "
+                        "a process whose main thread is a zombie",
+                        "restart the program so that its main thread stays alive (it must not call "
+                        "pthread_exit), or end it")]
+    if root:
+        return [Blocker(f"{who}, the root of its tree, has exited (zombie): criu cannot dump a dead root",
+                        "select a live process")]
+    return []
+
+
+def stopped(pids, proc: Path = PROC) -> tuple[int, ...]:
+    """The tasks stopped by job control (SIGSTOP, SIGTSTP...): criu restores them stopped, and a
+    rollback must not continue them."""
+    out = []
+    for pid in pids:
+        try:
+            if procfs.stat(pid, proc).state == "T":
+                out.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return tuple(out)
 
 
 def anon_bytes(pid: int) -> int:
@@ -84,10 +100,13 @@ def tree_roots(pids: list[int], parent_of) -> list[int]:
     return sorted(p for p in pids if parent_of(p) not in members)
 
 
-def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
-            describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
-    workloads: list[Workload] = []
-    blockers: list[Blocker] = []
+def _workload(selector: str, root: int, **kw) -> Workload:
+    pids = _tree(root)
+    return Workload(selector, root, pids, name=psutil.Process(root).name(), stopped_before=stopped(pids), **kw)
+
+
+def _from_units(units, describe_unit, blockers: list[Blocker]) -> list[Workload]:
+    out = []
     for unit in units:
         if describe_unit is None:
             from .systemd import describe as describe_unit
@@ -96,22 +115,21 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
             blockers.append(Blocker(problem, "check `workloads.units`; `systemctl status " + unit + "`"))
             continue
         main, cg = int(props["MainPID"]), props["ControlGroup"]
-        tree = _tree(main)
+        w = _workload(f"unit:{unit}", main, cgroup=cg, unit=unit)
         try:
-            strays = sorted(set(cgroup_procs(cg)) - set(tree))
+            strays = sorted(set(cgroup_procs(cg)) - set(w.pids))
         except FileNotFoundError:
             strays = []
         if strays:
             blockers.append(Blocker(f"{unit}: PIDs {strays} in its cgroup are not descendants of its main "
                                     f"process {main}", "criu dumps one process tree: such a unit cannot be kept yet"))
             continue
-        workloads.append(Workload(f"unit:{unit}", main, tree, cgroup=cg, name=psutil.Process(main).name(), unit=unit))
-    me = os.getpid()
-    for pid in pids:
-        if not psutil.pid_exists(pid):
-            blockers.append(Blocker(f"workload PID {pid} does not exist", "check `workloads.pids` in the config"))
-            continue
-        workloads.append(Workload(f"pid:{pid}", pid, _tree(pid), name=psutil.Process(pid).name()))
+        out.append(w)
+    return out
+
+
+def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
+    out = []
     for cg in cgroups:
         try:
             procs = cgroup_procs(cg)
@@ -125,10 +143,26 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
         roots = tree_roots(procs, lambda p: psutil.Process(p).ppid())
         if len(roots) > 1:
             blockers.append(Blocker(f"cgroup {cg} holds {len(roots)} separate process trees (roots {roots})",
-                                    "criu dumps one tree at a time: select the trees by PID, or give each its own cgroup"))
+                                    "criu dumps one tree at a time: select the trees by PID, or give each its "
+                                    "own cgroup"))
             continue
-        workloads.append(Workload(f"cgroup:{cg}", roots[0], _tree(roots[0]), cgroup=cg,
-                                  name=psutil.Process(roots[0]).name()))
+        out.append(_workload(f"cgroup:{cg}", roots[0], cgroup=cg))
+    return out
+
+
+def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
+            describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
+    """The selected trees, and everything that blocks them: each task's state, and what the
+    snapshot would not carry (carry.blockers)."""
+    blockers: list[Blocker] = []
+    workloads = _from_units(units, describe_unit, blockers)
+    for pid in pids:
+        if not psutil.pid_exists(pid):
+            blockers.append(Blocker(f"workload PID {pid} does not exist", "check `workloads.pids` in the config"))
+            continue
+        workloads.append(_workload(f"pid:{pid}", pid))
+    workloads += _from_cgroups(cgroups, blockers)
+    me = os.getpid()
     seen: dict[int, str] = {}
     for w in workloads:
         if w.root_pid == 1:
@@ -140,7 +174,8 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
                 blockers.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
                                         "select each process tree once"))
             seen[p] = w.selector
-            blockers.extend(process_blockers(p))
+            blockers.extend(process_blockers(p, root=p == w.root_pid))
+        blockers.extend(carry.blockers(w))
     return workloads, blockers
 
 

@@ -42,6 +42,7 @@ def test_criu_argv():
     argv = criu.dump_argv(w, Path("/snap/images/tree-300"))
     assert argv[:4] == ["criu", "dump", "--tree", "300"]
     assert "--leave-stopped" in argv
+    assert "--file-locks" in argv       # carry.py relies on it: the tree's own locks are carried
     assert argv[argv.index("--freeze-cgroup") + 1] == "/sys/fs/cgroup/w"
     assert "--freeze-cgroup" not in criu.dump_argv(Workload("pid:300", 300, (300,)), Path("/x"))
     r = criu.restore_argv(Path("/run/kupgrade/images/tree-300"), Path("/p"))

@@ -1,13 +1,18 @@
 """The stage loop and its gate: continue / skip / abort, and what a rehearsal rolls back."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from kupgrade import pipeline
+from kupgrade import pipeline, procfs
 from kupgrade.config import Config
 from kupgrade.errors import KupgradeError
-from kupgrade.record import OK, SKIPPED, UpgradeRecord
+from kupgrade.record import OK, SKIPPED, UpgradeRecord, Workload
 from kupgrade.stages.context import Context
 
 
@@ -104,3 +109,34 @@ def test_rehearsal_failure_before_the_handover_rolls_back(tmp_path, monkeypatch)
     with pytest.raises(KupgradeError):
         pipeline.rehearse(ctx(tmp_path), ui, pipeline.Gate(ui, yes=True))
     assert calls == ["rollback"]
+
+
+def test_rollback_leaves_the_tasks_stopped_before_kupgrade_stopped(tmp_path, monkeypatch):
+    """criu leaves every task stopped; the rollback continues those kupgrade stopped, not the
+    one that job control had stopped before."""
+    monkeypatch.setattr(pipeline.tcp, "unlock", lambda *a: [])
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+             for _ in range(2)]
+    try:
+        ours, theirs = (p.pid for p in procs)
+        for pid in (ours, theirs):
+            os.kill(pid, signal.SIGSTOP)
+        for pid in (ours, theirs):
+            wait_state(pid, "T")
+        c = ctx(tmp_path)
+        c.stopped.append(Workload(f"pid:{ours}", ours, (ours, theirs), stopped_before=(theirs,)))
+        assert pipeline._resume_stopped(c) == [f"resumed pid:{ours} (1 task(s); left stopped as found: [{theirs}])"]
+        wait_state(ours, "S")
+        assert procfs.stat(theirs).state == "T"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def wait_state(pid, want):
+    for _ in range(500):
+        if procfs.stat(pid).state == want:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"PID {pid} never reached state {want}")

@@ -9,7 +9,7 @@ def sample() -> UpgradeRecord:
     return UpgradeRecord(
         id="20261123T000000-abcdef", command="run", kernel_from="6.1.0-47-amd64",
         kernel_to="6.12.117+deb12-amd64", outcome=record.RESTORED, created=1.5,
-        workloads=(Workload("pid:300", 300, (300, 301), name="python3"),),
+        workloads=(Workload("pid:300", 300, (300, 301), name="python3", stopped_before=(301,)),),
         stages=(StageResult("preflight", record.OK, 10.0, 1.25, "ok", {"blockers": []}),
                 StageResult("restore", record.FAILED, 20.0, 2.5, "", {"x": [1]}, "boom", "retry")),
         commands=(CommandLog(("criu", "check"), 0, 0.25, ""),))
@@ -39,3 +39,9 @@ def test_stage_lookup_takes_the_latest():
 def test_blocker_round_trip():
     b = Blocker("PID 5 is traced", "detach")
     assert Blocker.from_json(b.to_json()) == b
+
+
+def test_a_workload_recorded_before_stopped_before_existed_loads():
+    old = {"selector": "pid:300", "root_pid": 300, "pids": [300, 301], "cgroup": "", "name": "w", "unit": ""}
+    assert Workload.from_json(old).stopped_before == ()
+    assert Workload.from_json(Workload.from_json(old).to_json()) == Workload("pid:300", 300, (300, 301), name="w")

@@ -22,8 +22,9 @@ def plan(ctx: Context) -> list[str]:
     return ["check the target kernel and its initrd (carries the kupgrade boot script?)",
             "check that kexec is possible (kexec_load_disabled, lockdown) and choose the load method",
             "`criu check`",
-            "resolve each selected PID/cgroup to a process tree; look for traced, D-state, stopped tasks "
-            "and controlling terminals",
+            "resolve each selected PID/cgroup/unit to a process tree; look for traced and D-state tasks, "
+            "controlling terminals, a main thread that exited, and what the snapshot would not carry "
+            "(host SysV IPC, sessions and process groups reaching outside the tree, locks held outside it)",
             "estimate the snapshot size against free memory",
             "device hooks: load them, run their preflight; an unsafe device in use that no hook covers blocks",
             *hookpoints.plan_line(ctx, "preflight")]

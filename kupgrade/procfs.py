@@ -1,0 +1,66 @@
+"""Reading one task's /proc files: status, stat, its name. Every reader takes the `proc` root so
+that tests can point it at a fake tree. Reads only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+PF_KTHREAD = 0x00200000         # include/linux/sched.h: the task is a kernel thread
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat that kupgrade looks at (proc(5) numbering in comments)."""
+    state: str          # (3) R S D Z T t X ...
+    ppid: int           # (4)
+    pgrp: int           # (5)
+    session: int        # (6)
+    tty_nr: int         # (7)
+    flags: int          # (9) PF_* flags
+
+    @property
+    def kthread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+
+def status(pid: int, proc: Path = PROC) -> dict[str, str]:
+    out = {}
+    for line in (proc / str(pid) / "status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def stat(pid: int, proc: Path = PROC) -> Stat:
+    """Raises FileNotFoundError/ProcessLookupError when the task is gone. The name (2) may hold
+    spaces and parentheses: the fields start after its last ')'."""
+    f = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return Stat(f[0], int(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[6]))
+
+
+def comm(pid: int, proc: Path = PROC) -> str:
+    """The task's name, or "" when it is gone."""
+    try:
+        return (proc / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def who(pid: int, proc: Path = PROC) -> str:
+    """"PID 5 (name)" as blockers name a task; "PID 5 (gone)" when it no longer exists."""
+    return f"PID {pid} ({comm(pid, proc) or 'gone'})"
+
+
+def pids(proc: Path = PROC) -> list[int]:
+    """Every process (thread group) visible in proc."""
+    return sorted(int(p.name) for p in proc.iterdir() if p.name.isdigit())
+
+
+def threads(pid: int, proc: Path = PROC) -> int:
+    """How many tasks /proc/PID/task lists (what criu seizes: a zombie leader is counted)."""
+    try:
+        return sum(1 for _ in (proc / str(pid) / "task").iterdir())
+    except OSError:
+        return 1

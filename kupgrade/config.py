@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 KEXEC_METHODS = ("auto", "file", "classic")
+RESTORE_POLICIES = ("rollback", "keep")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Config:
     hooks_dir: str = "/etc/kupgrade/hooks.d"
     hooks_allow: tuple[str, ...] = ()
     answer_timeout: int = 300
+    on_restore_failure: str = "rollback"
     source: str = ""          # the file this came from ("" = defaults only)
 
     def to_json(self) -> dict:
@@ -86,6 +88,10 @@ def _timeout(v: int) -> str | None:
     return None if 1 <= v <= 86400 else f"must be between 1 and 86400 seconds (got {v})"
 
 
+def _policy(v: str) -> str | None:
+    return None if v in RESTORE_POLICIES else f"must be one of {', '.join(RESTORE_POLICIES)} (got {v!r})"
+
+
 def _kexec_method(v: str) -> str | None:
     return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {v!r})"
 
@@ -134,6 +140,11 @@ SETTINGS: tuple[Setting, ...] = (
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
             "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
             check=_kexec_method, example='"auto"'),
+    Setting("restore", "on_failure", "on_restore_failure", str,
+            "When the new kernel cannot restore the workloads: \"rollback\" kexecs back into the old kernel "
+            "with the same snapshot and restores them there (preflight checks that the running kernel's image "
+            "and initrd, with the boot scripts, are there to go back to); \"keep\" stays in the new kernel with "
+            "the snapshot kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
     Setting("run", "answer_timeout", "answer_timeout", int,
             "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),

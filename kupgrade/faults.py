@@ -14,12 +14,22 @@ from pathlib import Path
 
 from .errors import StageError
 
-POINTS = ("prepare", "dump", "pack", "kexec-load", "go")     # where point() is called
+POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "restore")     # where point() is called
 MARKER = "/run/kupgrade-fault.{name}"
 
 
+def _cmdline() -> list[str]:
+    """The new kernel's faults come on its command line (kupgrade.fault=a,b; passed with the
+    config's `target.append`): its boot path does not see the old kernel's environment."""
+    try:
+        words = Path("/proc/cmdline").read_text().split()
+    except OSError:
+        return []
+    return [f for w in words if w.startswith("kupgrade.fault=") for f in w.split("=", 1)[1].split(",")]
+
+
 def active(name: str) -> bool:
-    return name in os.environ.get("KUPGRADE_FAULT", "").split(",")
+    return name in os.environ.get("KUPGRADE_FAULT", "").split(",") or name in _cmdline()
 
 
 def point(name: str, message: str) -> None:

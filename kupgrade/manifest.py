@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import contract
@@ -35,6 +35,8 @@ class Manifest:
     created: float
     workloads: tuple[Workload, ...]
     files: dict          # relative path -> {"size": int, "sha256": str}
+    back: dict = field(default_factory=dict)    # how to return to the old kernel ({} = keep: no rollback)
+    rollback: bool = False                      # this snapshot goes back to the old kernel (no second one)
 
     @property
     def total_bytes(self) -> int:
@@ -44,19 +46,22 @@ class Manifest:
         return {"format": FORMAT, "id": self.id, "kernel_from": self.kernel_from,
                 "kernel_to": self.kernel_to, "created": self.created,
                 "workloads": [w.to_json() for w in self.workloads],
-                "files": self.files, "total_bytes": self.total_bytes}
+                "files": self.files, "total_bytes": self.total_bytes, "back": self.back, "rollback": self.rollback}
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
         if d.get("format") != FORMAT:
             raise ValueError(f"manifest format {d.get('format')!r}, this kupgrade reads {FORMAT}")
         return cls(d["id"], d["kernel_from"], d["kernel_to"], d["created"],
-                   tuple(Workload.from_json(w) for w in d["workloads"]), d["files"])
+                   tuple(Workload.from_json(w) for w in d["workloads"]), d["files"], d.get("back", {}),
+                   d.get("rollback", False))
 
 
-def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict) -> Manifest:
+def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict,
+         back: dict | None = None, rollback: bool = False) -> Manifest:
     """files: {relative path: {"size", "sha256"}}, as hashed while the snapshot was packed."""
-    return Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())))
+    return Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())),
+                    dict(back or {}), rollback)
 
 
 def dumps(m: Manifest) -> bytes:

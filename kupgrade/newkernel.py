@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod, contract, logfile, manifest, record, systemd
+from . import config as config_mod, contract, logfile, manifest, record, switchback, systemd
 from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
@@ -47,7 +47,9 @@ def _outcome(rec: record.UpgradeRecord, m) -> str:
             results.update({k: v for k, v in s.details.get("workloads", {}).items() if v.get("ok") is not None})
     if any(w.key not in results for w in m.workloads):
         return record.RESTORING
-    return record.RESTORED if all(r.get("ok") for r in results.values()) else record.RESTORE_FAILED
+    if not all(r.get("ok") for r in results.values()):
+        return record.RESTORE_FAILED
+    return record.ROLLED_BACK if m.rollback else record.RESTORED
 
 
 def _pending_manifest(ctx: Context):
@@ -63,6 +65,22 @@ def _load_prior(ctx: Context, m) -> None:
         ctx.record = _prior(ctx, ctx.restore_dir, m)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RestoreError(f"cannot read the upgrade record of {m.id}: {e}", "nothing was restored")
+
+
+def _failed(ctx: Context, m, cause: KupgradeError, ui) -> None:
+    """The restore failed: back to the old kernel when the policy and the state allow it (does
+    not return then); else the record says why not, with the snapshot kept for --retry."""
+    why_not = switchback.refused(m, ctx.record, ctx.rehearsal)
+    if not why_not:
+        ui.print(f"kupgrade: {cause.message}; back to {m.back['kernel']} with the same snapshot")
+        try:
+            switchback.go(ctx, m, cause)
+        except KupgradeError as e:
+            why_not = f"the way back failed: {e.message}"
+    last = ctx.record.stages[-1]
+    ctx.record = replace(ctx.record, stages=ctx.record.stages[:-1] + (
+        replace(last, details={**last.details, "no_rollback": why_not}),))
+    finish(ctx, record.RESTORE_FAILED)
 
 
 def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
@@ -82,8 +100,8 @@ def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
                                "`kupgrade restore --retry`, or `kupgrade restore --discard` to give them up")
         try:
             execute_stage(restore_stage, ctx, ui)
-        except KupgradeError:
-            finish(ctx, record.RESTORE_FAILED)
+        except KupgradeError as e:
+            _failed(ctx, m, e, ui)
             raise
         finish(ctx, _outcome(ctx.record, m))
     return True
@@ -140,7 +158,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
                           "" if result["ok"] else result["error"])
         ctx.record = ctx.record.with_stage(res)
         outcome = _outcome(ctx.record, m)
-        if outcome == record.RESTORED and (snap / manifest.NAME).exists():
+        if outcome in (record.RESTORED, record.ROLLED_BACK) and (snap / manifest.NAME).exists():
             os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
         finish(ctx, outcome)
     ui.print(f"kupgrade: {res.summary or res.error}")

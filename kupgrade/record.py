@@ -22,6 +22,7 @@ PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
     "planned", "aborted", "kexec", "restored", "restore-failed", "checked")
 REHEARSED, REHEARSAL_FAILED = "rehearsed", "rehearsal-failed"
 RESTORING = "restoring"         # some systemd units have not been restored (started) yet
+ROLLING_BACK, ROLLED_BACK = "rolling-back", "rolled-back"   # the restore failed: back to the old kernel
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,11 @@ class UpgradeRecord:
                 out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
         if self.outcome == KEXECED:
             out.append("the new kernel has not recorded a restore (yet): is the boot integration installed?")
+        if self.outcome == ROLLING_BACK:
+            out.append("the old kernel has not recorded the restore after the way back (yet)")
+        if self.outcome == ROLLED_BACK:
+            out.append(f"the restore failed in {self.kernel_to}: the workloads were restored on {self.kernel_from} "
+                       "again (see the switch-back stage)")
         return out
 
     def to_json(self) -> dict:

@@ -58,6 +58,7 @@ def test_pid_taken_is_detected_before_criu(tmp_path):
 def test_outcome_waits_for_every_unit():
     class M:
         workloads = (Workload("pid:5", 5, (5,)), Workload("unit:a.service", 6, (6,), unit="a.service"))
+        rollback = False
     early = StageResult("restore", "ok", 1.0, 1.0, details={"workloads": {
         "tree-5": {"ok": True}, "tree-6": {"ok": None, "pending": "restored when a.service starts"}}})
     rec = UpgradeRecord("X", "run", "a", stages=(early,))
@@ -66,6 +67,8 @@ def test_outcome_waits_for_every_unit():
     assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.RESTORED
     unit_bad = StageResult("restore-unit", "failed", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": False}}})
     assert newkernel._outcome(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
+    M.rollback = True           # the restore after the way back to the old kernel
+    assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.ROLLED_BACK
 
 
 def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys):

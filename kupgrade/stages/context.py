@@ -57,6 +57,7 @@ class Context:
     restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
     dumping: Workload | None = None      # the tree criu is dumping right now (stopped, or resumed by criu)
     oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
+    back: dict = field(default_factory=dict)                  # the way back to this kernel (preflight; {}: none)
     journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)
 
     def note(self) -> None:

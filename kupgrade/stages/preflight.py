@@ -115,6 +115,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
+    ctx.back = _way_back(ctx, blockers)
     hooks_done, hook_error = _hooks(ctx, blockers)
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
@@ -122,7 +123,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices), "tcp": conns}
+               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back}
     if hook_error is not None:
         hook_error.details = {**details, "hooks": hook_error.details["hooks"]}  # type: ignore[attr-defined]
         raise hook_error
@@ -170,6 +171,26 @@ def _initrd_blockers(t: Target) -> list[Blocker]:
         return [Blocker(f"cannot list {t.initrd}: {e.message}", "check that the initrd is intact")]
     return [Blocker(f"{t.initrd} does not carry the kupgrade boot script (contract {contract.VERSION})",
                     f"run `kupgrade install-boot --kernel {t.version}`")]
+
+
+def _way_back(ctx: Context, blockers: list[Blocker], boot: Path = Path("/boot")) -> dict:
+    """restore.on_failure = "rollback": the new kernel must be able to kexec back into this one
+    with the snapshot. Checked here, before anything changes: this kernel's image (its header
+    says it is this release) and its initrd, carrying the boot scripts of this contract."""
+    if ctx.config.on_restore_failure != "rollback" or ctx.rehearsal:
+        return {}
+    here = Target(ctx.kernel_from, boot / f"vmlinuz-{ctx.kernel_from}", boot / f"initrd.img-{ctx.kernel_from}")
+    found: list[Blocker] = []
+    if _target(here, found).version != ctx.kernel_from and not found:
+        found.append(Blocker(f"{here.vmlinuz} is not the running kernel {ctx.kernel_from}", ""))
+    if here.initrd.is_file() and not found:
+        found += _initrd_blockers(here)
+    for b in found:
+        blockers.append(Blocker(f"restore.on_failure = \"rollback\", but the way back is not there: {b.message}",
+                                f"`kupgrade install-boot --kernel {ctx.kernel_from}` (it must carry the boot scripts "
+                                "too), or set restore.on_failure = \"keep\""))
+    return {"kernel": ctx.kernel_from, "vmlinuz": str(here.vmlinuz), "initrd": str(here.initrd),
+            "cmdline": Path("/proc/cmdline").read_text().strip(), "method": ctx.method.name} if not found else {}
 
 
 def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:

@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import contract, criu, manifest, tcp
-from ..errors import CommandError, RestoreError
+from .. import contract, criu, faults, manifest, tcp
+from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
 from .context import Context
@@ -74,12 +74,13 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> di
             ours = os.dup(1)
             inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
         conns = [s for s in socks if s.connected]
+        faults.point("restore", f"criu restore of {w.selector} failed")
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
                                   action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else ""),
                 timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
-    except (CommandError, OSError, ValueError) as e:
+    except (KupgradeError, OSError, ValueError) as e:
         cause = criu.first_error(images, criu.RESTORE_LOG)
         result = {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
     finally:

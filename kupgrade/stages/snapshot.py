@@ -121,7 +121,8 @@ def run(ctx: Context) -> tuple[str, dict]:
         files = w.tree(images_root(ctx), prefix="images")
         if hooks_root(ctx).is_dir():
             files |= w.tree(hooks_root(ctx), prefix=HOOKS_SUBDIR)
-        made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files))
+        made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files,
+                                  back=ctx.back))
         # for the initramfs script: new PIDs in the next boot start above every snapshot PID
         w.data(contract.MAX_PID, f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
         w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())

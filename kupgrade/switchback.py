@@ -1,0 +1,91 @@
+"""Back to the old kernel when the new one cannot restore the workloads (restore.on_failure =
+"rollback", the default): the same snapshot, packed again for the old kernel, kexec'ed back
+into it, restored there. The record tells the whole story across the three boots.
+
+What makes it safe: the old kernel's side was checked by preflight before the switch (its image
+and initrd with the boot scripts, `way_back` in the manifest); nothing of the snapshot has run in
+the new kernel (a rollback is refused once a workload was restored here: it has run on and its
+snapshot is stale); the way back is taken once (the manifest packed for it says `rollback`).
+Runs on the new kernel's boot path: imports neither typer nor rich nor psutil.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from . import contract, initrd, kexec, manifest, record
+from .errors import KupgradeError
+from .hooks import HOOKS_SUBDIR
+from .record import OK, StageResult
+from .run import COMMAND_LOG, run
+
+WORKDIR = "/run/kupgrade-back"          # a tmpfs of its own for the packed initrd
+
+
+def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = False) -> str:
+    """Why this failed restore does not go back ("" when it does)."""
+    if rehearsal:
+        return "a rehearsal has no other kernel to go back to"
+    if not m.back:
+        return "restore.on_failure is \"keep\" (or preflight found no way back)"
+    if m.rollback:
+        return "this is the way back already: there is no second one"
+    restored = sorted({k for s in rec.stages if s.name in ("restore", "restore-unit")
+                       for k, r in s.details.get("workloads", {}).items() if r.get("ok")})
+    if restored:
+        return f"{', '.join(restored)} already run on in this kernel: their snapshot is stale"
+    missing = [p for p in (m.back["vmlinuz"], m.back["initrd"]) if not Path(p).is_file()]
+    return f"{missing[0]} is gone" if missing else ""
+
+
+def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path) -> manifest.Manifest:
+    """The old kernel's initrd + the snapshot's images and hooks, with a manifest for it."""
+    from .stages.snapshot import restore_tmpfs_kib
+    made: list[manifest.Manifest] = []
+
+    def fill(w: initrd.CpioWriter) -> None:
+        files = w.tree(snap / contract.IMAGES, prefix=contract.IMAGES)
+        if (snap / HOOKS_SUBDIR).is_dir():
+            files |= w.tree(snap / HOOKS_SUBDIR, prefix=HOOKS_SUBDIR)
+        made.append(manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True))
+        w.data(contract.MAX_PID, f"{max(p for wl in m.workloads for p in wl.pids)}\n".encode())
+        w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())
+        w.data(manifest.NAME, manifest.dumps(made[0]))
+        w.data(contract.RECORD, rec.dumps().encode())
+
+    initrd.assemble(Path(m.back["initrd"]), out, fill)
+    return made[0]
+
+
+def go(ctx, m: manifest.Manifest, cause: KupgradeError) -> None:
+    """Pack, load and execute the old kernel. Returns only if that failed (then raises)."""
+    snap, back = ctx.restore_dir, m.back
+    t0, started = time.monotonic(), time.time()
+    work = Path(WORKDIR)
+    work.mkdir(mode=0o700, exist_ok=True)
+    size_kib = (sum(f.stat().st_size for f in snap.rglob("*") if f.is_file())
+                + Path(back["initrd"]).stat().st_size) // 1024 + 65536
+    run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size_kib}k,nosuid,nodev,noexec", "kupgrade-back",
+         str(work)], timeout=30)
+    packed = work / "initrd.img"
+    note = StageResult("switch-back", OK, started, 0.0,
+                       f"the restore failed in {m.kernel_to} ({cause.message}); back to {back['kernel']} "
+                       "with the same snapshot", {"cause": cause.message, "kernel": back["kernel"]})
+    sent = _pack(snap, m, ctx.record.with_stage(note), packed)
+    method = kexec.Method(back["method"], "chosen by preflight in the old kernel")
+    cmdline = kexec.command_line(back["cmdline"], m.id)
+    run(kexec.load_argv(method, Path(back["vmlinuz"]), packed, cmdline), timeout=600,
+        hint="the old kernel could not be loaded; the snapshot stays in " + str(snap))
+    packed.unlink()
+    note = replace(note, duration_s=time.monotonic() - t0,
+                   details={**note.details, "snapshot_bytes": sent.total_bytes, "cmdline": cmdline})
+    ctx.record = replace(ctx.record.with_stage(note), outcome=record.ROLLING_BACK,
+                         commands=ctx.record.commands + tuple(COMMAND_LOG))
+    COMMAND_LOG.clear()
+    record.save(ctx.record, ctx.state_dir)
+    os.sync()
+    run(kexec.exec_argv(), timeout=120)
+    raise KupgradeError("kexec --exec returned without switching back", f"the snapshot stays in {snap}")

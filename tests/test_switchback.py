@@ -1,0 +1,48 @@
+"""The way back to the old kernel: when it is taken, and what preflight checks for it."""
+
+from pathlib import Path
+
+from kupgrade import manifest, switchback
+from kupgrade.config import Config
+from kupgrade.record import StageResult, UpgradeRecord, Workload
+from kupgrade.stages import preflight
+from kupgrade.stages.context import Context
+
+W = (Workload("pid:5", 5, (5,)),)
+
+
+def m(tmp_path, **kw):
+    for f in ("vmlinuz", "initrd"):
+        (tmp_path / f).write_bytes(b"x")
+    back = {"kernel": "6.1", "vmlinuz": str(tmp_path / "vmlinuz"), "initrd": str(tmp_path / "initrd"),
+            "cmdline": "root=/dev/vda", "method": "classic"}
+    return manifest.make("U1", "6.1", "6.12", W, {}, **{"back": back, **kw})
+
+
+def test_refused_only_when_going_back_would_be_wrong(tmp_path):
+    rec = UpgradeRecord("U1", "run", "6.1")
+    assert switchback.refused(m(tmp_path), rec) == ""
+    assert "keep" in switchback.refused(m(tmp_path, back={}), rec)
+    assert "no second one" in switchback.refused(m(tmp_path, rollback=True), rec)
+    assert "rehearsal" in switchback.refused(m(tmp_path), rec, rehearsal=True)
+    ran = rec.with_stage(StageResult("restore", "failed", 0, 0, details={"workloads": {"tree-5": {"ok": True}}}))
+    assert "tree-5 already run on in this kernel" in switchback.refused(m(tmp_path), ran)
+    gone = m(tmp_path)
+    (tmp_path / "initrd").unlink()
+    assert switchback.refused(gone, rec) == f"{tmp_path / 'initrd'} is gone"
+
+
+def test_manifest_carries_the_way_back(tmp_path):
+    back = manifest.Manifest.from_json(__import__("json").loads(manifest.dumps(m(tmp_path, rollback=True))))
+    assert back.back["kernel"] == "6.1" and back.rollback
+
+
+def test_preflight_blocks_when_the_way_back_is_missing(tmp_path):
+    from kupgrade.kexec import Method
+    ctx = Context(Config(), UpgradeRecord("U1", "run", "6.1"), method=Method("classic", ""))
+    blockers = []
+    assert preflight._way_back(ctx, blockers, boot=tmp_path) == {}
+    assert "the way back is not there" in blockers[0].message and "on_failure" in blockers[0].hint
+    keep = Context(Config(on_restore_failure="keep"), UpgradeRecord("U1", "run", "6.1"))
+    blockers.clear()
+    assert preflight._way_back(keep, blockers, boot=tmp_path) == {} and blockers == []

@@ -1,0 +1,58 @@
+"""rollback: the restore fails in the new kernel (injected: `kupgrade.fault=restore` on its command
+line, as if criu could not restore there), so kupgrade kexecs back into the old kernel with the
+same snapshot and restores the workload there: same PIDs, same memory, heartbeat continued; the
+record tells the story of the three boots (6.1 -> 6.12 -> 6.1)."""
+
+from __future__ import annotations
+
+import json
+
+from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..workload import Workload
+
+NAME = "rollback"
+DESCRIPTION = "a restore failing in 6.12 goes back to 6.1 with the same snapshot; the workload lives on"
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    wl = Workload(vm)
+    wl.start(cgroup="/workload")
+    wl.wait_beats(5)
+    before = wl.state()
+    cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"]).replace(
+        f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\nappend = "kupgrade.fault=restore"')
+    write_config(vm, cfg + '[restore]\non_failure = "rollback"\n')
+    chk = vm.sh("kupgrade", "check", "--json", check=False, timeout=300)
+    way_back = json.loads(chk["stdout"])["stages"][0]["details"].get("way_back", {})
+    res.check(chk["rc"] == 0 and way_back.get("kernel") == image.kernel_from,
+              "check finds the way back to the running kernel", (chk["stdout"][-800:] + chk["stderr"][-400:]))
+    last_before = wl.beats[-1].counter
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    there = vm.wait_switch(rid, 600)
+    res.data["kernel_between"] = there.get("kernel")
+    res.check(there.get("kernel") == image.kernel_to, f"switched to {image.kernel_to} first", json.dumps(there)[:600])
+    back = vm.event("ready", 600, where=lambda e: e.get("kernel") == image.kernel_from)
+    res.data["kernel_after"] = back["kernel"]
+    wl.follow()
+    wl.wait_beats(5, after=last_before, timeout=300)
+    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -q '\"outcome\": \"r[eo]' $r/$(cat $r/last).json; "
+                      "do sleep 0.1; done", timeout=300)
+    after = wl.state()
+    rec = last_record(vm)
+    res.data["record"] = rec
+    res.data["stages"] = {f"{i}-{s['name']}": s["duration_s"] for i, s in enumerate(rec["stages"])}
+    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
+    res.data["state_preserved"] = after["sha256"] == before["sha256_start"] and wl.consecutive()
+    res.check(back["kernel"] == image.kernel_from, f"back on {image.kernel_from}", back["kernel"])
+    res.check(res.data["pids_preserved"], "same PIDs after the way back", f"{before['pid']} -> {after['pid']}")
+    res.check(res.data["state_preserved"], "buffer intact, every heartbeat once, in order", wl.span())
+    names = [s["name"] for s in rec["stages"]]
+    res.check(rec["outcome"] == "rolled-back", "the record says rolled-back", rec["outcome"])
+    failed = next((s for s in rec["stages"] if s["name"] == "restore" and s["status"] == "failed"), {})
+    res.check("fault injected" in json.dumps(failed) and "switch-back" in names and names[-1] == "restore",
+              "the record has the failed restore, the switch back and the restore on the old kernel", str(names))
+    cgroup = vm.read("/proc/%d/cgroup" % before["pid"]).strip()
+    res.check(cgroup.endswith("/workload"), "the workload is back in its cgroup", cgroup)
+    gap, _, _ = wl.largest_gap()
+    res.data["downtime_s"] = round(gap, 3)

@@ -102,9 +102,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     if (Path(cfg.restore_dir) / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {cfg.restore_dir} (a restore that failed?)",
                                 f"see `kupgrade report`; restore or remove it (`rm -r {cfg.restore_dir}`) first"))
-    if os.path.ismount(cfg.snapshot_dir):
-        blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
-                                f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
+    blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
@@ -125,6 +123,20 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise err
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def snapshot_dir_blockers(d: Path) -> list[Blocker]:
+    """The snapshot's tmpfs is mounted over `snapshot.dir`: it must not be mounted yet, and be an
+    empty directory or not exist (the tmpfs would hide what is there)."""
+    if os.path.ismount(d):
+        return [Blocker(f"{d} is already mounted (a previous run?)", f"check nothing is running, then `umount {d}`")]
+    try:
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            return [Blocker(f"snapshot.dir {d} exists and is not an empty directory: the snapshot's tmpfs would "
+                            "hide what is in it", "set `snapshot.dir` to a directory of kupgrade's own under /run")]
+    except OSError as e:
+        return [Blocker(f"cannot look into snapshot.dir {d}: {e.strerror}", "run kupgrade as root")]
+    return []
 
 
 def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
-from ..errors import StageError
+from ..errors import ConfigError
 from ..kexec import Method
 from ..progress import Report
 from ..record import UpgradeRecord, Workload
@@ -21,13 +21,14 @@ class Target:
 
 
 def resolve_target(cfg: Config, boot: Path = Path("/boot")) -> Target:
+    """The target kernel's files; a ConfigError (a usage error, exit 2) when none is configured."""
     if cfg.kernel:
         return Target(cfg.kernel, boot / f"vmlinuz-{cfg.kernel}", boot / f"initrd.img-{cfg.kernel}")
     if cfg.vmlinuz:
         version = Path(cfg.vmlinuz).name.removeprefix("vmlinuz-") or "unknown"
         return Target(version, Path(cfg.vmlinuz), Path(cfg.initrd))
-    raise StageError("no target kernel configured",
-                     "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
+    raise ConfigError("no target kernel configured",
+                      "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
 
 
 @dataclass

@@ -95,7 +95,7 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     try:
         pipeline.check(ctx, ui)
         pre = ctx.record.stage("preflight")
-        ui.print(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}")
+        ui.print(ui.esc(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}"))
     finally:
         if json:
             stdout_json(ctx.record.to_json())
@@ -149,7 +149,7 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
-        ui.print(f"log: {path}")
+        ui.print(f"log: {ui.esc(path)}")
     with ui:
         pipeline.upgrade(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
 
@@ -173,7 +173,7 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
                    [s.NAME for s in pipeline.REHEARSAL], json_mode=json)
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
-        ui.print(f"log: {path}")
+        ui.print(f"log: {ui.esc(path)}")
     try:
         with ui:
             pipeline.rehearse(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
@@ -196,7 +196,7 @@ def restore(config: Optional[Path] = CONFIG_OPT) -> None:
     ctx = Context(cfg, new_record("restore"))
     ui = Ui()
     if not restore_pending(ctx, ui):
-        ui.print("kupgrade: no snapshot pending in " + cfg.restore_dir)
+        ui.print("kupgrade: no snapshot pending in " + ui.esc(cfg.restore_dir))
 
 
 @app.command()
@@ -218,7 +218,7 @@ def report(config: Optional[Path] = CONFIG_OPT,
     ui.report(rec)
     if svg:
         ui.console.save_svg(str(svg), title=f"kupgrade {rec.id}")
-        ui.print(f"wrote {svg}")
+        ui.print(f"wrote {ui.esc(svg)}")
 
 
 def _record(state_dir: Path, record_id: Optional[str]) -> Optional[record.UpgradeRecord]:
@@ -253,7 +253,7 @@ def install_boot(config: Optional[Path] = CONFIG_OPT,
         raise KupgradeError("no kernel given to rebuild the initrd for", "pass --kernel VERSION or set target.kernel")
     ui = Ui()
     for line in boot.install(kernels, rebuild=not no_rebuild):
-        ui.print(line)
+        ui.print(ui.esc(line))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

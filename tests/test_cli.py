@@ -154,3 +154,14 @@ def test_corrupt_records_are_one_line(tmp_path, capsys):
     assert main(["report", "--config", str(cfg)]) == 2
     assert "last names '20200101T000000-abcdef', which is no record" in one_line_and_hint(capsys)
     assert record.latest(tmp_path / "state", "x") is None          # the corrupt ones are skipped
+
+
+def test_markup_in_a_cgroup_name_is_printed_literally(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    for cg in ("/x[/y]", "/[bold]"):
+        assert main(["check", "--config", str(cfg), "--kernel", "x", "--cgroup", cg]) == 3
+        out, err = capsys.readouterr()
+        assert f"cgroup {cg} does not exist" in out
+        assert err.startswith("kupgrade: blocked: ") and "Traceback" not in err
+        assert main(["plan", "--config", str(cfg), "--kernel", "x", "--cgroup", cg]) == 0
+        assert f"cgroup {cg} does not exist" in capsys.readouterr().out

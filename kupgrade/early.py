@@ -15,15 +15,29 @@ import json
 import math
 import shutil
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .devices import Device
 from .errors import HookError
-from .hooks import HOOKS_SUBDIR, Hook, HookResult, load_saved, raise_critical, request_for, selected
+from .hooks import HOOKS_SUBDIR, NAME_RE, Hook, HookResult, load_saved, raise_critical, request_for, selected
 
 BUNDLE = "early-restore.d"
 RUNNER = "run"
 SHELLS = ("/bin/sh", "/bin/busybox sh", "/bin/ash", "/usr/bin/env sh")
+OUTPUTS = ("rc", "time", "reply.json", "stderr")      # what the runner leaves next to hook NAME: NAME.rc ...
+
+
+def written_in_new_kernel(rel: str) -> bool:
+    """Files the new kernel adds to the snapshot before it is verified, which the manifest cannot
+    list: the runner's results in the bundle, and whatever a hook writes in its own state_dir
+    (SNAPSHOT/hooks/NAME/, at early-restore or restore; only that hook reads it)."""
+    parts = PurePosixPath(rel).parts
+    if len(parts) < 3 or parts[0] != HOOKS_SUBDIR:
+        return False
+    if parts[1] != BUNDLE:
+        return bool(NAME_RE.fullmatch(parts[1]))
+    name, _, what = parts[2].partition(".")
+    return len(parts) == 3 and bool(NAME_RE.fullmatch(name)) and what in OUTPUTS
 
 
 def cannot_run_early(hook: Hook) -> str | None:

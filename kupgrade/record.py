@@ -31,13 +31,17 @@ class CorruptRecord(ValueError):
     """A record file that is not what kupgrade writes: not JSON, or not the record's shape."""
 
 
-def _shape(d: object, types: dict, what: str) -> dict:
-    """d, if it is a JSON object whose keys (those present) have these types."""
+class BadShape(ValueError):
+    """JSON read back (a record, a manifest) that is not the shape kupgrade writes."""
+
+
+def shape(d: object, types: dict, what: str) -> dict:
+    """d, if it is a JSON object whose keys (those present) have these types; else BadShape."""
     if not isinstance(d, dict):
-        raise CorruptRecord(f"{what} is a {type(d).__name__}, not a JSON object")
+        raise BadShape(f"{what} is a {type(d).__name__}, not a JSON object")
     for key, t in types.items():
         if key in d and not isinstance(d[key], t):
-            raise CorruptRecord(f"{what}: `{key}` is a {type(d[key]).__name__}")
+            raise BadShape(f"{what}: `{key}` is a {type(d[key]).__name__}")
     return d
 
 
@@ -59,7 +63,7 @@ class StageResult:
 
     @classmethod
     def from_json(cls, d: dict) -> "StageResult":
-        return cls(**_shape(d, {"name": str, "status": str, "started": NUMBER, "duration_s": NUMBER, "summary": str,
+        return cls(**shape(d, {"name": str, "status": str, "started": NUMBER, "duration_s": NUMBER, "summary": str,
                                 "details": dict, "error": str, "hint": str}, "a stage"))
 
 
@@ -97,7 +101,7 @@ class Workload:
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
-        _shape(d, {"selector": str, "root_pid": int, "pids": list, "cgroup": str, "name": str, "unit": str},
+        shape(d, {"selector": str, "root_pid": int, "pids": list, "cgroup": str, "name": str, "unit": str},
                "a workload")
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
                    d.get("unit", ""))
@@ -161,10 +165,10 @@ class UpgradeRecord:
 
     @classmethod
     def from_json(cls, d: dict) -> "UpgradeRecord":
-        _shape(d, {"id": str, "command": str, "kernel_from": str, "kernel_to": str, "outcome": str,
+        shape(d, {"id": str, "command": str, "kernel_from": str, "kernel_to": str, "outcome": str,
                    "created": NUMBER, "workloads": list, "stages": list, "commands": list}, "the record")
         for c in d.get("commands", []):
-            _shape(c, {"argv": list, "returncode": (int, type(None)), "duration_s": NUMBER, "stderr_tail": str},
+            shape(c, {"argv": list, "returncode": (int, type(None)), "duration_s": NUMBER, "stderr_tail": str},
                    "a command")
         return cls(id=d["id"], command=d["command"], kernel_from=d["kernel_from"],
                    kernel_to=d.get("kernel_to", ""), outcome=d["outcome"], created=d.get("created", 0.0),
@@ -228,8 +232,6 @@ def load_file(path: Path) -> UpgradeRecord:
     """Raises OSError, or CorruptRecord naming the file and what is wrong."""
     try:
         return UpgradeRecord.from_json(json.loads(path.read_text()))
-    except CorruptRecord as e:
-        raise CorruptRecord(f"{path}: {e}") from None
     except UnicodeDecodeError:
         raise CorruptRecord(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
@@ -238,5 +240,5 @@ def load_file(path: Path) -> UpgradeRecord:
         raise CorruptRecord(f"{path}: nested too deeply") from None
     except KeyError as e:
         raise CorruptRecord(f"{path}: a required key is missing: {e}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:       # BadShape among them
         raise CorruptRecord(f"{path}: not a record: {e}") from None

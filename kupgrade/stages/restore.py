@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import criu, manifest, tcp
+from .. import criu, early, manifest, tcp
 from ..errors import CommandError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -112,7 +112,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     restored by their own start (see kupgrade/systemd.py), after this."""
     snap = Path(ctx.config.restore_dir)
     # a rehearsal restores on the old kernel what was packed for the target kernel
-    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release)
+    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release,
+                                  added=early.written_in_new_kernel)
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),

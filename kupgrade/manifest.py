@@ -58,6 +58,8 @@ class Manifest:
         if missing := [k for k in keys if k not in d]:
             raise BadShape(f"the manifest has no `{missing[0]}`")
         shape(d, keys, "the manifest")
+        if not d["id"] or "/" in d["id"] or d["id"].startswith("."):     # it names files: records/ID.json
+            raise BadShape(f"the manifest's id {d['id'][:60]!r} is not a record id")
         for rel, meta in d["files"].items():
             shape(meta, {"size": int, "sha256": str}, f"the manifest's entry {rel!r}")
             if "size" not in meta or "sha256" not in meta:

@@ -90,6 +90,8 @@ def test_unknown_format_is_refused(tmp_path):
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [3], "files": {}}',
      "a workload is a int"),
     ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"format": 1, "id": "../x", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], "files": {}}',
+     "the manifest's id '../x' is not a record id"),
     ("\xff", "unreadable"),
 ])
 def test_a_manifest_of_the_wrong_shape_is_a_problem_not_a_crash(tmp_path, text, words):

@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from .devices import Device
 from .errors import HookError
-from .hooks import (HOOKS_SUBDIR, MAX_REPLY, NAME_RE, Hook, HookFailed, HookResult, load_saved, parse_reply,
-                    raise_critical, request_for, selected, too_large)
+from .hooks import (HOOKS_SUBDIR, MAX_REPLY, NAME_RE, Hook, HookFailed, HookResult, check_size, load_saved,
+                    parse_reply, raise_critical, request_for, selected)
 from .manifest import sha256_file
 
 BUNDLE = "early-restore.d"
@@ -126,8 +126,7 @@ def _result(d: Path, name: str, critical: bool) -> HookResult:
         return fail(what + (f": {err[-1000:]}" if err else " (no stderr)"))
     out = _read(d / f"{name}.reply.json", MAX_REPLY + 1)
     try:
-        if (big := too_large(len(out))):
-            raise big
+        check_size(len(out))
         reply = parse_reply(out.decode(errors="replace"), f"`{name} early-restore`")
     except HookFailed as e:
         return fail(str(e))

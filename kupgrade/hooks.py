@@ -123,8 +123,9 @@ def _reply(data: object, who: str) -> dict:
     return data
 
 
-def too_large(size: int) -> HookFailed | None:
-    return HookFailed(f"reply larger than {MAX_REPLY >> 20} MiB") if size > MAX_REPLY else None
+def check_size(size: int) -> None:
+    if size > MAX_REPLY:
+        raise HookFailed(f"reply larger than {MAX_REPLY >> 20} MiB")
 
 
 def parse_reply(text: str, who: str) -> dict:
@@ -143,8 +144,7 @@ def _python_reply(data: object) -> dict:
     reply = _reply(data, "hook")
     try:
         text = json.dumps(reply)
-        if (big := too_large(len(text))):     # ASCII: characters are bytes
-            raise big
+        check_size(len(text))       # ASCII: characters are bytes
         return json.loads(text)
     except (TypeError, ValueError, RecursionError) as e:
         raise HookFailed(f"hook replied something that is not JSON: {type(e).__name__}: {e}")
@@ -171,8 +171,7 @@ def call_executable(path: Path, point: str, request: dict | None, timeout: float
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         raise HookFailed(f"exited {proc.returncode}" + (f": {err[-1000:]}" if err else " (no stderr)"))
-    if (big := too_large(len(proc.stdout))):
-        raise big
+    check_size(len(proc.stdout))
     return parse_reply(proc.stdout.decode(errors="replace"), f"`{path.name} {point}`")
 
 

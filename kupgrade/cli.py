@@ -13,7 +13,7 @@ import typer
 from . import __version__, boot, cli_hooks, config as config_mod, inflight, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import discard as discard_pending, restore_pending
-from .stages.context import Context
+from .stages.context import Context, resolve_target
 from .steps import new_record
 from .ui import LiveUi, PlainUi, Ui, stdout_json
 
@@ -31,10 +31,15 @@ KERNEL_OPT = typer.Option(None, "--kernel", help="Target kernel version in /boot
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
 
 
-def _config(path: Optional[Path], pids, cgroups, kernel, units=()) -> config_mod.Config:
+def _config(path: Optional[Path], pids, cgroups, kernel, units=(), need_target: bool = True) -> config_mod.Config:
+    """The config file with the command line's values; without a target kernel (when one is needed)
+    a ConfigError, before anything is done or recorded."""
     cfg = config_mod.load(path)
-    return config_mod.with_overrides(cfg, pids=tuple(pids or ()), cgroups=tuple(cgroups or ()),
-                                     units=tuple(units or ()), kernel=kernel or "")
+    cfg = config_mod.with_overrides(cfg, pids=tuple(pids or ()), cgroups=tuple(cgroups or ()),
+                                    units=tuple(units or ()), kernel=kernel or "")
+    if need_target:
+        resolve_target(cfg)
+    return cfg
 
 
 @app.callback()
@@ -55,7 +60,7 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
     """Show the ordered stages and what each will do on this machine (the workloads and their
     PIDs, memory to snapshot, the kernels), the blockers with their fixes and the downtime
     estimate with its basis. Changes nothing (it runs the read-only preflight)."""
-    cfg = _config(config, pid, cgroup, kernel, unit)
+    cfg = _config(config, pid, cgroup, kernel, unit, need_target=False)
     ctx = Context(cfg, new_record("plan"))
     try:
         pipeline.check(ctx, PlainUi(quiet=True))
@@ -90,7 +95,7 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     try:
         pipeline.check(ctx, ui)
         pre = ctx.record.stage("preflight")
-        ui.print(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}")
+        ui.print(ui.esc(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}"))
     finally:
         if json:
             stdout_json(ctx.record.to_json())
@@ -153,7 +158,7 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     ui.timeout = cfg.answer_timeout
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
-        ui.print(f"log: {path}")
+        ui.print(f"log: {ui.esc(path)}")
     with ui:
         pipeline.upgrade(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
 
@@ -178,7 +183,7 @@ def rehearse(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID
     ui.timeout = cfg.answer_timeout
     ctx.progress = ui.progress
     if (path := logfile.start(ctx.record.id)):
-        ui.print(f"log: {path}")
+        ui.print(f"log: {ui.esc(path)}")
     try:
         with ui:
             pipeline.rehearse(ctx, ui, pipeline.Gate(ui, step=step, yes=yes, skip=skips))
@@ -208,7 +213,7 @@ def restore(config: Optional[Path] = CONFIG_OPT,
     ctx = Context(cfg, new_record("restore"))
     ui = Ui()
     if not (discard_pending(ctx, ui) if discard else restore_pending(ctx, ui, retry=retry)):
-        ui.print("kupgrade: no snapshot pending in " + str(ctx.restore_dir))
+        ui.print("kupgrade: no snapshot pending in " + ui.esc(str(ctx.restore_dir)))
 
 
 @app.command()
@@ -243,7 +248,7 @@ def report(config: Optional[Path] = CONFIG_OPT,
     """Show the last (or --id) upgrade record: stages, timeline, downtime, each workload's outcome.
     Changes nothing (except writing --svg FILE)."""
     cfg = config_mod.load(config)
-    rec = record.load(Path(cfg.state_dir), id)
+    rec = _record(Path(cfg.state_dir), id)
     if rec is None:
         raise KupgradeError(f"no upgrade record {'with id ' + id if id else 'yet'} in {cfg.state_dir}/records",
                             "run `kupgrade run` first, or check --id")
@@ -254,7 +259,23 @@ def report(config: Optional[Path] = CONFIG_OPT,
     ui.report(rec)
     if svg:
         ui.console.save_svg(str(svg), title=f"kupgrade {rec.id}")
-        ui.print(f"wrote {svg}")
+        ui.print(f"wrote {ui.esc(svg)}")
+
+
+def _record(state_dir: Path, record_id: Optional[str]) -> Optional[record.UpgradeRecord]:
+    """The record `report` shows; bad input (an id that is none, a corrupt file) is a ConfigError."""
+    if record_id is not None and not record.valid_id(record_id):
+        raise ConfigError(f"--id {record_id[:60]!r} is not a record id",
+                          f"ids look like {record.new_id()}; `ls {state_dir}/records` lists them")
+    try:
+        return record.load(state_dir, record_id)
+    except record.CorruptRecord as e:
+        raise ConfigError(f"corrupt upgrade record: {e}",
+                          "inspect the file, or remove it (and records/last if it names it); "
+                          f"`kupgrade report --id ID` shows another record (`ls {state_dir}/records`)")
+    except OSError as e:
+        raise KupgradeError(f"cannot read the upgrade records in {state_dir}: {e.strerror}",
+                            "records are root-only: run it as root")
 
 
 @app.command("install-boot")
@@ -267,11 +288,13 @@ def install_boot(config: Optional[Path] = CONFIG_OPT,
     initrds in /boot."""
     cfg = config_mod.load(config)
     kernels = list(kernel or ([cfg.kernel] if cfg.kernel else []))
+    for k in kernels:
+        config_mod.check_option("kernel", k)
     if not kernels and not no_rebuild:
         raise KupgradeError("no kernel given to rebuild the initrd for", "pass --kernel VERSION or set target.kernel")
     ui = Ui()
     for line in boot.install(kernels, rebuild=not no_rebuild):
-        ui.print(line)
+        ui.print(ui.esc(line))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

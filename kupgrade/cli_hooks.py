@@ -83,7 +83,7 @@ def _print(hooks: list[Hook], skipped: list[Skipped], rows: list[Coverage], hidd
         d.add_column(col)
     for c in rows:
         dev = c.device
-        d.add_row(escape(dev.sys_name or dev.sys_path), dev.subsystem, dev.effective_driver, _status(c),
+        d.add_row(escape(dev.sys_name or dev.sys_path), escape(dev.subsystem), escape(dev.effective_driver), _status(c),
                   escape(format_holders(c.holders)) if c.holders else "")
     console.print(d)
     console.print("[dim]none: reset = no hook; the new kernel's driver starts this device from scratch[/]")

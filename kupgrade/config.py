@@ -6,10 +6,12 @@ ConfigErrors that name the key and the file.
 
 from __future__ import annotations
 
+import os
 import re
+import reprlib
 import tomllib
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from . import contract
@@ -18,6 +20,12 @@ from .errors import ConfigError
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 KEXEC_METHODS = ("auto", "file", "classic")
 RESTORE_POLICIES = ("rollback", "keep")
+SNAPSHOT_TOPS = ("/run", "/dev/shm")
+KERNEL_RE = re.compile(r"[A-Za-z0-9._+~-]+")
+PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
+PID_MAX_LIMIT = 4194304          # the kernel's PID_MAX_LIMIT on 64-bit: the fallback
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxlist, _short.maxstring, _short.maxother = 3, 6, 60, 60
 
 
 @dataclass(frozen=True)
@@ -48,40 +56,64 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def pid_max(path: Path = PID_MAX_FILE) -> int:
+    """The highest PID this kernel hands out (kernel.pid_max)."""
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return PID_MAX_LIMIT
+
+
 def _positive_pids(v: list) -> str | None:
-    bad = [p for p in v if p <= 1]
-    return f"PIDs must be > 1 (got {bad})" if bad else None
+    top = pid_max()
+    bad = [p for p in v if not 1 < p <= top]
+    return f"PIDs must be > 1 and at most {top} (kernel.pid_max) (got {_short.repr(bad)})" if bad else None
 
 
 def _abs_cgroups(v: list) -> str | None:
     bad = [p for p in v if not p.startswith("/") or ".." in p.split("/")]
-    return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {bad})" if bad else None
+    return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {_short.repr(bad)})" if bad else None
 
 
 def _units(v: list) -> str | None:
     bad = [u for u in v if not u.endswith(".service") or "/" in u]
-    return f"units are systemd service names like \"nginx.service\" (got {bad})" if bad else None
+    return f"units are systemd service names like \"nginx.service\" (got {_short.repr(bad)})" if bad else None
 
 
 def _allow(v: list) -> str | None:
     bad = [a for a in v if not a or ("/" in a and not a.startswith("/"))]
-    return f"entries are udev subsystems like \"infiniband\" or absolute sys paths (got {bad})" if bad else None
+    return f"entries are udev subsystems like \"infiniband\" or absolute sys paths (got {_short.repr(bad)})" if bad else None
 
 
 def _abs_path(v: str) -> str | None:
-    return None if v == "" or v.startswith("/") else f"must be an absolute path (got {v!r})"
+    return None if v == "" or v.startswith("/") else f"must be an absolute path (got {_short.repr(v)})"
 
 
 def _snapshot_dir(v: str) -> str | None:
+    """A tmpfs is mounted over it: only a directory of its own in a tmpfs for runtime files."""
     if not v.startswith("/"):
-        return f"must be an absolute path (got {v!r})"
-    if v == "/boot" or v.startswith("/boot/"):
+        return f"must be an absolute path (got {_short.repr(v)})"
+    p = PurePosixPath(os.path.normpath(v))
+    if p.is_relative_to("/boot"):
         return "the snapshot holds process memory: never under /boot"
+    if ".." in PurePosixPath(v).parts or not any(p.is_relative_to(top) and p != PurePosixPath(top)
+                                                  for top in SNAPSHOT_TOPS):
+        return (f"must be a directory of its own under {' or '.join(SNAPSHOT_TOPS)} (got {_short.repr(v)}): "
+                "a tmpfs is mounted over it, hiding what is there")
+    if p.is_relative_to(contract.RESTORE_DIR):
+        return f"must not be in {contract.RESTORE_DIR}, where the new kernel finds the snapshot"
     return None
 
 
+def _kernel(v: str) -> str | None:
+    if v == "" or (KERNEL_RE.fullmatch(v) and not v.startswith(".")):
+        return None
+    return (f"must be a kernel version as in /boot/vmlinuz-VERSION: letters, digits and . _ + ~ -, "
+            f"not starting with a dot (got {_short.repr(v)})")
+
+
 def _size(v: str) -> str | None:
-    return None if v == "auto" or re.fullmatch(r"[0-9]+[KMG]", v) else f"must be \"auto\" or a size like \"2G\" (got {v!r})"
+    return None if v == "auto" or re.fullmatch(r"[0-9]+[KMG]", v) else f"must be \"auto\" or a size like \"2G\" (got {_short.repr(v)})"
 
 
 def _timeout(v: int) -> str | None:
@@ -93,7 +125,7 @@ def _policy(v: str) -> str | None:
 
 
 def _kexec_method(v: str) -> str | None:
-    return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {v!r})"
+    return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {_short.repr(v)})"
 
 
 @dataclass(frozen=True)
@@ -106,22 +138,24 @@ class Setting:
     item: type | None = None
     check: Callable[[Any], str | None] | None = None
     example: str = ""
+    cli: str = ""            # the command-line option that overrides it, with an example value
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("workloads", "pids", "pids", list, "Process trees to keep, by the PID of their root.",
-            item=int, check=_positive_pids, example="[1234]"),
+            item=int, check=_positive_pids, example="[1234]", cli="--pid 1234"),
     Setting("workloads", "cgroups", "cgroups", list,
             "Workloads to keep, by cgroup v2 path (relative to /sys/fs/cgroup). The cgroup is frozen "
             "with the cgroup freezer; every process in it must belong to one process tree.",
-            item=str, check=_abs_cgroups, example='["/workload"]'),
+            item=str, check=_abs_cgroups, example='["/workload"]', cli="--cgroup /workload"),
     Setting("workloads", "units", "units", list,
             "systemd services to keep. Each is frozen through its cgroup and restored as itself: in "
             "the new boot the unit's start restores its main process (same PID) instead of starting "
-            "it fresh.", item=str, check=_units, example='["memcached.service"]'),
+            "it fresh.", item=str, check=_units, example='["memcached.service"]',
+            cli="--unit memcached.service"),
     Setting("target", "kernel", "kernel", str,
             "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
-            example='"6.12.117+deb12-amd64"'),
+            check=_kernel, example='"6.12.117+deb12-amd64"', cli="--kernel 6.12.117+deb12-amd64"),
     Setting("target", "vmlinuz", "vmlinuz", str, "Target kernel image path (instead of `kernel`).",
             check=_abs_path, example='"/srv/kernels/vmlinuz"'),
     Setting("target", "initrd", "initrd", str, "Target initrd path (with `vmlinuz`).",
@@ -130,7 +164,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Extra kernel command-line words for the target (added to the current command line).",
             example='"quiet"'),
     Setting("snapshot", "dir", "snapshot_dir", str,
-            "Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot. Never under /boot.",
+            "Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot: a directory of its own under "
+            "/run or /dev/shm (the tmpfs hides whatever is there; preflight blocks if it is not empty), not in "
+            f"{contract.RESTORE_DIR} (where the new kernel finds the snapshot). Never under /boot.",
             check=_snapshot_dir, example=f'"{contract.SNAPSHOT_TMPFS}"'),
     Setting("snapshot", "size", "snapshot_size", str,
             "Size limit of that tmpfs: \"auto\" (estimate x 2.5, at least 256M) or a size like \"4G\".",
@@ -178,6 +214,8 @@ def parse(text: str, source: str = "<string>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}", "fix the syntax at the position shown")
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to parse", "kupgrade's settings are flat: see docs/config.md")
     by_key = {(s.section, s.key): s for s in SETTINGS}
     sections = {s.section for s in SETTINGS}
     values: dict[str, Any] = {}
@@ -194,7 +232,7 @@ def parse(text: str, source: str = "<string>") -> Config:
                 raise ConfigError(f"{source}: unknown key `{section}.{key}`", f"keys of [{section}]: {known}")
             if not _check_type(value, s):
                 raise ConfigError(f"{source}: `{section}.{key}` must be a {_type_name(s.type, s.item)}, "
-                                  f"got {type(value).__name__} {value!r}", f"for example: {key} = {s.example}")
+                                  f"got {type(value).__name__} {_short.repr(value)}", f"for example: {key} = {s.example}")
             if s.check and (problem := s.check(value)):
                 raise ConfigError(f"{source}: `{section}.{key}` {problem}", f"for example: {key} = {s.example}")
             values[s.attr] = tuple(value) if isinstance(value, list) else value
@@ -220,23 +258,31 @@ def load(path: Path | None) -> Config:
             return Config(source="")
         raise ConfigError(f"config file {p} does not exist", "check the --config path")
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read {p}: {e.strerror}", "check its permissions")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}): not a TOML config file",
+                          "TOML files are UTF-8: check --config names the right file, or re-save it as UTF-8")
     return parse(text, str(p))
 
 
 def with_overrides(cfg: Config, **over: Any) -> Config:
     """Command-line values (only those given) replace the file's; then the whole is checked."""
     given = {k: v for k, v in over.items() if v not in (None, (), [], "")}
-    for s in SETTINGS:
-        if s.attr in given:
-            v = given[s.attr]
-            if s.check and (problem := s.check(list(v) if isinstance(v, tuple) else v)):
-                raise ConfigError(f"--{s.key}: {problem}", f"for example: {s.example}")
+    for attr, v in given.items():
+        check_option(attr, v)
     new = replace(cfg, **given)
     _check_whole(new)
     return new
+
+
+def check_option(attr: str, value: Any) -> None:
+    """A command-line value for the setting `attr`: a ConfigError naming the option if it is wrong."""
+    s = next(s for s in SETTINGS if s.attr == attr)
+    if s.check and (problem := s.check(list(value) if isinstance(value, tuple) else value)):
+        flag = s.cli.split()[0] if s.cli else f"`{s.section}.{s.key}`"
+        raise ConfigError(f"{flag}: {problem}", f"for example: {s.cli or f'{s.key} = {s.example}'}")
 
 
 def docs_markdown() -> str:

@@ -7,24 +7,45 @@ JSON requests and a small sh runner into the snapshot (SNAPSHOT/hooks/early-rest
 initrd needs no rebuild when hooks change; the init-bottom script runs the runner once the
 snapshot is in /run/kupgrade; `kupgrade-restore` later turns the files it left into HookResults
 with the after-the-point-of-no-return policy (critical failures raise HookError).
+
+The runner runs before the snapshot is verified, so it checks each hook's files against the
+sha256 sums the bundle holds (NAME.sha256) and runs a hook only under a timeout; otherwise it
+leaves the reason in NAME.rc and the hook fails.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import contract
 from .devices import Device
 from .errors import HookError
-from .hooks import HOOKS_SUBDIR, Hook, HookResult, load_saved, raise_critical, request_for, selected
+from .hooks import (HOOKS_SUBDIR, MAX_REPLY, NAME_RE, Hook, HookFailed, HookResult, check_size, load_saved,
+                    parse_reply, raise_critical, request_for, selected)
+from .manifest import sha256_file
 
 BUNDLE = contract.EARLY_BUNDLE
 RUNNER = contract.EARLY_RUNNER
 SHELLS = ("/bin/sh", "/bin/busybox sh", "/bin/ash", "/usr/bin/env sh")
+OUTPUTS = ("rc", "time", "reply.json", "stderr")      # what the runner leaves next to hook NAME: NAME.rc ...
+
+
+def written_in_new_kernel(rel: str) -> bool:
+    """Files the new kernel adds to the snapshot before it is verified, which the manifest cannot
+    list: the runner's results in the bundle, and whatever a hook writes in its own state_dir
+    (SNAPSHOT/hooks/NAME/, at early-restore or restore; only that hook reads it)."""
+    parts = PurePosixPath(rel).parts
+    if len(parts) < 3 or parts[0] != HOOKS_SUBDIR:
+        return False
+    if parts[1] != BUNDLE:
+        return bool(NAME_RE.fullmatch(parts[1]))
+    name, _, what = parts[2].partition(".")
+    return len(parts) == 3 and bool(NAME_RE.fullmatch(name)) and what in OUTPUTS
 
 
 def cannot_run_early(hook: Hook) -> str | None:
@@ -65,6 +86,8 @@ def bundle(hooks: list[Hook], devices: list[Device], request_extra: dict, snapsh
         req = request_for(hook, "early-restore", mine, request_extra, restore_dir, saved)
         (d / f"{hook.name}.request.json").write_text(json.dumps(req) + "\n")
         (d / f"{hook.name}.timeout").write_text(f"{math.ceil(hook.spec.timeout)}\n")
+        (d / f"{hook.name}.sha256").write_text("".join(
+            f"{sha256_file(d / f)}  {f}\n" for f in (hook.name, f"{hook.name}.request.json", f"{hook.name}.timeout")))
         order.append(hook.name)
         notes.append(f"{hook.name}: bundled for early-restore")
     (d / "order").write_text("".join(n + "\n" for n in order))
@@ -73,30 +96,41 @@ def bundle(hooks: list[Hook], devices: list[Device], request_extra: dict, snapsh
     return notes
 
 
+def _read(path: Path, limit: int, tail: bool = False) -> bytes:
+    """At most `limit` bytes of the file: its head, or its tail. b"" if it is not there."""
+    try:
+        with open(path, "rb") as f:
+            if tail:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
 def _result(d: Path, name: str, critical: bool) -> HookResult:
-    def fail(error: str, seconds: float = 0.0) -> HookResult:
+    def fail(error: str) -> HookResult:
         return HookResult(name, "early-restore", False, seconds, error=error, critical=critical)
 
     try:
-        rc = int((d / f"{name}.rc").read_text())
-    except (OSError, ValueError):
-        return fail("did not run (the initramfs did not run the early-restore runner)")
-    try:
-        start, end = (float(x) for x in (d / f"{name}.time").read_text().split())
+        start, end = (float(x) for x in _read(d / f"{name}.time", 100).split())
         seconds = end - start
-    except (OSError, ValueError):
+    except ValueError:
         seconds = 0.0
-    if rc != 0:
-        err = (d / f"{name}.stderr").read_text(errors="replace").strip()
-        what = "timed out" if rc in (124, 143) else f"exited {rc}"
-        return fail(what + (f": {err[-1000:]}" if err else " (no stderr)"), seconds)
-    out = (d / f"{name}.reply.json").read_text(errors="replace").strip()
+    rc = _read(d / f"{name}.rc", 1000).decode(errors="replace").strip()
+    if not rc:
+        return fail("did not run (the initramfs did not run the early-restore runner)")
+    if not rc.lstrip("-").isdigit():
+        return fail(rc)         # why the runner did not run it (not verified, no timeout)
+    if rc != "0":
+        err = _read(d / f"{name}.stderr", 4000, tail=True).decode(errors="replace").strip()
+        what = "timed out" if rc in ("124", "143") else f"exited {rc}"
+        return fail(what + (f": {err[-1000:]}" if err else " (no stderr)"))
+    out = _read(d / f"{name}.reply.json", MAX_REPLY + 1)
     try:
-        reply = json.loads(out) if out else {}
-    except json.JSONDecodeError as e:
-        return fail(f"printed invalid JSON ({e.msg}): {out[:200]!r}", seconds)
-    if not isinstance(reply, dict):
-        return fail(f"replied {type(reply).__name__}, not a JSON object", seconds)
+        check_size(len(out))
+        reply = parse_reply(out.decode(errors="replace"), f"`{name} early-restore`")
+    except HookFailed as e:
+        return fail(str(e))
     return HookResult(name, "early-restore", True, seconds, reply, critical=critical)
 
 

@@ -28,7 +28,7 @@ def explain(e: KupgradeError) -> str:
 
 
 class ConfigError(KupgradeError):
-    """The configuration file or a command-line value is wrong."""
+    """The configuration file, a command-line value or another input file (an upgrade record) is wrong."""
 
     exit_code = 2
 

@@ -37,6 +37,7 @@ BEFORE_NO_RETURN = ("preflight", "quiesce", "save")
 AFTER_NO_RETURN = ("early-restore", "restore", "verify")
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")       # run-parts' rule
 DEFAULT_TIMEOUT = 30.0
+MAX_REPLY = 1 << 20                            # bytes of JSON a hook may reply
 KILL_AFTER = 2                                 # s between TERM and KILL on timeout
 HOOKS_SUBDIR = contract.HOOKS                  # SNAPSHOT/hooks/NAME/ belongs to hook NAME
 SAVED = "saved.json"                           # SNAPSHOT/hooks/saved.json: the save results
@@ -123,6 +124,33 @@ def _reply(data: object, who: str) -> dict:
     return data
 
 
+def check_size(size: int) -> None:
+    if size > MAX_REPLY:
+        raise HookFailed(f"reply larger than {MAX_REPLY >> 20} MiB")
+
+
+def parse_reply(text: str, who: str) -> dict:
+    """The JSON object a hook printed (nothing = {}); HookFailed saying what is wrong with it."""
+    text = text.strip()
+    try:
+        return _reply(json.loads(text) if text else None, who)
+    except json.JSONDecodeError as e:
+        raise HookFailed(f"{who} printed invalid JSON ({e.msg}): {text[:200]!r}")
+    except RecursionError:
+        raise HookFailed(f"{who} printed JSON nested too deeply")
+
+
+def _python_reply(data: object) -> dict:
+    """A Python hook's reply as plain JSON data (what the record keeps), bounded like a printed one."""
+    reply = _reply(data, "hook")
+    try:
+        text = json.dumps(reply)
+        check_size(len(text))       # ASCII: characters are bytes
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise HookFailed(f"hook replied something that is not JSON: {type(e).__name__}: {e}")
+
+
 def call_executable(path: Path, point: str, request: dict | None, timeout: float) -> dict:
     """`HOOK POINT` with the request on stdin; the reply is stdout's JSON (empty stdout = {}).
 
@@ -133,20 +161,19 @@ def call_executable(path: Path, point: str, request: dict | None, timeout: float
     if shutil.which("timeout"):
         argv = ["timeout", "-k", str(KILL_AFTER), f"{timeout:g}", *argv]
     try:
-        proc = run(argv, input=stdin, timeout=timeout + KILL_AFTER + 5, check=False)
+        proc = run(argv, input=stdin, timeout=timeout + KILL_AFTER + 5, check=False, keep=MAX_REPLY)
     except CommandError as e:
         raise HookFailed(f"timed out after {timeout:g} s" if e.returncode is None and e.stderr_tail
                          else e.message)
+    except OSError as e:        # not executable after all, a bad interpreter line...
+        raise HookFailed(f"cannot run it: {e.strerror or e}")
     if proc.returncode in (124, 137) and argv[0] == "timeout":
         raise HookFailed(f"timed out after {timeout:g} s")
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         raise HookFailed(f"exited {proc.returncode}" + (f": {err[-1000:]}" if err else " (no stderr)"))
-    out = proc.stdout.decode(errors="replace").strip()
-    try:
-        return _reply(json.loads(out) if out else None, f"`{path.name} {point}`")
-    except json.JSONDecodeError as e:
-        raise HookFailed(f"`{path.name} {point}` printed invalid JSON ({e.msg}): {out[:200]!r}")
+    check_size(len(proc.stdout))
+    return parse_reply(proc.stdout.decode(errors="replace"), f"`{path.name} {point}`")
 
 
 def _call_python(target: object, point: str, request: dict, timeout: float) -> dict:
@@ -162,15 +189,17 @@ def _call_python(target: object, point: str, request: dict, timeout: float) -> d
             box["reply"] = fn(request)
         except Exception as e:  # noqa: BLE001 -- a hook's bug is its failure, not kupgrade's crash
             box["error"] = f"{type(e).__name__}: {e}"
+        except BaseException as e:  # noqa: BLE001 -- SystemExit & co. would end only this thread, silently
+            box["error"] = f"raised {e!r}"
 
     t = threading.Thread(target=work, name=f"hook-{point}", daemon=True)
     t.start()
     t.join(timeout)
     if t.is_alive():
         raise HookFailed(f"timed out after {timeout:g} s (the Python call was abandoned)")
-    if "error" in box:
-        raise HookFailed(box["error"])
-    return _reply(box.get("reply"), "hook")
+    if "reply" not in box:
+        raise HookFailed(box.get("error", "ended without returning"))
+    return _python_reply(box["reply"])
 
 
 @dataclass(frozen=True)

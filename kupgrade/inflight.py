@@ -48,8 +48,9 @@ class Lock:
         os.close(self.fd)
 
 
-def holder(path: Path = LOCK) -> int:
+def holder(path: Path | None = None) -> int:
     """The PID holding the lock (0 when nobody does)."""
+    path = path or LOCK
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -66,9 +67,11 @@ def holder(path: Path = LOCK) -> int:
     return 0
 
 
-def acquire(path: Path = LOCK, journal: Path | None = JOURNAL) -> Lock:
+def acquire(path: Path | None = None, journal: Path | None | bool = True) -> Lock:
     """Take the lock or say who has it; refuse while an interrupted run's journal is left
     (journal=None: `kupgrade recover`, which is there to undo it)."""
+    path = path or LOCK
+    journal = JOURNAL if journal is True else journal
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,7 +92,7 @@ def running_blocker(pid: int) -> Blocker:
                    "wait for it to finish; one upgrade at a time")
 
 
-def interrupted_blocker(journal: Path = JOURNAL) -> Blocker | None:
+def interrupted_blocker(journal: Path | None = None) -> Blocker | None:
     """A run that was killed before it could undo its changes, if one was."""
     state = read(journal)
     if state is None:
@@ -99,7 +102,7 @@ def interrupted_blocker(journal: Path = JOURNAL) -> Blocker | None:
                    "run `kupgrade recover`: it resumes every workload and undoes the rest")
 
 
-def blockers(lock: Path = LOCK, journal: Path = JOURNAL) -> list[Blocker]:
+def blockers(lock: Path | None = None, journal: Path | None = None) -> list[Blocker]:
     """For preflight (check changes nothing, so it does not take the lock)."""
     if (pid := holder(lock)) and pid != os.getpid():
         return [running_blocker(pid)]
@@ -107,7 +110,8 @@ def blockers(lock: Path = LOCK, journal: Path = JOURNAL) -> list[Blocker]:
     return [left] if left is not None and holder(lock) != os.getpid() else []
 
 
-def read(journal: Path = JOURNAL) -> dict | None:
+def read(journal: Path | None = None) -> dict | None:
+    journal = journal or JOURNAL
     try:
         return json.loads(journal.read_text())
     except FileNotFoundError:
@@ -116,12 +120,13 @@ def read(journal: Path = JOURNAL) -> dict | None:
         return {"pid": "?", "record": {}, "unreadable": True}
 
 
-def write(state: dict, journal: Path = JOURNAL) -> None:
+def write(state: dict, journal: Path | None = None) -> None:
+    journal = journal or JOURNAL
     write_private(journal, json.dumps(state, indent=1) + "\n")
 
 
-def clear(journal: Path = JOURNAL) -> None:
-    journal.unlink(missing_ok=True)
+def clear(journal: Path | None = None) -> None:
+    (journal or JOURNAL).unlink(missing_ok=True)
 
 
 def describe(state: dict) -> list[str]:

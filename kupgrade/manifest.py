@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from . import contract
-from .record import Workload
+from .record import NUMBER, BadShape, Workload, shape
 
 NAME = contract.MANIFEST
 FORMAT = 1
+CHECKED_DIRS = ("images", "hooks")     # every file under these must be listed
 
 
 def sha256_file(path: Path) -> str:
@@ -50,11 +53,26 @@ class Manifest:
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
+        """ValueError (BadShape) unless d is a manifest of this format, every key present and typed."""
+        shape(d, {}, "the manifest")
         if d.get("format") != FORMAT:
             raise ValueError(f"manifest format {d.get('format')!r}, this kupgrade reads {FORMAT}")
-        return cls(d["id"], d["kernel_from"], d["kernel_to"], d["created"],
-                   tuple(Workload.from_json(w) for w in d["workloads"]), d["files"], d.get("back", {}),
-                   d.get("rollback", False))
+        keys = {"id": str, "kernel_from": str, "kernel_to": str, "created": NUMBER, "workloads": list, "files": dict}
+        if missing := [k for k in keys if k not in d]:
+            raise BadShape(f"the manifest has no `{missing[0]}`")
+        shape(d, keys, "the manifest")
+        if not d["id"] or "/" in d["id"] or d["id"].startswith("."):     # it names files: records/ID.json
+            raise BadShape(f"the manifest's id {d['id'][:60]!r} is not a record id")
+        for rel, meta in d["files"].items():
+            shape(meta, {"size": int, "sha256": str}, f"the manifest's entry {rel!r}")
+            if "size" not in meta or "sha256" not in meta:
+                raise BadShape(f"the manifest's entry {rel!r} needs `size` and `sha256`")
+        try:
+            workloads = tuple(Workload.from_json(w) for w in d["workloads"])
+        except (KeyError, TypeError) as e:
+            raise BadShape(f"a workload in the manifest: {type(e).__name__} {e}") from None
+        return cls(d["id"], d["kernel_from"], d["kernel_to"], d["created"], workloads, d["files"],
+                   shape(d.get("back", {}), {}, "the manifest's way back"), bool(d.get("rollback", False)))
 
 
 def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict,
@@ -69,30 +87,61 @@ def dumps(m: Manifest) -> bytes:
 
 
 def read(snapshot: Path) -> Manifest:
-    return Manifest.from_json(json.loads((snapshot / NAME).read_text()))
+    """The snapshot's manifest. Raises OSError, or ValueError saying what is wrong with it."""
+    try:
+        return Manifest.from_json(json.loads((snapshot / NAME).read_text()))
+    except RecursionError:
+        raise BadShape(f"{NAME} is nested too deeply") from None
 
 
-def verify(snapshot: Path, kernel_now: str, skip: tuple[str, ...] = ()) -> tuple[Manifest, list[str]]:
-    """Return the manifest and the problems found (empty list = verified). Files whose path
-    starts with one of `skip` are not looked at (a retry: the images of trees restored already
-    were freed)."""
+def outside(rel: str) -> bool:
+    """A manifest path that could name something outside the snapshot (never opened)."""
+    p = PurePosixPath(rel)
+    return not rel or "\0" in rel or p.is_absolute() or ".." in p.parts
+
+
+def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambda rel: False,
+           skip: tuple[str, ...] = ()) -> tuple[Manifest, list[str]]:
+    """Return the manifest and the problems found (empty list = verified): a wrong kernel, a
+    listed file missing, of another size or sha256 or outside the snapshot, a file under
+    images/ or hooks/ that is not listed, unless `added(rel)` (written in this boot on purpose).
+    Listed files whose path starts with one of `skip` are not looked at (a retry: the images of
+    trees restored already were freed)."""
     try:
         m = read(snapshot)
     except FileNotFoundError:
         return None, [f"no {NAME} in {snapshot}"]  # type: ignore[return-value]
-    except (ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         return None, [f"{snapshot / NAME} is unreadable: {e}"]  # type: ignore[return-value]
     problems = []
     if m.kernel_to != kernel_now:
         problems.append(f"snapshot was made for kernel {m.kernel_to}, this is {kernel_now}")
+    top = snapshot.resolve()
     for rel, meta in m.files.items():
         if skip and rel.startswith(skip):
             continue
         p = snapshot / rel
-        if not p.is_file():
+        if outside(rel) or not p.resolve().is_relative_to(top):
+            problems.append(f"{rel!r}: not a path inside the snapshot (not opened)")
+        elif not p.is_file():
             problems.append(f"{rel}: missing")
         elif p.stat().st_size != meta["size"]:
             problems.append(f"{rel}: size {p.stat().st_size}, manifest says {meta['size']}")
         elif sha256_file(p) != meta["sha256"]:
             problems.append(f"{rel}: sha256 mismatch")
+    problems += [f"{rel}: not in the manifest" for rel in unlisted(snapshot, m.files) if not added(rel)]
     return m, problems
+
+
+def unlisted(snapshot: Path, files: dict) -> list[str]:
+    """Files (anything but directories) under images/ and hooks/ that the manifest does not list."""
+    out = []
+    for top in CHECKED_DIRS:
+        for dirpath, dirnames, filenames in os.walk(snapshot / top):
+            dirnames.sort()
+            for name in dirnames + sorted(filenames):
+                path = Path(dirpath, name)
+                rel = path.relative_to(snapshot).as_posix()
+                if (name in filenames or path.is_symlink()) and rel not in files:
+                    out.append(rel)
+    return out

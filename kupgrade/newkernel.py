@@ -17,7 +17,7 @@ from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
 from .stages.context import Context
-from .steps import execute_stage, finish, new_record
+from .steps import execute_stage, finish, new_record, os_problem
 from .ui import PlainUi
 
 
@@ -52,12 +52,15 @@ def _outcome(rec: record.UpgradeRecord, m) -> str:
     return record.ROLLED_BACK if m.rollback else record.RESTORED
 
 
-def _pending_manifest(ctx: Context):
-    snap = ctx.restore_dir
+def read_manifest(snap: Path) -> manifest.Manifest:
     try:
         return manifest.read(snap)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise RestoreError(f"cannot read the snapshot in {snap}: {e}", "nothing was restored; the snapshot is kept")
+    except OSError as e:
+        raise RestoreError(f"cannot read the snapshot in {snap}: {os_problem(e)}",
+                           "nothing was restored; the snapshot is kept")
+    except ValueError as e:
+        raise RestoreError(f"the snapshot in {snap} is damaged: {manifest.NAME}: {e}",
+                           f"nothing was restored; the snapshot is kept in {snap} (see `kupgrade report`)")
 
 
 def _load_prior(ctx: Context, m) -> None:
@@ -89,7 +92,7 @@ def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
     snap = ctx.restore_dir
     if not restore_stage.pending(snap):
         return False
-    m = _pending_manifest(ctx)
+    m = read_manifest(snap)
     logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
     with record_lock(ctx.state_dir):
         _load_prior(ctx, m)
@@ -114,7 +117,7 @@ def discard(ctx: Context, ui) -> bool:
     snap = ctx.restore_dir
     if not restore_stage.pending(snap):
         return False
-    m = _pending_manifest(ctx)
+    m = read_manifest(ctx.restore_dir)
     logfile.start(m.id)
     with record_lock(ctx.state_dir):
         _load_prior(ctx, m)
@@ -142,7 +145,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
     if not (snap / restore_stage.VERIFIED).exists():
         raise RestoreError(f"{unit}: the snapshot in {snap} was not verified, so it is not restored",
                            "see `journalctl -u kupgrade-restore` and `kupgrade report`")
-    m = manifest.read(snap)
+    m = read_manifest(snap)
     w = next((w for w in m.workloads if w.unit == unit), None)
     if w is None:
         raise RestoreError(f"{unit} is not in snapshot {m.id}", "nothing to restore for it")
@@ -170,7 +173,7 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
     """systemd generator: drop-ins that make each unit's start restore it (this boot only)."""
     if len(dirs) != 3 or not restore_stage.pending(restore_dir):
         return
-    m = manifest.read(restore_dir)
+    m = read_manifest(restore_dir)
     units = [w.unit for w in m.workloads if w.unit]
     if units:
         systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir)

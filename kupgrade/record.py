@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,26 @@ PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
 REHEARSED, REHEARSAL_FAILED = "rehearsed", "rehearsal-failed"
 RESTORING = "restoring"         # some systemd units have not been restored (started) yet
 ROLLING_BACK, ROLLED_BACK = "rolling-back", "rolled-back"   # the restore failed: back to the old kernel
+ID_RE = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{6}")      # what new_id() makes
+NUMBER = (int, float)
+
+
+class CorruptRecord(ValueError):
+    """A record file that is not what kupgrade writes: not JSON, or not the record's shape."""
+
+
+class BadShape(ValueError):
+    """JSON read back (a record, a manifest) that is not the shape kupgrade writes."""
+
+
+def shape(d: object, types: dict, what: str) -> dict:
+    """d, if it is a JSON object whose keys (those present) have these types; else BadShape."""
+    if not isinstance(d, dict):
+        raise BadShape(f"{what} is a {type(d).__name__}, not a JSON object")
+    for key, t in types.items():
+        if key in d and not isinstance(d[key], t):
+            raise BadShape(f"{what}: `{key}` is a {type(d[key]).__name__}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,8 @@ class StageResult:
 
     @classmethod
     def from_json(cls, d: dict) -> "StageResult":
-        return cls(**d)
+        return cls(**shape(d, {"name": str, "status": str, "started": NUMBER, "duration_s": NUMBER, "summary": str,
+                                "details": dict, "error": str, "hint": str}, "a stage"))
 
 
 @dataclass(frozen=True)
@@ -82,8 +104,14 @@ class Workload:
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
+        shape(d, {"selector": str, "root_pid": int, "pids": list, "cgroup": str, "name": str, "unit": str},
+               "a workload")
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
                    d.get("unit", ""), tuple(d.get("stopped_before", ())))
+
+
+def valid_id(record_id: str) -> bool:
+    return bool(ID_RE.fullmatch(record_id))
 
 
 def new_id() -> str:
@@ -145,6 +173,11 @@ class UpgradeRecord:
 
     @classmethod
     def from_json(cls, d: dict) -> "UpgradeRecord":
+        shape(d, {"id": str, "command": str, "kernel_from": str, "kernel_to": str, "outcome": str,
+                   "created": NUMBER, "workloads": list, "stages": list, "commands": list}, "the record")
+        for c in d.get("commands", []):
+            shape(c, {"argv": list, "returncode": (int, type(None)), "duration_s": NUMBER, "stderr_tail": str},
+                   "a command")
         return cls(id=d["id"], command=d["command"], kernel_from=d["kernel_from"],
                    kernel_to=d.get("kernel_to", ""), outcome=d["outcome"], created=d.get("created", 0.0),
                    workloads=tuple(Workload.from_json(w) for w in d.get("workloads", [])),
@@ -175,16 +208,20 @@ def save(record: UpgradeRecord, state_dir: Path) -> Path:
 
 
 def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
+    """The record with this id (default: the one records/last names); None if there is none.
+    CorruptRecord if the file is not a record, or records/last names no record."""
     records = state_dir / "records"
     if record_id is None:
         try:
-            record_id = (records / "last").read_text().strip()
+            record_id = (records / "last").read_text(errors="replace").strip()
         except FileNotFoundError:
             return None
+        if "/" in record_id or record_id.startswith(".") or not (records / f"{record_id}.json").is_file():
+            raise CorruptRecord(f"{records / 'last'} names {record_id[:60]!r}, which is no record in {records}")
     path = records / f"{record_id}.json"
     if not path.exists():
         return None
-    return UpgradeRecord.from_json(json.loads(path.read_text()))
+    return load_file(path)
 
 
 def latest(state_dir: Path, outcome: str) -> UpgradeRecord | None:
@@ -200,4 +237,16 @@ def latest(state_dir: Path, outcome: str) -> UpgradeRecord | None:
 
 
 def load_file(path: Path) -> UpgradeRecord:
-    return UpgradeRecord.from_json(json.loads(path.read_text()))
+    """Raises OSError, or CorruptRecord naming the file and what is wrong."""
+    try:
+        return UpgradeRecord.from_json(json.loads(path.read_text()))
+    except UnicodeDecodeError:
+        raise CorruptRecord(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CorruptRecord(f"{path}: not JSON ({e})") from None
+    except RecursionError:
+        raise CorruptRecord(f"{path}: nested too deeply") from None
+    except KeyError as e:
+        raise CorruptRecord(f"{path}: a required key is missing: {e}") from None
+    except (TypeError, ValueError) as e:       # BadShape among them
+        raise CorruptRecord(f"{path}: not a record: {e}") from None

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 from . import record
-from .errors import KupgradeError
+from .errors import KupgradeError, StageError
 from .record import FAILED, OK, StageResult, UpgradeRecord
 from .run import COMMAND_LOG
 from .stages.context import Context
@@ -18,25 +18,44 @@ log = logging.getLogger("kupgrade.stage")
 
 
 def execute_stage(stage, ctx: Context, ui) -> StageResult:
+    """Run the stage; a failure is recorded as a failed StageResult, then raised. An OSError (a
+    full or failing file system, a vanished file) becomes a StageError, so that the caller's
+    rollback and the top-level handler treat it like any other stage failure."""
     log.info("stage %s: start", stage.NAME)
     ui.stage_start(stage.NAME)
     started, t0 = time.time(), time.monotonic()
     try:
         summary, details = stage.run(ctx)
     except KupgradeError as e:
-        res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
-                          getattr(e, "details", {}), e.message, e.hint)
-        ctx.record = ctx.record.with_stage(res)
-        ctx.note()
-        log.info("stage %s: FAILED after %.3f s: %s", stage.NAME, res.duration_s, e.message)
-        ui.stage_end(res)
+        _failed(stage, ctx, ui, started, t0, e)
         raise
+    except OSError as e:
+        err = StageError(f"{stage.NAME}: {os_problem(e)}",
+                         "check that file system or device (free space: `df -h`, I/O errors: `dmesg`), "
+                         "then try again")
+        _failed(stage, ctx, ui, started, t0, err)
+        raise err from e
     res = StageResult(stage.NAME, OK, started, time.monotonic() - t0, summary, details)
     ctx.record = ctx.record.with_stage(res)
     ctx.note()
     log.info("stage %s: done in %.3f s: %s", stage.NAME, res.duration_s, summary)
     ui.stage_end(res)
     return res
+
+
+def _failed(stage, ctx: Context, ui, started: float, t0: float, e: KupgradeError) -> None:
+    res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
+                      getattr(e, "details", {}), e.message, e.hint)
+    ctx.record = ctx.record.with_stage(res)
+    log.info("stage %s: FAILED after %.3f s: %s", stage.NAME, res.duration_s, e.message)
+    ui.stage_end(res)
+
+
+def os_problem(e: OSError) -> str:
+    """`No space left on device: /path` (strerror and the file names), or what the error says."""
+    what = e.strerror or str(e) or type(e).__name__
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    return what + (f": {' -> '.join(names)}" if names else "")
 
 
 def new_record(command: str) -> UpgradeRecord:

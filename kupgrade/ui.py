@@ -50,16 +50,23 @@ class PlainUi:
     def bold(self, text: str) -> str:
         return text
 
+    def esc(self, text: object) -> str:
+        """Text from users, records or the system, as this output prints it literally."""
+        return str(text)
+
+    def blocker(self, b: dict, mark: str = "✗") -> str:
+        return f"{mark} {self.esc(b['message'])}" + (f"\n    fix: {self.esc(b['hint'])}" if b.get("hint") else "")
+
     def stage_end(self, r: StageResult) -> None:
-        line = f"  {self.marks.get(r.status, r.status)} {r.name} in {r.duration_s:.2f} s"
+        line = f"  {self.marks.get(r.status) or self.esc(r.status)} {self.esc(r.name)} in {r.duration_s:.2f} s"
         if r.summary:
-            line += f": {r.summary}"
+            line += f": {self.esc(r.summary)}"
         self.print(line)
         blockers = r.details.get("blockers", [])
         if r.error and not blockers:
-            self.print(f"  {r.error}")
+            self.print(f"  {self.esc(r.error)}")
         for b in blockers:
-            self.print(f"  ✗ {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+            self.print("  " + self.blocker(b))
 
 
 class Ui(PlainUi):
@@ -79,8 +86,12 @@ class Ui(PlainUi):
     def bold(self, text: str) -> str:
         return f"[bold]{text}[/]"
 
+    def esc(self, text: object) -> str:
+        from rich.markup import escape
+        return escape(str(text))
+
     def point_of_no_return(self, ctx) -> None:
-        self.print(f"[bold yellow]Switching to {ctx.target.version} now.[/] {SESSION_ENDS}")
+        self.print(f"[bold yellow]Switching to {self.esc(ctx.target.version)} now.[/] {SESSION_ENDS}")
 
     def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
         self.print(f"[bold]next: {name}[/]")
@@ -118,44 +129,47 @@ class Ui(PlainUi):
     def plan(self, rows: list[tuple[str, list[str]]], doc: dict) -> None:
         from rich.table import Table
         mib = doc["snapshot_estimate_bytes"] >> 20
-        self.print(f"[bold]kupgrade plan[/]: {doc['kernel_from']} → {doc['kernel_to'] or '?'}, "
+        self.print(f"[bold]kupgrade plan[/]: {self.esc(doc['kernel_from'])} → {self.esc(doc['kernel_to'] or '?')}, "
                    f"{len(doc['workloads'])} workload(s), ~{mib} MiB to snapshot")
         t = Table(show_lines=True)
         t.add_column("#", justify="right")
         t.add_column("stage")
         t.add_column("what it will do on this machine")
         for i, (name, actions) in enumerate(rows, 1):
-            t.add_row(str(i), name, "\n".join(f"• {a}" for a in actions))
+            t.add_row(str(i), self.esc(name), "\n".join(f"• {self.esc(a)}" for a in actions))
         self.print(t)
         for b in doc["blockers"]:
-            self.print(f"[red]✗ blocker:[/] {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+            self.print(self.blocker(b, "[red]✗ blocker:[/]"))
         if not doc["blockers"]:
             self.print("[green]no blockers[/]: `kupgrade rehearse` or `kupgrade run` can go ahead")
         if doc["downtime_estimate_s"] is not None:
-            self.print(f"downtime estimate [bold]{doc['downtime_estimate_s']} s[/]: {doc['downtime_basis']}")
+            self.print(f"downtime estimate [bold]{self.esc(doc['downtime_estimate_s'])} s[/]: "
+                       f"{self.esc(doc['downtime_basis'])}")
 
     def report(self, rec: UpgradeRecord) -> None:
         from rich.table import Table
         from . import timeline
-        self.print(f"[bold]upgrade {rec.id}[/]: {rec.kernel_from} → {rec.kernel_to or '?'}  outcome: [bold]{rec.outcome}[/]")
+        e = self.esc
+        self.print(f"[bold]upgrade {e(rec.id)}[/]: {e(rec.kernel_from)} → {e(rec.kernel_to or '?')}  "
+                   f"outcome: [bold]{e(rec.outcome)}[/]")
         t = Table(show_header=True)
         for col in ("stage", "status", "seconds", "summary"):
             t.add_column(col)
         for s in rec.stages:
-            t.add_row(s.name, self.marks.get(s.status, s.status), f"{s.duration_s:.2f}", s.error or s.summary)
+            t.add_row(e(s.name), self.marks.get(s.status) or e(s.status), f"{s.duration_s:.2f}", e(s.error or s.summary))
         self.print(t)
         chart = Table(title="timeline", show_header=False, box=None)
         chart.add_column(justify="right")
         chart.add_column()
         chart.add_column(justify="right")
         for label, bar, secs, status in timeline.bars(rec):
-            chart.add_row(label, f"[{'red' if status == FAILED else 'cyan'}]{bar}[/]", f"{secs:.1f} s")
+            chart.add_row(e(label), f"[{'red' if status == FAILED else 'cyan'}]{bar}[/]", f"{secs:.1f} s")
         self.print(chart)
         pre = rec.stage("preflight")
         est = f", estimated {pre.details['downtime_estimate_s']} s" if pre and "downtime_estimate_s" in pre.details else ""
         if (d := timeline.downtime(rec)) is not None:
             clocks = "this kernel's clock" if rec.stage("exec") is None else "wall clocks of both kernels, ±1 s"
-            self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, {clocks}{est})")
+            self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, {clocks}{e(est)})")
         restored: dict[str, dict] = {}
         for s in rec.stages:
             if s.name in ("restore", "restore-unit"):
@@ -163,24 +177,24 @@ class Ui(PlainUi):
                                  if v.get("ok") is not None or k not in restored})
         for w in rec.workloads:
             r = restored.get(w.key)
-            state = ("restored, same PID" if r.get("same_pid") else f"restored as PID {r.get('root_pid')}") if r and r.get("ok") \
-                else (f"[red]NOT restored[/]: {r.get('error')} (images: {r.get('images')})" if r and r.get("ok") is False
-                      else (r.get("pending") if r else None) or "not restored (yet)")
-            self.print(f"  workload {w.selector}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
+            state = ("restored, same PID" if r.get("same_pid") else f"restored as PID {e(r.get('root_pid'))}") if r and r.get("ok") \
+                else (f"[red]NOT restored[/]: {e(r.get('error'))} (images: {e(r.get('images'))})" if r and r.get("ok") is False
+                      else e((r.get("pending") if r else None) or "not restored (yet)"))
+            self.print(f"  workload {e(w.selector)}: root PID {w.root_pid}, {len(w.pids)} task(s): {state}")
             if r and (t := r.get("tcp")):
-                held = f", {t['dropped_packets']} packet(s) of their peers held back" if "dropped_packets" in t else ""
+                held = f", {e(t['dropped_packets'])} packet(s) of their peers held back" if "dropped_packets" in t else ""
                 kept = "kept" if r.get("ok") else "lost"
                 self.print(f"    TCP: {len(t.get('connections', []))} connection(s) {kept}{held}: "
-                           + ", ".join(t.get("connections", [])))
+                           + e(", ".join(t.get("connections", []))))
         if rows := hook_rows(rec):
             h = Table(title="device hooks", show_header=True)
             for col in ("hook", "point", "ok", "seconds", "error"):
                 h.add_column(col)
             for hook, point, ok, secs, error in rows:
-                h.add_row(hook, point, "ok" if ok else "[red]FAILED[/]", f"{secs:.2f}", error)
+                h.add_row(e(hook), e(point), "ok" if ok else "[red]FAILED[/]", f"{secs:.2f}", e(error))
             self.print(h)
         for warning in rec.warnings():
-            self.print(f"[yellow]warning:[/] {warning}")
+            self.print(f"[yellow]warning:[/] {e(warning)}")
 
 
 def hook_rows(rec: UpgradeRecord) -> list[tuple[str, str, bool, float, str]]:
@@ -266,9 +280,9 @@ class LiveUi(Ui):
         row.update(state=r.status, seconds=r.duration_s, summary=r.error or r.summary, bar=None)
         blockers = r.details.get("blockers", [])
         for b in blockers:
-            self.print(f"  [red]✗[/] {b['message']}" + (f"\n    fix: {b['hint']}" if b.get("hint") else ""))
+            self.print("  " + self.blocker(b, "[red]✗[/]"))
         if r.status == FAILED and r.error and not blockers:
-            self.print(f"  [red]✗ {r.name}:[/] {r.error}")
+            self.print(f"  [red]✗ {self.esc(r.name)}:[/] {self.esc(r.error)}")
 
     def progress(self, label: str, done: int, total: int) -> None:
         for row in self.rows.values():
@@ -295,7 +309,7 @@ class LiveUi(Ui):
     def render(self, now: float | None = None):
         from rich.table import Table
         now = self.clock() if now is None else now
-        t = Table(title=f"{self.title} · {now - self.t0:.1f} s", title_justify="left", expand=False)
+        t = Table(title=f"{self.esc(self.title)} · {now - self.t0:.1f} s", title_justify="left", expand=False)
         t.add_column("#", justify="right", no_wrap=True, min_width=1)
         t.add_column("stage", no_wrap=True, min_width=9)
         t.add_column("state", no_wrap=True, min_width=7)
@@ -306,10 +320,10 @@ class LiveUi(Ui):
         for i, (name, row) in enumerate(self.rows.items(), 1):
             state = row.get("state", "pending")
             secs = row.get("seconds") if state != "running" else now - row["start"]
-            detail = row.get("summary", "")
+            detail = self.esc(row.get("summary", ""))
             if state == "running" and row.get("bar"):
-                detail = bar_text(*row["bar"])
-            t.add_row(str(i), name, self.states.get(state, state),
+                detail = self.esc(bar_text(*row["bar"]))
+            t.add_row(str(i), self.esc(name), self.states.get(state) or self.esc(state),
                       "" if secs is None else f"{secs:.1f} s", detail)
         return t
 

@@ -21,3 +21,14 @@ if not mine:
     module = importlib.util.module_from_spec(spec)
     sys.modules["kupgrade_hooks"] = module
     spec.loader.exec_module(module)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _private_run_state(tmp_path, monkeypatch):
+    """A run's lock and journal (kupgrade/inflight.py) in the test's own directory, not /run."""
+    from kupgrade import inflight
+    monkeypatch.setattr(inflight, "LOCK", tmp_path / "kupgrade.lock")
+    monkeypatch.setattr(inflight, "JOURNAL", tmp_path / "kupgrade.journal.json")

@@ -68,3 +68,100 @@ def test_every_command_help_says_what_it_changes(capsys):
 def test_skip_only_skippable_stages(capsys):
     assert main(["run", "--yes", "--skip", "snapshot", "--pid", "2", "--kernel", "x"]) == 2
     assert "--skip snapshot: not a stage that can be skipped" in capsys.readouterr().err
+
+
+def one_line_and_hint(capsys) -> str:
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("kupgrade: ") and err[1].startswith("hint: "), err
+    return err[0]
+
+
+def state_config(tmp_path, body=""):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path / "state"}"\n' + body)
+    return cfg
+
+
+def test_no_target_kernel_is_a_usage_error_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from kupgrade import logfile
+    monkeypatch.setattr(logfile, "LOG_DIR", tmp_path / "log")
+    cfg = state_config(tmp_path, "[workloads]\npids = [4242]\n")
+    assert main(["check", "--config", str(cfg)]) == 2
+    assert one_line_and_hint(capsys) == "kupgrade: no target kernel configured"
+    assert main(["run", "--yes", "--config", str(cfg)]) == 2
+    assert one_line_and_hint(capsys) == "kupgrade: no target kernel configured"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "log").exists()
+
+
+def test_plan_shows_a_missing_target_as_a_blocker(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    assert main(["plan", "--config", str(cfg), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["blockers"][0]["message"] == "no target kernel configured"
+
+
+def test_huge_pid_is_a_config_error(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    assert main(["check", "--config", str(cfg), "--kernel", "x", "--pid", "99999999999999999999"]) == 2
+    assert one_line_and_hint(capsys).startswith("kupgrade: --pid: PIDs must be > 1 and at most ")
+    cfg.write_text("[workloads]\npids = [1000000000000000000000000000000]\n")
+    assert main(["check", "--config", str(cfg), "--kernel", "x"]) == 2
+    assert "`workloads.pids` PIDs must be > 1 and at most" in one_line_and_hint(capsys)
+
+
+def test_non_utf8_config_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert main(["check", "--config", str(cfg)]) == 2
+    assert one_line_and_hint(capsys) == f"kupgrade: {cfg}: not UTF-8 text (byte 0): not a TOML config file"
+
+
+def test_deeply_nested_config_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "k.toml"
+    cfg.write_text("a = " + "[" * 100000 + "]" * 100000 + "\n")
+    assert main(["plan", "--config", str(cfg)]) == 2
+    assert one_line_and_hint(capsys) == f"kupgrade: {cfg}: nested too deeply to parse"
+
+
+def test_kernel_names_are_checked(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    for cmd in (["check", "--pid", "4242"], ["install-boot", "--no-rebuild"]):
+        assert main([*cmd, "--config", str(cfg), "--kernel", "../../etc/passwd"]) == 2
+        assert one_line_and_hint(capsys).startswith("kupgrade: --kernel: must be a kernel version")
+
+
+def test_report_id_must_be_a_record_id(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    assert main(["report", "--config", str(cfg), "--id", "../x"]) == 2
+    assert one_line_and_hint(capsys) == "kupgrade: --id '../x' is not a record id"
+
+
+def test_corrupt_records_are_one_line(tmp_path, capsys):
+    from kupgrade import record
+    cfg = state_config(tmp_path)
+    records = tmp_path / "state" / "records"
+    records.mkdir(parents=True)
+    rid = record.new_id()
+    bad = {"not json": "{", "missing keys": '{"id": "x"}', "wrong shape": "[]",
+           "wrong types": json.dumps({"id": rid, "command": "run", "kernel_from": "a", "outcome": "x",
+                                      "stages": [{"name": "s", "status": "ok", "started": "x", "duration_s": 1}]})}
+    for text in bad.values():
+        (records / f"{rid}.json").write_text(text)
+        assert main(["report", "--config", str(cfg), "--id", rid]) == 2
+        line = one_line_and_hint(capsys)
+        assert line.startswith(f"kupgrade: corrupt upgrade record: {records / rid}.json: "), line
+    (records / "last").write_text("20200101T000000-abcdef\n")
+    assert main(["report", "--config", str(cfg)]) == 2
+    assert "last names '20200101T000000-abcdef', which is no record" in one_line_and_hint(capsys)
+    assert record.latest(tmp_path / "state", "x") is None          # the corrupt ones are skipped
+
+
+def test_markup_in_a_cgroup_name_is_printed_literally(tmp_path, capsys):
+    cfg = state_config(tmp_path)
+    for cg in ("/x[/y]", "/[bold]"):
+        assert main(["check", "--config", str(cfg), "--kernel", "x", "--cgroup", cg]) == 3
+        out, err = capsys.readouterr()
+        assert f"cgroup {cg} does not exist" in out
+        assert err.startswith("kupgrade: blocked: ") and "Traceback" not in err
+        assert main(["plan", "--config", str(cfg), "--kernel", "x", "--cgroup", cg]) == 0
+        assert f"cgroup {cg} does not exist" in capsys.readouterr().out

@@ -44,6 +44,18 @@ def test_json_round_trip():
     ("[workloads]\npids = [1]\n", ["PIDs must be > 1"]),
     ("[workloads]\ncgroups = [\"workload\"]\n", ["cgroup paths must be absolute"]),
     ("[snapshot]\ndir = \"/boot/snap\"\n", ["never under /boot"]),
+    ("[snapshot]\ndir = \"/\"\n", ["`snapshot.dir` must be a directory of its own under /run or /dev/shm"]),
+    ("[snapshot]\ndir = \"/etc\"\n", ["under /run or /dev/shm", "hiding what is there"]),
+    ("[snapshot]\ndir = \"/run\"\n", ["under /run or /dev/shm"]),
+    ("[snapshot]\ndir = \"/run/../etc\"\n", ["under /run or /dev/shm"]),
+    ("[snapshot]\ndir = \"/run/kupgrade\"\n", ["not be in /run/kupgrade"]),
+    ("[snapshot]\ndir = \"/run/kupgrade/x\"\n", ["not be in /run/kupgrade"]),
+    ("[workloads]\npids = [99999999999999999999999999999]\n", ["PIDs must be > 1 and at most"]),
+    ("[target]\nkernel = \"../../etc/passwd\"\n", ["`target.kernel` must be a kernel version"]),
+    ("[target]\nkernel = \".hidden\"\n", ["not starting with a dot"]),
+    ("a = " + "[" * 100000 + "]" * 100000 + "\n", ["k.toml: nested too deeply"]),
+    ("a = " + "{b=" * 5000 + "1" + "}" * 5000 + "\n", ["k.toml: nested too deeply"]),
+    ("[workloads]\npids = " + "[" * 50 + "]" * 50 + "\n", ["`workloads.pids` must be a list of int"]),
     ("[snapshot]\nsize = \"lots\"\n", ["`snapshot.size`"]),
     ("[kexec]\nmethod = \"fast\"\n", ["`kexec.method` must be one of auto, file, classic"]),
     ("[target]\nkernel = \"x\"\nvmlinuz = \"/v\"\ninitrd = \"/i\"\n", ["either `target.kernel`"]),
@@ -79,3 +91,53 @@ def test_overrides_are_checked():
 def test_docs_in_step_with_settings():
     docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
     assert docs.read_text() == config.docs_markdown(), "regenerate: python -m kupgrade.config > docs/config.md"
+
+
+def test_good_snapshot_dirs_and_kernels():
+    for d in ("/run/kupgrade-snapshot", "/run/x/y", "/dev/shm/kupgrade"):
+        assert config.parse(f'[snapshot]\ndir = "{d}"\n').snapshot_dir == d
+    assert config.parse('[target]\nkernel = "6.1.0-47+deb12~rc1_x"\n').kernel == "6.1.0-47+deb12~rc1_x"
+
+
+def test_long_values_are_shortened_in_messages():
+    with pytest.raises(ConfigError) as e:
+        config.parse("[workloads]\npids = [" + ", ".join(["0"] * 100000) + "]\n", "k.toml")
+    assert len(e.value.message) < 300
+
+
+def test_non_utf8_file_names_the_file(tmp_path):
+    p = tmp_path / "k.toml"
+    p.write_bytes(b"[target]\nkernel = \"\xff\xfe\"\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    assert e.value.message.startswith(f"{p}: not UTF-8 text") and e.value.hint
+
+
+def test_pid_max_from_the_kernel_or_the_fallback(tmp_path, monkeypatch):
+    f = tmp_path / "pid_max"
+    f.write_text("32768\n")
+    assert config.pid_max(f) == 32768
+    assert config.pid_max(tmp_path / "none") == config.PID_MAX_LIMIT
+    monkeypatch.setattr(config, "PID_MAX_FILE", f)
+    assert config.parse("[workloads]\npids = [32768]\n").pids == (32768,)
+    with pytest.raises(ConfigError, match=r"at most 32768 \(kernel.pid_max\) \(got \[32769\]\)"):
+        config.parse("[workloads]\npids = [32769]\n")
+
+
+def test_overrides_name_the_command_line_option():
+    for over, flag in ((dict(pids=(10 ** 20,)), "--pid: "), (dict(cgroups=("w",)), "--cgroup: "),
+                       (dict(units=("x",)), "--unit: "), (dict(kernel="../x"), "--kernel: ")):
+        with pytest.raises(ConfigError) as e:
+            config.with_overrides(config.Config(), **over)
+        assert e.value.message.startswith(flag), e.value.message
+        assert e.value.hint.startswith(f"for example: {flag[:-2]} ")
+
+
+def test_snapshot_dir_must_be_free_and_empty(tmp_path):
+    from kupgrade.stages.preflight import snapshot_dir_blockers
+    assert snapshot_dir_blockers(tmp_path / "absent") == []
+    assert snapshot_dir_blockers(tmp_path) == []
+    (tmp_path / "x").write_text("")
+    assert "is not an empty directory" in snapshot_dir_blockers(tmp_path)[0].message
+    assert "is not an empty directory" in snapshot_dir_blockers(tmp_path / "x")[0].message
+    assert "already mounted" in snapshot_dir_blockers(Path("/proc"))[0].message

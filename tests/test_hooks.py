@@ -176,3 +176,40 @@ def test_executable_hook_in_run_point(tmp_path):
     hook = Hook(parse_spec({"points": ["save"], "match": [{"subsystem": "net"}]}, "x"), "executable", str(path))
     with pytest.raises(HookError, match="hook x failed at save: exited 1"):
         run_point("save", [hook], [ETH0], EXTRA, snapshot_dir=tmp_path)
+
+
+@pytest.mark.parametrize("behaviour, error", [
+    (SystemExit(3), "raised SystemExit(3)"),
+    (KeyboardInterrupt(), "raised KeyboardInterrupt()"),
+    ({"state": {"blob": "a" * (2 << 20)}}, "reply larger than 1 MiB"),
+    ({"state": {1, 2}}, "hook replied something that is not JSON: TypeError"),
+])
+def test_python_hook_that_exits_or_replies_too_much_fails(behaviour, error):
+    a = PyHook("a", points=("restore",), restore=behaviour)
+    [r] = run_point("restore", [a.hook()], [ETH0], EXTRA)
+    assert not r.ok and r.error.startswith(error), r.error
+
+
+def test_python_reply_is_kept_as_plain_json():
+    a = PyHook("a", points=("restore",), restore={"links": ("eth0",), "n": 1})
+    [r] = run_point("restore", [a.hook()], [ETH0], EXTRA)
+    assert r.ok and r.reply == {"links": ["eth0"], "n": 1}
+
+
+def test_executable_output_is_bounded(tmp_path):
+    big = write_exec(tmp_path, "big", body="cat >/dev/null; head -c 3000000 /dev/zero | tr '\\0' ' '; echo '{}'")
+    with pytest.raises(HookFailed, match="reply larger than 1 MiB"):
+        call_executable(big, "save", {}, 10)
+    noisy = write_exec(tmp_path, "noisy", body="head -c 5000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo last >&2; exit 2")
+    with pytest.raises(HookFailed) as e:
+        call_executable(noisy, "save", {}, 10)
+    assert e.value.args[0].startswith("exited 2: ") and e.value.args[0].endswith("\nlast")
+    assert len(e.value.args[0]) < 1100
+    deep = write_exec(tmp_path, "deep", body="head -c 100000 /dev/zero | tr '\\0' '['")
+    with pytest.raises(HookFailed, match="nested too deeply"):
+        call_executable(deep, "save", {}, 10)
+
+
+def test_executable_that_ignores_a_large_request(tmp_path):
+    path = write_exec(tmp_path, "deaf", body="echo '{\"ok\": 1}'")
+    assert call_executable(path, "save", {"devices": ["x" * 100] * 20000}, 10) == {"ok": 1}

@@ -1,4 +1,7 @@
 import json
+import os
+
+import pytest
 
 from kupgrade import manifest
 from kupgrade.record import Workload
@@ -71,3 +74,88 @@ def test_unknown_format_is_refused(tmp_path):
     (snap / "manifest.json").write_text(json.dumps(d))
     m, problems = manifest.verify(snap, "6.12.117+deb12-amd64")
     assert m is None and "format 99" in problems[0]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[]", "the manifest is a list, not a JSON object"),
+    ('{"format": 1}', "the manifest has no `id`"),
+    ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], "files": []}',
+     "`files` is a list"),
+    ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
+     '"files": {"images/x": {"size": "1", "sha256": "00"}}}', "entry 'images/x': `size` is a str"),
+    ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
+     '"files": {"images/x": {}}}', "needs `size` and `sha256`"),
+    ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [{}], "files": {}}',
+     "a workload in the manifest"),
+    ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [3], "files": {}}',
+     "a workload is a int"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"format": 1, "id": "../x", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], "files": {}}',
+     "the manifest's id '../x' is not a record id"),
+    ("\xff", "unreadable"),
+])
+def test_a_manifest_of_the_wrong_shape_is_a_problem_not_a_crash(tmp_path, text, words):
+    (tmp_path / manifest.NAME).write_text(text, encoding="latin-1")
+    with pytest.raises(ValueError):
+        manifest.read(tmp_path)
+    m, problems = manifest.verify(tmp_path, "b")
+    assert m is None and len(problems) == 1 and words in problems[0], problems
+
+
+def test_paths_outside_the_snapshot_are_never_opened(tmp_path, monkeypatch):
+    snap, m = build(tmp_path)
+    (tmp_path / "secret").write_bytes(b"s")
+    (snap / "images" / "link").symlink_to(tmp_path / "secret")
+    meta = {"size": 1, "sha256": manifest.hashlib.sha256(b"s").hexdigest()}
+    bad = {"../secret": meta, str(tmp_path / "secret"): meta, "images/link": meta, "": meta, "images/a\0b": meta}
+    (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("ID1", "a", "b", W, {**m.files, **bad})))
+    opened = []
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: opened.append(p) or real(p))
+    _, problems = manifest.verify(snap, "b")
+    assert sorted(problems) == sorted(f"{rel!r}: not a path inside the snapshot (not opened)" for rel in bad)
+    assert sorted(p.name for p in opened) == ["pages-1.img", "record.json"]
+
+
+def test_files_the_manifest_does_not_list_are_problems(tmp_path):
+    snap, _ = build(tmp_path)
+    (snap / "images" / "tree-100" / "pages-2.img").write_bytes(b"x")
+    (snap / "hooks" / "early-restore.d").mkdir(parents=True)
+    (snap / "hooks" / "early-restore.d" / "net").write_text("#!/bin/sh\n")
+    (snap / "hooks" / "extra.json").write_text("{}")
+    os.symlink("/etc", snap / "images" / "etc")
+    _, problems = manifest.verify(snap, "6.12.117+deb12-amd64")
+    assert sorted(problems) == ["hooks/early-restore.d/net: not in the manifest", "hooks/extra.json: not in the manifest",
+                                "images/etc: not in the manifest", "images/tree-100/pages-2.img: not in the manifest"]
+
+
+def test_what_the_new_kernel_adds_before_the_verification_is_allowed(tmp_path):
+    from kupgrade import early
+    snap, _ = build(tmp_path)
+    d = snap / "hooks" / "early-restore.d"
+    d.mkdir(parents=True)
+    for out in ("net.rc", "net.time", "net.reply.json", "net.stderr"):
+        (d / out).write_text("0")
+    (snap / "hooks" / "net").mkdir()
+    (snap / "hooks" / "net" / "links.json").write_text("{}")
+    (snap / "images" / "tree-100" / "pages-2.img").write_bytes(b"x")
+    (d / "net.sh").write_text("")
+    _, problems = manifest.verify(snap, "6.12.117+deb12-amd64", added=early.written_in_new_kernel)
+    assert sorted(problems) == ["hooks/early-restore.d/net.sh: not in the manifest",
+                                "images/tree-100/pages-2.img: not in the manifest"]
+
+
+def test_the_new_kernel_refuses_a_damaged_manifest_with_one_line(tmp_path):
+    from kupgrade import newkernel
+    from kupgrade.config import Config
+    from kupgrade.errors import RestoreError
+    from kupgrade.stages.context import Context
+    from kupgrade.steps import new_record
+    (tmp_path / manifest.NAME).write_text("[]")
+    (tmp_path / "verified").write_text("ID1\n")       # restore_unit: damaged after the verification
+    ctx = Context(Config(state_dir=str(tmp_path / "state")), new_record("restore"), restore_dir=tmp_path)
+    for call in (lambda: newkernel.restore_pending(ctx, None), lambda: newkernel.restore_unit(ctx, "x.service", None),
+                 lambda: newkernel.generator(["a", "b", "c"], tmp_path)):
+        with pytest.raises(RestoreError, match=f"the snapshot in {tmp_path} is damaged: manifest.json: the manifest "
+                                               "is a list, not a JSON object"):
+            call()

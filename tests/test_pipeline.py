@@ -140,3 +140,33 @@ def wait_state(pid, want):
             return
         time.sleep(0.01)
     raise AssertionError(f"PID {pid} never reached state {want}")
+def test_an_os_error_in_a_stage_is_a_recorded_stage_failure_and_rolled_back(tmp_path, monkeypatch, capsys):
+    import errno
+    import json
+
+    from kupgrade import logfile
+    from kupgrade.cli import main
+
+    def full(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", "/run/kupgrade-snapshot/images/tree-1/pages-1.img")
+    ran = []
+    monkeypatch.setattr(pipeline, "UPGRADE", (stage("a", ran=ran), SimpleNamespace(NAME="b", run=full)))
+    monkeypatch.setattr(logfile, "LOG_DIR", tmp_path / "log")
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path}"\n')
+    assert main(["run", "--yes", "--config", str(cfg), "--pid", "4242", "--kernel", "x"]) == 5
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "kupgrade: b: No space left on device: /run/kupgrade-snapshot/images/tree-1/pages-1.img"
+    assert err[1].startswith("hint: check that file system") and len(err) == 2
+    rec = json.loads((tmp_path / "records" / ((tmp_path / "records" / "last").read_text().strip() + ".json"))
+                     .read_text())
+    assert [(s["name"], s["status"]) for s in rec["stages"]] == [("a", OK), ("b", "failed"), ("rollback", OK)]
+    assert rec["stages"][1]["error"] == err[0].removeprefix("kupgrade: ") and rec["outcome"] == "aborted"
+    assert ran == ["a"]
+
+
+def test_os_problem_text():
+    from kupgrade.steps import os_problem
+    assert os_problem(OSError(5, "Input/output error")) == "Input/output error"
+    assert os_problem(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == "Invalid cross-device link: /a -> /b"
+    assert os_problem(OSError("weird")) == "weird"

@@ -156,3 +156,48 @@ def test_report_says_which_tcp_connections_were_kept():
     ui.report(rec)
     assert ("    TCP: 1 connection(s) kept, 3 packet(s) of their peers held back: 10.0.2.15:7000 <-> 10.0.2.2:41716"
             in lines(ui.console.file.getvalue()))
+
+
+def test_markup_in_records_is_printed_literally():
+    st = (StageResult("preflight", "ok", 100.0, 2.0, "[bold]1 workload[/bold]", details={"downtime_estimate_s": 1}),
+          StageResult("restore", "failed", 118.0, 2.0, error="criu: [/y] gone", hint="[x]", details={
+              "workloads": {"tree-7": {"selector": "cgroup:/x[/y]", "ok": False, "error": "[red]no[/]",
+                                       "images": "/run/[i]"}},
+              "hooks": [{"hook": "net", "point": "restore", "ok": False, "seconds": 0.1, "error": "[/] bad"}]}))
+    rec = UpgradeRecord(id="T1", command="run", kernel_from="6.1[/]", kernel_to="6.12", outcome="restore-failed",
+                        workloads=(Workload("cgroup:/x[/y]", 7, (7,), cgroup="/x[/y]"),), stages=st)
+    ui = Ui(width=200, record_svg=True)
+    ui.console.file = io.StringIO()
+    ui.report(rec)
+    text = ui.console.export_text()
+    for literal in ("upgrade T1: 6.1[/] → 6.12", "[bold]1 workload[/bold]", "criu: [/y] gone",
+                    "workload cgroup:/x[/y]: root PID 7, 1 task(s): NOT restored: [red]no[/] (images: /run/[i])",
+                    "[/] bad", "warning: restore failed: criu: [/y] gone ([x])"):
+        assert literal in text, literal
+
+
+def test_markup_in_stage_events_is_printed_literally():
+    blocked = StageResult("preflight", "failed", 0, 0.1, error="blocked", details={
+        "blockers": [{"message": "cgroup /x[/y] does not exist", "hint": "[bold]check[/]"}]})
+    failed = StageResult("snapshot", "failed", 0, 0.1, error="criu dump of cgroup:/x[/y] failed")
+    for ui in (Ui(width=200, record_svg=True), LiveUi("run → [/]", ["preflight"], clock=Clock(), width=200,
+                                                      record_svg=True)):
+        ui.console.file = io.StringIO()
+        ui.stage_end(blocked)
+        ui.stage_end(failed)
+        text = ui.console.export_text()
+        assert "✗ cgroup /x[/y] does not exist\n    fix: [bold]check[/]" in text
+        assert "criu dump of cgroup:/x[/y] failed" in text
+    assert "run → [/]" in render_text(ui.render()) and "criu dump of cgroup:/x[/y]" in render_text(ui.render(), 200)
+
+
+def test_markup_in_the_plan_is_printed_literally():
+    ui = Ui(width=200, record_svg=True)
+    ui.console.file = io.StringIO()
+    ui.plan([("freeze", ["freeze cgroup /x[/y]"])],
+            {"kernel_from": "6.1", "kernel_to": "[b]", "workloads": [], "snapshot_estimate_bytes": 0,
+             "blockers": [{"message": "cgroup /x[/y] does not exist", "hint": ""}],
+             "downtime_estimate_s": 1.0, "downtime_basis": "[/]"})
+    text = ui.console.export_text()
+    for literal in ("6.1 → [b]", "• freeze cgroup /x[/y]", "✗ blocker: cgroup /x[/y] does not exist", ": [/]"):
+        assert literal in text, literal

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import contract, inflight
 from ..config import Config
-from ..errors import StageError
+from ..errors import ConfigError
 from ..kexec import Method
 from ..progress import Report
 from ..record import UpgradeRecord, Workload
@@ -22,12 +22,13 @@ class Target:
 
 
 def resolve_target(cfg: Config, boot: Path = Path("/boot")) -> Target:
+    """The target kernel's files; a ConfigError (a usage error, exit 2) when none is configured."""
     if cfg.kernel:
         return Target(cfg.kernel, boot / f"vmlinuz-{cfg.kernel}", boot / f"initrd.img-{cfg.kernel}")
     if cfg.vmlinuz:     # the release comes from the image's header (preflight), never from its name
         return Target("", Path(cfg.vmlinuz), Path(cfg.initrd))
-    raise StageError("no target kernel configured",
-                     "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
+    raise ConfigError("no target kernel configured",
+                      "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
 
 
 @dataclass

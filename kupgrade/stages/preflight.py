@@ -109,9 +109,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
                                 "or `kupgrade restore --discard` to give those workloads up"))
-    if os.path.ismount(cfg.snapshot_dir):
-        blockers.append(Blocker(f"{cfg.snapshot_dir} is already mounted (a previous run?)",
-                                f"check nothing is running, then `umount {cfg.snapshot_dir}`"))
+    blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
         record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
@@ -191,6 +189,18 @@ def _way_back(ctx: Context, blockers: list[Blocker], boot: Path = Path("/boot"))
                                 "too), or set restore.on_failure = \"keep\""))
     return {"kernel": ctx.kernel_from, "vmlinuz": str(here.vmlinuz), "initrd": str(here.initrd),
             "cmdline": Path("/proc/cmdline").read_text().strip(), "method": ctx.method.name} if not found else {}
+def snapshot_dir_blockers(d: Path) -> list[Blocker]:
+    """The snapshot's tmpfs is mounted over `snapshot.dir`: it must not be mounted yet, and be an
+    empty directory or not exist (the tmpfs would hide what is there)."""
+    if os.path.ismount(d):
+        return [Blocker(f"{d} is already mounted (a previous run?)", f"check nothing is running, then `umount {d}`")]
+    try:
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            return [Blocker(f"snapshot.dir {d} exists and is not an empty directory: the snapshot's tmpfs would "
+                            "hide what is in it", "set `snapshot.dir` to a directory of kupgrade's own under /run")]
+    except OSError as e:
+        return [Blocker(f"cannot look into snapshot.dir {d}: {e.strerror}", "run kupgrade as root")]
+    return []
 
 
 def _tcp(ctx: Context, blockers: list[Blocker]) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import contract, criu, faults, manifest, tcp
+from .. import contract, criu, early, faults, manifest, tcp
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -130,7 +130,7 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
                            "see `kupgrade report` and the kernel log)")
     # a rehearsal restores on the old kernel what was packed for the target kernel
     m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release,
-                                  skip=tuple(f"images/{k}/" for k in sorted(done)))
+                                  added=early.written_in_new_kernel, skip=tuple(f"images/{k}/" for k in sorted(done)))
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),

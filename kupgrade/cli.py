@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, cli_hooks, config as config_mod, inflight, logfile, pipeline, record, timeline
+from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, pipeline, record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import discard as discard_pending, restore_pending
 from .stages.context import Context, resolve_target
@@ -256,6 +256,9 @@ def report(config: Optional[Path] = CONFIG_OPT,
         stdout_json(rec.to_json())
         return
     ui = Ui(record_svg=bool(svg))
+    from .kexec import boot_id
+    from .stages.restore import pending
+    ui.here = (boot_id(), pending(Path(contract.RESTORE_DIR)))
     ui.report(rec)
     if svg:
         ui.console.save_svg(str(svg), title=f"kupgrade {rec.id}")

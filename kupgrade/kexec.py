@@ -47,6 +47,15 @@ def choose_method(configured: str, lockdown: str, classic_fits: bool = True) -> 
                              "snapshot; the snapshot is verified by its manifest in the new kernel instead")
 
 
+def boot_id() -> str:
+    """This boot's id: a later boot that finds no restore recorded for a switch can tell it
+    was not the one the switch went into."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def command_line(current: str, snapshot_id: str, append: str = "") -> str:
     """The current command line, minus boot-loader and old kupgrade words, plus our marker."""
     words = [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]

@@ -139,8 +139,9 @@ class UpgradeRecord:
                 return s
         return None
 
-    def warnings(self) -> list[str]:
-        """What an admin reading the report must not miss, derived from the stages."""
+    def warnings(self, boot_id: str = "", pending: bool = True) -> list[str]:
+        """What an admin reading the report must not miss, derived from the stages. boot_id and
+        pending: this boot's id and whether a snapshot waits in it (a reset after the switch)."""
         out = []
         for s in self.stages:
             if s.status == FAILED:
@@ -155,9 +156,15 @@ class UpgradeRecord:
         for key, r in results.items():
             if r.get("ok") and not r.get("same_pid"):
                 out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
-        if self.outcome == KEXECED:
+        switched = next((s.details["boot_id"] for s in reversed(self.stages) if s.details.get("boot_id")), "")
+        if self.outcome in (KEXECED, ROLLING_BACK) and not pending and switched and boot_id and boot_id != switched:
+            out.append("no restore was recorded for this switch and this boot has no snapshot: the machine was "
+                       "reset after the switch (power loss, a crash, a watchdog) before the restore, or the boot "
+                       "integration is missing. The snapshot was in RAM: the workloads in it are lost; this boot "
+                       "is a normal one")
+        elif self.outcome == KEXECED:
             out.append("the new kernel has not recorded a restore (yet): is the boot integration installed?")
-        if self.outcome == ROLLING_BACK:
+        elif self.outcome == ROLLING_BACK:
             out.append("the old kernel has not recorded the restore after the way back (yet)")
         if self.outcome == ROLLED_BACK:
             out.append(f"the restore failed in {self.kernel_to}: the workloads were restored on {self.kernel_from} "

@@ -73,7 +73,8 @@ def go(ctx, m: manifest.Manifest, cause: KupgradeError) -> None:
     packed = work / "initrd.img"
     note = StageResult("switch-back", OK, started, 0.0,
                        f"the restore failed in {m.kernel_to} ({cause.message}); back to {back['kernel']} "
-                       "with the same snapshot", {"cause": cause.message, "kernel": back["kernel"]})
+                       "with the same snapshot", {"cause": cause.message, "kernel": back["kernel"],
+                                                  "boot_id": kexec.boot_id()})
     sent = _pack(snap, m, ctx.record.with_stage(note), packed)
     method = kexec.Method(back["method"], "chosen by preflight in the old kernel")
     cmdline = kexec.command_line(back["cmdline"], m.id)

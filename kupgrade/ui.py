@@ -72,6 +72,7 @@ class PlainUi:
 class Ui(PlainUi):
     marks = {OK: "[green]done[/]", FAILED: "[red]FAILED[/]", SKIPPED: "[yellow]skipped[/]"}
     timeout: float = 300.0          # seconds a question waits for an answer (`run.answer_timeout`)
+    here: tuple[str, bool] = ("", True)     # for the report: this boot's id, a snapshot pending in it
 
     def __init__(self, json_mode: bool = False, quiet: bool = False, record_svg: bool = False,
                  width: int | None = None) -> None:
@@ -193,7 +194,7 @@ class Ui(PlainUi):
             for hook, point, ok, secs, error in rows:
                 h.add_row(e(hook), e(point), "ok" if ok else "[red]FAILED[/]", f"{secs:.2f}", e(error))
             self.print(h)
-        for warning in rec.warnings():
+        for warning in rec.warnings(*self.here):
             self.print(f"[yellow]warning:[/] {e(warning)}")
 
 

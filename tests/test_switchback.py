@@ -46,3 +46,12 @@ def test_preflight_blocks_when_the_way_back_is_missing(tmp_path):
     keep = Context(Config(on_restore_failure="keep"), UpgradeRecord("U1", "run", "6.1"))
     blockers.clear()
     assert preflight._way_back(keep, blockers, boot=tmp_path) == {} and blockers == []
+
+
+def test_a_reset_after_the_switch_is_said_clearly():
+    exec_ = StageResult("exec", "ok", 1.0, 0.0, details={"boot_id": "boot-A"})
+    rec = UpgradeRecord("U1", "run", "6.1", outcome="kexec", stages=(exec_,))
+    assert any("is the boot integration installed" in w for w in rec.warnings("boot-A", pending=False))
+    later = rec.warnings("boot-C", pending=False)
+    assert any("reset after the switch" in w and "lost" in w for w in later)
+    assert not any("reset after the switch" in w for w in rec.warnings("boot-B", pending=True))   # restoring now

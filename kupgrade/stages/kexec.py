@@ -47,7 +47,8 @@ def run(ctx: Context) -> tuple[str, dict]:
 def execute(ctx: Context) -> None:
     """Save the record for the new kernel, sync, and switch. Returns only if kexec failed."""
     inflight.hold_signals()     # from here on nothing may race `kexec --exec`
-    mark = record.StageResult("exec", record.OK, time.time(), 0.0, "kexec --exec: the point of no return")
+    mark = record.StageResult("exec", record.OK, time.time(), 0.0, "kexec --exec: the point of no return",
+                              {"boot_id": kx.boot_id()})
     ctx.record = replace(ctx.record.with_stage(mark), outcome=record.KEXECED, commands=tuple(COMMAND_LOG))
     record.save(ctx.record, ctx.state_dir)
     os.sync()

@@ -35,6 +35,16 @@ def child(r: int) -> None:
             os.write(out, b"hb %s %d %d\n" % (v, os.getpid(), os.getppid()))
 
 
+def known_content(size: int) -> bytearray:
+    """size bytes of known content, quick to make under TCG (randbytes of 400 MiB takes minutes
+    there): a random MiB repeated, every 4 KiB page stamped with its number (no two pages alike)."""
+    block = random.Random(20261123).randbytes(1 << 20)
+    buf = bytearray(block * (size >> 20))
+    for page in range(0, size, 4096):
+        buf[page:page + 8] = page.to_bytes(8, "little")
+    return buf
+
+
 def parent() -> None:
     os.makedirs(DIR, exist_ok=True)
     r, w = os.pipe()
@@ -43,11 +53,11 @@ def parent() -> None:
         os.close(w)
         child(r)
     os.close(r)
-    buf = bytearray(random.Random(20261123).randbytes(SIZE))
-    sha_start = hashlib.sha256(buf).hexdigest()
-    asked, late = [], []
+    asked, late = [], []        # before the buffer: a query while it is made must not kill us
     signal.signal(signal.SIGUSR1, lambda *_: asked.append(1))
     signal.signal(signal.SIGUSR2, lambda *_: late.append(0))
+    buf = known_content(SIZE)
+    sha_start = hashlib.sha256(buf).hexdigest()
     counter, seq = 0, 0
     asked.append(1)
     while True:
@@ -76,15 +86,20 @@ def query(pid: int) -> None:
     def seq():
         try:
             with open(STATE) as f:
-                return json.load(f)["seq"]
-        except (OSError, ValueError):
+                d = json.load(f)
+            return d["seq"] if d["pid"] == pid else 0
+        except (OSError, ValueError, KeyError):
             return 0
+    deadline = time.monotonic() + 300       # a large buffer is made and hashed slowly under TCG
+    while seq() == 0:                       # its first state: the buffer is ready
+        if time.monotonic() > deadline:
+            sys.exit("workload never wrote its first state within 300 s")
+        time.sleep(0.05)
     before = seq()
     os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 60
     while seq() == before:
         if time.monotonic() > deadline:
-            sys.exit("workload did not answer SIGUSR1 within 60 s")
+            sys.exit("workload did not answer SIGUSR1 within 300 s")
         time.sleep(0.05)
     with open(STATE) as f:
         print(f.read())

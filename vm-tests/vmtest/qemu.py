@@ -128,15 +128,17 @@ class Guest:
     _ctl: socket.socket | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
-    def start(self) -> "Guest":
+    def start(self, fresh: bool = True) -> "Guest":
+        """Boot; fresh=False boots the disks as the last run left them (after a power cut)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         overlay = self.workdir / "overlay.qcow2"
-        overlay.unlink(missing_ok=True)
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk), "-F", "raw", str(overlay)])
         disks = tuple(self.workdir / f"disk{i + 1}.qcow2" for i in range(len(self.machine.disks)))
-        for path, size in zip(disks, self.machine.disks):
-            path.unlink(missing_ok=True)
-            run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size])
+        if fresh:
+            overlay.unlink(missing_ok=True)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.image.disk), "-F", "raw", str(overlay)])
+            for path, size in zip(disks, self.machine.disks):
+                path.unlink(missing_ok=True)
+                run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size])
         con_path, ctl_path, qmp_path = self.workdir / "con.sock", self.workdir / "ctl.sock", self.workdir / "qmp.sock"
         listeners = []
         for p in (con_path, ctl_path, qmp_path):
@@ -305,6 +307,14 @@ class Guest:
         if "error" in r:
             raise RuntimeError(f"guest: cannot read {path}: {r['error']}")
         return r["data"]
+
+    def power_cut(self) -> None:
+        """Pull the plug (QEMU killed: RAM gone, disks as written so far) and power on again."""
+        self.stop()
+        self.console.clear()
+        self._replies.clear()
+        self.events = queue.Queue()
+        self.start(fresh=False)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -6,7 +6,9 @@ record tells the story of the three boots (6.1 -> 6.12 -> 6.1)."""
 from __future__ import annotations
 
 import json
+import time
 
+from ..qemu import LostVMError
 from ..scenario import Result, booted, kupgrade_config, last_record, write_config
 from ..workload import Workload
 
@@ -56,3 +58,29 @@ def run(vm, image, res: Result) -> None:
     res.check(cgroup.endswith("/workload"), "the workload is back in its cgroup", cgroup)
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
+    power_cut(vm, image, res)
+
+
+def power_cut(vm, image, res: Result) -> None:
+    """QEMU killed right after a switch (a power loss): the next boot is a normal one, the
+    report says what happened, nothing of the lost snapshot blocks the next upgrade."""
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    deadline = time.monotonic() + 600
+    while not any(f"Linux version {image.kernel_to}" in line.text for line in vm.console):
+        if time.monotonic() > deadline:
+            raise LostVMError(f"{image.kernel_to} never started", vm.console_tail())
+        time.sleep(0.05)
+    vm.power_cut()
+    again = booted(vm, Result("power-cut"))
+    report = vm.sh("kupgrade", "report", check=False, timeout=300)
+    check = vm.sh("kupgrade", "check", check=False, timeout=300)
+    res.data["power_cut"] = {"kernel": again["kernel"], "report": report["stdout"][-1200:],
+                             "check": (check["stdout"] + check["stderr"])[-800:]}
+    res.check(again["kernel"] == image.kernel_from, "after the power cut: a normal boot of the old kernel",
+              again["kernel"])
+    res.check("reset after the switch" in " ".join(report["stdout"].split()),
+              "after the power cut: the report says the machine was reset after the switch and what was lost",
+              report["stdout"][-1200:])
+    res.check("kupgrade recover" not in check["stdout"] + check["stderr"] and "pending" not in check["stdout"],
+              "after the power cut: nothing of the lost run blocks the next check", res.data["power_cut"]["check"])

@@ -86,6 +86,33 @@ def recover(vm, res: Result, case: dict) -> None:
               f"{case['name']}: the record ends with the rollback", json.dumps(rec["stages"][-1])[:500])
 
 
+SHM_USER = ("import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
+            "shmid = libc.shmget(0, 1 << 20, 0o1600)\nlibc.shmat(shmid, None, 0)\n"
+            "open('/run/shm-user.id', 'w').write(str(shmid))\nwhile True: time.sleep(1)\n")
+
+
+def not_carried(vm, res, image) -> dict:
+    """What a snapshot would not carry is named by check, with the PID and the object: host
+    System V shared memory, a session whose leader is outside the selected tree."""
+    case = {"name": "check-names-what-is-not-carried", "lost": 0}
+    shm = vm.call("spawn", argv=["python3", "-c", SHM_USER], log="/run/shm-user.log")["pid"]
+    vm.sh("sh", "-c", "setsid sh -c 'sleep 100000 & echo $! > /run/inner.pid; wait' > /dev/null 2>&1 &")
+    vm.sh("sh", "-c", "until [ -s /run/inner.pid ] && [ -s /run/shm-user.id ]; do sleep 0.05; done")
+    inner = int(vm.read("/run/inner.pid"))
+    shmid = vm.read("/run/shm-user.id").strip()
+    r = vm.sh("kupgrade", "check", "--pid", str(shm), "--pid", str(inner), "--kernel", image.kernel_to,
+              check=False, timeout=300)
+    out = " ".join((r["stdout"] + r["stderr"]).split())
+    case["check"] = out[-1500:]
+    res.check(r["rc"] == 3, f"{case['name']}: check exits 3", out[-800:])
+    res.check(f"PID {shm}" in out and f"shmid {shmid}" in out and "SysV" in out,
+              f"{case['name']}: names the PID using host System V shared memory and the segment", out[-1500:])
+    res.check(f"PID {inner}" in out and "session" in out,
+              f"{case['name']}: names the PID whose session leader is outside the tree", out[-1500:])
+    vm.sh("kill", str(shm), str(inner))
+    return case
+
+
 def killed_during_dump(vm, res, wl, before) -> dict:
     case = {"name": "sigkill-during-dump"}
     vm.sh("sh", "-c", "setsid kupgrade run --yes > /root/run.log 2>&1 & k=$!; "
@@ -204,7 +231,7 @@ def run(vm, image, res: Result) -> None:
     wl.wait_beats(5)
     before = wl.state()
     write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]))
-    cases = res.data["cases"] = []
+    cases = res.data["cases"] = [not_carried(vm, res, image)]
     for step in (killed_during_dump, killed_while_packing, sigterm_at_go, child_during_prepare):
         cases.append(step(vm, res, wl, before))
     cases.append(enospc(vm, res, wl, before, image))

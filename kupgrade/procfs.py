@@ -64,3 +64,28 @@ def threads(pid: int, proc: Path = PROC) -> int:
         return sum(1 for _ in (proc / str(pid) / "task").iterdir())
     except OSError:
         return 1
+
+
+def fds(pid: int, proc: Path = PROC) -> dict[int, str]:
+    """fd -> what it points to (readlink of /proc/PID/fd/N); {} when the task is gone."""
+    out = {}
+    try:
+        names = [n for n in (proc / str(pid) / "fd").iterdir()]
+    except OSError:
+        return out
+    for n in names:
+        try:
+            out[int(n.name)] = str((proc / str(pid) / "fd" / n.name).readlink())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def mapped_files(pid: int, proc: Path = PROC) -> set[str]:
+    """The files a task maps (the path column of /proc/PID/maps)."""
+    try:
+        lines = (proc / str(pid) / "maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {parts[5] for parts in (line.split(maxsplit=5) for line in lines)
+            if len(parts) == 6 and parts[5].startswith("/")}

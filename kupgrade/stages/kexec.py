@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, faults, inflight, kexec as kx, record
+from .. import contract, faults, fsfreeze, inflight, kexec as kx, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
 from .snapshot import combined_path
@@ -24,7 +24,8 @@ def plan(ctx: Context) -> list[str]:
     kernel = t.vmlinuz if t else "the target kernel"
     return [f"kexec load {kernel} with the current command line + {contract.CMDLINE_KEY}=ID",
             f"{method.name} load: {method.why}",
-            "save the upgrade record, sync, then `kexec --exec` (the point of no return)"]
+            "save the upgrade record, sync, freeze the file systems the workloads use (FIFREEZE: no write-back "
+            "or journal commit in flight), then `kexec --exec` (the point of no return)"]
 
 
 def run(ctx: Context) -> tuple[str, dict]:
@@ -39,9 +40,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     initrd_bytes = combined_path(ctx).stat().st_size
     if not ctx.rehearsal:        # the rehearsal unpacks it again; a real switch frees the memory
         combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
+    freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
     return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {initrd_bytes >> 20} MiB initrd",
             {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
-             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)})
+             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4), "freeze": freeze})
 
 
 def execute(ctx: Context) -> None:
@@ -52,7 +54,8 @@ def execute(ctx: Context) -> None:
     ctx.record = replace(ctx.record.with_stage(mark), outcome=record.KEXECED, commands=tuple(COMMAND_LOG))
     record.save(ctx.record, ctx.state_dir)
     os.sync()
-    run_cmd(kx.exec_argv(), timeout=120)
+    loaded = ctx.record.stage(NAME)
+    run_cmd(fsfreeze.exec_argv(kx.KEXEC, loaded.details.get("freeze", []) if loaded else []), timeout=120)
 
 
 def unload(ctx: Context) -> list[str]:

@@ -63,26 +63,8 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers += _initrd_blockers(t)
     if t.version == ctx.kernel_from:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
-
-    if not shutil.which(kexec.KEXEC):
-        blockers.append(Blocker("kexec is not installed", "apt-get install kexec-tools"))
-    if not Path("/sys/kernel/kexec_loaded").exists():
-        blockers.append(Blocker("this kernel has no kexec support", "a kernel built with CONFIG_KEXEC is needed"))
-    disabled = Path("/proc/sys/kernel/kexec_load_disabled")
-    if disabled.exists() and disabled.read_text().strip() == "1":
-        blockers.append(Blocker("kexec is disabled (kernel.kexec_load_disabled = 1)",
-                                "it cannot be re-enabled without a reboot; boot without it being set"))
+    blockers += _tool_blockers()
     lockdown = kexec.lockdown_mode()
-
-    if not shutil.which(criu.CRIU):
-        blockers.append(Blocker("criu is not installed", "apt-get install criu"))
-    else:
-        try:
-            criu.check()
-        except CommandError as e:
-            blockers.append(Blocker(f"`criu check` failed: {e.stderr_tail.strip().splitlines()[-1] if e.stderr_tail.strip() else e.message}",
-                                    e.hint))
-
     if not cfg.pids and not cfg.cgroups and not cfg.units:
         blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups` or "
                                 "`workloads.units`, or pass --pid/--cgroup/--unit"))
@@ -98,13 +80,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
-    ctx.method = kexec.choose_method(cfg.kexec_method, lockdown,
-                                     classic_fits=memory_needed(est, initrd_size, "classic") <= avail)
-    if (need := memory_needed(est, initrd_size, ctx.method.name)) > avail:
-        blockers.append(Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
-                                f"({COPIES[ctx.method.name]} copies of the {(est + initrd_size) >> 20} MiB packed "
-                                f"initrd during the {ctx.method.name} kexec load, + margin), {avail >> 20} MiB "
-                                "available", "free memory or select fewer workloads"))
+    blockers += _method(ctx, lockdown, est, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
@@ -131,6 +107,39 @@ def run(ctx: Context) -> tuple[str, dict]:
         raise err
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def _tool_blockers() -> list[Blocker]:
+    """kexec usable on this kernel, criu installed and satisfied with it."""
+    out = []
+    if not shutil.which(kexec.KEXEC):
+        out.append(Blocker("kexec is not installed", "apt-get install kexec-tools"))
+    if not Path("/sys/kernel/kexec_loaded").exists():
+        out.append(Blocker("this kernel has no kexec support", "a kernel built with CONFIG_KEXEC is needed"))
+    disabled = Path("/proc/sys/kernel/kexec_load_disabled")
+    if disabled.exists() and disabled.read_text().strip() == "1":
+        out.append(Blocker("kexec is disabled (kernel.kexec_load_disabled = 1)",
+                           "it cannot be re-enabled without a reboot; boot without it being set"))
+    if not shutil.which(criu.CRIU):
+        return out + [Blocker("criu is not installed", "apt-get install criu")]
+    try:
+        criu.check()
+    except CommandError as e:
+        tail = e.stderr_tail.strip()
+        out.append(Blocker(f"`criu check` failed: {tail.splitlines()[-1] if tail else e.message}", e.hint))
+    return out
+
+
+def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int) -> list[Blocker]:
+    """The kexec load method (ctx.method) and whether the upgrade's memory peak fits with it."""
+    ctx.method = kexec.choose_method(ctx.config.kexec_method, lockdown,
+                                     classic_fits=memory_needed(est, initrd_size, "classic") <= avail)
+    if (need := memory_needed(est, initrd_size, ctx.method.name)) <= avail:
+        return []
+    return [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
+                    f"({COPIES[ctx.method.name]} copies of the {(est + initrd_size) >> 20} MiB packed initrd during "
+                    f"the {ctx.method.name} kexec load, + margin), {avail >> 20} MiB available",
+                    "free memory or select fewer workloads")]
 
 
 def _target(t: Target, blockers: list[Blocker]) -> Target:

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 from . import criu, faults, inflight, oom, record, tcp, workloads
 from .errors import CommandError, KupgradeError

@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 from .. import initrd
 from ..errors import RestoreError

@@ -61,6 +61,17 @@ def booted(vm, res: Result, timeout: float = 240) -> dict:
     return ready
 
 
+def started(vm, res: Result, cgroup: str = ""):
+    """The usual opening: the guest booted, the test workload running (in `cgroup`, if given)
+    with five heartbeats relayed; returns the workload and its state."""
+    from .workload import Workload
+    booted(vm, res)
+    wl = Workload(vm)
+    wl.start(cgroup=cgroup)
+    wl.wait_beats(5)
+    return wl, wl.state()
+
+
 def last_record(vm) -> dict:
     """The upgrade record kupgrade wrote last, as JSON."""
     rid = vm.read("/var/lib/kupgrade/records/last").strip()

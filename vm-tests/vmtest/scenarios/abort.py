@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
-from ..workload import Workload
+from ..scenario import Result, started, kupgrade_config, last_record, write_config
 
 NAME = "abort"
 DESCRIPTION = "a truncated kernel, then failed kexec loads (PID and cgroup workloads): the workload stays unharmed"
@@ -25,11 +24,8 @@ def last_error_line(r: dict) -> str:
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    pid = wl.start()
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res)
+    pid = wl.pid
 
     # 1. truncated kernel: blocked by preflight.
     vm.sh("dd", f"if=/boot/vmlinuz-{image.kernel_to}", f"of={BAD_KERNEL}", "bs=1M", "count=4")

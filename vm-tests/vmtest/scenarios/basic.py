@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, next_estimate, upgrade, write_config
+from ..scenario import Result, started, kupgrade_config, last_record, next_estimate, upgrade, write_config
 from ..timeline import breakdown, marks
-from ..workload import Workload
 
 NAME = "basic"
 SLOW_STEPS = r'/^\(/ { t = substr($1, 2) + 0; if (t - prev > 0.2) printf "%.2f s after: %s\n", t - prev, last; prev = t; last = $0 }'
@@ -15,11 +14,7 @@ DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in it
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res, cgroup="/workload")
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
     plan = vm.sh("kupgrade", "plan", "--cgroup", "/workload", timeout=300)["stdout"]
     (vm.workdir / "plan.txt").write_text(plan)

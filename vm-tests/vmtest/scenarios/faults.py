@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, started, kupgrade_config, last_record, write_config
 from ..workload import Workload
 
 NAME = "faults"
@@ -124,13 +124,18 @@ def killed_during_dump(vm, res, wl, before) -> dict:
     return case
 
 
+def interrupt_at(vm, point: str, signal: str) -> None:
+    """`kupgrade run` stopped at a fault point (`POINT:hang`), then sent a signal there."""
+    background(vm, f"KUPGRADE_FAULT={point}:hang")
+    wait_marker(vm, point)
+    vm.sh("sh", "-c", f"kill -{signal} $(cat /root/run.pid)")
+    wait_gone(vm)
+    vm.sh("rm", "-f", FAULT_MARKER.format(point))
+
+
 def killed_while_packing(vm, res, wl, before) -> dict:
     case = {"name": "sigkill-while-packing"}
-    background(vm, "KUPGRADE_FAULT=pack:hang")
-    wait_marker(vm, "pack")
-    vm.sh("sh", "-c", "kill -9 $(cat /root/run.pid)")
-    wait_gone(vm)
-    vm.sh("rm", "-f", FAULT_MARKER.format("pack"))
+    interrupt_at(vm, "pack", "KILL")
     recover(vm, res, case)
     alive(vm, res, wl, before, case)
     return case
@@ -138,11 +143,7 @@ def killed_while_packing(vm, res, wl, before) -> dict:
 
 def sigterm_at_go(vm, res, wl, before) -> dict:
     case = {"name": "sigterm-at-go-no-go"}
-    background(vm, "KUPGRADE_FAULT=go:hang")
-    wait_marker(vm, "go")
-    vm.sh("sh", "-c", "kill -TERM $(cat /root/run.pid)")
-    wait_gone(vm)
-    vm.sh("rm", "-f", FAULT_MARKER.format("go"))
+    interrupt_at(vm, "go", "TERM")
     log = vm.read("/root/run.log")
     case["output"] = log[-600:]
     res.check("interrupted by SIGTERM" in log, f"{case['name']}: one line says it was interrupted", log[-600:])
@@ -225,11 +226,8 @@ def switch(vm, res, wl, before, image) -> dict:
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    pid = wl.start()
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res)
+    pid = wl.pid
     write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]))
     cases = res.data["cases"] = [not_carried(vm, res, image)]
     for step in (killed_during_dump, killed_while_packing, sigterm_at_go, child_during_prepare):

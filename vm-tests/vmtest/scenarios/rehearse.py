@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..scenario import Result, booted, kupgrade_config, last_record, next_estimate, write_config
+from ..scenario import Result, started, kupgrade_config, last_record, next_estimate, write_config
 from ..workload import Workload
 
 NAME = "rehearse"
@@ -45,11 +45,7 @@ def rehearse(vm, res: Result, wl: Workload, label: str, *args: str) -> dict:
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res, cgroup="/workload")
     write_config(vm, kupgrade_config(image.kernel_to))
 
     rec = rehearse(vm, res, wl, "cgroup", "--cgroup", "/workload")

@@ -9,19 +9,14 @@ import json
 import time
 
 from ..qemu import LostVMError
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
-from ..workload import Workload
+from ..scenario import Result, booted, started, kupgrade_config, last_record, write_config
 
 NAME = "rollback"
 DESCRIPTION = "a restore failing in 6.12 goes back to 6.1 with the same snapshot; the workload lives on"
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res, cgroup="/workload")
     cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"]).replace(
         f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\nappend = "kupgrade.fault=restore"')
     write_config(vm, cfg + '[restore]\non_failure = "rollback"\n')

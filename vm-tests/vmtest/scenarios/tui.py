@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import re
 
-from ..scenario import Result, booted, kupgrade_config, last_record, write_config
+from ..scenario import Result, started, kupgrade_config, last_record, write_config
 from ..timeline import breakdown, marks
 from ..tmux import Terminal
-from ..workload import Workload
 
 NAME = "tui"
 DESCRIPTION = "kupgrade rehearse --step, then run --step, driven through a terminal (tmux); report after"
@@ -71,11 +70,8 @@ def step_through(term: Terminal, res: Result, shots: Screens, what: str, skip_fl
 
 
 def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    wl = Workload(vm)
-    pid = wl.start()
-    wl.wait_beats(5)
-    before = wl.state()
+    wl, before = started(vm, res)
+    pid = wl.pid
     write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]))
     shots = Screens(vm, res)
 

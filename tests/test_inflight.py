@@ -152,3 +152,10 @@ def test_memory_counts_every_copy_of_the_load():
     m = kexec.choose_method("auto", "none", classic_fits=False)
     assert m.name == "file" and "memory" in m.why
     assert kexec.choose_method("auto", "none", classic_fits=True).name == "classic"
+
+
+def test_classic_load_under_lockdown_is_a_blocker(tmp_path):
+    from kupgrade.stages.preflight import _method
+    c = Context(Config(kexec_method="classic"), UpgradeRecord("R", "check", "6.1"))
+    assert "locked down (integrity)" in _method(c, "integrity", 1 << 20, 1 << 20, 1 << 40)[0].message
+    assert _method(Context(Config(), UpgradeRecord("R", "check", "6.1")), "integrity", 1, 1, 1 << 40) == []

@@ -134,9 +134,13 @@ def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int)
     """The kexec load method (ctx.method) and whether the upgrade's memory peak fits with it."""
     ctx.method = kexec.choose_method(ctx.config.kexec_method, lockdown,
                                      classic_fits=memory_needed(est, initrd_size, "classic") <= avail)
+    out = []
+    if ctx.method.name == "classic" and lockdown != "none":
+        out.append(Blocker(f"kexec.method = \"classic\", but the kernel is locked down ({lockdown}): it refuses "
+                           "kexec_load", "set kexec.method = \"file\" or \"auto\" (a signed target kernel is needed)"))
     if (need := memory_needed(est, initrd_size, ctx.method.name)) <= avail:
-        return []
-    return [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
+        return out
+    return out + [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
                     f"({COPIES[ctx.method.name]} copies of the {(est + initrd_size) >> 20} MiB packed initrd during "
                     f"the {ctx.method.name} kexec load, + margin), {avail >> 20} MiB available",
                     "free memory or select fewer workloads")]

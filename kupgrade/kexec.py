@@ -31,7 +31,7 @@ def lockdown_mode(path: Path = Path("/sys/kernel/security/lockdown")) -> str:
     return "none"
 
 
-def choose_method(configured: str, lockdown: str, classic_fits: bool = True) -> Method:
+def choose_method(configured: str, lockdown: str) -> Method:
     if configured == "file":
         return Method("file", "configured (kexec.method = \"file\")")
     if configured == "classic":
@@ -40,9 +40,6 @@ def choose_method(configured: str, lockdown: str, classic_fits: bool = True) -> 
         return Method("classic", "configured (kexec.method = \"classic\")")
     if lockdown != "none":
         return Method("file", f"kernel lockdown ({lockdown}) permits only kexec_file_load with a signed kernel")
-    if not classic_fits:
-        return Method("file", "memory: kexec_load would copy the packed initrd through kexec-tools' memory (3 copies "
-                              "at once), kexec_file_load reads it from the kernel (2); its purgatory hashing is slower")
     return Method("classic", "no lockdown: kexec_load without purgatory hashing saves ~2 s per 100 MB of "
                              "snapshot; the snapshot is verified by its manifest in the new kernel instead")
 

@@ -10,6 +10,7 @@ back by the rollback; in the new kernel criu restores the recorded one.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 log = logging.getLogger("kupgrade.oom")
@@ -20,13 +21,14 @@ def _path(pid: int, proc: Path) -> Path:
     return proc / str(pid) / "oom_score_adj"
 
 
-def protect(pids, proc: Path = Path("/proc")) -> dict[int, int]:
-    """Set each task's oom_score_adj to -1000; return the values it had (tasks gone are skipped)."""
+def protect(pids, proc: Path = Path("/proc"), adj: int = PROTECTED) -> dict[int, int]:
+    """Set each task's oom_score_adj to adj (-1000: never chosen); return the values it had
+    (tasks gone are skipped)."""
     saved = {}
     for pid in pids:
         try:
             old = int(_path(pid, proc).read_text())
-            _path(pid, proc).write_text(f"{PROTECTED}\n")
+            _path(pid, proc).write_text(f"{adj}\n")
         except (FileNotFoundError, ProcessLookupError):
             continue
         except PermissionError:     # no CAP_SYS_RESOURCE (a container): unprotected, as before
@@ -34,6 +36,11 @@ def protect(pids, proc: Path = Path("/proc")) -> dict[int, int]:
             continue
         saved[pid] = old
     return saved
+
+
+def first_victim(argv: list[str]) -> list[str]:
+    """argv run with oom_score_adj 1000 (util-linux choom), when choom is there."""
+    return ["choom", "-n", "1000", "--", *argv] if shutil.which("choom") else argv
 
 
 def restore(saved: dict[int, int], proc: Path = Path("/proc")) -> list[str]:

@@ -144,14 +144,10 @@ def test_oom_protect_and_restore(tmp_path):
 
 
 def test_memory_counts_every_copy_of_the_load():
-    from kupgrade import kexec
     from kupgrade.stages.preflight import MARGIN, memory_needed
     mib = 1 << 20
-    assert memory_needed(500 * mib, 20 * mib, "classic") == 3 * 520 * mib + MARGIN
-    assert memory_needed(500 * mib, 20 * mib, "file") == 2 * 520 * mib + MARGIN
-    m = kexec.choose_method("auto", "none", classic_fits=False)
-    assert m.name == "file" and "memory" in m.why
-    assert kexec.choose_method("auto", "none", classic_fits=True).name == "classic"
+    assert memory_needed(500 * mib, 20 * mib) == 3 * 520 * mib + MARGIN       # either load method
+    assert memory_needed(0, 20 * mib) == 3 * 20 * mib + MARGIN
 
 
 def test_classic_load_under_lockdown_is_a_blocker(tmp_path):

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, faults, fsfreeze, inflight, kexec as kx, record
+from .. import contract, faults, fsfreeze, inflight, kexec as kx, oom, record
 from ..run import COMMAND_LOG, run as run_cmd
 from .context import Context
 from .snapshot import combined_path
@@ -32,8 +32,14 @@ def run(ctx: Context) -> tuple[str, dict]:
     cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
     t0 = time.monotonic()
     faults.point("kexec-load", "kexec load failed")
-    run_cmd(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline), timeout=600,
-            hint="see the kernel log (dmesg) for why the load was refused")
+    # the memory peak: should memory run out anyway, the OOM killer takes kexec (the load fails,
+    # the rollback runs), not kupgrade (nobody would roll back) nor a workload (protected)
+    mine = oom.protect([os.getpid()], adj=-999)
+    try:
+        run_cmd(oom.first_victim(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline)),
+                timeout=600, hint="see the kernel log (dmesg) for why the load was refused")
+    finally:
+        oom.restore(mine)
     ctx.kexec_loaded = True
     ctx.note()
     load_s = time.monotonic() - t0

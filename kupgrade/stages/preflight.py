@@ -31,17 +31,18 @@ def plan(ctx: Context) -> list[str]:
 
 
 # Copies of the packed initrd (target initrd + snapshot) that exist at once during `kexec --load`:
-# the file in the snapshot tmpfs, kexec-tools' buffer (classic kexec_load reads the whole file
-# into its own memory), and the kernel's copy of the segments. kexec_file_load reads the file
-# from the kernel: no userspace copy.
-COPIES = {"classic": 3, "file": 2}
+# the file in the snapshot tmpfs and the kernel's copy of the segments, plus one in between —
+# kexec-tools' buffer (classic kexec_load reads the whole file into its own memory) or the
+# kernel's read buffer (kexec_file_load reads the file into vmalloc'ed memory, then copies it
+# into the segments' pages). Measured: counting two for the file load, the OOM killer fired.
+LOAD_COPIES = 3
 
 
-def memory_needed(snapshot: int, initrd: int, method: str) -> int:
+def memory_needed(snapshot: int, initrd: int) -> int:
     """The peak of the upgrade's memory use on this side: packing (the images + the packed
     initrd being written) or the load, whichever is larger. (The new kernel needs less: the
     unpacked snapshot + its largest file while the initramfs moves it, and no workloads yet.)"""
-    return max(2 * snapshot + initrd, COPIES[method] * (snapshot + initrd)) + MARGIN
+    return max(2 * snapshot + initrd, LOAD_COPIES * (snapshot + initrd)) + MARGIN
 
 
 def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -132,17 +133,16 @@ def _tool_blockers() -> list[Blocker]:
 
 def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int) -> list[Blocker]:
     """The kexec load method (ctx.method) and whether the upgrade's memory peak fits with it."""
-    ctx.method = kexec.choose_method(ctx.config.kexec_method, lockdown,
-                                     classic_fits=memory_needed(est, initrd_size, "classic") <= avail)
+    ctx.method = kexec.choose_method(ctx.config.kexec_method, lockdown)
     out = []
     if ctx.method.name == "classic" and lockdown != "none":
         out.append(Blocker(f"kexec.method = \"classic\", but the kernel is locked down ({lockdown}): it refuses "
                            "kexec_load", "set kexec.method = \"file\" or \"auto\" (a signed target kernel is needed)"))
-    if (need := memory_needed(est, initrd_size, ctx.method.name)) <= avail:
+    if (need := memory_needed(est, initrd_size)) <= avail:
         return out
     return out + [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
-                    f"({COPIES[ctx.method.name]} copies of the {(est + initrd_size) >> 20} MiB packed initrd during "
-                    f"the {ctx.method.name} kexec load, + margin), {avail >> 20} MiB available",
+                    f"({LOAD_COPIES} copies of the {(est + initrd_size) >> 20} MiB packed initrd during the kexec "
+                    f"load, + margin), {avail >> 20} MiB available",
                     "free memory or select fewer workloads")]
 
 

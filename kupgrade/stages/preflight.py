@@ -146,17 +146,17 @@ def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int)
                     "free memory or select fewer workloads")]
 
 
-def _target(t: Target, blockers: list[Blocker]) -> Target:
+def _target(t: Target, blockers: list[Blocker], role: str = "target") -> Target:
     """The target with its release as the image itself says it (what `uname -r` will print in
     the new kernel, which the restore compares with the manifest): never from a file name."""
     for what, path in (("kernel image", t.vmlinuz), ("initrd", t.initrd)):
         if not path.is_file():
-            blockers.append(Blocker(f"target {what} {path} does not exist",
+            blockers.append(Blocker(f"{role} {what} {path} does not exist",
                                     f"install the kernel package for {t.version or t.vmlinuz.name}, or fix `target` in the config"))
     if not t.vmlinuz.is_file():
         return t
     if (problem := kexec.check_bzimage(t.vmlinuz)):
-        blockers.append(Blocker(f"target kernel image: {problem}", "reinstall the kernel package or fix `target`"))
+        blockers.append(Blocker(f"{role} kernel image: {problem}", "reinstall the kernel package or fix `target`"))
         return t
     release = kexec.bzimage_version(t.vmlinuz)
     if not release:
@@ -192,7 +192,7 @@ def _way_back(ctx: Context, blockers: list[Blocker], boot: Path = Path("/boot"))
         return {}
     here = Target(ctx.kernel_from, boot / f"vmlinuz-{ctx.kernel_from}", boot / f"initrd.img-{ctx.kernel_from}")
     found: list[Blocker] = []
-    if _target(here, found).version != ctx.kernel_from and not found:
+    if _target(here, found, role="the running kernel's").version != ctx.kernel_from and not found:
         found.append(Blocker(f"{here.vmlinuz} is not the running kernel {ctx.kernel_from}", ""))
     if here.initrd.is_file() and not found:
         found += _initrd_blockers(here)

@@ -145,10 +145,14 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
     if not (snap / restore_stage.VERIFIED).exists():
         raise RestoreError(f"{unit}: the snapshot in {snap} was not verified, so it is not restored",
                            "see `journalctl -u kupgrade-restore` and `kupgrade report`")
+    corrupt = (snap / restore_stage.VERIFIED).read_text().split("corrupt ")[1:]
     m = read_manifest(snap)
     w = next((w for w in m.workloads if w.unit == unit), None)
     if w is None:
         raise RestoreError(f"{unit} is not in snapshot {m.id}", "nothing to restore for it")
+    if w.key in (c.strip() for c in corrupt):
+        raise RestoreError(f"{unit}: its images failed verification: the only copy is damaged, it is not restored",
+                           "`kupgrade report` names the file; start the unit fresh after `systemctl daemon-reload`")
     logfile.start(m.id)
     started, t0 = time.time(), time.monotonic()
     result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir)

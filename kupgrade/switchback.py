@@ -33,10 +33,12 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
         return "restore.on_failure is \"keep\" (or preflight found no way back)"
     if m.rollback:
         return "this is the way back already: there is no second one"
-    restored = sorted({k for s in rec.stages if s.name in ("restore", "restore-unit")
-                       for k, r in s.details.get("workloads", {}).items() if r.get("ok")})
-    if restored:
+    results = {k: r for s in rec.stages if s.name in ("restore", "restore-unit")
+               for k, r in s.details.get("workloads", {}).items()}
+    if restored := sorted(k for k, r in results.items() if r.get("ok")):
         return f"{', '.join(restored)} already run on in this kernel: their snapshot is stale"
+    if corrupt := sorted(k for k, r in results.items() if r.get("corrupt")):
+        return f"the images of {', '.join(corrupt)} are damaged: the old kernel has no better copy"
     missing = [p for p in (m.back["vmlinuz"], m.back["initrd"]) if not Path(p).is_file()]
     return f"{missing[0]} is gone" if missing else ""
 
@@ -50,6 +52,9 @@ def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path
         files = w.tree(snap / contract.IMAGES, prefix=contract.IMAGES)
         if (snap / HOOKS_SUBDIR).is_dir():
             files |= w.tree(snap / HOOKS_SUBDIR, prefix=HOOKS_SUBDIR)
+        if changed := [rel for rel, f in files.items() if rel in m.files and f["sha256"] != m.files[rel]["sha256"]]:
+            raise KupgradeError(f"{changed[0]} is not what the old kernel packed: going back would restore "
+                                "damaged memory", f"the snapshot stays in {snap}")
         made.append(manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True))
         w.data(contract.MAX_PID, f"{max(p for wl in m.workloads for p in wl.pids)}\n".encode())
         w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())
@@ -70,6 +75,14 @@ def go(ctx, m: manifest.Manifest, cause: KupgradeError) -> None:
                 + Path(back["initrd"]).stat().st_size) // 1024 + 65536
     run(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size_kib}k,nosuid,nodev,noexec", "kupgrade-back",
          str(work)], timeout=30)
+    try:
+        _switch(ctx, m, cause, work, started, t0)
+    finally:                    # only reached when the switch did not happen: free the memory
+        run(["umount", str(work)], timeout=60, check=False)
+
+
+def _switch(ctx, m: manifest.Manifest, cause: KupgradeError, work: Path, started: float, t0: float) -> None:
+    snap, back = ctx.restore_dir, m.back
     packed = work / "initrd.img"
     note = StageResult("switch-back", OK, started, 0.0,
                        f"the restore failed in {m.kernel_to} ({cause.message}); back to {back['kernel']} "

@@ -68,3 +68,34 @@ def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
     assert rec.stages[-1].name == "discard" and rec.stages[-1].details["discarded"] == ["pid:100", "pid:200"]
     assert rec.outcome == record.RESTORE_FAILED and not snap.exists()
     assert not newkernel.discard(ctx(tmp_path), PlainUi(quiet=True))      # nothing pending any more
+
+
+def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
+    from kupgrade import switchback
+    snap = snapshot(tmp_path)
+    (snap / "images" / A.key / "pages-1.img").write_bytes(b"tree-10X")      # same size, other bytes
+    tried = []
+    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: tried.append(w.key) or
+                        {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
+    c = ctx(tmp_path)
+    with pytest.raises(RestoreError, match="1 of 2 workload.*images failed verification"):
+        newkernel.restore_pending(c, PlainUi(quiet=True))
+    assert tried == [B.key]
+    rec = record.load(tmp_path / "state", "U9")
+    r = rec.stage("restore").details["workloads"][A.key]
+    assert r["corrupt"] and "sha256 mismatch" in r["error"] and "the only copy is damaged" in r["error"]
+    from dataclasses import replace
+    m = replace(manifest.read(snap), back={"kernel": "6.1", "vmlinuz": str(snap / manifest.NAME),
+                                           "initrd": str(snap / manifest.NAME), "cmdline": "", "method": "classic"})
+    assert "already run on" in switchback.refused(m, rec)            # B runs: no way back
+
+
+def test_no_way_back_for_damaged_images(tmp_path):
+    from kupgrade import switchback
+    from kupgrade.record import StageResult
+    (tmp_path / "v").write_bytes(b"x")
+    m = manifest.make("U9", "6.1", "6.12", (A,), {}, back={"kernel": "6.1", "vmlinuz": str(tmp_path / "v"),
+                                                            "initrd": str(tmp_path / "v"), "cmdline": "", "method": "classic"})
+    rec = UpgradeRecord("U9", "run", "6.1").with_stage(StageResult(
+        "restore", "failed", 0, 0, details={"workloads": {A.key: {"ok": False, "corrupt": True}}}))
+    assert "damaged: the old kernel has no better copy" in switchback.refused(m, rec)

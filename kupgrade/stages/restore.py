@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -121,8 +122,13 @@ def restored_keys(rec) -> set[str]:
             for k, r in s.details.get("workloads", {}).items() if r.get("ok")}
 
 
+TREE_FILE = re.compile(r"'?images/(tree-[0-9]+)/")
+
+
 def _verified(ctx: Context, snap: Path, done: set[str]):
-    """The manifest, once every file of the trees still to restore matched it."""
+    """The manifest, once every file of the trees still to restore matched it, and the trees
+    whose images did not ({key: first problem}): those are not restored (the only copy is
+    damaged), the others are. Any other problem (kernel, manifest, hooks) stops everything."""
     if (snap / contract.MOVE_FAILED).exists():
         raise RestoreError(f"the initramfs could not move the snapshot into {snap}: "
                            f"{(snap / contract.MOVE_FAILED).read_text().strip()}",
@@ -131,11 +137,16 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
     # a rehearsal restores on the old kernel what was packed for the target kernel
     m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release,
                                   added=early.written_in_new_kernel, skip=tuple(f"images/{k}/" for k in sorted(done)))
+    corrupt: dict[str, str] = {}
+    for p in problems:
+        if (tree := TREE_FILE.match(p)) and m is not None:
+            corrupt.setdefault(tree.group(1), p)
+    problems = [p for p in problems if not TREE_FILE.match(p) or m is None]
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
-    return m
+    return m, corrupt
 
 
 def _protect(snap: Path, trees) -> int | str:
@@ -153,15 +164,19 @@ def run(ctx: Context) -> tuple[str, dict]:
     restores what an earlier attempt did not, without running the device hooks again."""
     snap = ctx.restore_dir
     done = restored_keys(ctx.record)
-    m = _verified(ctx, snap, done)
+    m, corrupt = _verified(ctx, snap, done)
     todo = [w for w in m.workloads if w.key not in done]
-    protected = _protect(snap, [w for w in todo if not w.unit])
+    protected = _protect(snap, [w for w in todo if not w.unit and w.key not in corrupt])
     retry = ctx.record.stage(NAME) is not None
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
-    (snap / VERIFIED).write_text(m.id + "\n")
+    (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
     results: dict[str, dict] = {}
     for w in todo:
-        if w.unit:
+        if w.key in corrupt:
+            results[w.key] = {"selector": w.selector, "ok": False, "corrupt": True, "images": str(snap / "images" / w.key),
+                              "error": f"its images failed verification ({corrupt[w.key]}): the only copy is "
+                                       "damaged, it was not restored"}
+        elif w.unit:
             results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
                               "pending": f"restored when {w.unit} starts"}
         else:

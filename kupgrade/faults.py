@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import StageError
 
-POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "restore")     # where point() is called
+POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "exec", "restore")     # where they act
 MARKER = "/run/kupgrade-fault.{name}"
 
 

@@ -61,7 +61,8 @@ def execute(ctx: Context) -> None:
     record.save(ctx.record, ctx.state_dir)
     os.sync()
     loaded = ctx.record.stage(NAME)
-    run_cmd(fsfreeze.exec_argv(kx.KEXEC, loaded.details.get("freeze", []) if loaded else []), timeout=120)
+    binary = "false" if faults.active("exec") else kx.KEXEC      # the test fault: the kernel does not switch
+    run_cmd(fsfreeze.exec_argv(binary, loaded.details.get("freeze", []) if loaded else []), timeout=120)
 
 
 def unload(ctx: Context) -> list[str]:

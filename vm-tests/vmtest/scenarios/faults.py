@@ -154,6 +154,23 @@ def sigterm_at_go(vm, res, wl, before) -> dict:
     return case
 
 
+def exec_fails_frozen(vm, res, wl, before) -> dict:
+    """`kexec --exec` returns (the kernel did not switch) after the file systems were frozen:
+    they are thawed, the rollback runs."""
+    case = {"name": "exec-fails-after-the-freeze"}
+    r = vm.sh("env", "KUPGRADE_FAULT=exec", "kupgrade", "run", "--yes", check=False, timeout=600)
+    case["rc"], case["error"] = r["rc"], r["stderr"][-400:]
+    rec = last_record(vm)
+    case["frozen"] = next((s["details"].get("freeze") for s in rec["stages"] if s["name"] == "kexec"), None)
+    res.check(r["rc"] not in (0, None) and "/" in (case["frozen"] or []) and rec["outcome"] == "aborted",
+              f"{case['name']}: the root file system was frozen, the run failed and rolled back",
+              json.dumps(case)[:800])
+    w = vm.sh("sh", "-c", "echo ok > /root/writable && cat /root/writable", check=False, timeout=60)
+    res.check(w["stdout"].strip() == "ok", f"{case['name']}: the file systems are writable again", json.dumps(w))
+    alive(vm, res, wl, before, case)
+    return case
+
+
 def enospc(vm, res, wl, before, image) -> dict:
     case = {"name": "enospc-in-snapshot-tmpfs"}
     write_config(vm, kupgrade_config(image.kernel_to, pids=[before["pid"]]) + '[snapshot]\nsize = "24M"\n')
@@ -233,7 +250,7 @@ def run(vm, image, res: Result) -> None:
     pid = wl.pid
     write_config(vm, kupgrade_config(image.kernel_to, pids=[pid]))
     cases = res.data["cases"] = [not_carried(vm, res, image)]
-    for step in (killed_during_dump, killed_while_packing, sigterm_at_go, child_during_prepare):
+    for step in (killed_during_dump, killed_while_packing, sigterm_at_go, child_during_prepare, exec_fails_frozen):
         cases.append(step(vm, res, wl, before))
     cases.append(enospc(vm, res, wl, before, image))
     cases.append(switch(vm, res, wl, before, image))

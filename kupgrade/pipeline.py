@@ -148,6 +148,7 @@ def _clear_journal(ctx: Context) -> None:
     if ctx.journal is not None:
         inflight.clear(ctx.journal)
 
+
 CRIU_WAIT_S = 600.0
 
 

@@ -24,17 +24,17 @@ def run(vm, image, res: Result) -> None:
     way_back = json.loads(chk["stdout"])["stages"][0]["details"].get("way_back", {})
     res.check(chk["rc"] == 0 and way_back.get("kernel") == image.kernel_from,
               "check finds the way back to the running kernel", (chk["stdout"][-800:] + chk["stderr"][-400:]))
-    last_before = wl.beats[-1].counter
     rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
     there = vm.wait_switch(rid, 600)
+    last_before = wl.beats[-1].counter     # everything the old kernel's agent relayed came first
     res.data["kernel_between"] = there.get("kernel")
     res.check(there.get("kernel") == image.kernel_to, f"switched to {image.kernel_to} first", json.dumps(there)[:600])
     back = vm.event("ready", 600, where=lambda e: e.get("kernel") == image.kernel_from)
     res.data["kernel_after"] = back["kernel"]
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
-    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -q '\"outcome\": \"r[eo]' $r/$(cat $r/last).json; "
-                      "do sleep 0.1; done", timeout=300)
+    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -qE '\"outcome\": \"(rolled-back|restored|restore-failed)' "
+                      "$r/$(cat $r/last).json; do sleep 0.1; done", timeout=300)
     after = wl.state()
     rec = last_record(vm)
     res.data["record"] = rec
@@ -60,9 +60,10 @@ def power_cut(vm, image, res: Result) -> None:
     """QEMU killed right after a switch (a power loss): the next boot is a normal one, the
     report says what happened, nothing of the lost snapshot blocks the next upgrade."""
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    t0 = time.time()
     vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
     deadline = time.monotonic() + 600
-    while not any(f"Linux version {image.kernel_to}" in line.text for line in vm.console):
+    while not any(f"Linux version {image.kernel_to}" in line.text for line in vm.console if line.t >= t0):
         if time.monotonic() > deadline:
             raise LostVMError(f"{image.kernel_to} never started", vm.console_tail())
         time.sleep(0.05)

@@ -174,6 +174,8 @@ def build_image(force: bool = False) -> Image:
     others = sorted(cache_root().glob("image-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in others[2:]:
         shutil.rmtree(old, ignore_errors=True)
+    if out.exists():            # an earlier build of this key was interrupted
+        shutil.rmtree(out)
     out.mkdir(parents=True)
     work = out / "tree"
     log.info("assembling the disk image %s", out)

@@ -42,9 +42,8 @@ def _prior(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
 def _outcome(rec: record.UpgradeRecord, m) -> str:
     """restoring while a unit has not been restored yet; then restored or restore-failed."""
     results: dict[str, dict] = {}
-    for s in rec.stages:
-        if s.name in ("restore", "restore-unit"):
-            results.update({k: v for k, v in s.details.get("workloads", {}).items() if v.get("ok") is not None})
+    for s in restore_stage.attempts(rec):       # this kernel's (after a way back, not the other's)
+        results.update({k: v for k, v in s.details.get("workloads", {}).items() if v.get("ok") is not None})
     if any(w.key not in results for w in m.workloads):
         return record.RESTORING
     if not all(r.get("ok") for r in results.values()):
@@ -96,7 +95,7 @@ def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
     logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
     with record_lock(ctx.state_dir):
         _load_prior(ctx, m)
-        if ctx.record.stage(restore_stage.NAME) is not None and not retry:
+        if restore_stage.attempts(ctx.record) and not retry:
             raise RestoreError(f"the restore of snapshot {m.id} was attempted already "
                                f"({len(restore_stage.restored_keys(ctx.record))} of {len(m.workloads)} "
                                "workload(s) restored)", "`kupgrade report` says why; once the cause is fixed "

@@ -33,8 +33,8 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
         return "restore.on_failure is \"keep\" (or preflight found no way back)"
     if m.rollback:
         return "this is the way back already: there is no second one"
-    results = {k: r for s in rec.stages if s.name in ("restore", "restore-unit")
-               for k, r in s.details.get("workloads", {}).items()}
+    from .stages.restore import attempts
+    results = {k: r for s in attempts(rec) for k, r in s.details.get("workloads", {}).items()}
     if restored := sorted(k for k, r in results.items() if r.get("ok")):
         return f"{', '.join(restored)} already run on in this kernel: their snapshot is stale"
     if corrupt := sorted(k for k, r in results.items() if r.get("corrupt")):

@@ -55,3 +55,30 @@ def test_a_reset_after_the_switch_is_said_clearly():
     later = rec.warnings("boot-C", pending=False)
     assert any("reset after the switch" in w and "lost" in w for w in later)
     assert not any("reset after the switch" in w for w in rec.warnings("boot-B", pending=True))   # restoring now
+
+
+def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
+    """The new kernel's failed attempt is not the old kernel's: after the way back the restore
+    runs (hooks included), and the outcome is rolled-back."""
+    from kupgrade import newkernel, record
+    from kupgrade.stages import restore
+    from kupgrade.ui import PlainUi
+    snap = tmp_path / "run-kupgrade"
+    (snap / "images" / "tree-5").mkdir(parents=True)
+    f = snap / "images" / "tree-5" / "pages-1.img"
+    f.write_bytes(b"x")
+    files = {"images/tree-5/pages-1.img": {"size": 1, "sha256": manifest.sha256_file(f)}}
+    import os
+    (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U1", "6.12", os.uname().release, W, files,
+                                                                    rollback=True)))
+    failed = StageResult("restore", "failed", 0, 0, details={"workloads": {"tree-5": {"ok": False, "error": "x"}}})
+    back = StageResult("switch-back", "ok", 0, 0)
+    record.save(UpgradeRecord("U1", "run", "6.1", outcome=record.ROLLING_BACK,
+                              stages=(StageResult("exec", "ok", 0, 0), failed, back)), tmp_path / "state")
+    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": True,
+                                                                   "root_pid": 5, "same_pid": True})
+    c = Context(Config(state_dir=str(tmp_path / "state"), hooks_dir=str(tmp_path / "none")),
+                newkernel.new_record("restore"), restore_dir=snap)
+    assert newkernel.restore_pending(c, PlainUi(quiet=True))
+    rec = record.load(tmp_path / "state", "U1")
+    assert rec.outcome == record.ROLLED_BACK and [s.name for s in rec.stages][-2:] == ["switch-back", "restore"]

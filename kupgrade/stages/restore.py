@@ -116,10 +116,19 @@ def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError
     return err
 
 
+SWITCHES = ("exec", "switch-back")     # the stages after which another kernel restores
+
+
+def attempts(rec) -> list:
+    """The restore stages of this kernel: those after the last switch (after a way back, the
+    new kernel's failed attempt is not this kernel's)."""
+    last = max((i for i, s in enumerate(rec.stages) if s.name in SWITCHES), default=-1)
+    return [s for s in rec.stages[last + 1:] if s.name in (NAME, "restore-unit")]
+
+
 def restored_keys(rec) -> set[str]:
-    """The trees an earlier attempt of this upgrade's restore brought back (their images are gone)."""
-    return {k for s in rec.stages if s.name in (NAME, "restore-unit")
-            for k, r in s.details.get("workloads", {}).items() if r.get("ok")}
+    """The trees an earlier attempt in this kernel brought back (their images are gone)."""
+    return {k for s in attempts(rec) for k, r in s.details.get("workloads", {}).items() if r.get("ok")}
 
 
 TREE_FILE = re.compile(r"'?images/(tree-[0-9]+)/")
@@ -167,7 +176,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     m, corrupt = _verified(ctx, snap, done)
     todo = [w for w in m.workloads if w.key not in done]
     protected = _protect(snap, [w for w in todo if not w.unit and w.key not in corrupt])
-    retry = ctx.record.stage(NAME) is not None
+    retry = any(s.name == NAME for s in attempts(ctx.record))
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
     results: dict[str, dict] = {}

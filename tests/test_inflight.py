@@ -1,7 +1,6 @@
 """A run in progress: one at a time, its journal, signals and `kupgrade recover`, real
 processes where it matters (a stopped child is resumed by the recovery)."""
 
-import io
 import json
 import os
 import signal

@@ -1,6 +1,5 @@
 """The way back to the old kernel: when it is taken, and what preflight checks for it."""
 
-from pathlib import Path
 
 from kupgrade import manifest, switchback
 from kupgrade.config import Config

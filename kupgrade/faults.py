@@ -3,7 +3,8 @@ makes the named point fail as the real step would; the rollback that follows is 
 `name:hang` makes the point stop there instead (after writing /run/kupgrade-fault.NAME), so
 that a test can kill kupgrade at exactly that moment, as an OOM killer or an admin's
 `kill -9` would (then `kupgrade recover` must undo what was done); `name:wait` waits there
-until the test removes that file (to change something at exactly that moment)."""
+until the test removes that file (to change something at exactly that moment); `name:once`
+fails the first time only in this boot (a cause the admin fixed before `restore --retry`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .errors import StageError
 
-POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "exec", "restore")     # where they act
+POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "exec", "restore", "corrupt")     # where they act
 MARKER = "/run/kupgrade-fault.{name}"
 
 
@@ -42,5 +43,27 @@ def point(name: str, message: str) -> None:
         marker.write_text(f"{os.getpid()}\n")
         while marker.exists():
             time.sleep(0.05)
-    if active(name):
+    if active(name) or _first(name):
         raise StageError(f"{message} (fault injected by KUPGRADE_FAULT={name})", "this is a test fault")
+
+
+def _first(name: str) -> bool:
+    """`name:once` is active, and this is the first time in this boot."""
+    used = Path(MARKER.format(name=name) + ".used")
+    if not active(f"{name}:once") or used.exists():
+        return False
+    used.write_text("")
+    return True
+
+
+def corrupt(tree: Path) -> bool:
+    """The fault `corrupt`: one byte of the tree's largest image changed (a damaged copy, as
+    the checksum must catch it). True if it did."""
+    if not active("corrupt"):
+        return False
+    image = max((p for p in tree.glob("*.img")), key=lambda p: p.stat().st_size)
+    with image.open("r+b") as f:
+        byte = f.read(1)
+        f.seek(0)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return True

@@ -72,6 +72,13 @@ def started(vm, res: Result, cgroup: str = ""):
     return wl, wl.state()
 
 
+def wait_outcome(vm, *outcomes: str, timeout: float = 600) -> dict:
+    """Until the last upgrade record has one of these outcomes (the restore wrote it); returns it."""
+    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -qE '\"outcome\": \"(" + "|".join(outcomes)
+          + ")\"' $r/$(cat $r/last).json; do sleep 0.1; done", timeout=timeout)
+    return last_record(vm)
+
+
 def last_record(vm) -> dict:
     """The upgrade record kupgrade wrote last, as JSON."""
     rid = vm.read("/var/lib/kupgrade/records/last").strip()

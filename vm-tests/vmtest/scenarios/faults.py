@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, started, kupgrade_config, last_record, write_config
+from ..scenario import Result, started, kupgrade_config, last_record, wait_outcome, write_config
 from ..workload import Workload
 
 NAME = "faults"
@@ -34,12 +34,6 @@ def wait_marker(vm, name: str) -> None:
 def wait_gone(vm) -> None:
     """Wait for the background run to end."""
     vm.sh("sh", "-c", "while kill -0 $(cat /root/run.pid) 2>/dev/null; do sleep 0.05; done", timeout=300)
-
-
-def wait_restored(vm) -> None:
-    """Until the new kernel's restore has written its outcome into the record."""
-    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -q '\"outcome\": \"restore' $r/$(cat $r/last).json; "
-                      "do sleep 0.1; done", timeout=600)
 
 
 def leftovers(vm) -> list[str]:
@@ -228,8 +222,7 @@ def switch(vm, res, wl, before, image) -> dict:
               json.dumps(switched)[:800])
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
-    wait_restored(vm)
-    rec = last_record(vm)
+    rec = wait_outcome(vm, "restored", "restore-failed")
     case["outcome"], case["kexec_method"] = rec["outcome"], next(
         (s["details"].get("method") for s in rec["stages"] if s["name"] == "kexec"), None)
     res.data["record"] = rec

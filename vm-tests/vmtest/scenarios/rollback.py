@@ -9,10 +9,12 @@ import json
 import time
 
 from ..qemu import LostVMError
-from ..scenario import Result, booted, started, kupgrade_config, last_record, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, started, wait_outcome, write_config
+from ..workload import Workload
 
 NAME = "rollback"
-DESCRIPTION = "a restore failing in 6.12 goes back to 6.1 with the same snapshot; the workload lives on"
+DESCRIPTION = ("a restore failing in 6.12 goes back to 6.1 with the same snapshot; with on_failure = keep: "
+               "retry, a damaged copy named and discarded; a power cut after a switch")
 
 
 def run(vm, image, res: Result) -> None:
@@ -33,10 +35,8 @@ def run(vm, image, res: Result) -> None:
     res.data["kernel_after"] = back["kernel"]
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
-    vm.sh("sh", "-c", "r=/var/lib/kupgrade/records; until grep -qE '\"outcome\": \"(rolled-back|restored|restore-failed)' "
-                      "$r/$(cat $r/last).json; do sleep 0.1; done", timeout=300)
+    rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
     after = wl.state()
-    rec = last_record(vm)
     res.data["record"] = rec
     res.data["stages"] = {f"{i}-{s['name']}": s["duration_s"] for i, s in enumerate(rec["stages"])}
     res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
@@ -53,19 +53,60 @@ def run(vm, image, res: Result) -> None:
     res.check(cgroup.endswith("/workload"), "the workload is back in its cgroup", cgroup)
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
-    power_cut(vm, image, res)
+    res.data["keep"] = keep(vm, image, res, wl, before)
+    power_cut(vm, image, res, to=image.kernel_from)
 
 
-def power_cut(vm, image, res: Result) -> None:
-    """QEMU killed right after a switch (a power loss): the next boot is a normal one, the
-    report says what happened, nothing of the lost snapshot blocks the next upgrade."""
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+def keep(vm, image, res: Result, wl, before: dict) -> dict:
+    """restore.on_failure = "keep": to 6.12, where the first restore of the workload fails (a
+    cause the admin then fixes: `restore:once`) and a second workload's copy is damaged (the
+    checksum catches it). Nothing goes back; `kupgrade restore --retry` brings the first back
+    as itself, the damaged one is named and given up with `--discard`."""
+    small = Workload(vm, env={"KUPGRADE_WL_DIR": "/var/lib/small", "KUPGRADE_WL_MIB": "16"})
+    small.start(last_pid=31000)
+    small.state()
+    cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid]).replace(
+        f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\nappend = "kupgrade.fault=restore:once,corrupt"')
+    write_config(vm, cfg + '[restore]\non_failure = "keep"\n')
+    rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
+    there = vm.wait_switch(rid, 600)
+    last_before = wl.beats[-1].counter
+    first = wait_outcome(vm, "restore-failed", "restored")
+    retry = vm.sh("kupgrade", "restore", "--retry", check=False, timeout=600)
+    wl.follow()
+    wl.wait_beats(3, after=last_before, timeout=300)
+    after = wl.state()
+    discard = vm.sh("kupgrade", "restore", "--discard", check=False, timeout=300)
+    rec = last_record(vm)
+    out = {"kernel": there.get("kernel"), "first": first["outcome"], "retry_rc": retry["rc"],
+           "retry": (retry["stdout"] + retry["stderr"])[-600:], "discard": discard["stdout"][-400:],
+           "stages": [s["name"] for s in rec["stages"]], "outcome": rec["outcome"]}
+    damaged = next((r for s in rec["stages"] if s["name"] == "restore"
+                    for r in s["details"].get("workloads", {}).values() if r.get("corrupt")), {})
+    res.check(there.get("kernel") == image.kernel_to and first["outcome"] == "restore-failed"
+              and "switch-back" not in out["stages"], "keep: the failed restore stays in 6.12, nothing goes back",
+              json.dumps(out)[:800])
+    res.check(after["pid"] == before["pid"] and after["sha256"] == before["sha256_start"] and wl.consecutive(),
+              "keep: `kupgrade restore --retry` brought the workload back as itself", wl.span())
+    res.check("the only copy is damaged" in damaged.get("error", "") and damaged.get("selector") == f"pid:{small.pid}",
+              "keep: the damaged copy was caught by the checksum and named, not restored", json.dumps(damaged)[:600])
+    res.check(out["stages"][-1] == "discard" and "discarded" in out["discard"] and
+              vm.sh("test", "-e", "/run/kupgrade/manifest.json", check=False)["rc"] != 0,
+              "keep: `--discard` gave the damaged one up on record and freed the snapshot", json.dumps(out)[:800])
+    return out
+
+
+def power_cut(vm, image, res: Result, to: str) -> None:
+    """QEMU killed right after a switch to `to` (a power loss): the next boot is a normal one
+    (QEMU boots the old kernel), the report says what happened, nothing of the lost snapshot
+    blocks the next upgrade."""
+    write_config(vm, kupgrade_config(to, cgroups=["/workload"]))
     t0 = time.time()
     vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
     deadline = time.monotonic() + 600
-    while not any(f"Linux version {image.kernel_to}" in line.text for line in vm.console if line.t >= t0):
+    while not any(f"Linux version {to}" in line.text for line in vm.console if line.t >= t0):
         if time.monotonic() > deadline:
-            raise LostVMError(f"{image.kernel_to} never started", vm.console_tail())
+            raise LostVMError(f"{to} never started", vm.console_tail())
         time.sleep(0.05)
     vm.power_cut()
     again = booted(vm, Result("power-cut"))

@@ -99,3 +99,22 @@ def test_no_way_back_for_damaged_images(tmp_path):
     rec = UpgradeRecord("U9", "run", "6.1").with_stage(StageResult(
         "restore", "failed", 0, 0, details={"workloads": {A.key: {"ok": False, "corrupt": True}}}))
     assert "damaged: the old kernel has no better copy" in switchback.refused(m, rec)
+
+
+def test_units_connections_are_protected_until_systemd_restores_them(tmp_path, monkeypatch):
+    """A unit restores later (when systemd starts it): its peers' packets must be dropped from
+    the start of the restore stage, or the new kernel resets the connections."""
+    from kupgrade import tcp
+    unit = Workload("unit:srv.service", 300, (300,), unit="srv.service")
+    snap = tmp_path / "run-kupgrade"
+    d = snap / "images" / unit.key
+    d.mkdir(parents=True)
+    sock = tcp.Sock("10.0.2.15", 7000, "10.0.2.2", 5555, "01", 77)
+    tcp.write(d, [sock])
+    files = {f"images/{unit.key}/{tcp.FILE}": {"size": (d / tcp.FILE).stat().st_size,
+                                               "sha256": manifest.sha256_file(d / tcp.FILE)}}
+    (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U9", "6.1", os.uname().release, (unit,), files)))
+    installed = []
+    monkeypatch.setattr(tcp, "install", lambda socks: installed.extend(socks) or len(socks))
+    restore.run(ctx(tmp_path))
+    assert installed == [sock]

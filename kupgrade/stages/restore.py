@@ -177,7 +177,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         faults.corrupt(last[0])         # the test fault: the last tree's copy damaged on the way
     m, corrupt = _verified(ctx, snap, done)
     todo = [w for w in m.workloads if w.key not in done]
-    protected = _protect(snap, [w for w in todo if not w.unit and w.key not in corrupt])
+    protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
     retry = any(s.name == NAME for s in attempts(ctx.record))
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))

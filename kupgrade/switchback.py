@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import contract, initrd, kexec, manifest, record
+from . import contract, initrd, kexec, manifest, packing, record
 from .errors import KupgradeError
 from .hooks import HOOKS_SUBDIR
 from .record import OK, StageResult
@@ -45,23 +45,16 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
 
 def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path) -> manifest.Manifest:
     """The old kernel's initrd + the snapshot's images and hooks, with a manifest for it."""
-    from .stages.snapshot import restore_tmpfs_kib
     made: list[manifest.Manifest] = []
 
-    def fill(w: initrd.CpioWriter) -> None:
-        files = w.tree(snap / contract.IMAGES, prefix=contract.IMAGES)
-        if (snap / HOOKS_SUBDIR).is_dir():
-            files |= w.tree(snap / HOOKS_SUBDIR, prefix=HOOKS_SUBDIR)
+    def back_manifest(files: dict) -> manifest.Manifest:
         if changed := [rel for rel, f in files.items() if rel in m.files and f["sha256"] != m.files[rel]["sha256"]]:
             raise KupgradeError(f"{changed[0]} is not what the old kernel packed: going back would restore "
                                 "damaged memory", f"the snapshot stays in {snap}")
-        made.append(manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True))
-        w.data(contract.MAX_PID, f"{max(p for wl in m.workloads for p in wl.pids)}\n".encode())
-        w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())
-        w.data(manifest.NAME, manifest.dumps(made[0]))
-        w.data(contract.RECORD, rec.dumps().encode())
+        return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True)
 
-    initrd.assemble(Path(m.back["initrd"]), out, fill)
+    initrd.assemble(Path(m.back["initrd"]), out, lambda w: made.append(
+        packing.fill(w, snap / contract.IMAGES, snap / HOOKS_SUBDIR, m.workloads, back_manifest, rec.dumps())))
     return made[0]
 
 

@@ -81,3 +81,25 @@ def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
     assert newkernel.restore_pending(c, PlainUi(quiet=True))
     rec = record.load(tmp_path / "state", "U1")
     assert rec.outcome == record.ROLLED_BACK and [s.name for s in rec.stages][-2:] == ["switch-back", "restore"]
+
+
+def test_the_way_back_packs_the_same_images_and_refuses_changed_ones(tmp_path):
+    from kupgrade import initrd
+    import pytest
+    from kupgrade.errors import KupgradeError
+    snap = tmp_path / "snap"
+    (snap / "images" / "tree-5").mkdir(parents=True)
+    img = snap / "images" / "tree-5" / "pages-1.img"
+    img.write_bytes(b"memory")
+    files = {"images/tree-5/pages-1.img": {"size": 6, "sha256": manifest.sha256_file(img)}}
+    fwd = manifest.make("U1", "6.1", "6.12", W, files, back={"initrd": str(tmp_path / "old-initrd")})
+    (tmp_path / "old-initrd").write_bytes(b"\x1f\x8b old initrd")
+    out = tmp_path / "back.img"
+    sent = switchback._pack(snap, fwd, UpgradeRecord("U1", "run", "6.1"), out)
+    assert sent.rollback and (sent.kernel_from, sent.kernel_to) == ("6.12", "6.1") and sent.files == files
+    archive = initrd.read_cpio(out.read_bytes()[512:])
+    assert archive["kupgrade-snapshot/images/tree-5/pages-1.img"] == b"memory"
+    assert archive["kupgrade-snapshot/max-pid"] == b"5\n"
+    img.write_bytes(b"MEMORY")
+    with pytest.raises(KupgradeError, match="not what the old kernel packed"):
+        switchback._pack(snap, fwd, UpgradeRecord("U1", "run", "6.1"), out)

@@ -20,7 +20,8 @@ from ..errors import RestoreError
 from . import freeze, kexec as kexec_stage
 from .context import Context
 from ..run import run as run_cmd
-from .snapshot import combined_path, restore_tmpfs_kib
+from ..packing import restore_tmpfs_kib
+from .snapshot import combined_path
 
 NAME = "handover"
 PID_WAIT_S = 10.0

@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, initrd, manifest, oom, tcp, workloads
+from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -44,12 +44,6 @@ def tmpfs_size(ctx: Context) -> str:
     initrd = ctx.target.initrd.stat().st_size if ctx.target and ctx.target.initrd.exists() else 0
     want = max(MIN_TMPFS, int(ctx.estimate_bytes * 2.5) + initrd + (64 << 20))
     return f"{(want >> 20) + 1}M"
-
-
-def restore_tmpfs_kib(snapshot_bytes: int) -> int:
-    """The size of the tmpfs that holds the snapshot on the restoring side (the new kernel's
-    initramfs, the rehearsal's handover): the files, criu's logs and PID files beside them."""
-    return (snapshot_bytes + snapshot_bytes // 10 + (64 << 20)) >> 10
 
 
 def plan(ctx: Context) -> list[str]:
@@ -118,16 +112,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     made: list[manifest.Manifest] = []
 
     def fill(w: initrd.CpioWriter) -> None:
-        files = w.tree(images_root(ctx), prefix="images")
-        if hooks_root(ctx).is_dir():
-            files |= w.tree(hooks_root(ctx), prefix=HOOKS_SUBDIR)
-        made.append(manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files,
-                                  back=ctx.back))
-        # for the initramfs script: new PIDs in the next boot start above every snapshot PID
-        w.data(contract.MAX_PID, f"{max(p for wl in ctx.workloads for p in wl.pids)}\n".encode())
-        w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(made[0].total_bytes)}\n".encode())
-        w.data(manifest.NAME, manifest.dumps(made[0]))
-        w.data(contract.RECORD, ctx.record.dumps().encode())
+        made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, lambda files: manifest.make(
+            ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files, back=ctx.back),
+            ctx.record.dumps()))
 
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")

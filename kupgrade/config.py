@@ -45,6 +45,7 @@ class Config:
     hooks_allow: tuple[str, ...] = ()
     answer_timeout: int = 300
     on_restore_failure: str = "rollback"
+    health_check: str = ""
     source: str = ""          # the file this came from ("" = defaults only)
 
     def to_json(self) -> dict:
@@ -120,6 +121,16 @@ def _timeout(v: int) -> str | None:
     return None if 1 <= v <= 86400 else f"must be between 1 and 86400 seconds (got {v})"
 
 
+def _command(v: str) -> str | None:
+    import shlex
+    try:
+        argv = shlex.split(v)
+    except ValueError as e:
+        return f"is not a command line: {e} (got {_short.repr(v)})"
+    return None if not v or (argv and argv[0].startswith("/")) else \
+        f"must name its program by an absolute path (the new kernel's early boot has no PATH to rely on; got {_short.repr(v)})"
+
+
 def _policy(v: str) -> str | None:
     return None if v in RESTORE_POLICIES else f"must be one of {', '.join(RESTORE_POLICIES)} (got {v!r})"
 
@@ -181,6 +192,12 @@ SETTINGS: tuple[Setting, ...] = (
             "with the same snapshot and restores them there (preflight checks that the running kernel's image "
             "and initrd, with the boot scripts, are there to go back to); \"keep\" stays in the new kernel with "
             "the snapshot kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
+    Setting("restore", "health_check", "health_check", str,
+            "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there after "
+            "the device hooks' restore and before any workload is restored, so that none has run there yet "
+            "when it fails: the restore then fails, and with on_failure = \"rollback\" kupgrade goes back to "
+            "the old kernel with the same snapshot. Not run on the way back (the old kernel is the fallback) nor "
+            "in a rehearsal. 60 s at most.", check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("run", "answer_timeout", "answer_timeout", int,
             "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),

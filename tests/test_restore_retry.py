@@ -118,3 +118,28 @@ def test_units_connections_are_protected_until_systemd_restores_them(tmp_path, m
     monkeypatch.setattr(tcp, "install", lambda socks: installed.extend(socks) or len(socks))
     restore.run(ctx(tmp_path))
     assert installed == [sock]
+
+
+def test_a_failing_health_check_restores_nothing_here(tmp_path, monkeypatch):
+    """restore.health_check runs before any workload: failing, nothing was restored (with
+    rollback: the way back); on the way back itself it is not run."""
+    from dataclasses import replace
+    snapshot(tmp_path)
+    tried = []
+    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: tried.append(w.key) or
+                        {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
+    c = ctx(tmp_path)
+    c.config = replace(c.config, health_check="/bin/sh -c 'exit 3'")
+    with pytest.raises(RestoreError, match="the health check `/bin/sh -c 'exit 3'` failed in .*exited 3"):
+        restore.run(c)
+    assert tried == [] and not (c.restore_dir / restore.VERIFIED).exists()
+    c.config = replace(c.config, health_check="/bin/true")
+    assert restore.run(c)[1]["health_check"] == {"command": "/bin/true", "ok": True} and len(tried) == 2
+
+
+def test_health_check_must_be_a_command_with_an_absolute_program():
+    from kupgrade.config import ConfigError, parse
+    assert parse('[restore]\nhealth_check = "/usr/bin/ping -c1 10.0.0.1"\n').health_check.startswith("/usr/bin/ping")
+    for bad in ('"ping -c1 x"', '"/bin/sh -c \'unclosed"'):
+        with pytest.raises(ConfigError, match="health_check"):
+            parse(f"[restore]\nhealth_check = {bad}\n")

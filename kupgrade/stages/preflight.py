@@ -64,7 +64,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers += _initrd_blockers(t)
     if t.version == ctx.kernel_from:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
-    blockers += _tool_blockers()
+    blockers += _tool_blockers(cfg.health_check)
     lockdown = kexec.lockdown_mode()
     if not cfg.pids and not cfg.cgroups and not cfg.units:
         blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups` or "
@@ -110,9 +110,13 @@ def run(ctx: Context) -> tuple[str, dict]:
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
 
 
-def _tool_blockers() -> list[Blocker]:
-    """kexec usable on this kernel, criu installed and satisfied with it."""
+def _tool_blockers(health_check: str = "") -> list[Blocker]:
+    """kexec usable on this kernel, criu installed and satisfied with it, the health check's
+    program there (the new kernel runs it from the same root)."""
     out = []
+    if health_check and not os.access(prog := health_check.split()[0], os.X_OK):
+        out.append(Blocker(f"restore.health_check: {prog} is not an executable program",
+                           "install it or fix `restore.health_check`"))
     if not shutil.which(kexec.KEXEC):
         out.append(Blocker("kexec is not installed", "apt-get install kexec-tools"))
     if not Path("/sys/kernel/kexec_loaded").exists():

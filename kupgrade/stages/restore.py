@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -158,6 +159,25 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
     return m, corrupt
 
 
+HEALTH_TIMEOUT = 60.0
+
+
+def _health(ctx: Context, m) -> dict:
+    """restore.health_check, before any workload runs in this kernel."""
+    cmd = ctx.config.health_check
+    if not cmd:
+        return {}
+    if m.rollback or ctx.rehearsal:
+        return {"command": cmd, "skipped": "the way back: the old kernel is the fallback" if m.rollback
+                else "a rehearsal has no way back"}
+    try:
+        run_cmd(shlex.split(cmd), timeout=HEALTH_TIMEOUT)
+    except CommandError as e:
+        raise RestoreError(f"the health check `{cmd}` failed in {os.uname().release}: {e.message}",
+                           "no workload was restored in this kernel; see `kupgrade report`")
+    return {"command": cmd, "ok": True}
+
+
 def _protect(snap: Path, trees) -> int | str:
     """Before any address is configured (network hook, the distribution's networking): the
     peers' packets would meet no socket and be answered with an RST."""
@@ -180,6 +200,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
     retry = any(s.name == NAME for s in attempts(ctx.record))
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
+    health = _health(ctx, m)            # RestoreError: none restored (with rollback: the way back)
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
     results: dict[str, dict] = {}
     for w in todo:
@@ -197,7 +218,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
-               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected}
+               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health}
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err

@@ -1,7 +1,9 @@
-"""rollback: the restore fails in the new kernel (injected: `kupgrade.fault=restore` on its command
-line, as if criu could not restore there), so kupgrade kexecs back into the old kernel with the
-same snapshot and restores the workload there: same PIDs, same memory, heartbeat continued; the
-record tells the story of the three boots (6.1 -> 6.12 -> 6.1)."""
+"""rollback: the restore fails in the new kernel — criu cannot restore there (injected:
+`kupgrade.fault=restore` on its command line), then the configured health check says 6.12 is not
+fit — so kupgrade kexecs back into the old kernel with the same snapshot and restores the
+workload there: same PIDs, same memory, heartbeat continued; the record tells the story of the
+three boots (6.1 -> 6.12 -> 6.1). Then `on_failure = "keep"` (retry, a damaged copy, discard)
+and a power cut right after a switch."""
 
 from __future__ import annotations
 
@@ -13,48 +15,69 @@ from ..scenario import Result, booted, kupgrade_config, last_record, started, wa
 from ..workload import Workload
 
 NAME = "rollback"
-DESCRIPTION = ("a restore failing in 6.12 goes back to 6.1 with the same snapshot; with on_failure = keep: "
-               "retry, a damaged copy named and discarded; a power cut after a switch")
+DESCRIPTION = ("a restore failing in 6.12 (criu; the health check) goes back to 6.1 with the same snapshot; "
+               "on_failure = keep: retry, a damaged copy named and discarded; a power cut after a switch")
+
+
+# Two causes of a failed restore in 6.12, each answered by the way back to 6.1: criu failing
+# there (injected), and the configured health check saying the new kernel is not fit.
+CAUSES = {
+    "criu-restore-fails": ('append = "kupgrade.fault=restore"', "", "fault injected"),
+    "health-check-fails": ("", "health_check = \"/bin/sh -c 'test $(uname -r) = {old}'\"\n", "the health check"),
+}
 
 
 def run(vm, image, res: Result) -> None:
     wl, before = started(vm, res, cgroup="/workload")
+    res.data["way_back"] = {}
+    for label in CAUSES:
+        res.data["way_back"][label] = way_back(vm, image, res, wl, before, label)
+    gap, _, _ = wl.largest_gap()
+    res.data["downtime_s"] = round(gap, 3)
+    res.data["pids_preserved"] = all(c["pids_preserved"] for c in res.data["way_back"].values())
+    res.data["state_preserved"] = all(c["state_preserved"] for c in res.data["way_back"].values())
+    res.data["keep"] = keep(vm, image, res, wl, before)
+    power_cut(vm, image, res, to=image.kernel_from)
+
+
+def way_back(vm, image, res: Result, wl, before: dict, label: str) -> dict:
+    """6.1 -> 6.12, where the restore fails (label: why) -> back to 6.1 with the same snapshot."""
+    target, restore, why = CAUSES[label]
     cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"]).replace(
-        f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\nappend = "kupgrade.fault=restore"')
-    write_config(vm, cfg + '[restore]\non_failure = "rollback"\n')
+        f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\n{target}')
+    write_config(vm, cfg + '[restore]\non_failure = "rollback"\n' + restore.format(old=image.kernel_from))
     chk = vm.sh("kupgrade", "check", "--json", check=False, timeout=300)
-    way_back = json.loads(chk["stdout"])["stages"][0]["details"].get("way_back", {})
-    res.check(chk["rc"] == 0 and way_back.get("kernel") == image.kernel_from,
-              "check finds the way back to the running kernel", (chk["stdout"][-800:] + chk["stderr"][-400:]))
+    found = json.loads(chk["stdout"])["stages"][0]["details"].get("way_back", {})
+    res.check(chk["rc"] == 0 and found.get("kernel") == image.kernel_from,
+              f"{label}: check finds the way back to the running kernel", chk["stdout"][-800:] + chk["stderr"][-400:])
     rid = vm.send("run", argv=["kupgrade", "run", "--yes"], timeout_s=600, output="/dev/console")
     there = vm.wait_switch(rid, 600)
     last_before = wl.beats[-1].counter     # everything the old kernel's agent relayed came first
-    res.data["kernel_between"] = there.get("kernel")
-    res.check(there.get("kernel") == image.kernel_to, f"switched to {image.kernel_to} first", json.dumps(there)[:600])
+    res.check(there.get("kernel") == image.kernel_to, f"{label}: switched to {image.kernel_to} first",
+              json.dumps(there)[:600])
     back = vm.event("ready", 600, where=lambda e: e.get("kernel") == image.kernel_from)
     res.data["kernel_after"] = back["kernel"]
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
     after = wl.state()
-    res.data["record"] = rec
-    res.data["stages"] = {f"{i}-{s['name']}": s["duration_s"] for i, s in enumerate(rec["stages"])}
-    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.data["state_preserved"] = after["sha256"] == before["sha256_start"] and wl.consecutive()
-    res.check(back["kernel"] == image.kernel_from, f"back on {image.kernel_from}", back["kernel"])
-    res.check(res.data["pids_preserved"], "same PIDs after the way back", f"{before['pid']} -> {after['pid']}")
-    res.check(res.data["state_preserved"], "buffer intact, every heartbeat once, in order", wl.span())
     names = [s["name"] for s in rec["stages"]]
-    res.check(rec["outcome"] == "rolled-back", "the record says rolled-back", rec["outcome"])
+    out = {"kernel_between": there.get("kernel"), "kernel_after": back["kernel"], "outcome": rec["outcome"],
+           "pids_preserved": after["pid"] == before["pid"] and after["child"] == before["child"],
+           "state_preserved": after["sha256"] == before["sha256_start"] and wl.consecutive(),
+           "stages": {f"{i}-{s['name']}": s["duration_s"] for i, s in enumerate(rec["stages"])}}
+    res.data["stages"], res.data["record"] = out["stages"], rec
+    res.check(back["kernel"] == image.kernel_from, f"{label}: back on {image.kernel_from}", back["kernel"])
+    res.check(out["pids_preserved"], f"{label}: same PIDs after the way back", f"{before['pid']} -> {after['pid']}")
+    res.check(out["state_preserved"], f"{label}: buffer intact, every heartbeat once, in order", wl.span())
+    res.check(rec["outcome"] == "rolled-back", f"{label}: the record says rolled-back", rec["outcome"])
     failed = next((s for s in rec["stages"] if s["name"] == "restore" and s["status"] == "failed"), {})
-    res.check("fault injected" in json.dumps(failed) and "switch-back" in names and names[-1] == "restore",
-              "the record has the failed restore, the switch back and the restore on the old kernel", str(names))
+    res.check(why in json.dumps(failed) and "switch-back" in names and names[-1] == "restore",
+              f"{label}: the record has the failed restore, the switch back and the restore on the old kernel",
+              str(names) + json.dumps(failed)[:400])
     cgroup = vm.read("/proc/%d/cgroup" % before["pid"]).strip()
-    res.check(cgroup.endswith("/workload"), "the workload is back in its cgroup", cgroup)
-    gap, _, _ = wl.largest_gap()
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["keep"] = keep(vm, image, res, wl, before)
-    power_cut(vm, image, res, to=image.kernel_from)
+    res.check(cgroup.endswith("/workload"), f"{label}: the workload is back in its cgroup", cgroup)
+    return out
 
 
 def keep(vm, image, res: Result, wl, before: dict) -> dict:

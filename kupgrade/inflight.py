@@ -104,10 +104,13 @@ def interrupted_blocker(journal: Path | None = None) -> Blocker | None:
 
 def blockers(lock: Path | None = None, journal: Path | None = None) -> list[Blocker]:
     """For preflight (check changes nothing, so it does not take the lock)."""
-    if (pid := holder(lock)) and pid != os.getpid():
+    pid = holder(lock)
+    if pid == os.getpid():          # this run's own lock: the journal is its own too
+        return []
+    if pid:
         return [running_blocker(pid)]
     left = interrupted_blocker(journal)
-    return [left] if left is not None and holder(lock) != os.getpid() else []
+    return [left] if left is not None else []
 
 
 def read(journal: Path | None = None) -> dict | None:

@@ -57,10 +57,12 @@ def sessions(w: Workload, tasks: dict[int, Stat], proc: Path = PROC) -> list[Blo
     the tree in one of its sessions is left behind (a process group lies within a session, so
     this also covers a group whose leader is outside)."""
     root = tasks.get(w.root_pid)
-    if root is not None and root.session not in (0, w.root_pid):
+    if root is not None and root.session != w.root_pid:
         # one blocker says it all: the rest of that session is not the tree's
+        led = (f"in session {root.session}, led by {who(root.session, proc)}" if root.session else
+               "in a session whose leader is outside kupgrade's PID namespace")
         return [Blocker(f"{who(w.root_pid, proc)}, the root of {w.selector}, does not lead its session: it is "
-                        f"in session {root.session}, led by {who(root.session, proc)}",
+                        f"{led}",
                         "criu dumps only a tree whose root leads its session (kupgrade does not pass "
                         "--shell-job): start the workload with setsid (a systemd service gets its own "
                         "session), or select the session leader")]

@@ -57,10 +57,10 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def pid_max(path: Path = PID_MAX_FILE) -> int:
+def pid_max(path: Path | None = None) -> int:
     """The highest PID this kernel hands out (kernel.pid_max)."""
     try:
-        return int(path.read_text())
+        return int((path or PID_MAX_FILE).read_text())
     except (OSError, ValueError):
         return PID_MAX_LIMIT
 

@@ -92,7 +92,12 @@ def test_an_exited_session_leader(tmp_path):
 def test_a_session_leader_outside_the_pid_namespace(tmp_path):
     proc = fake_proc(tmp_path)
     task(proc, 10, session=0)
-    assert blockers(proc, 10, [10])[0].startswith("PID 10 (w) belongs to a session whose leader is outside")
+    assert blockers(proc, 10, [10])[0].startswith(
+        "PID 10 (w), the root of pid:10, does not lead its session: it is in a session whose leader is outside")
+    proc = fake_proc(tmp_path / "child")
+    task(proc, 10)
+    task(proc, 11, ppid=10, session=0)
+    assert blockers(proc, 10, [10, 11])[0].startswith("PID 11 (w) belongs to a session whose leader is outside")
 
 
 def test_processes_of_the_session_outside_the_tree(tmp_path):

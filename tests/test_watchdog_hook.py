@@ -207,8 +207,9 @@ def test_restore_loads_the_driver_and_leaves_it_armed_for_the_daemon(core):
                                "held_by": "nobody"}]
 
 
-def test_restore_leaves_a_watchdog_its_daemon_already_took(core):
+def test_restore_leaves_a_watchdog_its_daemon_already_took(core, monkeypatch):
     core.add(state="active", timeout=10)
+    monkeypatch.setattr(wd.os, "getpid", lambda: 99999)    # pytest may be PID 1 (a container)
     core.hold(1, comm="systemd")
     saved = {"watchdogs": [{"name": "watchdog0", "sys_path": "x", "parent": "",
                             "modules": ["i6300esb"], "identity": "i6300ESB timer", "timeout": 10, "bridge": 300,

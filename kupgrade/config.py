@@ -190,8 +190,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("restore", "on_failure", "on_restore_failure", str,
             "When the new kernel cannot restore the workloads: \"rollback\" kexecs back into the old kernel "
             "with the same snapshot and restores them there (preflight checks that the running kernel's image "
-            "and initrd, with the boot scripts, are there to go back to); \"keep\" stays in the new kernel with "
-            "the snapshot kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
+            "and initrd, with the boot scripts, are there to go back to). With \"rollback\" no workload runs in "
+            "the new kernel until all are restored (the first wait, stopped, for the last), so that a failure "
+            "can still go back with all of them. \"keep\" stays in the new kernel, each workload running as "
+            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
     Setting("restore", "health_check", "health_check", str,
             "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there after "
             "the device hooks' restore and before any workload is restored, so that none has run there yet "

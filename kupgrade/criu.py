@@ -38,11 +38,14 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
 
 
 def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
-                 tcp: bool = False, action_script: str = "") -> list[str]:
+                 tcp: bool = False, action_script: str = "", stopped: bool = False) -> list[str]:
     """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
-    images hold established connections (criu refuses them without --tcp-established)."""
+    images hold established connections (criu refuses them without --tcp-established).
+    stopped: the tasks are left stopped (SIGSTOP), to be continued by kupgrade (commit.py)."""
     argv = [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
+    if stopped:
+        argv.append("--leave-stopped")
     if tcp:
         argv.append("--tcp-established")
     if action_script:       # run by criu with `sh -c`, with CRTOOLS_SCRIPT_ACTION set

@@ -4,7 +4,8 @@ makes the named point fail as the real step would; the rollback that follows is 
 that a test can kill kupgrade at exactly that moment, as an OOM killer or an admin's
 `kill -9` would (then `kupgrade recover` must undo what was done); `name:wait` waits there
 until the test removes that file (to change something at exactly that moment); `name:once`
-fails the first time only in this boot (a cause the admin fixed before `restore --retry`)."""
+fails the first time only in this boot (a cause the admin fixed before `restore --retry`);
+`name:second` passes the first time and fails from the second on (one tree of several)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def point(name: str, message: str) -> None:
         marker.write_text(f"{os.getpid()}\n")
         while marker.exists():
             time.sleep(0.05)
-    if active(name) or _first(name):
+    if active(name) or _first(name) or _later(name):
         raise StageError(f"{message} (fault injected by KUPGRADE_FAULT={name})", "this is a test fault")
 
 
@@ -54,6 +55,17 @@ def _first(name: str) -> bool:
         return False
     used.write_text("")
     return True
+
+
+def _later(name: str) -> bool:
+    """`name:second` is active, and this is not the first time in this boot."""
+    used = Path(MARKER.format(name=name) + ".passed")
+    if not active(f"{name}:second"):
+        return False
+    if used.exists():
+        return True
+    used.write_text("")
+    return False
 
 
 def corrupt(tree: Path) -> bool:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import config as config_mod, contract, logfile, manifest, record, switchback, systemd
+from . import commit, config as config_mod, contract, logfile, manifest, record, switchback, systemd
 from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
@@ -40,11 +40,11 @@ def _prior(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
 
 
 def _outcome(rec: record.UpgradeRecord, m) -> str:
-    """restoring while a unit has not been restored yet; then restored or restore-failed."""
-    results: dict[str, dict] = {}
-    for s in restore_stage.attempts(rec):       # this kernel's (after a way back, not the other's)
-        results.update({k: v for k, v in s.details.get("workloads", {}).items() if v.get("ok") is not None})
-    if any(w.key not in results for w in m.workloads):
+    """restoring while a unit has not been restored yet or a tree waits for the others; then
+    restored or restore-failed."""
+    tried = restore_stage.attempts(rec)         # this kernel's (after a way back, not the other's)
+    results = commit.results(tried)
+    if any(w.key not in results for w in m.workloads) or commit.held(tried):
         return record.RESTORING
     if not all(r.get("ok") for r in results.values()):
         return record.RESTORE_FAILED
@@ -82,7 +82,23 @@ def _failed(ctx: Context, m, cause: KupgradeError, ui) -> None:
     last = ctx.record.stages[-1]
     ctx.record = replace(ctx.record, stages=ctx.record.stages[:-1] + (
         replace(last, details={**last.details, "no_rollback": why_not}),))
+    _resume(ctx, m, f"no way back ({why_not})")
     finish(ctx, record.RESTORE_FAILED)
+
+
+def _resume(ctx: Context, m, why: str) -> None:
+    """Continue the trees held for the way back that is not taken (the restored ones run in this
+    kernel); the failed ones stay in the snapshot for --retry, their peers' packets let in."""
+    tried = restore_stage.attempts(ctx.record)
+    keys = commit.held(tried)
+    if not keys:
+        return
+    started, t0 = time.time(), time.monotonic()
+    done = commit.resume(ctx.restore_dir, m, keys)
+    commit.release_failed(ctx.restore_dir, m, [k for k, r in commit.results(tried).items() if r.get("ok") is False])
+    ctx.record = ctx.record.with_stage(StageResult(
+        commit.STAGE, OK, started, time.monotonic() - t0,
+        f"continued {len(keys)} workload(s) restored in this kernel: {why}", {commit.STAGE: done}))
 
 
 def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
@@ -154,12 +170,16 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
                            "`kupgrade report` names the file; start the unit fresh after `systemctl daemon-reload`")
     logfile.start(m.id)
     started, t0 = time.time(), time.monotonic()
-    result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir)
+    with record_lock(ctx.state_dir):
+        hold = not switchback.refused(m, _prior(ctx, snap, m), ctx.rehearsal)
+    result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir,
+                                       hold=hold)
     with record_lock(ctx.state_dir):
         ctx.record = _prior(ctx, snap, m)
         logs = restore_stage.finish_trees(ctx, snap, m.id, {w.key: result})
         res = StageResult("restore-unit", OK if result["ok"] else FAILED, started, time.monotonic() - t0,
-                          f"restored {unit} (main PID {result.get('root_pid')})" if result["ok"] else "",
+                          f"restored {unit} (main PID {result.get('root_pid')})"
+                          + (", stopped until all are back" if hold else "") if result["ok"] else "",
                           {"unit": unit, "workloads": {w.key: result}, "criu_logs": logs},
                           "" if result["ok"] else result["error"])
         ctx.record = ctx.record.with_stage(res)
@@ -170,6 +190,48 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
     ui.print(f"kupgrade: {res.summary or res.error}")
     if not result["ok"]:
         raise RestoreError(f"{unit}: {result['error']}", f"its images and criu's log are kept in {result['images']}")
+
+
+def commit_pending(ctx: Context, ui) -> bool:
+    """`kupgrade-restore --commit` (kupgrade-commit.service, after every unit of the snapshot):
+    all trees back, held: continue them together; one failed or never restored while a way back
+    exists: go back to the old kernel with the same snapshot (does not return then)."""
+    snap = ctx.restore_dir
+    if not restore_stage.pending(snap):
+        return False
+    m = read_manifest(snap)
+    logfile.start(m.id)
+    with record_lock(ctx.state_dir):
+        _load_prior(ctx, m)
+        if switchback.refused(m, ctx.record, ctx.rehearsal):
+            return False            # no way back: each tree continued as soon as it was restored
+        tried = restore_stage.attempts(ctx.record)
+        keys = commit.held(tried)
+        started, t0 = time.time(), time.monotonic()
+        missing = commit.missing(m, tried)
+        failed = sorted(k for k, r in commit.results(tried).items() if r.get("ok") is False) + missing
+        if not keys and not failed:
+            return False
+        if failed:
+            names = {w.key: w.unit or w.selector for w in m.workloads}
+            cause = RestoreError(f"{len(failed)} of {len(m.workloads)} workload(s) not restored in "
+                                 f"{os.uname().release}: " + ", ".join(names[k] + (" (its start did not restore it)"
+                                                                                   if k in missing else "")
+                                                                       for k in failed),
+                                 f"the snapshot is kept in {snap}")
+            ctx.record = ctx.record.with_stage(StageResult(commit.STAGE, FAILED, started, time.monotonic() - t0,
+                                                           "", {"failed": failed, "held": keys}, cause.message))
+            _failed(ctx, m, cause, ui)
+            raise cause
+        done = commit.resume(snap, m, keys)
+        ctx.record = ctx.record.with_stage(StageResult(
+            commit.STAGE, OK, started, time.monotonic() - t0,
+            f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done}))
+        if (snap / manifest.NAME).exists():
+            os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
+        finish(ctx, _outcome(ctx.record, m))
+    ui.print(f"kupgrade: {ctx.record.stages[-1].summary}")
+    return True
 
 
 def generator(dirs: list[str], restore_dir: Path) -> None:
@@ -188,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                                  f"when no snapshot is pending in {contract.RESTORE_DIR}.")
     ap.add_argument("--config", "-c", type=Path, help="config file (default /etc/kupgrade/kupgrade.toml)")
     ap.add_argument("--unit", help="restore this systemd unit's processes (its ExecStart in this boot)")
+    ap.add_argument("--commit", action="store_true", help="continue the trees held until all units were "
+                    "restored, or go back to the old kernel when one was not (kupgrade-commit.service)")
     ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
     args = ap.parse_args(argv)
     logfile.stderr_handler(debug=False)
@@ -199,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.unit:
             restore_unit(Context(cfg, new_record("restore")), args.unit, ui)
+            return 0
+        if args.commit:
+            commit_pending(Context(cfg, new_record("restore")), ui)
             return 0
         if not restore_pending(Context(cfg, new_record("restore")), ui):
             ui.print(f"kupgrade: no snapshot pending in {contract.RESTORE_DIR}")

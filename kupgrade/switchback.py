@@ -4,8 +4,9 @@ into it, restored there. The record tells the whole story across the three boots
 
 What makes it safe: the old kernel's side was checked by preflight before the switch (its image
 and initrd with the boot scripts, `way_back` in the manifest); nothing of the snapshot has run in
-the new kernel (a rollback is refused once a workload was restored here: it has run on and its
-snapshot is stale); the way back is taken once (the manifest packed for it says `rollback`).
+the new kernel (each tree is restored stopped and none continues until all are back, see
+commit.py; a rollback is refused once one has run here: its snapshot is stale); the way back
+is taken once (the manifest packed for it says `rollback`).
 Runs on the new kernel's boot path: imports neither typer nor rich nor psutil.
 """
 
@@ -16,7 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import contract, initrd, kexec, manifest, packing, record
+from . import commit, contract, initrd, kexec, manifest, packing, record
 from .errors import KupgradeError
 from .hooks import HOOKS_SUBDIR
 from .record import OK, StageResult
@@ -34,10 +35,12 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
     if m.rollback:
         return "this is the way back already: there is no second one"
     from .stages.restore import attempts
-    results = {k: r for s in attempts(rec) for k, r in s.details.get("workloads", {}).items()}
-    if restored := sorted(k for k, r in results.items() if r.get("ok")):
-        return f"{', '.join(restored)} already run on in this kernel: their snapshot is stale"
-    if corrupt := sorted(k for k, r in results.items() if r.get("corrupt")):
+    tried = attempts(rec)
+    if running := sorted(commit.continued(tried)):
+        return f"{', '.join(running)} already run on in this kernel: their snapshot is stale"
+    if earlier := next((s.details["no_rollback"] for s in tried if s.details.get("no_rollback")), ""):
+        return earlier                  # answered once in this kernel already (the way back failed)
+    if corrupt := sorted(k for k, r in commit.results(tried).items() if r.get("corrupt")):
         return f"the images of {', '.join(corrupt)} are damaged: the old kernel has no better copy"
     missing = [p for p in (m.back["vmlinuz"], m.back["initrd"]) if not Path(p).is_file()]
     return f"{missing[0]} is gone" if missing else ""

@@ -13,6 +13,10 @@ restore of its snapshot:
   unit's), so systemd tracks them as the unit's, `systemctl stop` stops them, and nothing kills
   them when a helper ends. ExecStartPre/Post are cleared: the process was set up already.
 
+With a way back, each restored tree stays stopped until all are back (commit.py): the generator
+also writes kupgrade-commit.service, ordered after every unit of the snapshot, which continues
+them together or goes back to the old kernel.
+
 Why a generator: it runs before any unit is loaded, so the unit is never started fresh, and its
 ordering (After=network-online.target, mounts, ...) still applies to the restore.
 """
@@ -76,6 +80,27 @@ TimeoutStartSec=600
 """
 
 
+COMMIT_UNIT = "kupgrade-commit.service"
+
+
+def commit_unit(units: list[str], snapshot_id: str, restore_cmd: str) -> str:
+    """After every unit's start (successful or not): continue the trees held stopped until all
+    were back, or go back to the old kernel when one was not restored (commit.py)."""
+    return f"""# Written by kupgrade's generator for this boot only (snapshot {snapshot_id}).
+[Unit]
+Description=kupgrade: continue the restored workloads together, or go back to the old kernel
+After=kupgrade-restore.service {' '.join(units)}
+Wants={' '.join(units)}
+
+[Service]
+Type=oneshot
+ExecStart={restore_cmd} --commit
+RemainAfterExit=yes
+KillMode=process
+TimeoutStartSec=900
+"""
+
+
 def unit_file(unit: str, dirs=UNIT_DIRS) -> Path | None:
     names = [unit]
     if "@" in unit:                           # an instance: its template
@@ -104,4 +129,9 @@ def generate(early_dir: Path, snapshot_id: str, units: list[str], restore_cmd: s
             if not link.is_symlink():
                 os.symlink(path, link)
             done.append(str(link))
-    return done
+    (early_dir / COMMIT_UNIT).write_text(commit_unit(units, snapshot_id, restore_cmd))
+    wants = early_dir / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    if not (wants / COMMIT_UNIT).is_symlink():
+        os.symlink(early_dir / COMMIT_UNIT, wants / COMMIT_UNIT)
+    return done + [str(early_dir / COMMIT_UNIT)]

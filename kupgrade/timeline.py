@@ -32,9 +32,9 @@ def spans(rec: UpgradeRecord) -> list[Span]:
 
 def downtime(rec: UpgradeRecord) -> float | None:
     """From the freeze (cgroup workloads) or the dump (criu seizes PID workloads) to the end of
-    the restore; None unless the record covers both."""
+    the restore (or of the commit that continued the held trees); None unless the record covers both."""
     frz, snap = rec.stage("freeze"), rec.stage("snapshot")
-    ends = [s.started + s.duration_s for s in rec.stages if s.name in ("restore", "restore-unit")]
+    ends = [s.started + s.duration_s for s in rec.stages if s.name in ("restore", "restore-unit", "commit")]
     if not ends or snap is None:
         return None
     froze = frz is not None and frz.details.get("frozen_cgroups")

@@ -38,7 +38,7 @@ def test_retry_restores_only_what_failed(tmp_path, monkeypatch):
     broken = {B.key}
     tried = []
 
-    def fake(snap_, w, pidfile=None, state_dir=None):
+    def fake(snap_, w, pidfile=None, state_dir=None, hold=False):
         tried.append(w.key)
         if w.key in broken:
             return {"selector": w.selector, "ok": False, "error": "criu: boom", "images": str(snap_ / "images" / w.key)}

@@ -30,7 +30,11 @@ def test_generate_writes_dropins_and_wants(tmp_path):
     assert os.readlink(early / "multi-user.target.wants/getty@tty5.service") == str(units / "getty@.service")
     assert (early / "gone.service.d" / systemd.DROPIN).exists()          # restored if something starts it
     assert not (early / "multi-user.target.wants/gone.service").exists()
-    assert len(done) == 5
+    commit = (early / systemd.COMMIT_UNIT).read_text()
+    assert "After=kupgrade-restore.service web.service getty@tty5.service gone.service" in commit
+    assert "ExecStart=/usr/sbin/kupgrade-restore --commit" in commit
+    assert os.readlink(early / "multi-user.target.wants" / systemd.COMMIT_UNIT) == str(early / systemd.COMMIT_UNIT)
+    assert len(done) == 6
 
 
 def test_resolve_unit_to_main_pid_and_cgroup():

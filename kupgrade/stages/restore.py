@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import contract, criu, early, faults, manifest, tcp
+from .. import commit, contract, criu, early, faults, manifest, switchback, tcp
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -53,17 +53,21 @@ def _taken(w) -> str:
     return ""
 
 
-def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path(contract.STATE_DIR)) -> dict:
-    """criu-restore one tree from snap/images/TREE; the result for the record."""
+def restore_one(snap: Path, w, pidfile: Path | None = None, state_dir: Path = Path(contract.STATE_DIR),
+                hold: bool = False) -> dict:
+    """criu-restore one tree from snap/images/TREE; the result for the record. hold: its tasks
+    stay stopped, its peers' packets dropped, its images kept, until commit.py continues it."""
     images = snap / "images" / w.key
     socks = tcp.read(images)
-    result = _restore(images, w, pidfile or images / "restored.pid", socks, state_dir)
-    if any(s.connected for s in socks):     # restored or lost: the peers' packets may come in again
-        result["tcp"] = {"connections": [str(s) for s in socks if s.connected], **tcp.release(socks)}
+    result = _restore(images, w, pidfile or images / "restored.pid", socks, state_dir, hold)
+    if any(s.connected for s in socks):
+        result["tcp"] = {"connections": [str(s) for s in socks if s.connected]}
+        if not hold:                        # restored or lost: the peers' packets may come in again
+            result["tcp"].update(tcp.release(socks))
     return result
 
 
-def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> dict:
+def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold: bool) -> dict:
     if (why := _taken(w)):
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -78,10 +82,13 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path) -> di
         conns = [s for s in socks if s.connected]
         faults.point("restore", f"criu restore of {w.selector} failed")
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
-                                  action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else ""),
+                                  action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else "",
+                                  stopped=hold),
                 timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
+        if hold:
+            result["held"] = True
     except (KupgradeError, OSError, ValueError) as e:
         cause = criu.first_error(images, criu.RESTORE_LOG)
         result = {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
@@ -102,7 +109,7 @@ def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, 
     """Keep the criu logs on disk, free the images of the restored trees."""
     logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / snapshot_id)
     for key, r in results.items():
-        if r.get("ok"):
+        if r.get("ok") and not r.get("held"):       # a held tree's images go when it continues
             shutil.rmtree(snap / "images" / key, ignore_errors=True)   # free the RAM
     return logs
 
@@ -122,14 +129,14 @@ SWITCHES = ("exec", "switch-back")     # the stages after which another kernel r
 
 def attempts(rec) -> list:
     """The restore stages of this kernel: those after the last switch (after a way back, the
-    new kernel's failed attempt is not this kernel's)."""
+    new kernel's failed attempt is not this kernel's), with the commit that continued them."""
     last = max((i for i, s in enumerate(rec.stages) if s.name in SWITCHES), default=-1)
-    return [s for s in rec.stages[last + 1:] if s.name in (NAME, "restore-unit")]
+    return [s for s in rec.stages[last + 1:] if s.name in (NAME, "restore-unit", commit.STAGE)]
 
 
 def restored_keys(rec) -> set[str]:
-    """The trees an earlier attempt in this kernel brought back (their images are gone)."""
-    return {k for s in attempts(rec) for k, r in s.details.get("workloads", {}).items() if r.get("ok")}
+    """The trees an earlier attempt in this kernel brought back (held or running)."""
+    return {k for k, r in commit.results(attempts(rec)).items() if r.get("ok")}
 
 
 TREE_FILE = re.compile(r"'?images/(tree-[0-9]+)/")
@@ -202,6 +209,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
     health = _health(ctx, m)            # RestoreError: none restored (with rollback: the way back)
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
+    hold = not corrupt and not switchback.refused(m, ctx.record, ctx.rehearsal)    # all or nothing (commit.py)
     results: dict[str, dict] = {}
     for w in todo:
         if w.key in corrupt:
@@ -212,16 +220,19 @@ def run(ctx: Context) -> tuple[str, dict]:
             results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
                               "pending": f"restored when {w.unit} starts"}
         else:
-            results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir)
+            results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir, hold=hold)
     logs = finish_trees(ctx, snap, m.id, results)
-    if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
-        os.replace(snap / manifest.NAME, snap / DONE)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
-               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health}
+               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold}
+    if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
+        details[commit.STAGE] = commit.resume(snap, m, [k for k, r in results.items() if r.get("held")])
+    if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
+        os.replace(snap / manifest.NAME, snap / DONE)
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err
     units = sum(1 for w in m.workloads if w.unit)
     return (f"restored {len(results) - units} workload(s) from snapshot {m.id}"
-            + (f"; {units} unit(s) restore when systemd starts them" if units else "")), details
+            + (f"; {units} unit(s) restore when systemd starts them" if units else "")
+            + ("; all stay stopped until the last is back" if hold and units else "")), details

@@ -1,9 +1,10 @@
-"""rollback: the restore fails in the new kernel — criu cannot restore there (injected:
-`kupgrade.fault=restore` on its command line), then the configured health check says 6.12 is not
-fit — so kupgrade kexecs back into the old kernel with the same snapshot and restores the
-workload there: same PIDs, same memory, heartbeat continued; the record tells the story of the
-three boots (6.1 -> 6.12 -> 6.1). Then `on_failure = "keep"` (retry, a damaged copy, discard)
-and a power cut right after a switch."""
+"""rollback: the restore fails in the new kernel — criu cannot restore the second of two trees
+there (injected: `kupgrade.fault=restore:second` on its command line) after the first was
+restored, then the configured health check says 6.12 is not fit — so kupgrade kexecs back into
+the old kernel with the same snapshot and restores both workloads there: the first tree, restored
+stopped in 6.12, never ran there (all or nothing, kupgrade/commit.py); same PIDs, same memory,
+heartbeat continued; the record tells the story of the three boots (6.1 -> 6.12 -> 6.1). Then
+`on_failure = "keep"` (retry, a damaged copy, discard) and a power cut right after a switch."""
 
 from __future__ import annotations
 
@@ -15,35 +16,41 @@ from ..scenario import Result, booted, kupgrade_config, last_record, started, wa
 from ..workload import Workload
 
 NAME = "rollback"
-DESCRIPTION = ("a restore failing in 6.12 (criu; the health check) goes back to 6.1 with the same snapshot; "
+DESCRIPTION = ("a restore failing in 6.12 (criu on one of two trees; the health check) goes back to 6.1 with "
+               "the same snapshot for both; "
                "on_failure = keep: retry, a damaged copy named and discarded; a power cut after a switch")
 
 
 # Two causes of a failed restore in 6.12, each answered by the way back to 6.1: criu failing
-# there (injected), and the configured health check saying the new kernel is not fit.
+# there for the second tree after the first was restored (injected), and the configured health
+# check saying the new kernel is not fit.
 CAUSES = {
-    "criu-restore-fails": ('append = "kupgrade.fault=restore"', "", "fault injected"),
+    "criu-restore-fails": ('append = "kupgrade.fault=restore:second"', "", "fault injected"),
     "health-check-fails": ("", "health_check = \"/bin/sh -c 'test $(uname -r) = {old}'\"\n", "the health check"),
 }
 
 
 def run(vm, image, res: Result) -> None:
     wl, before = started(vm, res, cgroup="/workload")
+    small = Workload(vm, env={"KUPGRADE_WL_DIR": "/var/lib/small", "KUPGRADE_WL_MIB": "16"})
+    small.start(last_pid=31000)
     res.data["way_back"] = {}
     for label in CAUSES:
-        res.data["way_back"][label] = way_back(vm, image, res, wl, before, label)
+        res.data["way_back"][label] = way_back(vm, image, res, (wl, small), (before, small.state()), label)
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
     res.data["pids_preserved"] = all(c["pids_preserved"] for c in res.data["way_back"].values())
     res.data["state_preserved"] = all(c["state_preserved"] for c in res.data["way_back"].values())
-    res.data["keep"] = keep(vm, image, res, wl, before)
+    res.data["keep"] = keep(vm, image, res, wl, before, small)
     power_cut(vm, image, res, to=image.kernel_from)
 
 
-def way_back(vm, image, res: Result, wl, before: dict, label: str) -> dict:
-    """6.1 -> 6.12, where the restore fails (label: why) -> back to 6.1 with the same snapshot."""
+def way_back(vm, image, res: Result, wls, befores, label: str) -> dict:
+    """6.1 -> 6.12, where the restore fails (label: why) -> back to 6.1 with the same snapshot
+    for both workloads (wl, followed; small, queried)."""
+    (wl, small), (before, small_before) = wls, befores
     target, restore, why = CAUSES[label]
-    cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"]).replace(
+    cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid]).replace(
         f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\n{target}')
     write_config(vm, cfg + '[restore]\non_failure = "rollback"\n' + restore.format(old=image.kernel_from))
     chk = vm.sh("kupgrade", "check", "--json", check=False, timeout=300)
@@ -60,16 +67,21 @@ def way_back(vm, image, res: Result, wl, before: dict, label: str) -> dict:
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
-    after = wl.state()
+    after, small_after = wl.state(), small.state()
     names = [s["name"] for s in rec["stages"]]
     out = {"kernel_between": there.get("kernel"), "kernel_after": back["kernel"], "outcome": rec["outcome"],
-           "pids_preserved": after["pid"] == before["pid"] and after["child"] == before["child"],
-           "state_preserved": after["sha256"] == before["sha256_start"] and wl.consecutive(),
+           "pids_preserved": after["pid"] == before["pid"] and after["child"] == before["child"]
+           and (small_after["pid"], small_after["child"]) == (small_before["pid"], small_before["child"]),
+           "state_preserved": after["sha256"] == before["sha256_start"] and wl.consecutive()
+           and small_after["sha256"] == small_before["sha256_start"]
+           and small_after["counter"] > small_before["counter"],
            "stages": {f"{i}-{s['name']}": s["duration_s"] for i, s in enumerate(rec["stages"])}}
     res.data["stages"], res.data["record"] = out["stages"], rec
     res.check(back["kernel"] == image.kernel_from, f"{label}: back on {image.kernel_from}", back["kernel"])
-    res.check(out["pids_preserved"], f"{label}: same PIDs after the way back", f"{before['pid']} -> {after['pid']}")
-    res.check(out["state_preserved"], f"{label}: buffer intact, every heartbeat once, in order", wl.span())
+    res.check(out["pids_preserved"], f"{label}: same PIDs of both workloads after the way back",
+              f"{before['pid']} -> {after['pid']}, {small_before['pid']} -> {small_after['pid']}")
+    res.check(out["state_preserved"], f"{label}: both buffers intact, every heartbeat once, in order, the second "
+              "workload's counter went on", f"{wl.span()}; small {small_before['counter']} -> {small_after['counter']}")
     res.check(rec["outcome"] == "rolled-back", f"{label}: the record says rolled-back", rec["outcome"])
     failed = next((s for s in rec["stages"] if s["name"] == "restore" and s["status"] == "failed"), {})
     res.check(why in json.dumps(failed) and "switch-back" in names and names[-1] == "restore",
@@ -77,17 +89,20 @@ def way_back(vm, image, res: Result, wl, before: dict, label: str) -> dict:
               str(names) + json.dumps(failed)[:400])
     cgroup = vm.read("/proc/%d/cgroup" % before["pid"]).strip()
     res.check(cgroup.endswith("/workload"), f"{label}: the workload is back in its cgroup", cgroup)
+    if label == "criu-restore-fails":
+        trees = {k: r for k, r in failed.get("details", {}).get("workloads", {}).items()}
+        res.check(sorted(bool(r.get("ok")) for r in trees.values()) == [False, True]
+                  and all(r.get("held") for r in trees.values() if r.get("ok")),
+                  f"{label}: in 6.12 one tree was restored (stopped, held for the others) and one failed; "
+                  "both went back", json.dumps(trees)[:800])
     return out
 
 
-def keep(vm, image, res: Result, wl, before: dict) -> dict:
+def keep(vm, image, res: Result, wl, before: dict, small: Workload) -> dict:
     """restore.on_failure = "keep": to 6.12, where the first restore of the workload fails (a
     cause the admin then fixes: `restore:once`) and a second workload's copy is damaged (the
     checksum catches it). Nothing goes back; `kupgrade restore --retry` brings the first back
     as itself, the damaged one is named and given up with `--discard`."""
-    small = Workload(vm, env={"KUPGRADE_WL_DIR": "/var/lib/small", "KUPGRADE_WL_MIB": "16"})
-    small.start(last_pid=31000)
-    small.state()
     cfg = kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid]).replace(
         f'kernel = "{image.kernel_to}"', f'kernel = "{image.kernel_to}"\nappend = "kupgrade.fault=restore:once,corrupt"')
     write_config(vm, cfg + '[restore]\non_failure = "keep"\n')

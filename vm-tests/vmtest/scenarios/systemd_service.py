@@ -1,18 +1,24 @@
 """systemd-service: the guest boots systemd. heartbeat.service (the two-process 64 MiB test
 workload, started by hand, not enabled) and victim.service are selected as units. In the new
-boot, a unit started early takes victim's old PID. Expected: heartbeat.service comes back as
-itself (same main PID, its cgroup, active, not started fresh, `systemctl stop` stops it);
-victim's restore fails with a clear message, its snapshot is kept, the other is restored."""
+boot, a unit started early takes victim's old PID.
+
+With a way back (on_failure = "rollback", the default): heartbeat.service is restored stopped in
+6.12 and waits for victim, which cannot be restored there; kupgrade-commit.service then sends
+both back to 6.1 with the same snapshot, where both come back as themselves (heartbeat never ran
+in 6.12). Then with on_failure = "keep": heartbeat.service comes back as itself in 6.12 (same
+main PID, its cgroup, active, not started fresh, `systemctl stop` stops it); victim's restore
+fails with a clear message, its snapshot is kept, the other is restored."""
 
 from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, wait_outcome, write_config
 from ..workload import GUEST_WORKLOAD, Workload
 
 NAME = "systemd-service"
-DESCRIPTION = "systemd units restored as themselves; a PID taken in the new boot fails only that unit"
+DESCRIPTION = ("systemd units restored as themselves; a PID taken in the new boot sends both units back to the "
+               "old kernel (rollback), or fails only that unit (keep)")
 INIT = "systemd"
 
 UNITS = {
@@ -21,7 +27,7 @@ UNITS = {
                       "[Service]\nExecStart=/bin/sleep infinity\n",
     # enabled for the next boot only matters there: it takes victim's PID before the restore
     "squat.service": "[Unit]\nDescription=takes a PID before kupgrade restores it (test)\nDefaultDependencies=no\n"
-                     "Before=sysinit.target\nConditionKernelCommandLine=kupgrade.snapshot\n"
+                     "Before=sysinit.target\nConditionKernelCommandLine=kupgrade.snapshot\nConditionKernelVersion=>=6.12\n"
                      "[Service]\nType=oneshot\nRemainAfterExit=yes\nKillMode=process\n"
                      "ExecStart=/usr/local/lib/vmtest/squat.py /etc/vmtest-squat-pid\n"
                      "[Install]\nWantedBy=sysinit.target\n",
@@ -31,6 +37,41 @@ UNITS = {
 def show(vm, unit: str) -> dict:
     out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState,SubState,ControlGroup,NRestarts", unit)["stdout"]
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def way_back(vm, image, res: Result, wl, before: dict, units: tuple[dict, dict]) -> bool:
+    """The default policy: victim cannot be restored in 6.12, so neither unit runs there; both
+    go back to 6.1 with the same snapshot and are restored as themselves. True if it went so."""
+    if (switched := upgrade(vm, res)) is None:
+        return False
+    last_before = wl.beats[-1].counter
+    back = switched if switched["kernel"] == image.kernel_from else \
+        vm.event("ready", 900, where=lambda e: e.get("kernel") == image.kernel_from)
+    wl.follow()
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    wl.wait_beats(5, after=last_before, timeout=300)
+    rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
+    after = wl.state()
+    now = {"heartbeat": show(vm, "heartbeat.service"), "victim": show(vm, "victim.service")}
+    there = [s for s in rec["stages"][:[s["name"] for s in rec["stages"]].index("switch-back")]
+             if s["name"] in ("restore-unit", "commit")] if any(s["name"] == "switch-back" for s in rec["stages"]) else []
+    held = [s for s in there if s["details"].get("unit") == "heartbeat.service"]
+    res.data["way_back"] = {"kernel": back["kernel"], "outcome": rec["outcome"], "units": now,
+                            "stages": [s["name"] for s in rec["stages"]], "in_new_kernel": there}
+    ok = res.check(back["kernel"] == image.kernel_from and rec["outcome"] == "rolled-back",
+                   "rollback: victim not restorable in 6.12 -> both units back on 6.1 (rolled-back)",
+                   json.dumps(res.data["way_back"])[:1500])
+    ok &= res.check(all(now[n]["MainPID"] == u["MainPID"] and now[n]["ActiveState"] == "active"
+                        for n, u in zip(("heartbeat", "victim"), units)),
+                    "rollback: both units active on 6.1 with their main PIDs", json.dumps(now))
+    ok &= res.check(after["pid"] == before["pid"] and after["child"] == before["child"] and wl.consecutive()
+                    and after["sha256"] == before["sha256_start"],
+                    "rollback: heartbeat went on as itself, every beat once (it never ran in 6.12)", wl.span())
+    ok &= res.check(bool(held) and all(r.get("held") for s in held for r in s["details"]["workloads"].values())
+                    and any(s["name"] == "commit" and s["status"] == "failed" for s in there),
+                    "rollback: in 6.12 heartbeat was restored stopped and the commit sent both back",
+                    json.dumps(there)[:1500])
+    return ok
 
 
 def run(vm, image, res: Result) -> None:
@@ -53,10 +94,14 @@ def run(vm, image, res: Result) -> None:
     before = wl.state()
     vm.sh("tee", "/etc/vmtest-squat-pid", input=victim["MainPID"])
     vm.sh("systemctl", "enable", "squat.service")
-    write_config(vm, kupgrade_config(image.kernel_to).replace(
-        "[target]", 'units = ["heartbeat.service", "victim.service"]\n\n[target]'))
+    config = kupgrade_config(image.kernel_to).replace(
+        "[target]", 'units = ["heartbeat.service", "victim.service"]\n\n[target]')
+    write_config(vm, config)
     res.data["before"] = {"heartbeat": hb, "victim": victim}
+    if not way_back(vm, image, res, wl, before, (hb, victim)):
+        return
 
+    write_config(vm, config + '[restore]\non_failure = "keep"\n')
     if (switched := upgrade(vm, res)) is None:
         return
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])

@@ -38,7 +38,6 @@ DRAIN_S = 10.0              # how long quiesce waits for the disks' in-flight re
 WAIT_S = 10.0               # how long restore waits for an array's members to appear
 REDUNDANT = ("raid1", "raid4", "raid5", "raid6", "raid10")
 PERSONALITY = {"raid4": "raid456", "raid5": "raid456", "raid6": "raid456"}   # level -> module
-RUNNING = ("resync", "recover", "check", "repair")
 RW_STATES = ("clean", "active", "active-idle", "write-pending")
 
 _froze: dict[str, str] = {}     # array name -> the action quiesce froze (same process: resume)

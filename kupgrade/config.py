@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from . import contract
 from .errors import ConfigError
+from .run import use_programs
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 KEXEC_METHODS = ("auto", "file", "classic")
@@ -46,6 +47,8 @@ class Config:
     answer_timeout: int = 300
     on_restore_failure: str = "rollback"
     health_check: str = ""
+    criu: str = "criu"
+    kexec: str = "kexec"
     source: str = ""          # the file this came from ("" = defaults only)
 
     def to_json(self) -> dict:
@@ -119,6 +122,11 @@ def _size(v: str) -> str | None:
 
 def _timeout(v: int) -> str | None:
     return None if 1 <= v <= 86400 else f"must be between 1 and 86400 seconds (got {v})"
+
+
+def _program(v: str) -> str | None:
+    return None if v and (v.startswith("/") or "/" not in v) else \
+        f"must be a program name found in PATH or an absolute path (got {_short.repr(v)})"
 
 
 def _command(v: str) -> str | None:
@@ -205,6 +213,11 @@ SETTINGS: tuple[Setting, ...] = (
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),
     Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
             example=f'"{contract.STATE_DIR}"'),
+    Setting("paths", "criu", "criu", str, "The criu program (dumps in the old kernel, restores in the new one): "
+            "a name looked up in PATH or an absolute path, e.g. a newer criu in /opt.", check=_program,
+            example='"/opt/criu/sbin/criu"'),
+    Setting("paths", "kexec", "kexec", str, "The kexec program (kexec-tools): a name looked up in PATH or an "
+            "absolute path.", check=_program, example='"/usr/sbin/kexec"'),
     Setting("hooks", "dir", "hooks_dir", str,
             "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
             "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),
@@ -270,7 +283,14 @@ def _check_whole(cfg: Config) -> None:
 
 
 def load(path: Path | None) -> Config:
-    """Load the config; a missing default file means defaults, a missing given file is an error."""
+    """Load the config; a missing default file means defaults, a missing given file is an error.
+    The programs it names (criu, kexec) are what the command wrapper runs from then on."""
+    cfg = _load(path)
+    use_programs({"criu": cfg.criu, "kexec": cfg.kexec})
+    return cfg
+
+
+def _load(path: Path | None) -> Config:
     p = path or DEFAULT_PATH
     if not p.exists():
         if path is None:

@@ -35,6 +35,8 @@ def active(name: str) -> bool:
 
 
 def point(name: str, message: str) -> None:
+    if name not in POINTS:
+        raise ValueError(f"no fault point {name!r}: one of {', '.join(POINTS)}")
     marker = Path(MARKER.format(name=name))
     if active(f"{name}:hang"):
         marker.write_text(f"{os.getpid()}\n")

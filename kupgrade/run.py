@@ -41,6 +41,17 @@ class CommandLog:
 
 
 COMMAND_LOG: list[CommandLog] = []
+PROGRAMS: dict[str, str] = {}       # a program's name in code -> what runs (paths.criu, paths.kexec)
+
+
+def use_programs(programs: dict[str, str]) -> None:
+    """The config's choice of programs: `criu` in an argv runs paths.criu from now on."""
+    PROGRAMS.clear()
+    PROGRAMS.update({name: path for name, path in programs.items() if path and path != name})
+
+
+def program(name: str) -> str:
+    return PROGRAMS.get(name, name)
 
 
 def _tail(data: bytes | str | None) -> str:
@@ -58,6 +69,7 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
     """Run argv; return the CompletedProcess (stdout/stderr as bytes when captured; bounded with
     `keep`, see the module docstring)."""
     argv = [os.fspath(a) for a in argv]
+    argv[0] = program(argv[0])
     start = time.monotonic()
     try:
         if keep is not None:

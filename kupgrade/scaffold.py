@@ -32,6 +32,8 @@ def files_for(name: str, kind: str) -> list[tuple[str, str, str, int]]:
 
 def new(name: str, directory: Path, kind: str = "executable") -> list[Path]:
     """Write the hook and its test into `directory`; refuse to overwrite anything."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown hook kind {kind!r}", f"one of {', '.join(KINDS)}")
     if not NAME_RE.fullmatch(name):
         raise ConfigError(f"hook name {name!r} may only contain A-Z a-z 0-9 _ - (run-parts rules)",
                           "choose a name like `50-mydevice` or `mydevice`")

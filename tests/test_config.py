@@ -141,3 +141,20 @@ def test_snapshot_dir_must_be_free_and_empty(tmp_path):
     assert "is not an empty directory" in snapshot_dir_blockers(tmp_path)[0].message
     assert "is not an empty directory" in snapshot_dir_blockers(tmp_path / "x")[0].message
     assert "already mounted" in snapshot_dir_blockers(Path("/proc"))[0].message
+
+
+def test_criu_and_kexec_are_settings_the_command_wrapper_obeys(tmp_path):
+    from kupgrade import run as run_mod
+    fake = tmp_path / "criu"
+    fake.write_text("#!/bin/sh\necho newer criu \"$@\"\n")
+    fake.chmod(0o755)
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\ncriu = "{fake}"\n')
+    try:
+        assert config.load(cfg).criu == str(fake)
+        assert run_mod.run(["criu", "--version"]).stdout == b"newer criu --version\n"
+        assert run_mod.program("kexec") == "kexec"
+    finally:
+        run_mod.use_programs({})
+    with pytest.raises(ConfigError, match=r"paths.criu.*a program name found in PATH or an absolute path"):
+        config.parse('[paths]\ncriu = "bin/criu"\n')

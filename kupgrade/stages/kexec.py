@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import contract, faults, fsfreeze, inflight, kexec as kx, oom, record
-from ..run import COMMAND_LOG, run as run_cmd
+from ..run import COMMAND_LOG, program, run as run_cmd
 from .context import Context
 from .snapshot import combined_path
 
@@ -61,7 +61,7 @@ def execute(ctx: Context) -> None:
     record.save(ctx.record, ctx.state_dir)
     os.sync()
     loaded = ctx.record.stage(NAME)
-    binary = "false" if faults.active("exec") else kx.KEXEC      # the test fault: the kernel does not switch
+    binary = "false" if faults.active("exec") else program(kx.KEXEC)      # the test fault: the kernel does not switch
     run_cmd(fsfreeze.exec_argv(binary, loaded.details.get("freeze", []) if loaded else []), timeout=120)
 
 

@@ -11,6 +11,7 @@ from .. import boot, contract, coverage, criu, inflight, estimate, kexec, manife
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
+from ..run import program
 from . import hookpoints
 from .context import Context, Target, resolve_target
 
@@ -117,16 +118,18 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
     if health_check and not os.access(prog := health_check.split()[0], os.X_OK):
         out.append(Blocker(f"restore.health_check: {prog} is not an executable program",
                            "install it or fix `restore.health_check`"))
-    if not shutil.which(kexec.KEXEC):
-        out.append(Blocker("kexec is not installed", "apt-get install kexec-tools"))
+    if not shutil.which(program(kexec.KEXEC)):
+        out.append(Blocker(f"kexec is not installed ({program(kexec.KEXEC)})", "apt-get install kexec-tools, or "
+                           "set paths.kexec"))
     if not Path("/sys/kernel/kexec_loaded").exists():
         out.append(Blocker("this kernel has no kexec support", "a kernel built with CONFIG_KEXEC is needed"))
     disabled = Path("/proc/sys/kernel/kexec_load_disabled")
     if disabled.exists() and disabled.read_text().strip() == "1":
         out.append(Blocker("kexec is disabled (kernel.kexec_load_disabled = 1)",
                            "it cannot be re-enabled without a reboot; boot without it being set"))
-    if not shutil.which(criu.CRIU):
-        return out + [Blocker("criu is not installed", "apt-get install criu")]
+    if not shutil.which(program(criu.CRIU)):
+        return out + [Blocker(f"criu is not installed ({program(criu.CRIU)})", "apt-get install criu, or set "
+                              "paths.criu")]
     try:
         criu.check()
     except CommandError as e:

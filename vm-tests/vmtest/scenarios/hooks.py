@@ -169,6 +169,7 @@ def run(vm, image, res: Result) -> None:
               f"before {before['pid']}/{before['child']}, after {after['pid']}/{after['child']}")
     res.check(wl.consecutive(), "workload: counter continued, every heartbeat once, in order", wl.span())
     res.check(after["sha256"] == before["sha256_start"], "workload: 64 MiB buffer checksum intact", after["sha256"])
+    res.data["state_preserved"] = wl.consecutive() and after["sha256"] == before["sha256_start"]
 
     after_net = net_state(vm)
     res.data["net_after"] = after_net

@@ -140,7 +140,8 @@ def run(vm, image, res: Result) -> None:
         l for l in vm.sh("dmesg")["stdout"].splitlines() if any(k in l for k in ("md", "raid", "EXT4"))))
     after = wl.state()
     res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.check(res.data["pids_preserved"] and wl.consecutive() and after["sha256"] == before["sha256_start"],
+    res.data["state_preserved"] = wl.consecutive() and after["sha256"] == before["sha256_start"]
+    res.check(res.data["pids_preserved"] and res.data["state_preserved"],
               "workload (files on md0): same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after}")
 
     rec = last_record(vm)

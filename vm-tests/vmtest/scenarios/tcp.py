@@ -231,6 +231,10 @@ def run(vm, image, res: Result) -> None:
         after = main_pid(vm)
         res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
                   f"{UNIT} is active with the same main PID", json.dumps(after))
+        res.data["pids_preserved"] = after["MainPID"] == before["MainPID"]
+        # the server's state is the conversation: every line both ways once, in order, same connection
+        res.data["state_preserved"] = (not peer.error and not peer.problems and st["last"] == st["asked_after"]
+                                       and not st["problems"] and st["accepted"] == first["accepted"])
         tables = vm.sh("nft", "list", "tables")["stdout"]
         res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
         rec = last_record(vm)

@@ -216,7 +216,8 @@ def run(vm, image, res: Result) -> None:
 
     after_wl = wl.state()
     res.data["pids_preserved"] = after_wl["pid"] == before["pid"] and after_wl["child"] == before["child"]
-    res.check(res.data["pids_preserved"] and wl.consecutive() and after_wl["sha256"] == before["sha256_start"],
+    res.data["state_preserved"] = wl.consecutive() and after_wl["sha256"] == before["sha256_start"]
+    res.check(res.data["pids_preserved"] and res.data["state_preserved"],
               "workload: same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after_wl}")
     gap, a, b = wl.largest_gap_after(last_beat - 1)
     res.data["downtime_s"] = round(gap, 3)

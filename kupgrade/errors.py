@@ -13,10 +13,17 @@ class KupgradeError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details: dict = dict(details or {})   # what the failed stage records with it
+
+    def add_details(self, details: dict) -> "KupgradeError":
+        """The stage's details, recorded with this error (the error's own keys win)."""
+        for key, value in details.items():
+            self.details.setdefault(key, value)
+        return self
 
     def __str__(self) -> str:
         return self.message
@@ -38,13 +45,14 @@ class BlockedError(KupgradeError):
 
     exit_code = 3
 
-    def __init__(self, blockers: list, hint: str = "") -> None:
+    def __init__(self, blockers: list, hint: str = "", *, details: dict | None = None) -> None:
         self.blockers = blockers
         first = blockers[0].message if blockers else "none"
         more = f" (+{len(blockers) - 1} more, listed above)" if len(blockers) > 1 else ""
         super().__init__(f"blocked: {first}{more}",
                          hint or (blockers[0].hint if len(blockers) == 1 and blockers[0].hint else
-                                  "fix the blockers listed above, then run `kupgrade check` again"))
+                                  "fix the blockers listed above, then run `kupgrade check` again"),
+                         details=details)
 
 
 class CommandError(KupgradeError):
@@ -82,6 +90,7 @@ class HookError(KupgradeError):
 
     exit_code = 7
 
-    def __init__(self, message: str, hint: str = "", results: list | None = None) -> None:
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str = "", results: list | None = None, *,
+                 details: dict | None = None) -> None:
+        super().__init__(message, hint, details=details)
         self.results = list(results or [])     # the HookResults of that point, the failed one(s) included

@@ -45,7 +45,7 @@ def execute_stage(stage, ctx: Context, ui) -> StageResult:
 
 def _failed(stage, ctx: Context, ui, started: float, t0: float, e: KupgradeError) -> None:
     res = StageResult(stage.NAME, FAILED, started, time.monotonic() - t0, "",
-                      getattr(e, "details", {}), e.message, e.hint)
+                      e.details, e.message, e.hint)
     ctx.record = ctx.record.with_stage(res)
     log.info("stage %s: FAILED after %.3f s: %s", stage.NAME, res.duration_s, e.message)
     ui.stage_end(res)

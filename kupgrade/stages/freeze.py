@@ -68,8 +68,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     try:
         details["hooks"] = hookpoints.call(ctx, "quiesce")     # the devices stop changing too
     except HookError as e:
-        e.details = {**details, **e.details}  # type: ignore[attr-defined]
-        raise
+        raise e.add_details(details)
     if details["hooks"]:
         summary += f"; {len(details['hooks'])} device hook(s) quiesced"
     return summary, details

@@ -93,14 +93,14 @@ def results_json(results: list) -> list[dict]:
 
 def call(ctx: Context, point: str, snapshot_dir: Path | None = None) -> list[dict]:
     """Run `point` for the loaded hooks; the results (JSON) for the stage details. A HookError
-    gets `details = {"hooks": [...]}` so the failed stage records what ran."""
+    carries `details["hooks"]` so the failed stage records what ran."""
     if not ctx.hooks:
         return []
     try:
         results = hk.run_point(point, ctx.hooks, ctx.devices, extra(ctx), snapshot_dir=snapshot_dir)
     except HookError as e:
         ctx.hook_results += e.results
-        e.details = {**getattr(e, "details", {}), "hooks": results_json(e.results)}  # type: ignore[attr-defined]
+        e.details["hooks"] = results_json(e.results)
         raise
     ctx.hook_results += results
     return results_json(results)
@@ -144,10 +144,10 @@ def restore(ctx: Context, snap: Path) -> list[dict]:
     try:
         out += call(ctx, "restore", snap)
     except HookError as e:
-        out += e.details["hooks"]  # type: ignore[attr-defined]
+        out += e.details["hooks"]
         first = first or e
     if first is not None:
-        first.details = {"hooks": out}  # type: ignore[attr-defined]
+        first.details["hooks"] = out
         raise first
     return out
 
@@ -158,9 +158,7 @@ def verify(ctx: Context, snap: Path, details: dict) -> HookError | None:
     try:
         details.setdefault("hooks", []).extend(call(ctx, "verify", snap))
     except HookError as e:
-        details.setdefault("hooks", []).extend(e.details["hooks"])  # type: ignore[attr-defined]
-        err = HookError(e.message, "the workloads were restored and are running; check the device "
-                        "(`kupgrade report` shows each hook's result)", e.results)
-        err.details = details  # type: ignore[attr-defined]
-        return err
+        details.setdefault("hooks", []).extend(e.details["hooks"])
+        return HookError(e.message, "the workloads were restored and are running; check the device "
+                         "(`kupgrade report` shows each hook's result)", e.results, details=details)
     return None

@@ -101,12 +101,9 @@ def run(ctx: Context) -> tuple[str, dict]:
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
                "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back}
     if hook_error is not None:
-        hook_error.details = {**details, "hooks": hook_error.details["hooks"]}  # type: ignore[attr-defined]
-        raise hook_error
+        raise hook_error.add_details(details)
     if blockers:
-        err = BlockedError(blockers)
-        err.details = details  # type: ignore[attr-defined]
-        raise err
+        raise BlockedError(blockers, details=details)
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
             f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
 
@@ -252,7 +249,7 @@ def _hooks(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], HookError
     try:
         done = hookpoints.call(ctx, "preflight")
     except HookError as e:
-        return e.details["hooks"], e  # type: ignore[attr-defined]
+        return e.details["hooks"], e
     blockers += hk.blockers(ctx.hook_results[seen:])
     blockers += coverage.unsafe_blockers(ctx.devices, ctx.hooks, ctx.config.hooks_allow)
     return done, None

@@ -118,10 +118,9 @@ def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError
     failed = [r for r in results.values() if r.get("ok") is False]
     if not failed:
         return None
-    err = RestoreError(f"{len(failed)} of {len(results)} workload(s) failed to restore: {failed[0]['error']}",
-                       f"their images and criu's restore.log are kept in {snap}/images/ (RAM: lost on reboot)")
-    err.details = details  # type: ignore[attr-defined]
-    return err
+    return RestoreError(f"{len(failed)} of {len(results)} workload(s) failed to restore: {failed[0]['error']}",
+                        f"their images and criu's restore.log are kept in {snap}/images/ (RAM: lost on reboot)",
+                        details=details)
 
 
 SWITCHES = ("exec", "switch-back")     # the stages after which another kernel restores

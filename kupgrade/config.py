@@ -203,10 +203,11 @@ SETTINGS: tuple[Setting, ...] = (
             "can still go back with all of them. \"keep\" stays in the new kernel, each workload running as "
             "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
     Setting("restore", "health_check", "health_check", str,
-            "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there after "
-            "the device hooks' restore and before any workload is restored, so that none has run there yet "
-            "when it fails: the restore then fails, and with on_failure = \"rollback\" kupgrade goes back to "
-            "the old kernel with the same snapshot. Not run on the way back (the old kernel is the fallback) nor "
+            "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there before "
+            "any workload runs: with on_failure = \"rollback\" once every workload is restored (stopped; for "
+            "systemd units, in kupgrade-commit.service after their starts), and when it fails kupgrade goes back "
+            "to the old kernel with the same snapshot; with \"keep\" after the device hooks' restore and before "
+            "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back (the old kernel is the fallback) nor "
             "in a rehearsal. 60 s at most.", check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("run", "answer_timeout", "answer_timeout", int,
             "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "

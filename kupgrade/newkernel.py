@@ -212,21 +212,23 @@ def commit_pending(ctx: Context, ui) -> bool:
         failed = sorted(k for k, r in commit.results(tried).items() if r.get("ok") is False) + missing
         if not keys and not failed:
             return False
-        if failed:
-            names = {w.key: w.unit or w.selector for w in m.workloads}
-            cause = RestoreError(f"{len(failed)} of {len(m.workloads)} workload(s) not restored in "
-                                 f"{os.uname().release}: " + ", ".join(names[k] + (" (its start did not restore it)"
-                                                                                   if k in missing else "")
-                                                                       for k in failed),
-                                 f"the snapshot is kept in {snap}")
+        try:
+            if failed:
+                names = {w.key: w.unit or w.selector for w in m.workloads}
+                raise RestoreError(f"{len(failed)} of {len(m.workloads)} workload(s) not restored in "
+                                   f"{os.uname().release}: " + ", ".join(
+                                       names[k] + (" (its start did not restore it)" if k in missing else "")
+                                       for k in failed), f"the snapshot is kept in {snap}")
+            health = restore_stage.health_check(ctx, m)
+        except RestoreError as cause:
             ctx.record = ctx.record.with_stage(StageResult(commit.STAGE, FAILED, started, time.monotonic() - t0,
                                                            "", {"failed": failed, "held": keys}, cause.message))
             _failed(ctx, m, cause, ui)
-            raise cause
+            raise
         done = commit.resume(snap, m, keys)
         ctx.record = ctx.record.with_stage(StageResult(
             commit.STAGE, OK, started, time.monotonic() - t0,
-            f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done}))
+            f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done, "health_check": health}))
         if (snap / manifest.NAME).exists():
             os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
         finish(ctx, _outcome(ctx.record, m))

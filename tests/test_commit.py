@@ -138,3 +138,31 @@ def test_commit_results_ignore_the_other_kernels_attempt():
     failed_there = StageResult("restore", "failed", 0, 0, details={"workloads": {A.key: {"ok": False}}})
     rec = UpgradeRecord("U7", "run", "6.1", stages=(failed_there, StageResult("switch-back", "ok", 0, 0)))
     assert commit.results(restore.attempts(rec)) == {}
+
+
+def test_with_a_way_back_the_health_check_runs_when_all_are_back(tmp_path, world):
+    """restore.health_check sees every tree restored, none running: failing, all go back."""
+    from dataclasses import replace
+    snapshot(tmp_path)
+    c = ctx(tmp_path)
+    c.config = replace(c.config, health_check="/bin/sh -c 'exit 3'")
+    with pytest.raises(RestoreError, match="health check"):
+        newkernel.restore_pending(c, PlainUi(quiet=True))
+    assert world["tried"] == [(A.key, True), (B.key, True)] and world["back"] == [[A.key, B.key]]
+    rec = record.load(tmp_path / "state", "U7")
+    failed = rec.stage("restore")
+    assert failed.status == "failed" and failed.details["workloads"][A.key]["held"]
+
+
+def test_the_commit_unit_runs_the_health_check_before_continuing(tmp_path, world):
+    from dataclasses import replace
+    snapshot(tmp_path, (A, U))
+    newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
+    rec = record.load(tmp_path / "state", "U7")
+    record.save(rec.with_stage(StageResult("restore-unit", "ok", 0, 0, details={
+        "unit": "web.service", "workloads": {U.key: {"ok": True, "held": True}}})), tmp_path / "state")
+    c = ctx(tmp_path)
+    c.config = replace(c.config, health_check="/bin/false")
+    with pytest.raises(RestoreError, match="health check"):
+        newkernel.commit_pending(c, PlainUi(quiet=True))
+    assert world["back"] == [[A.key, U.key]]

@@ -168,8 +168,19 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
 HEALTH_TIMEOUT = 60.0
 
 
-def _health(ctx: Context, m) -> dict:
-    """restore.health_check, before any workload runs in this kernel."""
+def _go_on(ctx: Context, snap: Path, m, keys: list[str], details: dict) -> dict:
+    """Every tree is back, held: the health check, then they all continue (commit.py). A failing
+    check raises: none has run in this kernel, so the way back carries them all."""
+    try:
+        details["health_check"] = health_check(ctx, m)
+    except RestoreError as e:
+        raise e.add_details(details)
+    return commit.resume(snap, m, keys)
+
+
+def health_check(ctx: Context, m) -> dict:
+    """restore.health_check, before any workload runs in this kernel: with a way back, once every
+    tree is restored (stopped); without, before the first is restored."""
     cmd = ctx.config.health_check
     if not cmd:
         return {}
@@ -180,7 +191,7 @@ def _health(ctx: Context, m) -> dict:
         run_cmd(shlex.split(cmd), timeout=HEALTH_TIMEOUT)
     except CommandError as e:
         raise RestoreError(f"the health check `{cmd}` failed in {os.uname().release}: {e.message}",
-                           "no workload was restored in this kernel; see `kupgrade report`")
+                           "no workload has run in this kernel; see `kupgrade report`")
     return {"command": cmd, "ok": True}
 
 
@@ -206,9 +217,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
     retry = any(s.name == NAME for s in attempts(ctx.record))
     hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
-    health = _health(ctx, m)            # RestoreError: none restored (with rollback: the way back)
-    (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
     hold = not corrupt and not switchback.refused(m, ctx.record, ctx.rehearsal)    # all or nothing (commit.py)
+    health = {} if hold else health_check(ctx, m)      # holding: when all are back, before any runs
+    (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
     results: dict[str, dict] = {}
     for w in todo:
         if w.key in corrupt:
@@ -225,7 +236,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
-        details[commit.STAGE] = commit.resume(snap, m, [k for k, r in results.items() if r.get("held")])
+        details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
         os.replace(snap / manifest.NAME, snap / DONE)
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks

@@ -39,6 +39,9 @@ DONE = "restored.json"                     # the manifest, renamed once every wo
 UNIT_PIDFILES = "units"                    # RESTORE_DIR/units/UNIT.pid: a restored unit's main PID
 BOOT_MARKER = f"etc/kupgrade-boot.{VERSION}"   # in the initrd: it carries this contract's scripts
 
+# --- every boot through kupgrade's initrd ------------------------------------------------------
+EARLY_PIDS = "/run/kupgrade-early-pids"   # init-top: the PIDs in use before userspace (bootpids.py)
+
 # --- on disk, both kernels ---------------------------------------------------------------------
 STATE_DIR = "/var/lib/kupgrade"            # records/ID.json, logs/ID/ (default of paths.state)
 SNAPSHOT_TMPFS = "/run/kupgrade-snapshot"  # the old kernel's private tmpfs (default of snapshot.dir)
@@ -58,6 +61,7 @@ BOOT_VALUES: dict[str, str] = {
     "REJECTED_DIR": REJECTED_DIR,
     "BOOT_MARKER": BOOT_MARKER,
     "STATE_DIR": STATE_DIR,
+    "EARLY_PIDS": EARLY_PIDS,
     "CONTRACT": str(VERSION),
 }
 

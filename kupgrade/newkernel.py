@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import commit, config as config_mod, contract, logfile, manifest, record, switchback, systemd
+from . import bootpids, commit, config as config_mod, contract, logfile, manifest, record, switchback, systemd
 from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
@@ -109,6 +109,7 @@ def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
         return False
     m = read_manifest(snap)
     logfile.start(m.id)     # the same file the old kernel's `kupgrade run` wrote
+    bootpids.remember(ctx.state_dir)    # this kernel's own early PIDs, for the next upgrade into it
     with record_lock(ctx.state_dir):
         _load_prior(ctx, m)
         if restore_stage.attempts(ctx.record) and not retry:

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, contract, coverage, criu, inflight, estimate, kexec, manifest, record, tcp, workloads
+from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, tcp, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -53,6 +53,24 @@ def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
     return 0
 
 
+def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
+    """The target's boot gives its own threads the lowest PIDs before the restore can run: a
+    task of a workload with one of those cannot get it back (kupgrade/bootpids.py)."""
+    here = bootpids.remember(ctx.state_dir)
+    guess = bootpids.predict(ctx.state_dir, ctx.target.version, os.cpu_count() or 1, here)
+    if guess is None:
+        return {"unknown": "no boot recorded the PIDs its kernel's threads take (an initrd without kupgrade's "
+                           "init-top script): a workload with a low PID may not get it back"}
+    for w in ctx.workloads:
+        if low := [p for p in w.pids if p <= guess.upto]:
+            blockers.append(Blocker(
+                f"{w.selector}: PID(s) {low[:8]}{' …' if len(low) > 8 else ''} would be taken in {ctx.target.version}'s "
+                f"boot before the restore ({guess.basis})",
+                "a task cannot get a taken PID back: restart that service or program once (it starts fresh with a "
+                "higher PID), or leave it out of the selection"))
+    return guess.to_json()
+
+
 def run(ctx: Context) -> tuple[str, dict]:
     cfg = ctx.config
     blockers: list[Blocker] = []
@@ -76,6 +94,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.workloads, wl_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units)
     blockers += wl_blockers
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
+    boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, blockers)
 
     conns = _tcp(ctx, blockers)
     per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
@@ -99,7 +118,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back}
+               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids}
     if hook_error is not None:
         raise hook_error.add_details(details)
     if blockers:

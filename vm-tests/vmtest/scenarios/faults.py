@@ -87,15 +87,20 @@ SHM_USER = ("import ctypes, time\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype =
 
 def not_carried(vm, res, image) -> dict:
     """What a snapshot would not carry is named by check, with the PID and the object: host
-    System V shared memory, a session whose leader is outside the selected tree."""
+    System V shared memory, a session whose leader is outside the selected tree, a PID the new
+    kernel's own threads take before userspace (estimated from this boot's, see bootpids.py)."""
     case = {"name": "check-names-what-is-not-carried", "lost": 0}
+    early = vm.read("/run/kupgrade-early-pids")
+    highest = max(int(p) for p in early.split("pids", 1)[1].split())
+    low = vm.call("spawn", argv=["sleep", "100000"], log="/run/low.log", last_pid=highest)["pid"]
+    case["early_pids"] = {"kernel": image.kernel_from, "highest": highest, "low_workload_pid": low}
     shm = vm.call("spawn", argv=["python3", "-c", SHM_USER], log="/run/shm-user.log")["pid"]
     vm.sh("sh", "-c", "setsid sh -c 'sleep 100000 & echo $! > /run/inner.pid; wait' > /dev/null 2>&1 &")
     vm.sh("sh", "-c", "until [ -s /run/inner.pid ] && [ -s /run/shm-user.id ]; do sleep 0.05; done")
     inner = int(vm.read("/run/inner.pid"))
     shmid = vm.read("/run/shm-user.id").strip()
-    r = vm.sh("kupgrade", "check", "--pid", str(shm), "--pid", str(inner), "--kernel", image.kernel_to,
-              check=False, timeout=300)
+    r = vm.sh("kupgrade", "check", "--pid", str(shm), "--pid", str(inner), "--pid", str(low),
+              "--kernel", image.kernel_to, check=False, timeout=300)
     out = " ".join((r["stdout"] + r["stderr"]).split())
     case["check"] = out[-1500:]
     res.check(r["rc"] == 3, f"{case['name']}: check exits 3", out[-800:])
@@ -103,7 +108,10 @@ def not_carried(vm, res, image) -> dict:
               f"{case['name']}: names the PID using host System V shared memory and the segment", out[-1500:])
     res.check(f"PID {inner}" in out and "session" in out,
               f"{case['name']}: names the PID whose session leader is outside the tree", out[-1500:])
-    vm.sh("kill", str(shm), str(inner))
+    res.check(f"PID(s) [{low}] would be taken in {image.kernel_to}'s boot" in out,
+              f"{case['name']}: names PID {low}, which {image.kernel_to}'s own threads take before userspace "
+              f"(this boot's held up to {highest})", out[-1500:])
+    vm.sh("kill", str(shm), str(inner), str(low))
     return case
 
 
@@ -235,6 +243,11 @@ def switch(vm, res, wl, before, image) -> dict:
     res.check(not killed, f"{case['name']}: the memory check held: nothing was OOM-killed", "\n".join(killed))
     alive(vm, res, wl, before, case)
     case["lost"] += 0 if big_ok else 1
+    seen = json.loads(vm.read(f"/var/lib/kupgrade/boot-pids/{image.kernel_to}.json"))
+    res.data["boot_pids"] = {k: {"cpus": v["cpus"], "highest": max(v["pids"]), "count": len(v["pids"])}
+                             for k, v in seen.items()}
+    res.check(bool(seen), f"{case['name']}: the new kernel remembered the PIDs its threads took before userspace",
+              json.dumps(res.data["boot_pids"]))
     return case
 
 

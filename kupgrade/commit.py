@@ -54,11 +54,12 @@ def resume(snap: Path, m: manifest.Manifest, keys) -> dict:
     """Continue these held trees (a task stopped by its own job control before kupgrade stays
     stopped), let their peers' packets in, free their images. Never raises: a task that is gone
     is counted; the record says what was done."""
-    tasks, gone, released = 0, [], 0
+    tasks, gone, released = 0, [], {}
     for w in m.workloads:
         if w.key not in keys:
             continue
-        released += tcp.release(tcp.read(snap / "images" / w.key)).get("released", 0)
+        if socks := tcp.read(snap / "images" / w.key):
+            released[w.key] = tcp.release(socks)
         for pid in w.pids:
             if pid in w.stopped_before:
                 continue
@@ -68,7 +69,7 @@ def resume(snap: Path, m: manifest.Manifest, keys) -> dict:
             except ProcessLookupError:
                 gone.append(pid)
         shutil.rmtree(snap / "images" / w.key, ignore_errors=True)     # free the RAM
-    out: dict = {"continued": sorted(keys), "tasks": tasks, "tcp_released": released}
+    out: dict = {"continued": sorted(keys), "tasks": tasks, "tcp": released}
     if gone:
         out["gone"] = gone
     return out

@@ -242,6 +242,8 @@ def run(vm, image, res: Result) -> None:
         (vm.workdir / "criu-restore.log").write_text(logs)
         unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
         tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
+        commit = next((s for s in rec["stages"] if s["name"] == "commit"), {}).get("details", {}).get("commit", {})
+        tcp_info = {**tcp_info, **next(iter(commit.get("tcp", {}).values()), {})}   # released there when held
         restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})
         res.data["tcp_restore"] = {"protected": restore_stage.get("details", {}).get("tcp_protected"), **tcp_info}
         res.check(restore_stage.get("details", {}).get("tcp_protected") == 1 and tcp_info.get("released") == 1

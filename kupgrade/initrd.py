@@ -71,9 +71,10 @@ class CpioWriter:
         self.out.write(data)
         self._pad(len(data))
 
-    def tree(self, src: Path, prefix: str = "") -> dict[str, dict]:
+    def tree(self, src: Path, prefix: str = "", only: Callable[[str], bool] | None = None) -> dict[str, dict]:
         """Add every directory and regular file under src (sorted, directories first), as
-        prefix/...; return {archive path: {"size", "sha256"}} for the files."""
+        prefix/...; return {archive path: {"size", "sha256"}} for the files. only: which files
+        (by archive path) to take; the rest are left out."""
         files: dict[str, dict] = {}
         if prefix:
             self.directory(prefix)
@@ -87,7 +88,8 @@ class CpioWriter:
                 if stat.S_ISDIR(st.st_mode):
                     self.directory(arc, st.st_mode, int(st.st_mtime))
                 elif stat.S_ISREG(st.st_mode):
-                    files[arc] = {"size": st.st_size, "sha256": self.file(arc, path)}
+                    if only is None or only(arc):
+                        files[arc] = {"size": st.st_size, "sha256": self.file(arc, path)}
                 else:
                     raise ValueError(f"{path}: only directories and regular files belong in a snapshot")
         return files

@@ -17,13 +17,14 @@ def restore_tmpfs_kib(snapshot_bytes: int) -> int:
 
 
 def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Callable[[dict], manifest.Manifest],
-         record_text: str) -> manifest.Manifest:
+         record_text: str, only: Callable[[str], bool] | None = None) -> manifest.Manifest:
     """Write the images and the hooks' state (hashed while written), then what the restoring side
     reads first: the highest PID (new PIDs start above it), the tmpfs size, the manifest (`make`
-    turns the hashed files into it), the record."""
-    files = w.tree(images, prefix=contract.IMAGES)
+    turns the hashed files into it), the record. only: which files to carry (the way back: what
+    the old kernel packed, not what the new kernel's attempt wrote beside it)."""
+    files = w.tree(images, prefix=contract.IMAGES, only=only)
     if hooks.is_dir():
-        files |= w.tree(hooks, prefix=contract.HOOKS)
+        files |= w.tree(hooks, prefix=contract.HOOKS, only=only)
     m = make(files)
     w.data(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
     w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(m.total_bytes)}\n".encode())

@@ -56,8 +56,11 @@ def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path
                                 "damaged memory", f"the snapshot stays in {snap}")
         return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True)
 
+    # only the files the old kernel packed: criu's PID file and log of a tree restored (held)
+    # here would make criu refuse the restore there (it creates the PID file exclusively)
     initrd.assemble(Path(m.back["initrd"]), out, lambda w: made.append(
-        packing.fill(w, snap / contract.IMAGES, snap / HOOKS_SUBDIR, m.workloads, back_manifest, rec.dumps())))
+        packing.fill(w, snap / contract.IMAGES, snap / HOOKS_SUBDIR, m.workloads, back_manifest, rec.dumps(),
+                     only=lambda arc: arc in m.files)))
     return made[0]
 
 

@@ -95,9 +95,12 @@ def test_the_way_back_packs_the_same_images_and_refuses_changed_ones(tmp_path):
     fwd = manifest.make("U1", "6.1", "6.12", W, files, back={"initrd": str(tmp_path / "old-initrd")})
     (tmp_path / "old-initrd").write_bytes(b"\x1f\x8b old initrd")
     out = tmp_path / "back.img"
+    (snap / "images" / "tree-5" / "restored.pid").write_text("5\n")    # the new kernel's held restore
+    (snap / "images" / "tree-5" / "restore.log").write_text("criu")
     sent = switchback._pack(snap, fwd, UpgradeRecord("U1", "run", "6.1"), out)
     assert sent.rollback and (sent.kernel_from, sent.kernel_to) == ("6.12", "6.1") and sent.files == files
     archive = initrd.read_cpio(out.read_bytes()[512:])
+    assert "kupgrade-snapshot/images/tree-5/restored.pid" not in archive     # criu would refuse it there
     assert archive["kupgrade-snapshot/images/tree-5/pages-1.img"] == b"memory"
     assert archive["kupgrade-snapshot/max-pid"] == b"5\n"
     img.write_bytes(b"MEMORY")

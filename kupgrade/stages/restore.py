@@ -71,6 +71,7 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
     if (why := _taken(w)):
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pidfile.unlink(missing_ok=True)     # criu creates it exclusively: one left by an earlier attempt fails it
     ours = -1
     try:
         inherit = {}

@@ -67,7 +67,7 @@ def way_back(vm, image, res: Result, wls, befores, label: str) -> dict:
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
-    after, small_after = wl.state(), small.state()
+    after, small_after = wl.state(), alive_or_why(vm, small, label)
     names = [s["name"] for s in rec["stages"]]
     out = {"kernel_between": there.get("kernel"), "kernel_after": back["kernel"], "outcome": rec["outcome"],
            "pids_preserved": after["pid"] == before["pid"] and after["child"] == before["child"]
@@ -96,6 +96,19 @@ def way_back(vm, image, res: Result, wls, befores, label: str) -> dict:
                   f"{label}: in 6.12 one tree was restored (stopped, held for the others) and one failed; "
                   "both went back", json.dumps(trees)[:800])
     return out
+
+
+def alive_or_why(vm, wl: Workload, label: str) -> dict:
+    """The second workload's state, or (it is gone) the evidence of why: the report and criu's logs."""
+    try:
+        return wl.state()
+    except RuntimeError as e:
+        rec = vm.read("/var/lib/kupgrade/records/last").strip()
+        (vm.workdir / f"lost-{label}.txt").write_text(
+            vm.sh("kupgrade", "report", check=False, timeout=300)["stdout"] + "\n" + vm.sh(
+                "sh", "-c", f"tail -n 40 /var/lib/kupgrade/logs/{rec}/*/restore.log /run/kupgrade/images/*/restore.log",
+                check=False)["stdout"])
+        return {"pid": None, "child": None, "sha256": None, "counter": -1, "error": str(e)[-400:]}
 
 
 def keep(vm, image, res: Result, wl, before: dict, small: Workload) -> dict:

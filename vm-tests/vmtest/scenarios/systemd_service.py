@@ -52,11 +52,12 @@ def way_back(vm, image, res: Result, wl, before: dict, units: tuple[dict, dict])
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
     after = wl.state()
+    gap, _, _ = wl.largest_gap_after(last_before - 1)
     now = {"heartbeat": show(vm, "heartbeat.service"), "victim": show(vm, "victim.service")}
     there = [s for s in rec["stages"][:[s["name"] for s in rec["stages"]].index("switch-back")]
              if s["name"] in ("restore-unit", "commit")] if any(s["name"] == "switch-back" for s in rec["stages"]) else []
     held = [s for s in there if s["details"].get("unit") == "heartbeat.service"]
-    res.data["way_back"] = {"kernel": back["kernel"], "outcome": rec["outcome"], "units": now,
+    res.data["way_back"] = {"kernel": back["kernel"], "outcome": rec["outcome"], "units": now, "downtime_s": round(gap, 3),
                             "stages": [s["name"] for s in rec["stages"]], "in_new_kernel": there}
     ok = res.check(back["kernel"] == image.kernel_from and rec["outcome"] == "rolled-back",
                    "rollback: victim not restorable in 6.12 -> both units back on 6.1 (rolled-back)",
@@ -150,7 +151,7 @@ def run(vm, image, res: Result) -> None:
     res.check("NOT restored" in report and "is taken in this boot" in report and "restored, same PID" in report,
               "kupgrade report shows which unit came back and which did not, and why", report[-2000:])
 
-    gap, a, b = wl.largest_gap()
+    gap, a, b = wl.largest_gap_after(last_before - 1)     # this upgrade's (the way back's is in way_back)
     res.data["downtime_s"] = round(gap, 3)
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
     res.data["record"] = rec

@@ -1,6 +1,7 @@
 """rollback: the restore fails in the new kernel — criu cannot restore the second of two trees
 there (injected: `kupgrade.fault=restore:second` on its command line) after the first was
-restored, then the configured health check says 6.12 is not fit — so kupgrade kexecs back into
+restored, then the configured health check (run once both are restored, stopped) says 6.12 is
+not fit — so kupgrade kexecs back into
 the old kernel with the same snapshot and restores both workloads there: the first tree, restored
 stopped in 6.12, never ran there (all or nothing, kupgrade/commit.py); same PIDs, same memory,
 heartbeat continued; the record tells the story of the three boots (6.1 -> 6.12 -> 6.1). Then
@@ -89,12 +90,16 @@ def way_back(vm, image, res: Result, wls, befores, label: str) -> dict:
               str(names) + json.dumps(failed)[:400])
     cgroup = vm.read("/proc/%d/cgroup" % before["pid"]).strip()
     res.check(cgroup.endswith("/workload"), f"{label}: the workload is back in its cgroup", cgroup)
+    trees = {k: r for k, r in failed.get("details", {}).get("workloads", {}).items()}
     if label == "criu-restore-fails":
-        trees = {k: r for k, r in failed.get("details", {}).get("workloads", {}).items()}
         res.check(sorted(bool(r.get("ok")) for r in trees.values()) == [False, True]
                   and all(r.get("held") for r in trees.values() if r.get("ok")),
                   f"{label}: in 6.12 one tree was restored (stopped, held for the others) and one failed; "
                   "both went back", json.dumps(trees)[:800])
+    else:
+        res.check(len(trees) == 2 and all(r.get("ok") and r.get("held") for r in trees.values()),
+                  f"{label}: the check ran in 6.12 once both trees were restored, stopped, before either ran",
+                  json.dumps(trees)[:800])
     return out
 
 

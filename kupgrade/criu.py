@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 from .record import Workload
-from .run import run
+from .run import program, run
 
 CRIU = "criu"
+SETPRIV = "setpriv"     # util-linux
 LOCK_TABLE = "CRIU-{root_pid}"     # nft table inet CRIU-ROOTPID: criu 3.17's connection lock
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
@@ -38,11 +39,16 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
 
 
 def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
-                 tcp: bool = False, action_script: str = "", stopped: bool = False) -> list[str]:
+                 tcp: bool = False, action_script: str = "", stopped: bool = False,
+                 no_new_privs: bool = False) -> list[str]:
     """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
     images hold established connections (criu refuses them without --tcp-established).
-    stopped: the tasks are left stopped (SIGSTOP), to be continued by kupgrade (commit.py)."""
-    argv = [CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
+    stopped: the tasks are left stopped (SIGSTOP), to be continued by kupgrade (commit.py).
+    no_new_privs: the tree root ran with it; criu 3.17 does not restore it, so criu runs with it
+    (setpriv) and every task it forks inherits it (measured: restored with NoNewPrivs 1 and its
+    seccomp filters; without, NoNewPrivs 0)."""
+    argv = [SETPRIV, "--no-new-privs"] if no_new_privs else []
+    argv += [program(CRIU) if argv else CRIU, "restore",       # paths.criu: the wrapper maps argv[0] only "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
             "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
     if stopped:
         argv.append("--leave-stopped")
@@ -56,6 +62,17 @@ def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = N
 
 
 STDIO = "kupgrade-stdio.json"    # next to the images: external stdio sockets to hand over at restore
+NO_NEW_PRIVS = "kupgrade-no-new-privs"  # next to the images: the tree root ran with no_new_privs
+
+
+def no_new_privs(pid: int, proc: Path = Path("/proc")) -> bool:
+    """The task runs with no_new_privs (NoNewPrivileges=, or prctl): inherited by every task it
+    forks and never cleared, so the whole tree below it has it."""
+    try:
+        text = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return False
+    return any(line.split() == ["NoNewPrivs:", "1"] for line in text.splitlines())
 
 
 def stdio_sockets(pids, proc: Path = Path("/proc")) -> list[str]:

@@ -12,6 +12,12 @@ restore of its snapshot:
   unit's own cgroup (criu puts them back into the cgroup they were dumped from, which is the
   unit's), so systemd tracks them as the unit's, `systemctl stop` stops them, and nothing kills
   them when a helper ends. ExecStartPre/Post are cleared: the process was set up already.
+  The restore runs with full privileges ("+"): none of the unit's sandboxing applies to criu
+  (User=, seccomp, namespaces); the restored process gets its own back from the images (its
+  seccomp filters, its UTS namespace; sandbox.py says what is not carried). Measured with criu
+  3.17 inside the sandbox: RestrictNamespaces "Can't fork for PID: Function not implemented",
+  MemoryDenyWriteExecute "Can't map restorer code: Operation not permitted",
+  SystemCallFilter=@system-service: criu killed by SIGSYS.
 
 With a way back, each restored tree stays stopped until all are back (commit.py): the generator
 also writes kupgrade-commit.service, ordered after every unit of the snapshot, which continues
@@ -26,11 +32,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import contract
+from . import contract, sandbox
 from .errors import CommandError
 from .run import run
 
-PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type")
+PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", *sandbox.PROPS)
 DROPIN = "zz-kupgrade-restore.conf"
 PIDFILE_DIR = contract.UNIT_PIDFILES   # below the restore dir
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -73,7 +79,7 @@ PIDFile={pidfile(restore_dir, unit)}
 GuessMainPID=no
 ExecStartPre=
 ExecStart=
-ExecStart={restore_cmd} --unit {unit}
+ExecStart=+{restore_cmd} --unit {unit}
 ExecStartPost=
 Restart=no
 TimeoutStartSec=600

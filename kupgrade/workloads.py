@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from . import carry, procfs
+from . import carry, procfs, sandbox
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -105,7 +105,7 @@ def _workload(selector: str, root: int, **kw) -> Workload:
     return Workload(selector, root, pids, name=psutil.Process(root).name(), stopped_before=stopped(pids), **kw)
 
 
-def _from_units(units, describe_unit, blockers: list[Blocker]) -> list[Workload]:
+def _from_units(units, describe_unit, blockers: list[Blocker], unit_props: dict[str, dict]) -> list[Workload]:
     out = []
     for unit in units:
         if describe_unit is None:
@@ -114,6 +114,7 @@ def _from_units(units, describe_unit, blockers: list[Blocker]) -> list[Workload]
         if problem:
             blockers.append(Blocker(problem, "check `workloads.units`; `systemctl status " + unit + "`"))
             continue
+        unit_props[unit] = props
         main, cg = int(props["MainPID"]), props["ControlGroup"]
         w = _workload(f"unit:{unit}", main, cgroup=cg, unit=unit)
         try:
@@ -153,9 +154,11 @@ def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
 def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
             describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
     """The selected trees, and everything that blocks them: each task's state, and what the
-    snapshot would not carry (carry.blockers)."""
+    snapshot would not carry (carry.blockers; a sandbox's namespaces and no_new_privs:
+    sandbox.blockers)."""
     blockers: list[Blocker] = []
-    workloads = _from_units(units, describe_unit, blockers)
+    unit_props: dict[str, dict] = {}
+    workloads = _from_units(units, describe_unit, blockers, unit_props)
     for pid in pids:
         if not psutil.pid_exists(pid):
             blockers.append(Blocker(f"workload PID {pid} does not exist", "check `workloads.pids` in the config"))
@@ -176,6 +179,7 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
             seen[p] = w.selector
             blockers.extend(process_blockers(p, root=p == w.root_pid))
         blockers.extend(carry.blockers(w))
+        blockers.extend(sandbox.blockers(w, unit_props.get(w.unit)))
     return workloads, blockers
 
 

@@ -100,6 +100,8 @@ def run(ctx: Context) -> tuple[str, dict]:
         socks = criu.stdio_sockets(w.pids) if w.unit else []
         if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
+        if criu.no_new_privs(w.root_pid):   # criu does not restore it: the restore runs criu with it
+            (images / criu.NO_NEW_PRIVS).write_text("1\n")
         w = _dump(ctx, w, images, socks)
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from . import carry, procfs, sandbox
+from . import carry, procfs, sandbox, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -154,8 +154,8 @@ def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
 def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
             describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
     """The selected trees, and everything that blocks them: each task's state, and what the
-    snapshot would not carry (carry.blockers; a sandbox's namespaces and no_new_privs:
-    sandbox.blockers)."""
+    snapshot would not carry (carry.blockers; files the new boot will not have: volatile.blockers;
+    a sandbox's namespaces and no_new_privs: sandbox.blockers)."""
     blockers: list[Blocker] = []
     unit_props: dict[str, dict] = {}
     workloads = _from_units(units, describe_unit, blockers, unit_props)
@@ -179,6 +179,7 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
             seen[p] = w.selector
             blockers.extend(process_blockers(p, root=p == w.root_pid))
         blockers.extend(carry.blockers(w))
+        blockers.extend(volatile.blockers(w.pids))
         blockers.extend(sandbox.blockers(w, unit_props.get(w.unit)))
     return workloads, blockers
 

@@ -1,0 +1,67 @@
+"""Files the new kernel's boot will not have (kupgrade/volatile.py): on a tmpfs, or in a
+directory systemd-tmpfiles empties at boot; named per task and path by preflight."""
+
+import os
+import subprocess
+import sys
+
+from kupgrade import volatile
+
+
+def fake_task(proc, pid, fds=(), cwd="/var/lib/w", maps=(), mounts=None):
+    t = proc / str(pid)
+    (t / "fd").mkdir(parents=True)
+    (t / "fdinfo").mkdir()
+    (t / "comm").write_text("w\n")
+    mounts = mounts or [("21", "/", "ext4"), ("22", "/run", "tmpfs"), ("23", "/dev/shm", "tmpfs"), ("24", "/tmp", "ext4")]
+    (t / "mountinfo").write_text("".join(f"{i} 1 0:{i} / {p} rw - {fs} src rw\n" for i, p, fs in mounts))
+    for n, (path, mnt) in enumerate(fds, start=3):
+        (t / "fd" / str(n)).symlink_to(path)
+        (t / "fdinfo" / str(n)).write_text(f"pos:\t0\nflags:\t02\nmnt_id:\t{mnt}\n")
+    (t / "cwd").symlink_to(cwd)
+    (t / "maps").write_text("".join(f"7f00-7f01 rw-s 00000000 00:17 5 {m}\n" for m in maps))
+
+
+def test_files_on_a_tmpfs_or_emptied_at_boot_are_named(tmp_path):
+    proc = tmp_path / "proc"
+    fake_task(proc, 10, fds=[("/run/app.lock", "22"), ("/var/lib/app/db", "21"), ("socket:[123]", "8"),
+                             ("/run/gone (deleted)", "22"), ("/tmp/counter", "24")],
+              maps=["/dev/shm/ring", "/usr/lib/libc.so.6"])
+    found = [b.message for b in volatile.blockers([10], proc, emptied=["/tmp"])]
+    assert found == [
+        "PID 10 (w) has /run/app.lock open (fd 3): it is on a tmpfs (/run), so the new kernel's boot will not have "
+        "it and criu could not restore the process",
+        "PID 10 (w) has /tmp/counter open (fd 7): /tmp is emptied at boot (systemd-tmpfiles), so the new kernel's "
+        "boot will not have it and criu could not restore the process",
+        "PID 10 (w) has /dev/shm/ring open (mapping): it is on a tmpfs (/dev/shm), so the new kernel's boot will not "
+        "have it and criu could not restore the process"]
+    assert "/var/tmp" in volatile.HINT
+    assert volatile.blockers([99], proc, emptied=[]) == []       # exited meanwhile
+
+
+def test_tmpfiles_lines_that_empty_a_directory_at_boot(tmp_path):
+    lib, etc, systemd = tmp_path / "lib", tmp_path / "etc", tmp_path / "systemd"
+    for d in (lib, etc, systemd):
+        d.mkdir()
+    (lib / "tmp.conf").write_text("# Debian\nD /tmp 1777 root root -\n#q /var/tmp 1777 root root 30d\n")
+    (lib / "x11.conf").write_text("D! /tmp/.X11-unix 1777 root root 10d\nR! /var/lib/stale\nd /run/x 0755\n")
+    (etc / "x11.conf").write_text("d /tmp/.X11-unix 1777 root root -\n")     # the admin's overrides the vendor's
+    assert volatile.emptied_at_boot((str(etc), str(lib)), systemd) == ["/tmp"]
+    (etc / "x11.conf").unlink()
+    assert volatile.emptied_at_boot((str(etc), str(lib)), systemd) == ["/tmp", "/tmp/.X11-unix", "/var/lib/stale"]
+    assert volatile.emptied_at_boot((str(etc), str(lib)), tmp_path / "no-systemd") == []
+
+
+def test_a_real_process_with_its_own_files(tmp_path):
+    """This process's view of the real /proc: a file it opens is judged by the mount it is on."""
+    f = tmp_path / "x"
+    p = subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(f)!r}, 'w'); print(1, flush=True); "
+                          "time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        p.stdout.readline()
+        found = volatile.blockers([p.pid], emptied=[str(tmp_path)])
+        assert any(f"has {f} open (fd " in b.message for b in found)
+        assert volatile.blockers([p.pid], emptied=[], own=(str(tmp_path), os.getcwd(), "/")) == []
+    finally:
+        p.kill()
+        p.wait()

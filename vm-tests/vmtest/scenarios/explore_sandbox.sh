@@ -12,6 +12,14 @@ except OSError:
 while True:
     n+=1; f.write(f"{n}\n"); f.flush(); print(n, flush=True); time.sleep(0.5)'
 
+upto() {  # upto SECONDS CMD...: poll CMD every 0.1 s until it succeeds (no fixed sleeps)
+  local n=$(( $1 * 10 )); shift
+  while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -le 0 ] && return 1; sleep 0.1; done
+}
+counting() { journalctl -u "$1" -o cat --no-pager | grep -q '^[0-9]'; }      # the unit's loop printed
+moved() { [ "$(tail -1 "$1")" != "$2" ]; }                                     # a restored loop went on
+journal_moved() { [ "$(journalctl -u "$1" -n 1 -o cat --no-pager)" != "$2" ]; }
+
 mkunit() {  # mkunit NAME "Prop=val\nProp=val"
   local u=$1 props=$2
   cat > /usr/local/bin/sb-loop <<PY
@@ -85,7 +93,7 @@ trial() {  # trial UNIT "PROPS" "DUMP EXTRA" "RESTORE EXTRA"
   local u=$1 props=$2 dx=$3 rx=$4 pid
   echo "=== $u [$props] dump+[$dx] restore+[$rx]"
   cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; sleep 1.5
+  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
   pid=$(systemctl show -p MainPID --value $u)
   echo "pid=$pid $(nsdiff $pid) $(grep -E '^(NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ') uid=$(stat -c %u /proc/$pid)"
   snapmount
@@ -94,7 +102,7 @@ trial() {  # trial UNIT "PROPS" "DUMP EXTRA" "RESTORE EXTRA"
   cp /tmp/socks-$u $IMG/$u/socks
   killwait $pid
   if ! restore_detached $u $rx; then cleanup $u $pid; return 2; fi
-  local before=$(tail -1 /tmp/restored-$u.out); sleep 1.5; local after=$(tail -1 /tmp/restored-$u.out)
+  local before=$(tail -1 /tmp/restored-$u.out); upto 10 moved /tmp/restored-$u.out "$before"; local after=$(tail -1 /tmp/restored-$u.out)
   echo "RUNS counter $before -> $after; $(nsdiff $pid) $(grep -E '^(NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ') uid=$(stat -c %u /proc/$pid)"
   cleanup $u $pid
 }
@@ -117,7 +125,7 @@ SH
   timeout 150 systemctl start $u; local rc=$?
   local main=$(systemctl show -p MainPID --value $u) st=$(systemctl show -p ActiveState --value $u)
   echo "UNIT-RESTORE $u prefix='$pfx' rc=$rc MainPID=$main (want $pid) $st; $(grep -m1 Error $d/restore-unit.log 2>/dev/null || echo 'no log'); as: $(tr '\n' ' ' < /run/sb-restore-$u.id 2>/dev/null)"
-  [ "$main" = "$pid" ] && { sleep 1; echo "   $(nsdiff $pid) $(grep -E '^(NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ') uid=$(stat -c %u /proc/$pid) journal: $(journalctl -u $u -n 1 -o cat --no-pager)"; }
+  [ "$main" = "$pid" ] && { upto 10 journal_moved $u "$(journalctl -u $u -n 1 -o cat --no-pager)"; echo "   $(nsdiff $pid) $(grep -E '^(NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ') uid=$(stat -c %u /proc/$pid) journal: $(journalctl -u $u -n 1 -o cat --no-pager)"; }
   [ "$rc" = 0 ]
 }
 
@@ -125,7 +133,7 @@ trial2() {  # trial2 UNIT "PROPS" "DUMP EXTRA" "RESTORE EXTRA" PREFIX: dump, the
   local u=$1 props=$2 dx=$3 rx=$4 pfx=$5 pid
   echo "=== $u [$props] dump+[$dx] unit-restore prefix='$pfx' +[$rx]"
   cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; sleep 1.5
+  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
   pid=$(systemctl show -p MainPID --value $u)
   snapmount
   socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
@@ -153,7 +161,7 @@ trial_ext() {  # trial_ext UNIT PROPS: every mount external
   local u=$1 props=$2 pid
   echo "=== $u [$props] every mount --external, restore with the host paths"
   cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; sleep 1.5
+  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
   pid=$(systemctl show -p MainPID --value $u)
   snapmount
   socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
@@ -163,7 +171,7 @@ trial_ext() {  # trial_ext UNIT PROPS: every mount external
   cp /tmp/socks-$u $IMG/$u/socks
   killwait $pid
   if ! restore_detached $u $(cat /tmp/extmap-$pid) --root /; then grep -B3 Error $IMG/$u/restore.log | head -12; cleanup $u $pid; return 2; fi
-  local before=$(tail -1 /tmp/restored-$u.out); sleep 1.5; local after=$(tail -1 /tmp/restored-$u.out)
+  local before=$(tail -1 /tmp/restored-$u.out); upto 10 moved /tmp/restored-$u.out "$before"; local after=$(tail -1 /tmp/restored-$u.out)
   echo "RUNS counter $before -> $after; $(nsdiff $pid); /tmp there: $(ls /proc/$pid/root/tmp | head -3 | tr '\n' ' ')"
   grep -c . /proc/$pid/mountinfo
   cleanup $u $pid

@@ -64,3 +64,13 @@ def test_machine_adds_devices_disks_and_kernel_words(tmp_path):
     assert [d.split(",")[0] for d in drives] == [f"file={tmp_path}/o.qcow2", f"file={tmp_path}/d1.qcow2",
                                                  f"file={tmp_path}/d2.qcow2"]     # root disk stays vda
     assert argv[argv.index("-mon") + 1] == "chardev=qmp,mode=control"
+
+
+def test_only_the_emulators_code_patching_race_is_retried():
+    from vmtest.qemu import emulator_race
+    race = ["[    2.416644] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI", "[    2.417410] RIP: 0010:sched_clock_cpu+0x9/0x190",
+            "[    2.417728] Code: 00 e9 b8 fe ff ff 66 <90> e8 41 ac f0 ff"]
+    assert emulator_race(race) == "[    2.416644] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI / faulting byte 90"
+    assert emulator_race(race[:2] + ["[    2.4] Code: 00 <cc> 90"]) == ""       # a real int3 there: a real bug
+    assert emulator_race(["[    3.0] BUG: kernel NULL pointer dereference", "Code: 00 <90>"]) == ""
+    assert emulator_race([]) == ""

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import subprocess
 import threading
@@ -28,6 +29,22 @@ from kupgrade.run import run
 from .image import Image
 
 log = logging.getLogger("vmtest.qemu")
+
+
+INT3_CODE = re.compile(r"Code: .*<([0-9a-f]{2})>")
+
+
+def emulator_race(console) -> str:
+    """The one failure that is not the scenario's: a guest kernel's "Oops: int3" whose faulting
+    byte is no longer an int3 when the oops prints it — TCG ran a stale translation while another
+    vCPU finished patching kernel text (seen once: a kexec'ed 6.12, 2.4 s into its boot, in
+    sched_clock_cpu). Returns the first oops line and the byte, or "" (any other oops, or none)."""
+    lines = list(console)
+    for i, text in enumerate(lines):
+        if "Oops: int3" in text:
+            code = next((m for t in lines[i:i + 12] if (m := INT3_CODE.search(t))), None)
+            return f"{text.strip()} / faulting byte {code.group(1)}" if code and code.group(1) != "cc" else ""
+    return ""
 
 
 class LostVMError(Exception):

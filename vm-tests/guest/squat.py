@@ -1,22 +1,37 @@
 #!/usr/bin/python3
 """Test helper for the boot after the switch: take a given PID before kupgrade restores the
-process that had it (to prove the restore detects it). Usage: squat.py FILE-WITH-PID."""
+process that had it (to prove the restore detects it). Usage: squat.py FILE-WITH-PID.
+Afterwards new PIDs start where they did before (above the snapshot's highest, as the init-top
+script set them): left at the squatted PID, the boot's next processes would take the PIDs of the
+other restored processes too."""
 import os
 import sys
 import time
 
+LAST = "/proc/sys/kernel/ns_last_pid"
 want = int(open(sys.argv[1]).read())
+before = int(open(LAST).read())
+
+
+def done(message: str, code: int = 0) -> None:
+    with open(LAST, "w") as f:
+        f.write(str(max(before, int(open(LAST).read()))))
+    print(message, flush=True)
+    sys.exit(code)
+
+
 for attempt in range(200):
-    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    if os.path.exists(f"/proc/{want}"):
+        done(f"squat: PID {want} is taken already ({open(f'/proc/{want}/comm').read().strip()})")
+    with open(LAST, "w") as f:
         f.write(str(want - 1))
     pid = os.fork()
     if pid == 0:
         os.setsid()
         os.execv("/bin/sleep", ["sleep", "infinity"])
     if pid == want:
-        print(f"squat: took PID {want}", flush=True)
-        sys.exit(0)
+        done(f"squat: took PID {want}")
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     time.sleep(0.01)
-sys.exit(f"squat: could not take PID {want}")
+done(f"squat: could not take PID {want}", 1)

@@ -89,15 +89,21 @@ nsdiff() {  # namespaces of PID that differ from PID 1's
   echo "ns:${out:- none}"
 }
 
+started() {  # started UNIT "PROPS": a fresh unit running its loop, kupgrade's tmpfs, its stdio sockets noted; echoes the PID
+  local u=$1 props=$2 pid
+  cleanup $u 0 >&2
+  mkunit $u "$props" >&2; timeout 60 systemctl start $u >&2; upto 10 counting $u
+  pid=$(systemctl show -p MainPID --value $u)
+  snapmount >&2
+  socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
+  echo $pid
+}
+
 trial() {  # trial UNIT "PROPS" "DUMP EXTRA" "RESTORE EXTRA"
   local u=$1 props=$2 dx=$3 rx=$4 pid
   echo "=== $u [$props] dump+[$dx] restore+[$rx]"
-  cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
-  pid=$(systemctl show -p MainPID --value $u)
+  pid=$(started $u "$props")
   echo "pid=$pid $(nsdiff $pid) $(grep -E '^(NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\t\n' '  ') uid=$(stat -c %u /proc/$pid)"
-  snapmount
-  socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
   if ! dump $u $dx; then cleanup $u $pid; return 1; fi
   cp /tmp/socks-$u $IMG/$u/socks
   killwait $pid
@@ -132,11 +138,7 @@ SH
 trial2() {  # trial2 UNIT "PROPS" "DUMP EXTRA" "RESTORE EXTRA" PREFIX: dump, then restore by the unit's start
   local u=$1 props=$2 dx=$3 rx=$4 pfx=$5 pid
   echo "=== $u [$props] dump+[$dx] unit-restore prefix='$pfx' +[$rx]"
-  cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
-  pid=$(systemctl show -p MainPID --value $u)
-  snapmount
-  socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
+  pid=$(started $u "$props")
   if ! dump $u $dx; then cleanup $u $pid; return 1; fi
   cp /tmp/socks-$u $IMG/$u/socks
   killwait $pid
@@ -160,11 +162,7 @@ extmnts() {  # extmnts PID: "--external mnt[MP]:cN" for every mount but / ; writ
 trial_ext() {  # trial_ext UNIT PROPS: every mount external
   local u=$1 props=$2 pid
   echo "=== $u [$props] every mount --external, restore with the host paths"
-  cleanup $u 0
-  mkunit $u "$props"; timeout 60 systemctl start $u; upto 10 counting $u
-  pid=$(systemctl show -p MainPID --value $u)
-  snapmount
-  socks $pid | sed 's/unix\[\(.*\)\]/\1/' > /tmp/socks-$u
+  pid=$(started $u "$props")
   local dx; dx=$(extmnts $pid | tr '\n' ' ')
   echo "externals: $(echo $dx | wc -w) words; map: $(grep -c . /tmp/extmap-$pid) lines; $(grep NOTFOUND /tmp/extmap-$pid | head -3)"
   if ! dump $u $dx; then grep -B3 Error $IMG/$u/dump.log | head -12; cleanup $u $pid; return 1; fi

@@ -48,8 +48,9 @@ def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = N
     (setpriv) and every task it forks inherits it (measured: restored with NoNewPrivs 1 and its
     seccomp filters; without, NoNewPrivs 0)."""
     argv = [SETPRIV, "--no-new-privs"] if no_new_privs else []
-    argv += [program(CRIU) if argv else CRIU, "restore",       # paths.criu: the wrapper maps argv[0] only "--images-dir", str(images), "--log-file", RESTORE_LOG, "-v4",
-            "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
+    # paths.criu: the command wrapper maps argv[0] only, so name it here when setpriv runs it
+    argv += [program(CRIU) if argv else CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG,
+             "-v4", "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
     if stopped:
         argv.append("--leave-stopped")
     if tcp:

@@ -47,6 +47,8 @@ def test_criu_argv():
     assert "--freeze-cgroup" not in criu.dump_argv(Workload("pid:300", 300, (300,)), Path("/x"))
     r = criu.restore_argv(Path("/run/kupgrade/images/tree-300"), Path("/p"))
     assert r[:2] == ["criu", "restore"] and "--restore-detached" in r and r[r.index("--pidfile") + 1] == "/p"
+    assert r[r.index("--images-dir") + 1] == "/run/kupgrade/images/tree-300" and "-v4" in r
+    assert r[r.index("--log-file") + 1] == criu.RESTORE_LOG     # kept by finish_trees, read by first_error
 
 
 def _bzimage(path: Path, syssize: int, total: int, version: str = "") -> Path:

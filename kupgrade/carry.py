@@ -207,14 +207,6 @@ def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, semp
 
 # --- file locks --------------------------------------------------------------------------------
 
-def _fdinfo(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        k, _, v = line.partition(":")
-        out.setdefault(k, v.strip())
-    return out
-
-
 def _open_files(pids, proc: Path) -> dict[tuple[int, int, int], tuple[int, str]]:
     """(major, minor, inode) of every file the tasks have open -> (first PID, path). From fdinfo's
     mnt_id and ino (a kernel whose fdinfo lacks ino matches nothing) and the mount's device in
@@ -230,7 +222,7 @@ def _open_files(pids, proc: Path) -> dict[tuple[int, int, int], tuple[int, str]]
             continue
         for fd in fds:
             try:
-                info, path = _fdinfo(task / "fdinfo" / fd), os.readlink(task / "fd" / fd)
+                info, path = procfs.fdinfo(pid, fd, proc), os.readlink(task / "fd" / fd)
             except OSError:
                 continue
             dev, ino = devs.get(info.get("mnt_id", "")), info.get("ino", "")

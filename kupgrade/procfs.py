@@ -81,6 +81,16 @@ def fds(pid: int, proc: Path = PROC) -> dict[int, str]:
     return out
 
 
+def fdinfo(pid: int, fd: int | str, proc: Path = PROC) -> dict[str, str]:
+    """/proc/PID/fdinfo/FD as {field: value} (pos, flags, mnt_id, ino, ...); raises OSError when
+    the fd or the task is gone."""
+    out: dict[str, str] = {}
+    for line in (proc / str(pid) / "fdinfo" / str(fd)).read_text().splitlines():
+        k, _, v = line.partition(":")
+        out.setdefault(k, v.strip())
+    return out
+
+
 def mapped_files(pid: int, proc: Path = PROC) -> set[str]:
     """The files a task maps (the path column of /proc/PID/maps)."""
     try:

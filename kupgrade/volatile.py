@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import procfs
 from .procfs import PROC, who
 from .record import Blocker
 
@@ -70,24 +71,17 @@ def _mount_of(path: str, mounts: dict[str, tuple[str, str]]) -> tuple[str, str]:
 def _paths(pid: int, proc: Path, mounts: dict[str, tuple[str, str]]) -> list[tuple[str, str, tuple[str, str]]]:
     """(what, path, (mount point, type)) of the task's files that exist by name: fds (their mount
     from fdinfo), the working directory, mapped files (their mount from the path)."""
-    task = proc / str(pid)
     found: list[tuple[str, str, str]] = []
-    for fd in os.listdir(task / "fd"):
+    for fd, path in sorted(procfs.fds(pid, proc).items()):
         try:
-            path = os.readlink(task / "fd" / fd)
-            mnt = next((line.split()[1] for line in (task / "fdinfo" / fd).read_text().splitlines()
-                        if line.startswith("mnt_id:")), "")
+            found.append((f"fd {fd}", path, procfs.fdinfo(pid, fd, proc).get("mnt_id", "")))
         except OSError:
             continue
-        found.append((f"fd {fd}", path, mnt))
     try:
-        found.append(("working directory", os.readlink(task / "cwd"), ""))
+        found.append(("working directory", os.readlink(proc / str(pid) / "cwd"), ""))
     except OSError:
         pass
-    for line in (task / "maps").read_text().splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith("/"):
-            found.append(("mapping", parts[5], ""))
+    found += [("mapping", path, "") for path in sorted(procfs.mapped_files(pid, proc))]
     return [(what, path, mounts[mnt] if mnt in mounts else _mount_of(path, mounts))
             for what, path, mnt in found if path.startswith("/") and not path.endswith(" (deleted)")]
 

@@ -58,8 +58,8 @@ def resume(snap: Path, m: manifest.Manifest, keys) -> dict:
     for w in m.workloads:
         if w.key not in keys:
             continue
-        if socks := tcp.read(snap / "images" / w.key):
-            released[w.key] = tcp.release(socks)
+        if (done := _release(snap, w.key)) is not None:
+            released[w.key] = done
         for pid in w.pids:
             if pid in w.stopped_before:
                 continue
@@ -78,6 +78,11 @@ def resume(snap: Path, m: manifest.Manifest, keys) -> dict:
 def release_failed(snap: Path, m: manifest.Manifest, keys) -> None:
     """Trees that stay in the snapshot with no way back: their peers' packets may come in again
     (the connections are lost unless `kupgrade restore --retry` brings them back first)."""
-    for w in m.workloads:
-        if w.key in keys:
-            tcp.release(tcp.read(snap / "images" / w.key))
+    for key in keys:
+        _release(snap, key)
+
+
+def _release(snap: Path, key: str) -> dict | None:
+    """Let the peers of a tree's connections in again (None: it has none)."""
+    socks = tcp.read(snap / "images" / key)
+    return tcp.release(socks) if socks else None

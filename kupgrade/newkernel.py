@@ -185,8 +185,8 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
                           "" if result["ok"] else result["error"])
         ctx.record = ctx.record.with_stage(res)
         outcome = _outcome(ctx.record, m)
-        if outcome in (record.RESTORED, record.ROLLED_BACK) and (snap / manifest.NAME).exists():
-            os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
+        if outcome in (record.RESTORED, record.ROLLED_BACK):
+            restore_stage.mark_restored(snap)
         finish(ctx, outcome)
     ui.print(f"kupgrade: {res.summary or res.error}")
     if not result["ok"]:
@@ -230,8 +230,7 @@ def commit_pending(ctx: Context, ui) -> bool:
         ctx.record = ctx.record.with_stage(StageResult(
             commit.STAGE, OK, started, time.monotonic() - t0,
             f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done, "health_check": health}))
-        if (snap / manifest.NAME).exists():
-            os.replace(snap / manifest.NAME, snap / restore_stage.DONE)
+        restore_stage.mark_restored(snap)
         finish(ctx, _outcome(ctx.record, m))
     ui.print(f"kupgrade: {ctx.record.stages[-1].summary}")
     return True

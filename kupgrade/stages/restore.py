@@ -99,6 +99,12 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
     return result
 
 
+def mark_restored(snap: Path) -> None:
+    """Every tree is back: the manifest becomes DONE, so nothing is pending any more."""
+    if (snap / manifest.NAME).exists():
+        os.replace(snap / manifest.NAME, snap / DONE)
+
+
 def clear(snap: Path) -> None:
     """Remove the snapshot (its tmpfs too, when it has one): nothing is pending any more."""
     if os.path.ismount(snap):
@@ -239,7 +245,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
-        os.replace(snap / manifest.NAME, snap / DONE)
+        mark_restored(snap)
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err

@@ -33,7 +33,11 @@ while True:
             print(f"tcpserver: connection {accepted} from {peer[0]}:{peer[1]}", flush=True)
             continue
         st = conns[s]
-        data = s.recv(65536)
+        try:
+            data = s.recv(65536)
+        except OSError as e:        # a peer that resets its connection ends that connection only
+            print(f"tcpserver: {st['peer']}: {e}", flush=True)
+            data = b""
         if not data:
             print(f"tcpserver: {st['peer']} closed; last h {st['last']}, problems {st['problems']}", flush=True)
             del conns[s]
@@ -61,6 +65,7 @@ while True:
             except OSError as e:
                 print(f"tcpserver: {st['peer']}: send failed: {e}", flush=True)
                 del conns[s]
+                s.close()
         due += PERIOD
         if due < time.monotonic():      # never a burst to catch up: the next line in PERIOD
             due = time.monotonic() + PERIOD

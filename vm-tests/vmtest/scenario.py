@@ -79,6 +79,12 @@ def wait_outcome(vm, *outcomes: str, timeout: float = 600) -> dict:
     return last_record(vm)
 
 
+def final_record(vm, timeout: float = 600) -> dict:
+    """The last upgrade record once the new kernel's restore has finished writing it (the
+    workloads run again before it does: the device hooks' verify comes after the commit)."""
+    return wait_outcome(vm, "restored", "restore-failed", "rolled-back", timeout=timeout)
+
+
 def last_record(vm) -> dict:
     """The upgrade record kupgrade wrote last, as JSON."""
     rid = vm.read("/var/lib/kupgrade/records/last").strip()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, started, kupgrade_config, last_record, next_estimate, upgrade, write_config
+from ..scenario import Result, started, final_record, kupgrade_config, next_estimate, upgrade, write_config
 from ..timeline import breakdown, marks
 
 NAME = "basic"
@@ -50,7 +50,7 @@ def run(vm, image, res: Result) -> None:
     res.check(after["counter"] > before["counter"], "counter went on after the upgrade",
               f"{before['counter']} -> {after['counter']}")
 
-    rec = last_record(vm)
+    rec = final_record(vm)
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
     restore = next((s for s in rec["stages"] if s["name"] == "restore"), {})
     res.check(restore.get("details", {}).get("workloads", {}) != {} and

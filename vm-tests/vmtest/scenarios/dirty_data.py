@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
 
 NAME = "dirty-data"
 DESCRIPTION = "writes without fsync + a dirty MAP_SHARED mapping survive the upgrade (systemd guest)"
@@ -60,7 +60,7 @@ def run(vm, image, res: Result) -> None:
         return
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    rec = last_record(vm)
+    rec = final_record(vm)
     res.check(rec["outcome"] == "restored", "upgrade record says restored (by kupgrade-restore.service)",
               rec["outcome"] + " " + vm.sh("journalctl", "-b", "-u", "kupgrade-restore", "--no-pager",
                                            check=False)["stdout"][-2000:])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .abort import last_error_line
@@ -178,7 +178,7 @@ def run(vm, image, res: Result) -> None:
     res.check(after_net["routes"] == before_net["routes"], "new kernel: the default and the extra route are back",
               f"before {before_net['routes']}, after {after_net['routes']}")
 
-    rec = last_record(vm)
+    rec = final_record(vm)
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
     restore = next((s for s in rec["stages"] if s["name"] == "restore"), {})
     calls = {(h["hook"], h["point"]): h for h in restore.get("details", {}).get("hooks", [])}

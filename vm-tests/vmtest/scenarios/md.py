@@ -24,7 +24,7 @@ import json
 import time
 
 from ..qemu import Machine
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .hooks import ALL_DEVICES
@@ -144,7 +144,7 @@ def run(vm, image, res: Result) -> None:
     res.check(res.data["pids_preserved"] and res.data["state_preserved"],
               "workload (files on md0): same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after}")
 
-    rec = last_record(vm)
+    rec = final_record(vm)
     res.data["record"] = rec
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
 from .abort import last_error_line
 
 NAME = "tcp"
@@ -237,7 +237,7 @@ def run(vm, image, res: Result) -> None:
                                        and not st["problems"] and st["accepted"] == first["accepted"])
         tables = vm.sh("nft", "list", "tables")["stdout"]
         res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
-        rec = last_record(vm)
+        rec = final_record(vm)
         logs = vm.sh("sh", "-c", f"cat /var/lib/kupgrade/logs/{rec['id']}/*/restore.log", check=False)["stdout"]
         (vm.workdir / "criu-restore.log").write_text(logs)
         unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from ..scenario import Result, started, kupgrade_config, last_record, write_config
+from ..scenario import Result, started, final_record, kupgrade_config, last_record, write_config
 from ..timeline import breakdown, marks
 from ..tmux import Terminal
 
@@ -131,4 +131,4 @@ def run(vm, image, res: Result) -> None:
     res.data["pause_with_prompts_s"] = round(gap, 3)
     # where the time after the last answer went (host clock, console lines as they arrived)
     res.data["switch_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
-    res.data["record"] = last_record(vm)
+    res.data["record"] = final_record(vm)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..qemu import LostVMError, Machine
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .hooks import ALL_DEVICES
@@ -196,7 +196,7 @@ def run(vm, image, res: Result) -> None:
     res.check(after["state"] == "active" and after["timeout"] == str(TIMEOUT) and first_new[-1].timeout == TIMEOUT,
               f"new kernel: armed again, with its {TIMEOUT} s, by the daemon's service", json.dumps(after))
 
-    rec = last_record(vm)
+    rec = final_record(vm)
     res.data["record"] = rec
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])

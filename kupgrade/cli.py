@@ -31,12 +31,17 @@ KERNEL_OPT = typer.Option(None, "--kernel", help="Target kernel version in /boot
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
 
 
-def _config(path: Optional[Path], pids, cgroups, kernel, units=(), need_target: bool = True) -> config_mod.Config:
+ALL_OPT = typer.Option(False, "--all-services", help="Every running service: carried, or started fresh when it "
+                       "cannot be (each one's fate is listed), except those that start fresh in every boot.")
+
+
+def _config(path: Optional[Path], pids, cgroups, kernel, units=(), need_target: bool = True,
+            all_services: bool = False) -> config_mod.Config:
     """The config file with the command line's values; without a target kernel (when one is needed)
     a ConfigError, before anything is done or recorded."""
     cfg = config_mod.load(path)
     cfg = config_mod.with_overrides(cfg, pids=tuple(pids or ()), cgroups=tuple(cgroups or ()),
-                                    units=tuple(units or ()), kernel=kernel or "")
+                                    units=tuple(units or ()), kernel=kernel or "", all_services=all_services or None)
     if need_target:
         resolve_target(cfg)
     return cfg
@@ -56,11 +61,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Log every command a
 def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
          cgroup: Optional[List[str]] = CGROUP_OPT,
         unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
-         json: bool = JSON_OPT) -> None:
+         all_services: bool = ALL_OPT, json: bool = JSON_OPT) -> None:
     """Show the ordered stages and what each will do on this machine (the workloads and their
     PIDs, memory to snapshot, the kernels), the blockers with their fixes and the downtime
     estimate with its basis. Changes nothing (it runs the read-only preflight)."""
-    cfg = _config(config, pid, cgroup, kernel, unit, need_target=False)
+    cfg = _config(config, pid, cgroup, kernel, unit, need_target=False, all_services=all_services)
     ctx = Context(cfg, new_record("plan"))
     try:
         pipeline.check(ctx, PlainUi(quiet=True))
@@ -74,7 +79,7 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
            "blockers": pre.details["blockers"] if "blockers" in pre.details else
            ([{"message": pre.error, "hint": pre.hint}] if pre.error else []),
            "downtime_estimate_s": pre.details.get("downtime_estimate_s"),
-           "downtime_basis": pre.details.get("downtime_basis", ""),
+           "downtime_basis": pre.details.get("downtime_basis", ""), "services": pre.details.get("services", []),
            "stages": [{"name": n, "actions": a} for n, a in rows], "config": cfg.to_json()}
     if json:
         stdout_json(doc)
@@ -86,10 +91,10 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
 def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
           cgroup: Optional[List[str]] = CGROUP_OPT,
         unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
-          json: bool = JSON_OPT) -> None:
+          all_services: bool = ALL_OPT, json: bool = JSON_OPT) -> None:
     """Preflight only: list every blocker and estimate the downtime. Changes nothing.
     Exit 0: ready; 3: blockers found; 2: config or usage error."""
-    cfg = _config(config, pid, cgroup, kernel, unit)
+    cfg = _config(config, pid, cgroup, kernel, unit, all_services=all_services)
     ctx = Context(cfg, new_record("check"))
     ui = Ui(json_mode=json, quiet=json)
     try:
@@ -145,14 +150,15 @@ def _stage_ui(title: str, names: list[str], json_mode: bool = False) -> Ui:
 def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
         cgroup: Optional[List[str]] = CGROUP_OPT,
         unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
-        step: bool = STEP_OPT, yes: bool = YES_OPT, skip: Optional[List[str]] = SKIP_OPT) -> None:
+        all_services: bool = ALL_OPT, step: bool = STEP_OPT, yes: bool = YES_OPT,
+        skip: Optional[List[str]] = SKIP_OPT) -> None:
     """Do the upgrade: freeze, flush, snapshot the workloads, load the target kernel, then (after
     the go/no-go) kexec into it; the new kernel restores the workloads. Changes: freezes the
     workloads, mounts a tmpfs, loads and executes the new kernel. Any failure or a "no" before the
     switch resumes the workloads unharmed."""
     _asking(yes, step)
     skips = _skips(skip)
-    cfg = _config(config, pid, cgroup, kernel, unit)
+    cfg = _config(config, pid, cgroup, kernel, unit, all_services=all_services)
     ctx = _begin(cfg, "run")
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
     ui.timeout = cfg.answer_timeout

@@ -21,6 +21,7 @@ from .run import use_programs
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 KEXEC_METHODS = ("auto", "file", "classic")
 RESTORE_POLICIES = ("rollback", "keep")
+BLOCKED_POLICIES = ("auto", "abort", "fresh")
 SNAPSHOT_TOPS = ("/run", "/dev/shm")
 KERNEL_RE = re.compile(r"[A-Za-z0-9._+~-]+")
 PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
@@ -34,6 +35,9 @@ class Config:
     pids: tuple[int, ...] = ()
     cgroups: tuple[str, ...] = ()
     units: tuple[str, ...] = ()
+    all_services: bool = False
+    start_fresh: tuple[str, ...] = ()
+    on_blocked: str = "auto"
     kernel: str = ""
     vmlinuz: str = ""
     initrd: str = ""
@@ -82,6 +86,15 @@ def _abs_cgroups(v: list) -> str | None:
 def _units(v: list) -> str | None:
     bad = [u for u in v if not u.endswith(".service") or "/" in u]
     return f"units are systemd service names like \"nginx.service\" (got {_short.repr(bad)})" if bad else None
+
+
+def _unit_patterns(v: list) -> str | None:
+    bad = [u for u in v if not u.endswith(".service") or "/" in u]
+    return f"entries are service names or patterns like \"backup-*.service\" (got {_short.repr(bad)})" if bad else None
+
+
+def _blocked_policy(v: str) -> str | None:
+    return None if v in BLOCKED_POLICIES else f"must be one of {', '.join(BLOCKED_POLICIES)} (got {_short.repr(v)})"
 
 
 def _allow(v: list) -> str | None:
@@ -172,6 +185,22 @@ SETTINGS: tuple[Setting, ...] = (
             "the new boot the unit's start restores its main process (same PID) instead of starting "
             "it fresh.", item=str, check=_units, example='["memcached.service"]',
             cli="--unit memcached.service"),
+    Setting("workloads", "all_services", "all_services", bool,
+            "Every running service unit is a candidate: each one is carried, started fresh (it cannot be carried: "
+            "the reason is reported; see `on_blocked`) or left to the boot (a unit that starts fresh in every "
+            "boot: PID 1's helpers journald, udevd, logind, dbus, gettys, user managers, network managers, "
+            "and `start_fresh`; or the unit kupgrade runs in). `kupgrade check` lists each unit's fate.",
+            example="true", cli="--all-services"),
+    Setting("workloads", "start_fresh", "start_fresh", list,
+            "With `all_services`: more units (names or shell patterns) that are never carried; they run until "
+            "the switch and the new boot starts them as it always does.", item=str, check=_unit_patterns,
+            example='["backup-*.service"]'),
+    Setting("workloads", "on_blocked", "on_blocked", str,
+            "A unit that cannot be carried (a blocker about it alone): \"abort\" blocks the upgrade; \"fresh\" "
+            "stops the unit cleanly before the freeze and the new boot starts it (on a rollback before the switch "
+            "it is started again here), reported as such; \"auto\": fresh for units `all_services` found, abort "
+            "for the units named in `units`. PIDs and cgroups cannot start fresh: their blockers always block.",
+            check=_blocked_policy, example='"auto"'),
     Setting("target", "kernel", "kernel", str,
             "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
             check=_kernel, example='"6.12.117+deb12-amd64"', cli="--kernel 6.12.117+deb12-amd64"),

@@ -144,6 +144,7 @@ def describe(state: dict) -> list[str]:
         out.append("a kexec kernel loaded")
     if state.get("unpacked"):
         out.append("a rehearsal's unpacked snapshot")
+    out += [f"{u} stopped (to start fresh)" for u in state.get("stopped_units", [])]
     return out
 
 

@@ -40,6 +40,7 @@ class Manifest:
     files: dict          # relative path -> {"size": int, "sha256": str}
     back: dict = field(default_factory=dict)    # how to return to the old kernel ({} = keep: no rollback)
     rollback: bool = False                      # this snapshot goes back to the old kernel (no second one)
+    start: tuple[str, ...] = ()                 # services stopped before the switch: the boot starts them
 
     @property
     def total_bytes(self) -> int:
@@ -49,7 +50,8 @@ class Manifest:
         return {"format": FORMAT, "id": self.id, "kernel_from": self.kernel_from,
                 "kernel_to": self.kernel_to, "created": self.created,
                 "workloads": [w.to_json() for w in self.workloads],
-                "files": self.files, "total_bytes": self.total_bytes, "back": self.back, "rollback": self.rollback}
+                "files": self.files, "total_bytes": self.total_bytes, "back": self.back, "rollback": self.rollback,
+                "start": list(self.start)}
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
@@ -71,15 +73,20 @@ class Manifest:
             workloads = tuple(Workload.from_json(w) for w in d["workloads"])
         except (KeyError, TypeError) as e:
             raise BadShape(f"a workload in the manifest: {type(e).__name__} {e}") from None
+        start = d.get("start", [])
+        if not isinstance(start, list) or not all(isinstance(u, str) and u.endswith(".service") and "/" not in u
+                                                  for u in start):
+            raise BadShape("the manifest's `start` is not a list of service names")
         return cls(d["id"], d["kernel_from"], d["kernel_to"], d["created"], workloads, d["files"],
-                   shape(d.get("back", {}), {}, "the manifest's way back"), bool(d.get("rollback", False)))
+                   shape(d.get("back", {}), {}, "the manifest's way back"), bool(d.get("rollback", False)),
+                   tuple(start))
 
 
 def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict,
-         back: dict | None = None, rollback: bool = False) -> Manifest:
+         back: dict | None = None, rollback: bool = False, start: tuple[str, ...] = ()) -> Manifest:
     """files: {relative path: {"size", "sha256"}}, as hashed while the snapshot was packed."""
     return Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())),
-                    dict(back or {}), rollback)
+                    dict(back or {}), rollback, tuple(start))
 
 
 def dumps(m: Manifest) -> bytes:

@@ -242,8 +242,8 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
         return
     m = read_manifest(restore_dir)
     units = [w.unit for w in m.workloads if w.unit]
-    if units:
-        systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir)
+    if units or m.start:
+        systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir, start=m.start)
 
 
 def main(argv: list[str] | None = None) -> int:

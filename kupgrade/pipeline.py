@@ -121,7 +121,7 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
     seen = len(ctx.hook_results)
     steps = [lambda: kexec_stage.unload(ctx), lambda: hookpoints.resume(ctx), lambda: oom.restore(ctx.oom),
              lambda: freeze.thaw(ctx), lambda: _resume_stopped(ctx), lambda: snapshot.discard(ctx),
-             lambda: handover.discard(ctx)]
+             lambda: handover.discard(ctx), lambda: freeze.start_fresh(ctx)]
     for step in steps:
         try:
             done += step()

@@ -70,16 +70,36 @@ class StageResult:
 
 @dataclass(frozen=True)
 class Blocker:
-    """Something that stops the upgrade before anything changes, with the fix."""
+    """Something that stops the upgrade before anything changes, with the fix; `workload`: the
+    selector of the one workload it is about (a unit's may start fresh instead: selection.py)."""
     message: str
     hint: str = ""
+    workload: str = ""
 
     def to_json(self) -> dict:
-        return {"message": self.message, "hint": self.hint}
+        return {"message": self.message, "hint": self.hint} | ({"workload": self.workload} if self.workload else {})
 
     @classmethod
     def from_json(cls, d: dict) -> "Blocker":
-        return cls(d["message"], d.get("hint", ""))
+        return cls(d["message"], d.get("hint", ""), d.get("workload", ""))
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A running service that is not carried (kupgrade/selection.py): `stop`: it cannot be
+    carried (why: `reason`), so it is stopped cleanly before the freeze and started again by the
+    next boot; else it is left to the boot, which starts it as it always does."""
+    unit: str
+    reason: str
+    stop: bool = False
+
+    def to_json(self) -> dict:
+        return {"unit": self.unit, "reason": self.reason, "stop": self.stop}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Fresh":
+        shape(d, {"unit": str, "reason": str, "stop": bool}, "a service started fresh")
+        return cls(d["unit"], d.get("reason", ""), d.get("stop", False))
 
 
 @dataclass(frozen=True)
@@ -129,6 +149,7 @@ class UpgradeRecord:
     stages: tuple[StageResult, ...] = ()
     commands: tuple[CommandLog, ...] = ()
     created: float = 0.0
+    fresh: tuple[Fresh, ...] = ()       # running services not carried: started fresh (selection.py)
 
     def with_stage(self, stage: StageResult) -> "UpgradeRecord":
         return replace(self, stages=self.stages + (stage,))
@@ -175,19 +196,21 @@ class UpgradeRecord:
         return {"id": self.id, "command": self.command, "kernel_from": self.kernel_from,
                 "kernel_to": self.kernel_to, "outcome": self.outcome, "created": self.created,
                 "workloads": [w.to_json() for w in self.workloads],
+                "fresh": [f.to_json() for f in self.fresh],
                 "stages": [s.to_json() for s in self.stages],
                 "commands": [c.to_json() for c in self.commands]}
 
     @classmethod
     def from_json(cls, d: dict) -> "UpgradeRecord":
         shape(d, {"id": str, "command": str, "kernel_from": str, "kernel_to": str, "outcome": str,
-                   "created": NUMBER, "workloads": list, "stages": list, "commands": list}, "the record")
+                   "created": NUMBER, "workloads": list, "fresh": list, "stages": list, "commands": list}, "the record")
         for c in d.get("commands", []):
             shape(c, {"argv": list, "returncode": (int, type(None)), "duration_s": NUMBER, "stderr_tail": str},
                    "a command")
         return cls(id=d["id"], command=d["command"], kernel_from=d["kernel_from"],
                    kernel_to=d.get("kernel_to", ""), outcome=d["outcome"], created=d.get("created", 0.0),
                    workloads=tuple(Workload.from_json(w) for w in d.get("workloads", [])),
+                   fresh=tuple(Fresh.from_json(f) for f in d.get("fresh", [])),
                    stages=tuple(StageResult.from_json(s) for s in d.get("stages", [])),
                    commands=tuple(CommandLog.from_json(c) for c in d.get("commands", [])))
 

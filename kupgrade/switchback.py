@@ -54,7 +54,7 @@ def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path
         if changed := [rel for rel, f in files.items() if rel in m.files and f["sha256"] != m.files[rel]["sha256"]]:
             raise KupgradeError(f"{changed[0]} is not what the old kernel packed: going back would restore "
                                 "damaged memory", f"the snapshot stays in {snap}")
-        return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True)
+        return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True, start=m.start)
 
     # only the files the old kernel packed: criu's PID file and log of a tree restored (held)
     # here would make criu refuse the restore there (it creates the PID file exclusively)

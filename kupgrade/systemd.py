@@ -34,9 +34,10 @@ from pathlib import Path
 
 from . import contract, sandbox
 from .errors import CommandError
+from .record import Blocker
 from .run import run
 
-PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", *sandbox.PROPS)
+PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", "TriggeredBy", "Transient", *sandbox.PROPS)
 DROPIN = "zz-kupgrade-restore.conf"
 PIDFILE_DIR = contract.UNIT_PIDFILES   # below the restore dir
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -63,6 +64,45 @@ def describe(unit: str) -> tuple[dict[str, str], str]:
     if not props.get("ControlGroup"):
         return props, f"unit {unit} has no cgroup"
     return props, ""
+
+
+def running_services() -> list[str]:
+    """Every service unit with running processes (`systemctl list-units`)."""
+    out = run(["systemctl", "list-units", "--type=service", "--state=running", "--no-legend", "--plain",
+               "--no-pager"], timeout=60, hint="is systemd running?").stdout.decode()
+    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].endswith(".service")]
+
+
+def dependents(unit: str) -> set[str]:
+    """The units `systemctl stop UNIT` stops too (they require it, are bound to it or part of it)."""
+    out = run(["systemctl", "show", "--property=RequiredBy,BoundBy,ConsistsOf", unit], timeout=60,
+              hint="is systemd running?").stdout.decode()
+    return {u for line in out.splitlines() if "=" in line for u in line.split("=", 1)[1].split()}
+
+
+def blockers(unit: str, props: dict[str, str], selector: str) -> list[Blocker]:
+    """What about the unit itself (not its processes) keeps it from being restored as itself.
+    A transient unit's is about no workload (Blocker.workload ""): it cannot start fresh either."""
+    out = []
+    if props.get("Transient") == "yes":
+        out.append(Blocker(f"{unit} is a transient unit (systemd-run): the new boot has no such unit to restore "
+                           "it into, nor to start it again", "stop it before the upgrade, or run it from a unit file"))
+    if sockets := props.get("TriggeredBy", "").split():
+        out.append(Blocker(f"{unit} is socket-activated ({', '.join(sockets)}): in the new boot PID 1 listens on "
+                           "its sockets before any restore, so the restored copies could not bind them",
+                           "let it start fresh (workloads.on_blocked = \"fresh\")", selector))
+    return out
+
+
+def stop(units: list[str]) -> None:
+    """Stop these units cleanly (their ExecStop, their KillSignal), in one transaction."""
+    if units:
+        run(["systemctl", "stop", *units], timeout=600, hint="see `systemctl status` of the units")
+
+
+def start(units: list[str]) -> None:
+    if units:
+        run(["systemctl", "start", *units], timeout=600, hint="see `systemctl status` of the units")
 
 
 def pidfile(restore_dir: Path, unit: str) -> Path:
@@ -118,26 +158,29 @@ def unit_file(unit: str, dirs=UNIT_DIRS) -> Path | None:
     return None
 
 
+def _want(early_dir: Path, name: str, path: Path) -> str:
+    """Pull a unit into multi-user.target in this boot (it may have been started by hand)."""
+    wants = early_dir / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / name
+    if not link.is_symlink():
+        os.symlink(path, link)
+    return str(link)
+
+
 def generate(early_dir: Path, snapshot_id: str, units: list[str], restore_cmd: str, restore_dir: Path,
-             dirs=UNIT_DIRS) -> list[str]:
+             dirs=UNIT_DIRS, start: tuple[str, ...] = ()) -> list[str]:
     """Write the drop-ins (and pull each unit into multi-user.target, in case it was started by
-    hand and not enabled). Returns what was written."""
+    hand and not enabled); pull in the units that start fresh (`start`: stopped before the
+    switch, selection.py) the same way. Returns what was written."""
     done = []
     for unit in units:
         d = early_dir / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)
         (d / DROPIN).write_text(dropin(unit, snapshot_id, restore_cmd, restore_dir))
         done.append(str(d / DROPIN))
-        if (path := unit_file(unit, dirs)) is not None:
-            wants = early_dir / "multi-user.target.wants"
-            wants.mkdir(parents=True, exist_ok=True)
-            link = wants / unit
-            if not link.is_symlink():
-                os.symlink(path, link)
-            done.append(str(link))
-    (early_dir / COMMIT_UNIT).write_text(commit_unit(units, snapshot_id, restore_cmd))
-    wants = early_dir / "multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    if not (wants / COMMIT_UNIT).is_symlink():
-        os.symlink(early_dir / COMMIT_UNIT, wants / COMMIT_UNIT)
-    return done + [str(early_dir / COMMIT_UNIT)]
+    done += [_want(early_dir, unit, path) for unit in (*units, *start) if (path := unit_file(unit, dirs)) is not None]
+    if units:
+        (early_dir / COMMIT_UNIT).write_text(commit_unit(units, snapshot_id, restore_cmd))
+        done += [_want(early_dir, COMMIT_UNIT, early_dir / COMMIT_UNIT), str(early_dir / COMMIT_UNIT)]
+    return done

@@ -57,11 +57,18 @@ class PlainUi:
     def blocker(self, b: dict, mark: str = "✗") -> str:
         return f"{mark} {self.esc(b['message'])}" + (f"\n    fix: {self.esc(b['hint'])}" if b.get("hint") else "")
 
+    def services(self, details: dict) -> None:
+        """What happens to each running service (preflight with workloads.all_services)."""
+        from .selection import lines
+        for line in lines(details.get("services", [])):
+            self.print("  " + self.esc(line))
+
     def stage_end(self, r: StageResult) -> None:
         line = f"  {self.marks.get(r.status) or self.esc(r.status)} {self.esc(r.name)} in {r.duration_s:.2f} s"
         if r.summary:
             line += f": {self.esc(r.summary)}"
         self.print(line)
+        self.services(r.details)
         blockers = r.details.get("blockers", [])
         if r.error and not blockers:
             self.print(f"  {self.esc(r.error)}")
@@ -139,6 +146,7 @@ class Ui(PlainUi):
         for i, (name, actions) in enumerate(rows, 1):
             t.add_row(str(i), self.esc(name), "\n".join(f"• {self.esc(a)}" for a in actions))
         self.print(t)
+        self.services(doc)
         for b in doc["blockers"]:
             self.print(self.blocker(b, "[red]✗ blocker:[/]"))
         if not doc["blockers"]:
@@ -187,6 +195,9 @@ class Ui(PlainUi):
                 kept = "kept" if r.get("ok") else "lost"
                 self.print(f"    TCP: {len(t.get('connections', []))} connection(s) {kept}{held}: "
                            + e(", ".join(t.get("connections", []))))
+        for f in rec.fresh:
+            if f.stop:
+                self.print(f"  service {e(f.unit)}: started fresh (stopped before the switch): {e(f.reason)}")
         if rows := hook_rows(rec):
             h = Table(title="device hooks", show_header=True)
             for col in ("hook", "point", "ok", "seconds", "error"):
@@ -229,6 +240,8 @@ def go_no_go_lines(ctx, now: float | None = None) -> list[str]:
     out = ["go / no-go"]
     for w in rec.workloads:
         out.append(f"  workload {w.selector} ({w.name or '?'}, {len(w.pids)} task(s)): stopped, snapshotted")
+    if fresh := [f.unit for f in rec.fresh if f.stop]:
+        out.append(f"  stopped, start fresh in the new boot: {', '.join(fresh)}")
     if paused_since is not None:
         out.append(f"  paused for {now - paused_since.started:.1f} s so far")
     if snap is not None and snap.status == OK:
@@ -279,6 +292,7 @@ class LiveUi(Ui):
     def stage_end(self, r: StageResult) -> None:
         row = self.rows.setdefault(r.name, {})
         row.update(state=r.status, seconds=r.duration_s, summary=r.error or r.summary, bar=None)
+        self.services(r.details)
         blockers = r.details.get("blockers", [])
         for b in blockers:
             self.print("  " + self.blocker(b, "[red]✗[/]"))

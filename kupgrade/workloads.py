@@ -7,11 +7,12 @@ Reads /proc and /sys/fs/cgroup only; changes nothing.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
-from . import carry, procfs, sandbox, volatile
+from . import carry, procfs, sandbox, systemd, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -109,21 +110,24 @@ def _from_units(units, describe_unit, blockers: list[Blocker], unit_props: dict[
     out = []
     for unit in units:
         if describe_unit is None:
-            from .systemd import describe as describe_unit
+            describe_unit = systemd.describe
+        selector = f"unit:{unit}"
         props, problem = describe_unit(unit)
         if problem:
-            blockers.append(Blocker(problem, "check `workloads.units`; `systemctl status " + unit + "`"))
+            blockers.append(Blocker(problem, "check `workloads.units`; `systemctl status " + unit + "`", selector))
             continue
         unit_props[unit] = props
         main, cg = int(props["MainPID"]), props["ControlGroup"]
-        w = _workload(f"unit:{unit}", main, cgroup=cg, unit=unit)
+        w = _workload(selector, main, cgroup=cg, unit=unit)
         try:
             strays = sorted(set(cgroup_procs(cg)) - set(w.pids))
         except FileNotFoundError:
             strays = []
+        blockers.extend(systemd.blockers(unit, props, selector))
         if strays:
             blockers.append(Blocker(f"{unit}: PIDs {strays} in its cgroup are not descendants of its main "
-                                    f"process {main}", "criu dumps one process tree: such a unit cannot be kept yet"))
+                                    f"process {main}", "criu dumps one process tree: such a unit cannot be kept yet",
+                                    selector))
             continue
         out.append(w)
     return out
@@ -168,19 +172,21 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
     me = os.getpid()
     seen: dict[int, str] = {}
     for w in workloads:
+        found: list[Blocker] = []
         if w.root_pid == 1:
-            blockers.append(Blocker("PID 1 (init) cannot be a workload", "select the service's processes instead"))
+            found.append(Blocker("PID 1 (init) cannot be a workload", "select the service's processes instead"))
         if me in w.pids or w.root_pid in _ancestors(me):
-            blockers.append(Blocker(f"{w.selector} contains kupgrade itself", "run kupgrade from outside the workload"))
+            found.append(Blocker(f"{w.selector} contains kupgrade itself", "run kupgrade from outside the workload"))
         for p in w.pids:
             if p in seen and seen[p] != w.selector:
-                blockers.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
-                                        "select each process tree once"))
+                found.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
+                                     "select each process tree once"))
             seen[p] = w.selector
-            blockers.extend(process_blockers(p, root=p == w.root_pid))
-        blockers.extend(carry.blockers(w))
-        blockers.extend(volatile.blockers(w.pids))
-        blockers.extend(sandbox.blockers(w, unit_props.get(w.unit)))
+            found.extend(process_blockers(p, root=p == w.root_pid))
+        found.extend(carry.blockers(w))
+        found.extend(volatile.blockers(w.pids))
+        found.extend(sandbox.blockers(w, unit_props.get(w.unit)))
+        blockers.extend(replace(b, workload=b.workload or w.selector) for b in found)
     return workloads, blockers
 
 
@@ -200,7 +206,6 @@ def _ancestors(pid: int) -> set[int]:
 def retree(w: Workload) -> Workload:
     """The same workload with its tree read again: once its tasks are frozen or stopped, the
     tree is exactly what criu dumps, children forked since preflight included."""
-    from dataclasses import replace
     try:
         return replace(w, pids=_tree(w.root_pid))
     except psutil.Error:

@@ -35,7 +35,19 @@ def test_generate_writes_dropins_and_wants(tmp_path):
     assert "After=kupgrade-restore.service web.service getty@tty5.service gone.service" in commit
     assert "ExecStart=/usr/sbin/kupgrade-restore --commit" in commit
     assert os.readlink(early / "multi-user.target.wants" / systemd.COMMIT_UNIT) == str(early / systemd.COMMIT_UNIT)
-    assert len(done) == 6
+    assert len(done) == 7
+
+
+def test_generate_pulls_in_the_units_that_start_fresh(tmp_path):
+    units = tmp_path / "lib"
+    units.mkdir()
+    (units / "memcached.service").write_text("[Service]\nExecStart=/bin/true\n")
+    early = tmp_path / "early"
+    systemd.generate(early, "ID1", [], "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"), dirs=(str(units),),
+                     start=("memcached.service",))
+    assert os.readlink(early / "multi-user.target.wants/memcached.service") == str(units / "memcached.service")
+    assert not (early / "memcached.service.d").exists()         # started fresh: its own start, no restore
+    assert not (early / systemd.COMMIT_UNIT).exists()           # nothing carried by a unit: nothing to commit
 
 
 def test_resolve_unit_to_main_pid_and_cgroup():

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..errors import HookError, StageError
-from .. import workloads
+from .. import systemd, workloads
 from ..workloads import CGROUP_ROOT
 from . import hookpoints
 from .context import Context
@@ -22,7 +22,8 @@ TIMEOUT_S = 10.0
 
 
 def plan(ctx: Context) -> list[str]:
-    out = []
+    out = [f"systemctl stop {f.unit} (cannot be carried: it starts fresh in the new boot)"
+           for f in ctx.record.fresh if f.stop]
     for w in ctx.workloads:         # resolved by preflight
         if w.cgroup:
             out.append(f"{w.selector}: write 1 to {CGROUP_ROOT}{w.cgroup}/cgroup.freeze and wait for "
@@ -54,7 +55,32 @@ def set_frozen(cg: str, frozen: bool, root: Path = CGROUP_ROOT, timeout: float =
     return time.monotonic() - start
 
 
+def stop_fresh(ctx: Context) -> dict:
+    """The services that start fresh (selection.py) stop cleanly first, while the others still
+    run: their stop is not part of the carried workloads' pause."""
+    units = [f.unit for f in ctx.record.fresh if f.stop]
+    if not units:
+        return {}
+    ctx.stopped_units = list(units)     # before: a stop that fails half-way is undone too
+    ctx.note()
+    t0 = time.monotonic()
+    systemd.stop(units)
+    return {"stopped_services": units, "stop_s": round(time.monotonic() - t0, 3)}
+
+
+def start_fresh(ctx: Context) -> list[str]:
+    """Rollback: the services stopped to start fresh run again, as before the upgrade."""
+    if not ctx.stopped_units:
+        return []
+    units = list(ctx.stopped_units)
+    systemd.start(units)
+    ctx.stopped_units.clear()
+    ctx.note()
+    return [f"started {', '.join(units)} again"]
+
+
 def run(ctx: Context) -> tuple[str, dict]:
+    stopped = stop_fresh(ctx)
     took = {}
     for w in ctx.workloads:
         if w.cgroup:
@@ -64,7 +90,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     _check_frozen_trees(ctx)
     seized = [w.selector for w in ctx.workloads if not w.cgroup]
     summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
-    details = {"frozen_cgroups": took, "criu_seizes": seized}
+    details = {"frozen_cgroups": took, "criu_seizes": seized, **stopped}
+    if stopped:
+        summary = f"stopped {len(stopped['stopped_services'])} service(s) that start fresh; " + summary
     try:
         details["hooks"] = hookpoints.call(ctx, "quiesce")     # the devices stop changing too
     except HookError as e:

@@ -26,7 +26,8 @@ def state(ctx: Context) -> dict:
             "kexec_loaded": ctx.kexec_loaded,
             "method": {"name": ctx.method.name, "why": ctx.method.why} if ctx.method else None,
             "hooks_touched": sorted({r.hook for r in ctx.hook_results if r.point in ("quiesce", "save")}),
-            "unpacked": ctx.unpacked, "replaced": ctx.replaced, "restore_dir": str(ctx.restore_dir)}
+            "unpacked": ctx.unpacked, "replaced": ctx.replaced, "restore_dir": str(ctx.restore_dir),
+            "stopped_units": list(ctx.stopped_units)}
 
 
 def context(d: dict) -> Context:
@@ -42,7 +43,8 @@ def context(d: dict) -> Context:
                   kexec_loaded=d.get("kexec_loaded", False),
                   method=Method(**d["method"]) if d.get("method") else None,
                   unpacked=d.get("unpacked", False), replaced=d.get("replaced", False),
-                  restore_dir=Path(d.get("restore_dir") or str(Context.restore_dir)))
+                  restore_dir=Path(d.get("restore_dir") or str(Context.restore_dir)),
+                  stopped_units=list(d.get("stopped_units", [])))
     ctx.workloads = list(ctx.record.workloads)
     ctx.hook_results = [HookResult(name, "quiesce", True, 0.0) for name in d.get("hooks_touched", [])]
     return ctx

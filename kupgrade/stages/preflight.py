@@ -7,7 +7,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, tcp, workloads
+from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
+from .. import workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -68,7 +69,7 @@ def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
                 f"{w.selector}: PID(s) {low[:8]}{' …' if len(low) > 8 else ''} would be taken in {ctx.target.version}'s "
                 f"boot before the restore ({guess.basis})",
                 "a task cannot get a taken PID back: restart that service or program once (it starts fresh with a "
-                "higher PID), or leave it out of the selection"))
+                "higher PID), or leave it out of the selection", w.selector))
     return guess.to_json()
 
 
@@ -86,16 +87,15 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
     blockers += _tool_blockers(cfg.health_check)
     lockdown = kexec.lockdown_mode()
-    if not cfg.pids and not cfg.cgroups and not cfg.units:
-        blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups` or "
-                                "`workloads.units`, or pass --pid/--cgroup/--unit"))
-    if ctx.rehearsal and cfg.units:
+    if not cfg.pids and not cfg.cgroups and not cfg.units and not cfg.all_services:
+        blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups`, "
+                                "`workloads.units` or `workloads.all_services`, or pass --pid/--cgroup/--unit/"
+                                "--all-services"))
+    if ctx.rehearsal and (cfg.units or cfg.all_services):
         blockers.append(Blocker("a rehearsal cannot keep systemd units yet: systemd would see their main "
-                                "process end and restart or fail the unit", "rehearse without --unit/`workloads.units`"))
-    ctx.workloads, wl_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units)
-    blockers += wl_blockers
-    ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
-    boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, blockers)
+                                "process end and restart or fail the unit",
+                                "rehearse without --unit/--all-services (`workloads.units`, `workloads.all_services`)"))
+    services, boot_pids = _select(ctx, blockers)
 
     conns = _tcp(ctx, blockers)
     per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
@@ -119,13 +119,36 @@ def run(ctx: Context) -> tuple[str, dict]:
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids}
+               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids,
+               **({"services": services} if services else {})}
     if hook_error is not None:
         raise hook_error.add_details(details)
     if blockers:
         raise BlockedError(blockers, details=details)
-    return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot, "
-            f"{ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+    fresh = sum(1 for f in ctx.record.fresh if f.stop)
+    return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot"
+            + (f", {fresh} service(s) start fresh" if fresh else "")
+            + f", {ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+
+
+def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
+    """The workloads (the named ones; with all_services every running service) and the services
+    that start fresh instead (selection.py: workloads.on_blocked). Extends blockers with what
+    still blocks; returns each service's fate and the boot-PID prediction."""
+    cfg = ctx.config
+    found, boot = selection.candidates(cfg.start_fresh, cfg.units) if cfg.all_services else ([], [])
+    ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found))
+    boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, found_blockers)
+    ctx.workloads, fresh, still = selection.settle(ctx.workloads, found_blockers, cfg.on_blocked, set(found))
+    blockers += still
+    if cfg.all_services and not ctx.workloads and not still:
+        blockers.append(Blocker("nothing to carry: every running service starts fresh or with the boot (see "
+                                "the list above)", "a plain reboot does the same; or select workloads that can be carried"))
+    ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads), fresh=tuple(fresh + boot))
+    services = [{"unit": w.unit, "fate": "carried"} for w in ctx.workloads if w.unit] + [
+        {"unit": f.unit, "fate": "fresh" if f.stop else "boot", "reason": f.reason} for f in (*fresh, *boot)]
+    return (services if cfg.all_services or fresh else []), boot_pids
+
 
 
 def _tool_blockers(health_check: str = "") -> list[Blocker]:

@@ -115,7 +115,8 @@ def run(ctx: Context) -> tuple[str, dict]:
 
     def fill(w: initrd.CpioWriter) -> None:
         made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, lambda files: manifest.make(
-            ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files, back=ctx.back),
+            ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files, back=ctx.back,
+            start=tuple(f.unit for f in ctx.record.fresh if f.stop)),
             ctx.record.dumps()))
 
     t1 = time.monotonic()

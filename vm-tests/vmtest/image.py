@@ -36,11 +36,18 @@ BASE_PACKAGES = [
     "busybox", "iptables", "nftables", "systemd-sysv", "e2fsprogs", "tmux", "mdadm",
 ]
 KERNEL_PACKAGES = [f"linux-image-{KERNEL_FROM}", f"linux-image-{KERNEL_TO}"]
+# Servers as Debian ships them (the services scenario carries them with --all-services). Their
+# units start at boot only when the kernel command line has SERVICES_GATE (a drop-in, the only
+# change to them): the other scenarios boot as before, and the services scenario's guest starts
+# them at boot, with boot-time PIDs, as a server does. The new kernel inherits the command line.
+SERVICE_PACKAGES = ["openssh-server", "cron", "nginx", "memcached", "redis-server"]
+SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.service", "redis-server.service"]
+SERVICES_GATE = "vmtest.services"
 # A small initrd: what a tuned server would list. MODULES=most makes 31 MB initrds that take
 # ~16 s each to build under TCG; this list makes ~6 MB in ~1.5 s.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4",
                   "crc32c_generic", "crc32c_intel"]
-BASE_RECIPE_VERSION = "5"
+BASE_RECIPE_VERSION = "6"
 IMAGE_SIZE = "3G"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +88,7 @@ def _tree_hash(*roots: Path) -> str:
 
 def base_key() -> str:
     return _hash(BASE_RECIPE_VERSION, SUITE, MIRROR, " ".join(BASE_PACKAGES),
-                 " ".join(KERNEL_PACKAGES), " ".join(INITRD_MODULES))
+                 " ".join(KERNEL_PACKAGES), " ".join(INITRD_MODULES), " ".join(SERVICE_PACKAGES), SERVICES_GATE)
 
 
 def _chroot(tree: Path, *argv: str, timeout: float = 900) -> None:
@@ -118,6 +125,20 @@ def build_base(force: bool = False) -> Path:
     log.info("installing kernels %s", " ".join(KERNEL_PACKAGES))
     _chroot(tree, "apt-get", "update", "-q")
     _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *KERNEL_PACKAGES)
+    log.info("installing services %s", " ".join(SERVICE_PACKAGES))
+    # without systemd running in the chroot, invoke-rc.d would start their init scripts on the host
+    policy = tree / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *SERVICE_PACKAGES)
+    finally:
+        policy.unlink()
+    for unit in SERVICE_UNITS:
+        d = tree / "etc/systemd/system" / f"{unit}.d"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vmtest-gate.conf").write_text(f"# vm-tests: started at boot only in the services scenario\n"
+                                            f"[Unit]\nConditionKernelCommandLine={SERVICES_GATE}\n")
     _chroot(tree, "apt-get", "clean")
     (tree / "etc/hostname").write_text("kupgrade-guest\n")
     (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")

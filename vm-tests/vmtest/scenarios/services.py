@@ -1,0 +1,158 @@
+"""services: the servers a Debian admin runs, as Debian installs them, carried with --all-services.
+
+The guest boots systemd with openssh-server, cron, nginx, memcached and redis-server started at
+boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed as shipped). No
+workload is named: `workloads.all_services = true`.
+
+1. `kupgrade check --all-services` passes and gives every running service its fate: carried,
+   started fresh (why: the unit's own mount or user namespace, a file on tmpfs, ...) or left to
+   the boot (journald, udevd, the agent kupgrade runs in).
+2. `kupgrade run` to 6.12 does what check said: every carried service is active with the same
+   main PID and the same PIDs in its cgroup, its state continued (redis's and memcached's keys,
+   when carried); every service that starts fresh was stopped cleanly and is active again
+   (a new main PID, its state as a fresh start has it); none is missing; the record lists the
+   fresh ones with their reasons.
+Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
+port forwarding), whatever nginx's fate."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+from ..image import SERVICE_UNITS, SERVICES_GATE
+from ..qemu import Machine
+from ..scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
+from .tcp import configure_nic
+
+NAME = "services"
+DESCRIPTION = "Debian's servers as installed (started at boot, sandboxed units) carried or started fresh, --all-services"
+INIT = "systemd"
+HOST_PORT = 5557
+NIC = f"user:{HOST_PORT}-80"
+MACHINE = Machine(append=SERVICES_GATE)
+MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))\n"
+             "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
+
+
+class Poller:
+    """The host asks nginx for / every 100 ms; the answers' times give the service's downtime."""
+
+    def __init__(self) -> None:
+        self.ok: list[float] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", HOST_PORT, timeout=1)
+                c.request("GET", "/")
+                if c.getresponse().status == 200:
+                    self.ok.append(time.time())
+                c.close()
+            except (OSError, http.client.HTTPException):
+                pass
+
+    def largest_gap(self, since: float) -> float:
+        pts = [t for t in self.ok if t >= since]
+        return max((b - a for a, b in zip(pts, pts[1:])), default=0.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+
+
+def show(vm, unit: str) -> dict:
+    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState,ControlGroup", unit)["stdout"]
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    cg = props.get("ControlGroup", "")
+    procs = vm.sh("cat", f"/sys/fs/cgroup{cg}/cgroup.procs", check=False)["stdout"].split() if cg else []
+    return {**props, "pids": sorted(int(p) for p in procs)}
+
+
+def put_state(vm) -> None:
+    vm.sh("redis-cli", "SET", "vmtest", "kept-across-the-upgrade")
+    vm.sh("python3", "-c", MEMCACHED, "set vmtest 0 0 23|kept-across-the-upgrade|")
+
+
+def get_state(vm) -> dict:
+    redis = vm.sh("redis-cli", "GET", "vmtest", check=False)["stdout"].strip()
+    mc = vm.sh("python3", "-c", MEMCACHED, "get vmtest|", check=False)["stdout"]
+    return {"redis-server.service": redis == "kept-across-the-upgrade",
+            "memcached.service": "kept-across-the-upgrade" in mc}
+
+
+def check_fates(vm, res: Result) -> dict[str, str]:
+    """`kupgrade check --all-services`: no blocker, a fate for every running service."""
+    r = vm.sh("kupgrade", "check", "--all-services", "--json", check=False, timeout=300)
+    rec = json.loads(r["stdout"] or "{}")
+    pre = next((s for s in rec.get("stages", []) if s["name"] == "preflight"), {})
+    services = pre.get("details", {}).get("services", [])
+    res.data["check"] = {"rc": r["rc"], "services": services, "blockers": pre.get("details", {}).get("blockers")}
+    (vm.workdir / "check.txt").write_text(vm.sh("kupgrade", "check", "--all-services", check=False,
+                                                timeout=300)["stdout"])
+    fates = {s["unit"]: s["fate"] for s in services}
+    res.check(r["rc"] == 0, "kupgrade check --all-services: no blocker", json.dumps(res.data["check"])[:3000])
+    res.check(all(u in fates for u in SERVICE_UNITS) and fates.get("vmtest-agent.service") == "boot"
+              and fates.get("systemd-journald.service") == "boot",
+              "check gives every running service its fate (the agent kupgrade runs in and journald: the boot)",
+              json.dumps(fates))
+    res.check(any(f == "carried" for f in fates.values()), "at least one of Debian's servers is carried",
+              json.dumps(fates))
+    return fates
+
+
+def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state: dict) -> None:
+    carried = [u for u in SERVICE_UNITS if fates.get(u) == "carried"]
+    fresh = [u for u in SERVICE_UNITS if fates.get(u) == "fresh"]
+    res.check(all(after[u]["ActiveState"] == "active" for u in SERVICE_UNITS),
+              "nothing lost: every one of Debian's servers is active in 6.12", json.dumps(after))
+    same = all(after[u]["MainPID"] == before[u]["MainPID"] and after[u]["pids"] == before[u]["pids"] for u in carried)
+    res.data["pids_preserved"] = same
+    res.check(same, f"carried ({', '.join(carried)}): same main PID, same PIDs in the unit's cgroup",
+              json.dumps({u: (before[u], after[u]) for u in carried}))
+    res.check(all(after[u]["MainPID"] != before[u]["MainPID"] for u in fresh),
+              f"started fresh ({', '.join(fresh) or 'none'}): active again, with a new main PID",
+              json.dumps({u: (before[u], after[u]) for u in fresh}))
+    kept = {u: state[u] for u in state if fates.get(u) == "carried"}
+    res.data["state_preserved"] = all(kept.values())
+    res.check(all(kept.values()), "the carried key-value stores kept their keys", json.dumps(state))
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    configure_nic(vm)
+    before = {u: show(vm, u) for u in SERVICE_UNITS}
+    res.data["before"] = before
+    res.check(all(b["ActiveState"] == "active" for b in before.values()), "Debian's servers started at boot",
+              json.dumps(before))
+    put_state(vm)
+    fates = check_fates(vm, res)
+    write_config(vm, kupgrade_config(image.kernel_to).replace("[workloads]", "[workloads]\nall_services = true"))
+    poller = Poller()
+    try:
+        t_switch = time.time()
+        if (switched := upgrade(vm, res)) is None:
+            return
+        res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+        vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+        rec = final_record(vm)
+        after = {u: show(vm, u) for u in SERVICE_UNITS}
+        res.data.update(after=after, state=get_state(vm), record=rec)
+        (vm.workdir / "journal.txt").write_text(vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic",
+                                                      check=False)["stdout"][-30000:])
+        compare(res, fates, before, after, res.data["state"])
+        fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
+        res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
+                  "the run did what check said (the record's fresh services), outcome restored",
+                  json.dumps({"fresh": rec.get("fresh"), "outcome": rec["outcome"]}))
+        res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
+        res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
+        res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    finally:
+        poller.close()

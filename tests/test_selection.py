@@ -151,3 +151,18 @@ def test_manifest_carries_the_units_to_start(tmp_path):
 def test_record_keeps_the_fresh_services():
     rec = UpgradeRecord("R1", "run", "6.1", fresh=(Fresh("memcached.service", "mount ns", stop=True),))
     assert UpgradeRecord.from_json(json.loads(rec.dumps())).fresh == rec.fresh
+
+
+def test_a_found_unit_whose_dump_fails_starts_fresh_a_named_one_aborts(tmp_path, monkeypatch):
+    calls = Calls()
+    monkeypatch.setattr(systemd, "run", calls)
+    found, named = unit("redis-server.service", 300), unit("web.service", 400)
+    ctx = Context(Config(state_dir=str(tmp_path), units=("web.service",), all_services=True),
+                  UpgradeRecord("R1", "run", "6.1", workloads=(found, named)), workloads=[found, named])
+    assert freeze.go_fresh(ctx, named, "criu dump of unit:web.service failed: x") is False
+    assert freeze.go_fresh(ctx, found, "criu dump of unit:redis-server.service failed: Can't dump") is True
+    assert calls.argv == [["systemctl", "stop", "redis-server.service"]]
+    assert ctx.workloads == [named] and ctx.record.workloads == (named,)
+    assert ctx.record.fresh == (Fresh("redis-server.service", "its dump failed: criu dump of "
+                                      "unit:redis-server.service failed: Can't dump", stop=True),)
+    assert ctx.stopped_units == ["redis-server.service"]        # the rollback starts it again

@@ -9,10 +9,12 @@ does not pretend to.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import HookError, StageError
-from .. import systemd, workloads
+from .. import selection, systemd, workloads
+from ..record import Fresh
 from ..workloads import CGROUP_ROOT
 from . import hookpoints
 from .context import Context
@@ -66,6 +68,25 @@ def stop_fresh(ctx: Context) -> dict:
     t0 = time.monotonic()
     systemd.stop(units)
     return {"stopped_services": units, "stop_s": round(time.monotonic() - t0, 3)}
+
+
+def go_fresh(ctx: Context, w, why: str) -> bool:
+    """A unit whose dump failed starts fresh instead of aborting the upgrade, where
+    workloads.on_blocked allows it (selection.py): thawed (criu resumed its tasks), stopped
+    cleanly, started by the next boot. False: the policy says abort."""
+    found = {x.unit for x in ctx.workloads if x.unit and x.unit not in ctx.config.units}
+    if not w.unit or not selection.may_go_fresh(w.selector, ctx.config.on_blocked, found):
+        return False
+    if w.cgroup in ctx.frozen_cgroups:
+        set_frozen(w.cgroup, False)
+        ctx.frozen_cgroups.remove(w.cgroup)
+    ctx.workloads = [x for x in ctx.workloads if x.key != w.key]
+    ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads),
+                         fresh=ctx.record.fresh + (Fresh(w.unit, f"its dump failed: {why}", stop=True),))
+    ctx.stopped_units.append(w.unit)
+    ctx.note()
+    systemd.stop([w.unit])
+    return True
 
 
 def start_fresh(ctx: Context) -> list[str]:

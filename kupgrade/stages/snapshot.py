@@ -17,7 +17,7 @@ from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
 from ..run import run as run_cmd
-from . import hookpoints
+from . import freeze, hookpoints
 from .context import Context
 
 NAME = "snapshot"
@@ -102,7 +102,13 @@ def run(ctx: Context) -> tuple[str, dict]:
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
         if criu.no_new_privs(w.root_pid):   # criu does not restore it: the restore runs criu with it
             (images / criu.NO_NEW_PRIVS).write_text("1\n")
-        w = _dump(ctx, w, images, socks)
+        try:
+            w = _dump(ctx, w, images, socks)
+        except StageError as e:
+            if not freeze.go_fresh(ctx, w, e.message):
+                raise
+            shutil.rmtree(images)
+            continue
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
         if socks_tcp:

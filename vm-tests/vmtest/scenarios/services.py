@@ -123,6 +123,18 @@ def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state
     res.check(all(kept.values()), "the carried key-value stores kept their keys", json.dumps(state))
 
 
+def sshd_logs(vm, res: Result) -> None:
+    """The carried sshd accepts a connection (its child answers with the host key) and says so
+    through syslog, to the new boot's journald."""
+    scan = vm.sh("ssh-keyscan", "-T", "20", "127.0.0.1", check=False, timeout=60)
+    res.check(scan["rc"] == 0 and "ssh-" in scan["stdout"], "the carried sshd answers a new connection",
+              scan["stdout"] + scan["stderr"])
+    logged = vm.sh("sh", "-c", "until journalctl -b -u ssh.service -o cat | grep -q '127.0.0.1'; do sleep 0.1; done",
+                   check=False, timeout=60)["rc"] == 0
+    res.check(logged, "its log (syslog) reaches the new boot's journal",
+              vm.sh("journalctl", "-b", "-u", "ssh.service", "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
+
+
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
@@ -147,6 +159,8 @@ def run(vm, image, res: Result) -> None:
         (vm.workdir / "journal.txt").write_text(vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic",
                                                       check=False)["stdout"][-30000:])
         compare(res, fates, before, after, res.data["state"])
+        if fates.get("ssh.service") == "carried":
+            sshd_logs(vm, res)
         fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
         res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
                   "the run did what check said (the record's fresh services), outcome restored",

@@ -259,6 +259,11 @@ def run(vm, image, res: Result) -> None:
                   "; ".join(second.problems) + second.error)
         second.close()
         res.check(peer.stat()["accepted"] == first["accepted"] + 1, "the server saw it as one more connection")
+        line = f"connection {first['accepted'] + 1} from"
+        logged = vm.sh("sh", "-c", f"until journalctl -b -u {UNIT} -o cat | grep -q '{line}'; do sleep 0.1; done",
+                       check=False, timeout=60)["rc"] == 0
+        res.check(logged, "the restored server's stdout reaches the new boot's journal (its own line about it)",
+                  vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
         gap, at = peer.largest_gap(since=t_switch)
         res.data["downtime_s"] = round(gap, 3)

@@ -175,6 +175,8 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
         hold = not switchback.refused(m, _prior(ctx, snap, m), ctx.rehearsal)
     result = restore_stage.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir,
                                        hold=hold)
+    if result["ok"] and (wrote := systemd.restore_pidfile(w, result["root_pid"])):
+        result["pidfile"] = wrote
     with record_lock(ctx.state_dir):
         ctx.record = _prior(ctx, snap, m)
         logs = restore_stage.finish_trees(ctx, snap, m.id, {w.key: result})

@@ -112,6 +112,7 @@ class Workload:
     name: str = ""                  # comm of the root
     unit: str = ""                  # systemd service when selected by unit
     stopped_before: tuple[int, ...] = ()   # tasks stopped by job control before kupgrade: left stopped
+    pidfile: str = ""               # the unit's own PIDFile= (in /run: the new boot lacks it; written back)
 
     @property
     def key(self) -> str:
@@ -120,14 +121,14 @@ class Workload:
     def to_json(self) -> dict:
         return {"selector": self.selector, "root_pid": self.root_pid, "pids": list(self.pids),
                 "cgroup": self.cgroup, "name": self.name, "unit": self.unit,
-                "stopped_before": list(self.stopped_before)}
+                "stopped_before": list(self.stopped_before)} | ({"pidfile": self.pidfile} if self.pidfile else {})
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
         shape(d, {"selector": str, "root_pid": int, "pids": list, "cgroup": str, "name": str, "unit": str},
                "a workload")
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
-                   d.get("unit", ""), tuple(d.get("stopped_before", ())))
+                   d.get("unit", ""), tuple(d.get("stopped_before", ())), str(d.get("pidfile", "")))
 
 
 def valid_id(record_id: str) -> bool:

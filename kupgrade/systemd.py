@@ -37,7 +37,7 @@ from .errors import CommandError
 from .record import Blocker
 from .run import run
 
-PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", "TriggeredBy", "Transient", *sandbox.PROPS)
+PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", "TriggeredBy", "Transient", "PIDFile", *sandbox.PROPS)
 DROPIN = "zz-kupgrade-restore.conf"
 PIDFILE_DIR = contract.UNIT_PIDFILES   # below the restore dir
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -103,6 +103,20 @@ def stop(units: list[str]) -> None:
 def start(units: list[str]) -> None:
     if units:
         run(["systemctl", "start", *units], timeout=600, hint="see `systemctl status` of the units")
+
+
+def restore_pidfile(w, pid: int) -> str:
+    """The unit's own PID file (PIDFile=, usually in /run, which the new boot does not have),
+    written again with the restored main PID: the unit's ExecReload and ExecStop (`nginx -s
+    reload`, start-stop-daemon --pidfile) find the process as before. "" or what was done."""
+    if not w.pidfile or not w.pidfile.startswith("/") or os.path.lexists(w.pidfile):
+        return ""
+    try:
+        Path(w.pidfile).parent.mkdir(parents=True, exist_ok=True)
+        Path(w.pidfile).write_text(f"{pid}\n")
+    except OSError as e:
+        return f"could not write {w.pidfile}: {e.strerror}"
+    return f"wrote {w.pidfile}"
 
 
 def pidfile(restore_dir: Path, unit: str) -> Path:

@@ -118,7 +118,7 @@ def _from_units(units, describe_unit, blockers: list[Blocker], unit_props: dict[
             continue
         unit_props[unit] = props
         main, cg = int(props["MainPID"]), props["ControlGroup"]
-        w = _workload(selector, main, cgroup=cg, unit=unit)
+        w = _workload(selector, main, cgroup=cg, unit=unit, pidfile=props.get("PIDFile", ""))
         try:
             strays = sorted(set(cgroup_procs(cg)) - set(w.pids))
         except FileNotFoundError:

@@ -96,3 +96,13 @@ def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, caps
     assert newkernel.main(["--config", str(cfg), "--unit", "web.service"]) == 6
     err = capsys.readouterr().err
     assert "web.service: no kupgrade snapshot is pending" in err and "systemctl daemon-reload" in err
+
+
+def test_the_units_own_pid_file_is_written_back(tmp_path):
+    w = Workload("unit:nginx.service", 812, (812, 813), unit="nginx.service", pidfile=str(tmp_path / "run/nginx.pid"))
+    assert systemd.restore_pidfile(w, 812) == f"wrote {tmp_path / 'run/nginx.pid'}"
+    assert (tmp_path / "run/nginx.pid").read_text() == "812\n"
+    assert systemd.restore_pidfile(w, 999) == ""           # there already (the daemon wrote it): left alone
+    assert (tmp_path / "run/nginx.pid").read_text() == "812\n"
+    assert systemd.restore_pidfile(Workload("unit:a.service", 5, (5,), unit="a.service"), 5) == ""
+    assert Workload.from_json(w.to_json()) == w

@@ -161,6 +161,11 @@ def run(vm, image, res: Result) -> None:
         compare(res, fates, before, after, res.data["state"])
         if fates.get("ssh.service") == "carried":
             sshd_logs(vm, res)
+        if fates.get("nginx.service") == "carried":
+            r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
+            res.check(r["rc"] == 0 and show(vm, "nginx.service")["MainPID"] == before["nginx.service"]["MainPID"],
+                      "`systemctl reload nginx` works on the carried master (its PID file written back)",
+                      r["stdout"] + r["stderr"])
         fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
         res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
                   "the run did what check said (the record's fresh services), outcome restored",

@@ -135,6 +135,27 @@ def sshd_logs(vm, res: Result) -> None:
               vm.sh("journalctl", "-b", "-u", "ssh.service", "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
 
+def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dict) -> None:
+    """Every service where check said it would be, working."""
+    after = {u: show(vm, u) for u in SERVICE_UNITS}
+    res.data.update(after=after, state=get_state(vm), record=rec)
+    (vm.workdir / "journal.txt").write_text(vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic",
+                                                  check=False)["stdout"][-30000:])
+    compare(res, fates, before, after, res.data["state"])
+    if fates.get("ssh.service") == "carried":
+        sshd_logs(vm, res)
+    if fates.get("nginx.service") == "carried":
+        r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
+        res.check(r["rc"] == 0 and show(vm, "nginx.service")["MainPID"] == before["nginx.service"]["MainPID"],
+                  "`systemctl reload nginx` works on the carried master (its PID file written back)",
+                  r["stdout"] + r["stderr"])
+    fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
+    res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
+              "the run did what check said (the record's fresh services), outcome restored",
+              json.dumps({"fresh": rec.get("fresh"), "outcome": rec["outcome"]}))
+    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+
+
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
@@ -153,25 +174,8 @@ def run(vm, image, res: Result) -> None:
             return
         res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
         vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-        rec = final_record(vm)
-        after = {u: show(vm, u) for u in SERVICE_UNITS}
-        res.data.update(after=after, state=get_state(vm), record=rec)
-        (vm.workdir / "journal.txt").write_text(vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic",
-                                                      check=False)["stdout"][-30000:])
-        compare(res, fates, before, after, res.data["state"])
-        if fates.get("ssh.service") == "carried":
-            sshd_logs(vm, res)
-        if fates.get("nginx.service") == "carried":
-            r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
-            res.check(r["rc"] == 0 and show(vm, "nginx.service")["MainPID"] == before["nginx.service"]["MainPID"],
-                      "`systemctl reload nginx` works on the carried master (its PID file written back)",
-                      r["stdout"] + r["stderr"])
-        fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
-        res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
-                  "the run did what check said (the record's fresh services), outcome restored",
-                  json.dumps({"fresh": rec.get("fresh"), "outcome": rec["outcome"]}))
+        in_new_kernel(vm, res, fates, before, final_record(vm))
         res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
-        res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
     finally:
         poller.close()

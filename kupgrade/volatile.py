@@ -9,11 +9,13 @@ files (yet): preflight names each, with the PID and the path.
 
 Open files (fdinfo mnt_id → the task's mountinfo), the working directory and mapped files
 (a POSIX shared memory segment is a file in /dev/shm) are looked at; deleted files are not
-(criu carries their contents as ghost files), nor sockets, pipes and devices."""
+(criu carries their contents as ghost files), nor sockets, pipes and device nodes (also when a
+service's own /dev is a tmpfs: PrivateDevices)."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from . import procfs
@@ -86,6 +88,16 @@ def _paths(pid: int, proc: Path, mounts: dict[str, tuple[str, str]]) -> list[tup
             for what, path, mnt in found if path.startswith("/") and not path.endswith(" (deleted)")]
 
 
+def _device(pid: int, what: str, path: str, proc: Path) -> bool:
+    """A device node (/dev/null in a service's own /dev, a tmpfs under PrivateDevices): every boot
+    has it; criu reopens it by its device number."""
+    try:
+        st = os.stat(proc / str(pid) / "fd" / what.split()[1]) if what.startswith("fd ") else os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+
+
 def blockers(pids, proc: Path = PROC, emptied: list[str] | None = None, own: tuple[str, ...] = ()) -> list[Blocker]:
     """A blocker per task and file the new boot will not have. own: kupgrade's own directories."""
     emptied = emptied_at_boot() if emptied is None else emptied
@@ -97,9 +109,9 @@ def blockers(pids, proc: Path = PROC, emptied: list[str] | None = None, own: tup
         except OSError:
             continue            # exited meanwhile
         for what, path, (point, fstype) in paths:
-            why = (f"it is on a {fstype} ({point})" if fstype in FILESYSTEMS else
-                   next((f"{d} is emptied at boot (systemd-tmpfiles)" for d in emptied
-                         if path.startswith(d.rstrip("/") + "/")), ""))
+            why = (f"it is on a {fstype} ({point})" if fstype in FILESYSTEMS and not _device(pid, what, path, proc)
+                   else next((f"{d} is emptied at boot (systemd-tmpfiles)" for d in emptied
+                              if path.startswith(d.rstrip("/") + "/")), ""))
             if why and not any(path == o or path.startswith(o.rstrip("/") + "/") for o in own) \
                     and (pid, path) not in seen:
                 seen.add((pid, path))

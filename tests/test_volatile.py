@@ -65,3 +65,15 @@ def test_a_real_process_with_its_own_files(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+def test_device_nodes_in_a_services_own_dev_are_not_files_to_carry(tmp_path):
+    """PrivateDevices gives the service a tmpfs /dev with device nodes: /dev/null is in every boot."""
+    proc = tmp_path / "proc"
+    fake_task(proc, 10, fds=[("/dev/null", "25"), ("/dev/shm/x", "25")],
+              mounts=[("21", "/", "ext4"), ("25", "/dev", "tmpfs")])
+    (proc / "10" / "fd" / "3").unlink()
+    (proc / "10" / "fd" / "3").symlink_to("/dev/null")          # stat() follows it to the real device node
+    found = [b.message for b in volatile.blockers([10], proc, emptied=[])]
+    assert found == ["PID 10 (w) has /dev/shm/x open (fd 4): it is on a tmpfs (/dev), so the new kernel's boot "
+                     "will not have it and criu could not restore the process"]

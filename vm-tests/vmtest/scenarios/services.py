@@ -165,6 +165,7 @@ def run(vm, image, res: Result) -> None:
     res.check(all(b["ActiveState"] == "active" for b in before.values()), "Debian's servers started at boot",
               json.dumps(before))
     put_state(vm)
+    write_config(vm, kupgrade_config(image.kernel_to))      # the target; --all-services on the command line
     fates = check_fates(vm, res)
     write_config(vm, kupgrade_config(image.kernel_to).replace("[workloads]", "[workloads]\nall_services = true"))
     poller = Poller()

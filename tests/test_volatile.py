@@ -4,6 +4,7 @@ directory systemd-tmpfiles empties at boot; named per task and path by preflight
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from kupgrade import volatile
 
@@ -77,3 +78,35 @@ def test_device_nodes_in_a_services_own_dev_are_not_files_to_carry(tmp_path):
     found = [b.message for b in volatile.blockers([10], proc, emptied=[])]
     assert found == ["PID 10 (w) has /dev/shm/x open (fd 4): it is on a tmpfs (/dev), so the new kernel's boot "
                      "will not have it and criu could not restore the process"]
+
+
+def test_small_files_on_a_tmpfs_are_carried_and_put_back(tmp_path):
+    """A real process holding a file open in /dev/shm (a tmpfs): not a blocker; `save` copies it
+    with the directory above it, `put_back` recreates both where this boot lacks them."""
+    import shutil as sh
+    import stat
+    d = Path(f"/dev/shm/kupgrade-test-{os.getpid()}")
+    d.mkdir(mode=0o750)
+    f = d / "crond.pid"
+    f.write_text("1234\n")
+    f.chmod(0o640)
+    p = subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(f)!r}); print(1, flush=True); "
+                          "time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        p.stdout.readline()
+        assert volatile.blockers([p.pid], emptied=[]) == []
+        assert volatile.carried([p.pid]) == {str(f): (p.pid, "/dev/shm")}
+        images = tmp_path / "images"
+        images.mkdir()
+        assert volatile.save([p.pid], images) == 1
+        root = tmp_path / "newboot"
+        (root / "dev/shm").mkdir(parents=True)
+        assert volatile.put_back(images, root) == [str(f)]
+        back = root / str(f).lstrip("/")
+        assert back.read_text() == "1234\n" and stat.S_IMODE(back.stat().st_mode) == 0o640
+        assert stat.S_IMODE(back.parent.stat().st_mode) == 0o750
+        assert volatile.put_back(images, root) == []             # there already: left as it is
+    finally:
+        p.kill()
+        p.wait()
+        sh.rmtree(d)

@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, switchback, tcp
+from .. import commit, contract, criu, early, faults, manifest, switchback, tcp, volatile
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -81,6 +81,7 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
             ours = os.dup(1)
             inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
         conns = [s for s in socks if s.connected]
+        put_back = volatile.put_back(images)     # its files on tmpfs this boot does not have
         faults.point("restore", f"criu restore of {w.selector} failed")
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
                                   action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else "",
@@ -88,6 +89,8 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
                 timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
+        if put_back:
+            result["files_put_back"] = put_back
         if hold:
             result["held"] = True
     except (KupgradeError, OSError, ValueError) as e:

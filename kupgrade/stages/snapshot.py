@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, workloads
+from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, volatile, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -109,6 +109,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                 raise
             shutil.rmtree(images)
             continue
+        volatile.save(w.pids, images)      # its files on tmpfs, as the stopped tasks left them
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
         if socks_tcp:

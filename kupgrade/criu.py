@@ -21,7 +21,7 @@ def check_argv() -> list[str]:
 
 
 def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup"),
-              external: list[str] = ()) -> list[str]:
+              external: list[str] = (), ext_unix: bool = False) -> list[str]:
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
     `kexec -e` can resume them untouched; kexec ends them."""
     argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
@@ -35,12 +35,14 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
         argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
     for res in external:    # "socket:[INO]": a stream socket whose peer is outside (journald)
         argv += ["--external", "unix[" + res.removeprefix("socket:[").rstrip("]") + "]"]
+    if ext_unix:            # a datagram socket connected to a named one outside (syslog): see unixsk.py
+        argv.append("--ext-unix-sk")
     return argv
 
 
 def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
                  tcp: bool = False, action_script: str = "", stopped: bool = False,
-                 no_new_privs: bool = False) -> list[str]:
+                 no_new_privs: bool = False, ext_unix: bool = False) -> list[str]:
     """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
     images hold established connections (criu refuses them without --tcp-established).
     stopped: the tasks are left stopped (SIGSTOP), to be continued by kupgrade (commit.py).
@@ -55,6 +57,8 @@ def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = N
         argv.append("--leave-stopped")
     if tcp:
         argv.append("--tcp-established")
+    if ext_unix:
+        argv.append("--ext-unix-sk")
     if action_script:       # run by criu with `sh -c`, with CRTOOLS_SCRIPT_ACTION set
         argv += ["--action-script", action_script]
     for res, fd in sorted((inherit or {}).items()):

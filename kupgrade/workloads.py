@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from . import carry, procfs, sandbox, systemd, volatile
+from . import carry, procfs, sandbox, systemd, unixsk, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -185,9 +185,18 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
             found.extend(process_blockers(p, root=p == w.root_pid))
         found.extend(carry.blockers(w))
         found.extend(volatile.blockers(w.pids))
+        found.extend(_unix_blockers(w))
         found.extend(sandbox.blockers(w, unit_props.get(w.unit)))
         blockers.extend(replace(b, workload=b.workload or w.selector) for b in found)
     return workloads, blockers
+
+
+def _unix_blockers(w: Workload) -> list[Blocker]:
+    try:
+        return unixsk.blockers(w.pids, w.unit)
+    except OSError as e:
+        return [Blocker(f"cannot list the unix sockets of {w.selector} (sock_diag): {e.strerror}",
+                        "criu needs the kernel's unix_diag too: `modprobe unix_diag`")]
 
 
 def _ancestors(pid: int) -> set[int]:

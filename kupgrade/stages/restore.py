@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, switchback, tcp, volatile
+from .. import commit, contract, criu, early, faults, manifest, switchback, tcp, unixsk, volatile
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -85,7 +85,8 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
         faults.point("restore", f"criu restore of {w.selector} failed")
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
                                   action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else "",
-                                  stopped=hold, no_new_privs=(images / criu.NO_NEW_PRIVS).exists()),
+                                  stopped=hold, no_new_privs=(images / criu.NO_NEW_PRIVS).exists(),
+                                  ext_unix=(images / unixsk.EXT_UNIX).exists()),
                 timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}

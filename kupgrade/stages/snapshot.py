@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, volatile, workloads
+from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, unixsk, volatile, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -102,6 +102,8 @@ def run(ctx: Context) -> tuple[str, dict]:
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
         if criu.no_new_privs(w.root_pid):   # criu does not restore it: the restore runs criu with it
             (images / criu.NO_NEW_PRIVS).write_text("1\n")
+        if w.unit and unixsk.needs_ext_unix_sk(w.pids):      # syslog's /dev/log: connected again by name
+            (images / unixsk.EXT_UNIX).write_text("1\n")
         try:
             w = _dump(ctx, w, images, socks)
         except StageError as e:
@@ -154,7 +156,8 @@ def _dump(ctx: Context, w, images: Path, socks: list[str]):
     try:
         faults.point("dump", "criu dump failed")
         with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-            run_cmd(criu.dump_argv(w, images, external=socks), timeout=600, cwd=str(images))
+            run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists()),
+                    timeout=600, cwd=str(images))
     except CommandError as e:
         ctx.dumping = None
         cause = criu.first_error(images, criu.DUMP_LOG)

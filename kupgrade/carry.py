@@ -217,12 +217,11 @@ def _open_files(pids, proc: Path) -> dict[tuple[int, int, int], tuple[int, str]]
         task = proc / str(pid)
         try:
             devs = {f[0]: f[2] for f in (line.split() for line in (task / "mountinfo").read_text().splitlines())}
-            fds = [fd.name for fd in (task / "fdinfo").iterdir()]
         except OSError:
             continue
-        for fd in fds:
+        for fd, path in procfs.fds(pid, proc).items():
             try:
-                info, path = procfs.fdinfo(pid, fd, proc), os.readlink(task / "fd" / fd)
+                info = procfs.fdinfo(pid, fd, proc)
             except OSError:
                 continue
             dev, ino = devs.get(info.get("mnt_id", "")), info.get("ino", "")

@@ -11,10 +11,10 @@ open), unless a hook covers it or `hooks.allow` names it. An idle Intel iGPU doe
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import procfs
 from .devices import Device, matches
 from .hooks import Hook
 from .record import Blocker
@@ -102,17 +102,9 @@ def open_devnodes(proc: Path = Path("/proc")) -> dict[str, list[Holder]]:
             continue
         try:
             comm = (pid_dir / "comm").read_text().strip()
-            fds = list((pid_dir / "fd").iterdir())
         except OSError:
             continue
-        nodes = set()
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:         # closed meanwhile
-                continue
-            if target.startswith("/dev/"):
-                nodes.add(target)
+        nodes = {target for target in procfs.fds(int(pid_dir.name), proc).values() if target.startswith("/dev/")}
         for node in nodes:
             held.setdefault(node, []).append((int(pid_dir.name), comm))
     return held

@@ -81,6 +81,16 @@ def fds(pid: int, proc: Path = PROC) -> dict[int, str]:
     return out
 
 
+def sockets(pids, proc: Path = PROC) -> dict[int, list[tuple[int, int]]]:
+    """Socket inode -> [(pid, fd)] of the tasks that hold it, in PID and fd order."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    for pid in pids:
+        for fd, link in sorted(fds(pid, proc).items()):
+            if link.startswith("socket:["):
+                out.setdefault(int(link[8:-1]), []).append((pid, fd))
+    return out
+
+
 def fdinfo(pid: int, fd: int | str, proc: Path = PROC) -> dict[str, str]:
     """/proc/PID/fdinfo/FD as {field: value} (pos, flags, mnt_id, ino, ...); raises OSError when
     the fd or the task is gone."""

@@ -37,11 +37,11 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import tcpfix
+from . import procfs, tcpfix
 from .criu import LOCK_TABLE
 from .errors import CommandError
 from .run import run
-from .tcpfix import TCP_REPAIR, TCPI_OPT_WSCALE, getfd as _getfd, owned, tcp_info as _tcp_info
+from .tcpfix import TCP_REPAIR, TCPI_OPT_WSCALE, getfd as _getfd, tcp_info as _tcp_info
 
 log = logging.getLogger("kupgrade.tcp")
 
@@ -112,6 +112,12 @@ def parse_table(text: str) -> list[Sock]:
         (la, lp), (ra, rp) = f[1].split(":"), f[2].split(":")
         out.append(Sock(_addr(la), int(lp, 16), _addr(ra), int(rp, 16), STATES.get(int(f[3], 16), f[3]), int(f[9])))
     return out
+
+
+def owned(pids, proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
+    """Socket inode -> (pid, fd) of the first task holding it (tcpfix.owned is the standalone
+    action script's own copy: it runs with the standard library only)."""
+    return {ino: holders[0] for ino, holders in procfs.sockets(pids, proc).items()}
 
 
 def sockets(pids, proc: Path = Path("/proc")) -> list[Sock]:

@@ -15,12 +15,12 @@ tree is "external" and criu refuses it ("unix: External socket is used") unless 
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import procfs
 from .procfs import PROC, who
 from .record import Blocker
 
@@ -74,28 +74,10 @@ def table() -> dict[int, UnixSock]:
                 data = data[(length + 3) & ~3:]
 
 
-def tree_sockets(pids, proc: Path = PROC) -> dict[int, list[tuple[int, int]]]:
-    """socket inode -> [(pid, fd)] of the tree's tasks."""
-    out: dict[int, list[tuple[int, int]]] = {}
-    for pid in pids:
-        try:
-            fds = os.listdir(proc / str(pid) / "fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(proc / str(pid) / "fd" / fd)
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                out.setdefault(int(link[8:-1]), []).append((pid, int(fd)))
-    return out
-
-
 def external(pids, proc: Path = PROC, socks: dict[int, UnixSock] | None = None):
     """(pid, fd, the tree's socket, its peer) for every connection to a socket outside the tree."""
     socks = table() if socks is None else socks
-    mine = tree_sockets(pids, proc)
+    mine = procfs.sockets(pids, proc)
     for ino, users in sorted(mine.items()):
         s = socks.get(ino)
         if s is None or not s.peer or s.peer in mine:

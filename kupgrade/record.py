@@ -23,6 +23,7 @@ PLANNED, ABORTED, KEXECED, RESTORED, RESTORE_FAILED, CHECKED = (
     "planned", "aborted", "kexec", "restored", "restore-failed", "checked")
 REHEARSED, REHEARSAL_FAILED = "rehearsed", "rehearsal-failed"
 RESTORING = "restoring"         # some systemd units have not been restored (started) yet
+DUMP_FAILED = "its dump failed: "   # the reason of a unit that started fresh after its dump failed
 ROLLING_BACK, ROLLED_BACK = "rolling-back", "rolled-back"   # the restore failed: back to the old kernel
 ID_RE = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9a-f]{6}")      # what new_id() makes
 NUMBER = (int, float)
@@ -173,6 +174,10 @@ class UpgradeRecord:
             for r in s.details.get("hooks", []):      # a failing hook the stage went on after
                 if not r["ok"] and not (s.status == FAILED and r["error"] in s.error):
                     out.append(f"hook {r['hook']} failed at {r['point']}: {r['error']}")
+        for f in self.fresh:
+            if f.reason.startswith(DUMP_FAILED):
+                out.append(f"{f.unit} started fresh because {f.reason}: `kupgrade check` did not predict it (a bug "
+                           "in check: please report it with the criu log)")
         results = {k: r for s in self.stages if s.name in ("restore", "restore-unit")
                    for k, r in s.details.get("workloads", {}).items()}
         for key, r in results.items():

@@ -166,3 +166,4 @@ def test_a_found_unit_whose_dump_fails_starts_fresh_a_named_one_aborts(tmp_path,
     assert ctx.record.fresh == (Fresh("redis-server.service", "its dump failed: criu dump of "
                                       "unit:redis-server.service failed: Can't dump", stop=True),)
     assert ctx.stopped_units == ["redis-server.service"]        # the rollback starts it again
+    assert any("kupgrade check` did not predict it" in w for w in ctx.record.warnings())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import HookError, StageError
 from .. import selection, systemd, workloads
-from ..record import Fresh
+from ..record import DUMP_FAILED, Fresh
 from ..workloads import CGROUP_ROOT
 from . import hookpoints
 from .context import Context
@@ -82,7 +82,7 @@ def go_fresh(ctx: Context, w, why: str) -> bool:
         ctx.frozen_cgroups.remove(w.cgroup)
     ctx.workloads = [x for x in ctx.workloads if x.key != w.key]
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads),
-                         fresh=ctx.record.fresh + (Fresh(w.unit, f"its dump failed: {why}", stop=True),))
+                         fresh=ctx.record.fresh + (Fresh(w.unit, DUMP_FAILED + why, stop=True),))
     ctx.stopped_units.append(w.unit)
     ctx.note()
     systemd.stop([w.unit])

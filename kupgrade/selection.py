@@ -25,7 +25,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from . import systemd
+from . import procfs, systemd
 from .procfs import PROC
 from .record import Blocker, Fresh, Workload
 
@@ -34,6 +34,7 @@ BOOT = ("systemd-*.service", "dbus.service", "dbus-broker.service", "polkit.serv
         "user@*.service", "user-runtime-dir@*.service", "NetworkManager.service", "wpa_supplicant.service",
         "ModemManager.service", "kupgrade-*.service")
 UNIT = "unit:"
+EVERY_BOOT = "starts fresh in every boot"
 
 
 def boot_pattern(unit: str, extra: tuple[str, ...] = ()) -> str:
@@ -49,7 +50,7 @@ def own_units(pid: int | None = None, proc: Path = PROC) -> dict[str, int]:
     while pid > 1:
         try:
             cgroup = (proc / str(pid) / "cgroup").read_text()
-            ppid = int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = procfs.stat(pid, proc).ppid
         except (OSError, ValueError, IndexError):
             break
         for line in cgroup.splitlines():
@@ -71,7 +72,7 @@ def candidates(start_fresh: tuple[str, ...] = (), named: tuple[str, ...] = (),
         if unit in named:
             continue
         if pattern := boot_pattern(unit, start_fresh):
-            boot.append(Fresh(unit, f"starts fresh in every boot ({pattern})"))
+            boot.append(Fresh(unit, f"{EVERY_BOOT} ({pattern})"))
         elif unit in mine:
             boot.append(Fresh(unit, f"kupgrade runs inside it (PID {mine[unit]}): it runs until the switch and "
                                     "starts with the new boot"))
@@ -116,7 +117,7 @@ def settle(workloads: list[Workload], blockers: list[Blocker], policy: str, foun
 def lines(services: list[dict]) -> list[str]:
     """Each running service's fate (preflight's `services`), for check, plan and the report."""
     carried = [s["unit"] for s in services if s["fate"] == "carried"]
-    boot = [s["unit"] for s in services if s["fate"] == "boot" and s["reason"].startswith("starts fresh in every")]
+    boot = [s["unit"] for s in services if s["fate"] == "boot" and s["reason"].startswith(EVERY_BOOT)]
     out = [f"carried: {', '.join(carried)}"] if carried else []
     out += [f"starts fresh (stopped before the switch, started by the new boot): {s['unit']}: {s['reason']}"
             for s in services if s["fate"] == "fresh"]

@@ -37,7 +37,7 @@ def test_own_units_follow_the_ancestors(tmp_path):
                           (10, 1, "/system.slice/ssh.service")):
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "cgroup").write_text(f"0::{cg}\n")
-        (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} 0 0\n")
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} {pid} {pid} 0 -1 0\n")
     assert selection.own_units(30, proc=tmp_path) == {"ssh.service": 20}
 
 

@@ -64,12 +64,40 @@ def booted(vm, res: Result, timeout: float = 240) -> dict:
 def started(vm, res: Result, cgroup: str = ""):
     """The usual opening: the guest booted, the test workload running (in `cgroup`, if given)
     with five heartbeats relayed; returns the workload and its state."""
-    from .workload import Workload
     booted(vm, res)
+    return workload_running(vm, cgroup)
+
+
+def workload_running(vm, cgroup: str = ""):
+    """The test workload started (in `cgroup`, if given), five heartbeats relayed; returns the
+    workload and its state."""
+    from .workload import Workload
     wl = Workload(vm)
     wl.start(cgroup=cgroup)
     wl.wait_beats(5)
     return wl, wl.state()
+
+
+def heartbeats_back(vm, res: Result, wl) -> int:
+    """After the switch: the workload's heartbeats relayed again, until five new ones (the
+    restore's log kept however that ends); returns the last one the old kernel delivered."""
+    last_before = wl.beats[-1].counter
+    wl.follow()
+    try:
+        wl.wait_beats(5, after=last_before, timeout=180)
+    finally:
+        res.data["restore_log"] = vm.read("/var/log/kupgrade-restore.log")[-4000:]
+    return last_before
+
+
+def workload_intact(res: Result, wl, before: dict, what: str = "workload") -> None:
+    """The test workload after the upgrade: same PIDs, every heartbeat once, its buffer intact
+    (pids_preserved, state_preserved); `before` is its state before."""
+    after = wl.state()
+    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
+    res.data["state_preserved"] = wl.consecutive() and after["sha256"] == before["sha256_start"]
+    res.check(res.data["pids_preserved"] and res.data["state_preserved"],
+              f"{what}: same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after}")
 
 
 def wait_outcome(vm, *outcomes: str, timeout: float = 600) -> dict:
@@ -89,6 +117,30 @@ def last_record(vm) -> dict:
     """The upgrade record kupgrade wrote last, as JSON."""
     rid = vm.read("/var/lib/kupgrade/records/last").strip()
     return json.loads(vm.read(f"/var/lib/kupgrade/records/{rid}.json"))
+
+
+def stage_of(rec: dict, name: str) -> dict:
+    """The record's stage of that name ({} if there is none)."""
+    return next((s for s in rec["stages"] if s["name"] == name), {})
+
+
+def hook_calls(stage: dict) -> dict:
+    """A stage's device hook calls, by (hook, point)."""
+    return {(h["hook"], h["point"]): h for h in stage.get("details", {}).get("hooks", [])}
+
+
+def hook_record(vm, res: Result, hook: str, key: str) -> dict:
+    """The final record, kept with its stage durations, its outcome checked; returns `hook`'s
+    quiesce, save, restore and verify calls in it ({} for a missing one), kept as res.data[key]."""
+    rec = final_record(vm)
+    res.data["record"] = rec
+    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
+    calls = {**hook_calls(stage_of(rec, "freeze")), **hook_calls(stage_of(rec, "snapshot")),
+             **hook_calls(stage_of(rec, "restore"))}
+    mine = {p: calls.get((hook, p), {}) for p in ("quiesce", "save", "restore", "verify")}
+    res.data[key] = mine
+    return mine
 
 
 def worth_showing(line: str) -> bool:

@@ -24,11 +24,12 @@ import json
 import time
 
 from ..qemu import Machine
-from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import (Result, booted, heartbeats_back, hook_calls, hook_record, kupgrade_config, last_record,
+                        stage_of, upgrade, workload_intact, workload_running, write_config)
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .hooks import ALL_DEVICES
-from .watchdog import FAILING_HOOK, HOOKS_D, hook_calls, stage_of
+from .watchdog import FAILING_HOOK, HOOKS_D
 
 NAME = "md"
 DESCRIPTION = "md RAID1 mid-resync under the workload's files: paused at the freeze, reassembled, remounted, resumed"
@@ -115,43 +116,10 @@ def failing_quiesce(vm, res: Result, wl: Workload) -> None:
     res.check(wl.consecutive(), "failing quiesce hook: the resync and the workload went on", wl.span())
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    mirror = make_mirror(vm, res)
-    res.data["mirror_before"] = mirror
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before = wl.state()
-    check_listing(vm, res)
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
-    failing_quiesce(vm, res, wl)
-
-    if (switched := upgrade(vm, res)) is None:
-        return
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-    last_before = wl.beats[-1].counter
-    wl.follow()
-    try:
-        wl.wait_beats(5, after=last_before, timeout=180)
-    finally:
-        res.data["restore_log"] = vm.read("/var/log/kupgrade-restore.log")[-4000:]
-    (vm.workdir / "dmesg-md.txt").write_text("\n".join(
-        l for l in vm.sh("dmesg")["stdout"].splitlines() if any(k in l for k in ("md", "raid", "EXT4"))))
-    after = wl.state()
-    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.data["state_preserved"] = wl.consecutive() and after["sha256"] == before["sha256_start"]
-    res.check(res.data["pids_preserved"] and res.data["state_preserved"],
-              "workload (files on md0): same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after}")
-
-    rec = final_record(vm)
-    res.data["record"] = rec
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
-    res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
-    calls = {**hook_calls(stage_of(rec, "freeze")), **hook_calls(stage_of(rec, "snapshot")),
-             **hook_calls(stage_of(rec, "restore"))}
-    mine = {p: calls.get(("block", p), {}) for p in ("quiesce", "save", "restore", "verify")}
-    res.data["block_hook"] = mine
+def check_hook_replies(res: Result, mine: dict) -> tuple[dict, dict, dict]:
+    """What block's calls in the record say: the resync frozen at the freeze with its checkpoint,
+    still paused at the snapshot, md0 assembled and mounted in the new kernel, resumed past the
+    checkpoint. Returns the quiesce's frozen array, the restore's and the verify's arrays."""
     res.check(all(c.get("ok") is True for c in mine.values()), "record: block's quiesce, save, restore, verify all ok",
               json.dumps(mine)[:3000])
     frozen = mine["quiesce"].get("reply", {}).get("frozen", [{}])[0]
@@ -170,6 +138,12 @@ def run(vm, image, res: Result) -> None:
     v = mine["verify"].get("reply", {}).get("arrays", [{}])[0]
     res.check(v.get("resumed_from_checkpoint") is True, "verify: the resync position is past the checkpoint",
               json.dumps(v))
+    return frozen, restored, v
+
+
+def check_resync_resumed(vm, res: Result, frozen: dict, restored: dict, v: dict) -> None:
+    """In the new kernel the resync goes on from the checkpoint, at the array's own limit."""
+    checkpoint = frozen.get("checkpoint")
     p1 = position(vm)
     speed = md_attr(vm, "sync_speed_max")
     wait_for(vm, "the resync advancing in the new kernel", lambda: (position(vm) or 0) > (p1 or 0), 120)
@@ -180,17 +154,14 @@ def run(vm, image, res: Result) -> None:
               "new kernel: md resumed the resync from the checkpoint, not from the start", json.dumps(res.data["resync"]))
     res.check(speed == f"{SPEED_KBS} (local)" and md_attr(vm, "sync_action") == "resync",
               f"new kernel: the resync goes on at the array's {SPEED_KBS} KB/s", json.dumps(res.data["resync"]))
-    blob = vm.sh("sha256sum", f"{MNT}/blob")["stdout"].split()[0]
-    res.check(blob == mirror["blob_sha256"], "the 16 MiB blob on md0 is intact", blob)
 
-    gap, a, b = wl.largest_gap_after(last_before - 1)
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
 
-    # The mirror itself: let the resync finish, then compare both halves with the filesystem
-    # frozen. RAID1 without stable pages writes one page cache page to both disks; a page the
-    # workload appends to while it is under writeback can reach the halves different (md's
-    # documented benign mismatch) until its next writeback, which the freeze's flush forces.
+def check_mirror(vm, res: Result) -> None:
+    """The mirror itself: the resync let run to the end, a `check` of both halves finds no mismatch."""
+    # With the filesystem frozen. RAID1 without stable pages writes one page cache page to both
+    # disks; a page the workload appends to while it is under writeback can reach the halves
+    # different (md's documented benign mismatch) until its next writeback, which the freeze's
+    # flush forces.
     vm.sh("tee", f"{MD}/sync_speed_max", input="200000")
     wait_for(vm, "the resync finishing", lambda: md_attr(vm, "sync_action") == "idle", 600)
     vm.sh("fsfreeze", "--freeze", MNT)
@@ -202,6 +173,36 @@ def run(vm, image, res: Result) -> None:
     mismatch = md_attr(vm, "mismatch_cnt")
     res.data["mismatch_cnt"] = mismatch
     res.check(mismatch == "0", "md0 check after the resync: both halves of the mirror are equal", mismatch)
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    mirror = make_mirror(vm, res)
+    res.data["mirror_before"] = mirror
+    wl, before = workload_running(vm, cgroup="/workload")
+    check_listing(vm, res)
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    failing_quiesce(vm, res, wl)
+
+    if (switched := upgrade(vm, res)) is None:
+        return
+    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
+    last_before = heartbeats_back(vm, res, wl)
+    (vm.workdir / "dmesg-md.txt").write_text("\n".join(
+        l for l in vm.sh("dmesg")["stdout"].splitlines() if any(k in l for k in ("md", "raid", "EXT4"))))
+    workload_intact(res, wl, before, "workload (files on md0)")
+
+    mine = hook_record(vm, res, "block", "block_hook")
+    frozen, restored, v = check_hook_replies(res, mine)
+    check_resync_resumed(vm, res, frozen, restored, v)
+    blob = vm.sh("sha256sum", f"{MNT}/blob")["stdout"].split()[0]
+    res.check(blob == mirror["blob_sha256"], "the 16 MiB blob on md0 is intact", blob)
+
+    gap, a, b = wl.largest_gap_after(last_before - 1)
+    res.data["downtime_s"] = round(gap, 3)
+    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+
+    check_mirror(vm, res)
     last = wl.beats[-1].counter
     wl.wait_beats(3, after=last, timeout=120)
     res.check(wl.consecutive(), "the workload is still running", wl.span())

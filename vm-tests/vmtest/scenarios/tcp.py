@@ -174,42 +174,125 @@ def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
     return st
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
+def start_server(vm, res: Result) -> dict:
+    """Once systemd is up: the NIC configured, tcpserver.service started (PIDs above 30000);
+    returns its MainPID and ActiveState."""
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
     res.data["nic"] = configure_nic(vm)
     vm.sh("tee", f"/etc/systemd/system/{UNIT}", input=UNIT_TEXT)
     vm.sh("systemctl", "daemon-reload")
     vm.sh("tee", "/proc/sys/kernel/ns_last_pid", input="30000")    # see systemd_service.py
     vm.sh("systemctl", "start", UNIT)
-    before = main_pid(vm)
+    return main_pid(vm)
+
+
+def check_plan(vm, res: Result) -> None:
+    """`kupgrade plan` lists the connection."""
+    plan = vm.sh("kupgrade", "plan", check=False, timeout=300)["stdout"]
+    (vm.workdir / "plan.txt").write_text(plan)
+    res.check("--tcp-established" in plan and f":{GUEST_PORT} <-> 10.0.2.2:" in plan,
+              "kupgrade plan lists the connection the dump will carry", plan[-2000:])
+
+
+def failed_attempt(vm, res: Result, peer: Peer, first: dict) -> None:
+    """A failure after the snapshot: rolled back (criu's lock deleted, the socket out of repair
+    mode), the conversation goes on."""
+    r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
+    res.data["fault"] = {"rc": r["rc"], "error": last_error_line(r)}
+    res.check(r["rc"] not in (0, None) and "kexec load failed" in last_error_line(r),
+              "failed kexec load: kupgrade run exits non-zero with one line", last_error_line(r))
+    rollback = last_record(vm)["stages"][-1]
+    res.data["rollback"] = rollback
+    res.check(rollback["name"] == "rollback" and rollback["status"] == "ok"
+              and "1 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-" in
+              rollback["summary"], "rollback: criu's lock deleted, the socket out of repair mode",
+              json.dumps(rollback)[:1500])
+    tables = vm.sh("nft", "list", "tables")["stdout"]
+    res.check("CRIU" not in tables, "no criu lock table left", tables)
+    peer.lines(40)
+    check_conversation(res, peer, "after the rollback", first)
+    res.data["rollback_gap_s"] = round(peer.largest_gap()[0], 3)
+
+
+def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
+    """In the new kernel, once systemd is up (the journal kept): forty more lines, the same
+    conversation (the guest's network state noted around the check); returns the server's stat."""
+    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    (vm.workdir / "journal.txt").write_text(vm.sh(
+        "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", UNIT, "-u", "kupgrade-restore.service",
+        check=False)["stdout"][-12000:])
+    peer.lines(40, timeout=240)
+    evidence(vm, "after the switch")
+    try:
+        st = check_conversation(res, peer, "after the switch", first)
+    finally:
+        evidence(vm, "after the conversation check")
+    res.data["server_stat"] = st
+    return st
+
+
+def server_kept(vm, res: Result, peer: Peer, first: dict, before: dict, st: dict) -> None:
+    """The same server process, active, and its state, the conversation, intact."""
+    after = main_pid(vm)
+    res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
+              f"{UNIT} is active with the same main PID", json.dumps(after))
+    res.data["pids_preserved"] = after["MainPID"] == before["MainPID"]
+    # the server's state is the conversation: every line both ways once, in order, same connection
+    res.data["state_preserved"] = (not peer.error and not peer.problems and st["last"] == st["asked_after"]
+                                   and not st["problems"] and st["accepted"] == first["accepted"])
+
+
+def released(vm, res: Result) -> dict:
+    """The drop table gone; the record: one connection protected before the network came up,
+    released after its restore, outcome restored. Returns the record."""
+    tables = vm.sh("nft", "list", "tables")["stdout"]
+    res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
+    rec = final_record(vm)
+    logs = vm.sh("sh", "-c", f"cat /var/lib/kupgrade/logs/{rec['id']}/*/restore.log", check=False)["stdout"]
+    (vm.workdir / "criu-restore.log").write_text(logs)
+    unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
+    tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
+    commit = next((s for s in rec["stages"] if s["name"] == "commit"), {}).get("details", {}).get("commit", {})
+    tcp_info = {**tcp_info, **next(iter(commit.get("tcp", {}).values()), {})}   # released there when held
+    restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})
+    res.data["tcp_restore"] = {"protected": restore_stage.get("details", {}).get("tcp_protected"), **tcp_info}
+    res.check(restore_stage.get("details", {}).get("tcp_protected") == 1 and tcp_info.get("released") == 1
+              and tcp_info.get("table") == "deleted",
+              "the record: 1 connection protected before the network came up, released after its restore",
+              json.dumps(res.data["tcp_restore"]))
+    res.check(rec["outcome"] == "restored", "the outcome is restored", rec["outcome"])
+    return rec
+
+
+def new_connection(vm, res: Result, peer: Peer, first: dict) -> None:
+    """Other traffic: a new connection to the restored listener works, the server counts it and
+    its line about it reaches the new boot's journal."""
+    second = Peer()
+    second.lines(5)
+    res.check(not second.problems and not second.error, "a new connection to the restored server works",
+              "; ".join(second.problems) + second.error)
+    second.close()
+    res.check(peer.stat()["accepted"] == first["accepted"] + 1, "the server saw it as one more connection")
+    line = f"connection {first['accepted'] + 1} from"
+    logged = vm.sh("sh", "-c", f"until journalctl -b -u {UNIT} -o cat | grep -q '{line}'; do sleep 0.1; done",
+                   check=False, timeout=60)["rc"] == 0
+    res.check(logged, "the restored server's stdout reaches the new boot's journal (its own line about it)",
+              vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    before = start_server(vm, res)
     write_config(vm, kupgrade_config(image.kernel_to).replace("[target]", f'units = ["{UNIT}"]\n\n[target]'))
     peer = Peer()
     try:
         peer.lines(20)
         first = peer.stat()
         res.data["server_pid"] = before["MainPID"]
-        check_plan = vm.sh("kupgrade", "plan", check=False, timeout=300)["stdout"]
-        (vm.workdir / "plan.txt").write_text(check_plan)
-        res.check("--tcp-established" in check_plan and f":{GUEST_PORT} <-> 10.0.2.2:" in check_plan,
-                  "kupgrade plan lists the connection the dump will carry", check_plan[-2000:])
+        check_plan(vm, res)
 
         # 1. a failure after the snapshot: rolled back, the conversation goes on
-        r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
-        res.data["fault"] = {"rc": r["rc"], "error": last_error_line(r)}
-        res.check(r["rc"] not in (0, None) and "kexec load failed" in last_error_line(r),
-                  "failed kexec load: kupgrade run exits non-zero with one line", last_error_line(r))
-        rollback = last_record(vm)["stages"][-1]
-        res.data["rollback"] = rollback
-        res.check(rollback["name"] == "rollback" and rollback["status"] == "ok"
-                  and "1 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-" in
-                  rollback["summary"], "rollback: criu's lock deleted, the socket out of repair mode",
-                  json.dumps(rollback)[:1500])
-        tables = vm.sh("nft", "list", "tables")["stdout"]
-        res.check("CRIU" not in tables, "no criu lock table left", tables)
-        peer.lines(40)
-        check_conversation(res, peer, "after the rollback", first)
-        res.data["rollback_gap_s"] = round(peer.largest_gap()[0], 3)
+        failed_attempt(vm, res, peer, first)
 
         # 2. the real upgrade
         evidence(vm, "before the switch")
@@ -217,53 +300,10 @@ def run(vm, image, res: Result) -> None:
         if (switched := upgrade(vm, res)) is None:
             return
         res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-        vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-        (vm.workdir / "journal.txt").write_text(vm.sh(
-            "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", UNIT, "-u", "kupgrade-restore.service",
-            check=False)["stdout"][-12000:])
-        peer.lines(40, timeout=240)
-        evidence(vm, "after the switch")
-        try:
-            st = check_conversation(res, peer, "after the switch", first)
-        finally:
-            evidence(vm, "after the conversation check")
-        res.data["server_stat"] = st
-        after = main_pid(vm)
-        res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
-                  f"{UNIT} is active with the same main PID", json.dumps(after))
-        res.data["pids_preserved"] = after["MainPID"] == before["MainPID"]
-        # the server's state is the conversation: every line both ways once, in order, same connection
-        res.data["state_preserved"] = (not peer.error and not peer.problems and st["last"] == st["asked_after"]
-                                       and not st["problems"] and st["accepted"] == first["accepted"])
-        tables = vm.sh("nft", "list", "tables")["stdout"]
-        res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
-        rec = final_record(vm)
-        logs = vm.sh("sh", "-c", f"cat /var/lib/kupgrade/logs/{rec['id']}/*/restore.log", check=False)["stdout"]
-        (vm.workdir / "criu-restore.log").write_text(logs)
-        unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
-        tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
-        commit = next((s for s in rec["stages"] if s["name"] == "commit"), {}).get("details", {}).get("commit", {})
-        tcp_info = {**tcp_info, **next(iter(commit.get("tcp", {}).values()), {})}   # released there when held
-        restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})
-        res.data["tcp_restore"] = {"protected": restore_stage.get("details", {}).get("tcp_protected"), **tcp_info}
-        res.check(restore_stage.get("details", {}).get("tcp_protected") == 1 and tcp_info.get("released") == 1
-                  and tcp_info.get("table") == "deleted",
-                  "the record: 1 connection protected before the network came up, released after its restore",
-                  json.dumps(res.data["tcp_restore"]))
-        res.check(rec["outcome"] == "restored", "the outcome is restored", rec["outcome"])
-
-        # other traffic: a new connection to the restored listener
-        second = Peer()
-        second.lines(5)
-        res.check(not second.problems and not second.error, "a new connection to the restored server works",
-                  "; ".join(second.problems) + second.error)
-        second.close()
-        res.check(peer.stat()["accepted"] == first["accepted"] + 1, "the server saw it as one more connection")
-        line = f"connection {first['accepted'] + 1} from"
-        logged = vm.sh("sh", "-c", f"until journalctl -b -u {UNIT} -o cat | grep -q '{line}'; do sleep 0.1; done",
-                       check=False, timeout=60)["rc"] == 0
-        res.check(logged, "the restored server's stdout reaches the new boot's journal (its own line about it)",
-                  vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
+        st = conversation_goes_on(vm, res, peer, first)
+        server_kept(vm, res, peer, first, before, st)
+        rec = released(vm, res)
+        new_connection(vm, res, peer, first)
 
         gap, at = peer.largest_gap(since=t_switch)
         res.data["downtime_s"] = round(gap, 3)

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 
 from ..qemu import LostVMError, Machine
-from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import (Result, booted, hook_calls, hook_record, kupgrade_config, last_record, stage_of, upgrade,
+                        workload_intact, workload_running, write_config)
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .hooks import ALL_DEVICES
@@ -106,14 +107,6 @@ def check_listing(vm, res: Result) -> None:
               "hooks list: the table's watchdog0 row says watchdog", text["stdout"][-2500:])
 
 
-def hook_calls(stage: dict) -> dict:
-    return {(h["hook"], h["point"]): h for h in stage.get("details", {}).get("hooks", [])}
-
-
-def stage_of(rec: dict, name: str) -> dict:
-    return next((s for s in rec["stages"] if s["name"] == name), {})
-
-
 def failing_quiesce(vm, res: Result, wl: Workload) -> None:
     vm.sh("mkdir", "-p", HOOKS_D)
     vm.sh("tee", f"{HOOKS_D}/{FAILING}", input=FAILING_HOOK)
@@ -142,37 +135,37 @@ def failing_quiesce(vm, res: Result, wl: Workload) -> None:
     res.check(wl.consecutive(), "failing quiesce hook: the workload went on without a restart", wl.span())
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
+def start_petter(vm) -> None:
+    """The daemon's unit installed and started once systemd is up; three of its pings seen."""
     vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
     vm.sh("tee", f"/etc/systemd/system/{PETTER}", input=UNIT)
     vm.sh("systemctl", "daemon-reload")
     vm.sh("systemctl", "enable", "--now", PETTER)
     wait_pets(vm, 3)
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before, armed = wl.state(), sysfs(vm)
-    res.data["watchdog_before"] = armed
-    res.check(armed == {"state": "active", "timeout": str(TIMEOUT), "identity": "i6300ESB timer"},
-              f"the daemon armed the i6300ESB with {TIMEOUT} s", json.dumps(armed))
-    check_listing(vm, res)
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
-    failing_quiesce(vm, res, wl)
 
+
+def switch_armed(vm, image, res: Result) -> tuple[float, float] | None:
+    """`kupgrade run` with the watchdog armed; when it started and when the old kernel handed
+    over (from the console), or None if it did not switch (a watchdog reset fails a check)."""
     t_run = time.time()
     try:
         switched = upgrade(vm, res)
     except LostVMError as e:
         res.data["qemu_events"] = vm.qmp_events
         res.check(False, "no watchdog reset during the upgrade", str(e)[-3000:])
-        return
+        return None
     if switched is None:
-        return
+        return None
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     t_switch = next((l.t for l in vm.console if l.t >= t_run and "Starting new kernel" in l.text), switched["_t"])
-    last_beat = wl.beats[-1].counter       # the last one the old kernel's relay delivered
+    return t_run, t_switch
 
+
+def in_new_kernel(vm, res: Result, wl: Workload, last_beat: int, t_run: float,
+                  t_switch: float) -> tuple[list[Pet], list[Pet]]:
+    """The journal kept, the workload and the daemon back. Until the switch the old daemon petted
+    with the raised timeout, no reset; the new kernel's daemon armed it with its own. Returns the
+    old daemon's pings during the upgrade and the new one's so far (three or more)."""
     def old(p: Pet) -> bool:
         return t_run <= p.t < t_switch
 
@@ -195,15 +188,13 @@ def run(vm, image, res: Result) -> None:
     res.data["watchdog_after"] = after
     res.check(after["state"] == "active" and after["timeout"] == str(TIMEOUT) and first_new[-1].timeout == TIMEOUT,
               f"new kernel: armed again, with its {TIMEOUT} s, by the daemon's service", json.dumps(after))
+    return during, first_new
 
-    rec = final_record(vm)
-    res.data["record"] = rec
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
-    res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
-    calls = {**hook_calls(stage_of(rec, "freeze")), **hook_calls(stage_of(rec, "snapshot")),
-             **hook_calls(stage_of(rec, "restore"))}
-    mine = {p: calls.get(("watchdog", p), {}) for p in ("quiesce", "save", "restore", "verify")}
-    res.data["watchdog_hook"] = mine
+
+def check_record(vm, res: Result) -> int:
+    """The record: restored, the watchdog hook's four calls ok, the new kernel's watchdog re-armed
+    with the bridge before the workloads and found armed by verify. Returns the bridge."""
+    mine = hook_record(vm, res, "watchdog", "watchdog_hook")
     res.check(all(c.get("ok") is True for c in mine.values()), "record: the watchdog's quiesce, save, restore, "
               "verify all ok", json.dumps(mine)[:2500])
     bridge = mine["quiesce"].get("reply", {}).get("raised", [{}])[0].get("bridge", 0)
@@ -213,29 +204,23 @@ def run(vm, image, res: Result) -> None:
               json.dumps(rearmed))
     res.check(mine["verify"].get("reply", {}).get("watchdogs", [{}])[0].get("armed") is True,
               "record: verify found it armed", json.dumps(mine["verify"])[:800])
+    return bridge
 
-    after_wl = wl.state()
-    res.data["pids_preserved"] = after_wl["pid"] == before["pid"] and after_wl["child"] == before["child"]
-    res.data["state_preserved"] = wl.consecutive() and after_wl["sha256"] == before["sha256_start"]
-    res.check(res.data["pids_preserved"] and res.data["state_preserved"],
-              "workload: same PIDs, every heartbeat once, buffer intact", f"{wl.span()}; {after_wl}")
-    gap, a, b = wl.largest_gap_after(last_beat - 1)
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+
+def watchdog_timeline(vm, t_run: float, bridge: int, during: list[Pet], first_new: list[Pet]) -> dict:
+    """The bridge, and the seconds from the old daemon's last ping to the hook's re-arming, from
+    there to the new daemon's first ping, and unpetted in all."""
     old_last = max(p.t for p in during)
     re_armed = next((l.t for l in vm.console if l.t >= t_run and "watchdog did not stop" in l.text), None)
-    res.data["watchdog_timeline_s"] = {
+    return {
         "bridge": bridge,
         "last_old_pet->hook_rearmed": round(re_armed - old_last, 3) if re_armed else None,
         "hook_rearmed->first_new_pet": round(first_new[0].t - re_armed, 3) if re_armed else None,
         "unpetted": round(first_new[0].t - old_last, 3)}
 
-    # Petted, not just armed: three timeouts' worth of pings and QEMU still running.
-    wait_pets(vm, 3 * TIMEOUT + 1, where=new, timeout=300)
-    res.check(vm.proc.poll() is None and not vm.events_of("WATCHDOG"),
-              f"new kernel: no reset for {3 * TIMEOUT} pings ({3 * TIMEOUT} s of guest time)", vm.qemu_events_summary())
 
-    # Control: the daemon dies without the magic close; the armed watchdog must reset the guest.
+def control(vm, res: Result) -> None:
+    """Control: the daemon dies without the magic close; the armed watchdog must reset the guest."""
     t_kill = time.time()
     vm.send("run", argv=["systemctl", "kill", "-s", "KILL", PETTER])
     deadline = time.monotonic() + 20 * TIMEOUT
@@ -247,3 +232,34 @@ def run(vm, image, res: Result) -> None:
                            "kill->reset_s": round(fired[0]["_t"] - t_kill, 1) if fired else None}
     res.check(bool(fired) and fired[0]["data"].get("action") == "reset" and vm.proc.poll() is not None,
               "control: the daemon killed, the armed watchdog reset the guest", json.dumps(res.data["control"]))
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    start_petter(vm)
+    wl, before = workload_running(vm, cgroup="/workload")
+    armed = sysfs(vm)
+    res.data["watchdog_before"] = armed
+    res.check(armed == {"state": "active", "timeout": str(TIMEOUT), "identity": "i6300ESB timer"},
+              f"the daemon armed the i6300ESB with {TIMEOUT} s", json.dumps(armed))
+    check_listing(vm, res)
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    failing_quiesce(vm, res, wl)
+
+    if (times := switch_armed(vm, image, res)) is None:
+        return
+    t_run, t_switch = times
+    last_beat = wl.beats[-1].counter       # the last one the old kernel's relay delivered
+    during, first_new = in_new_kernel(vm, res, wl, last_beat, t_run, t_switch)
+    bridge = check_record(vm, res)
+    workload_intact(res, wl, before)
+    gap, a, b = wl.largest_gap_after(last_beat - 1)
+    res.data["downtime_s"] = round(gap, 3)
+    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+    res.data["watchdog_timeline_s"] = watchdog_timeline(vm, t_run, bridge, during, first_new)
+
+    # Petted, not just armed: three timeouts' worth of pings and QEMU still running.
+    wait_pets(vm, 3 * TIMEOUT + 1, where=lambda p: p.t > t_switch, timeout=300)
+    res.check(vm.proc.poll() is None and not vm.events_of("WATCHDOG"),
+              f"new kernel: no reset for {3 * TIMEOUT} pings ({3 * TIMEOUT} s of guest time)", vm.qemu_events_summary())
+    control(vm, res)

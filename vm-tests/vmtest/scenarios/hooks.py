@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
+from ..scenario import Result, booted, final_record, heartbeats_back, kupgrade_config, last_record, upgrade, write_config
 from ..timeline import breakdown, marks
 from ..workload import Workload
 from .abort import last_error_line
@@ -156,12 +156,7 @@ def run(vm, image, res: Result) -> None:
 
     if (switched := upgrade(vm, res, show=True)) is None:
         return
-    last_before = wl.beats[-1].counter
-    wl.follow()
-    try:
-        wl.wait_beats(5, after=last_before, timeout=180)
-    finally:
-        res.data["restore_log"] = vm.read("/var/log/kupgrade-restore.log")[-4000:]
+    last_before = heartbeats_back(vm, res, wl)
     after = wl.state()
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]

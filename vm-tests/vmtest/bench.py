@@ -22,7 +22,7 @@ from kupgrade import kexec
 
 from .benchreport import REFERENCE_MIB, size_entry
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
-from .timeline import breakdown, intervals, marks
+from .timeline import MARKS, breakdown, intervals, marks
 from .workload import Workload
 
 CGROUP = "/workload"
@@ -36,13 +36,14 @@ FLOOR_MARKS = (
     ("init_started", "vmtest-init: kernel {to} up"),
 )
 BOOT_MARKS = FLOOR_MARKS[2:]
-REBOOT_BASIS = ("first-boot: this session's own boot, QEMU started (host clock) -> firmware, 6.1 kernel, "
-                "initramfs, init, agent ready -> the 64 MiB workload started fresh (its state lost) -> its first "
-                "heartbeat received; not a `reboot` inside a running QEMU (the harness runs QEMU with -no-reboot)")
-FLOOR_BASIS = ("plain kexec, no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.img-V (the target "
-               "initrd with kupgrade's boot scripts) as kupgrade loads it, the running command line without "
-               "kupgrade's words; `sync`; from the console line echoed right before `kexec --exec` to the target "
-               "init's first line (`vmtest-init: kernel V up`), host receipt times")
+SWITCH_MARKS = (*MARKS, FLOOR_MARKS[3])     # the basic scenario's, and where the initramfs starts as in the floor
+REBOOT_HOW = ("this session's own boot, QEMU started (host clock) -> firmware, 6.1 kernel, "
+              "initramfs, init, agent ready -> the 64 MiB workload started fresh (its state lost) -> its first "
+              "heartbeat received; not a `reboot` inside a running QEMU (the harness runs QEMU with -no-reboot)")
+FLOOR_HOW = ("no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.img-V (the target "
+             "initrd with kupgrade's boot scripts) as kupgrade loads it, the running command line without "
+             "kupgrade's words; `sync`; from the console line echoed right before `kexec --exec` to the target "
+             "init's first line (`vmtest-init: kernel V up`), host receipt times")
 BEAT_TIMEOUT = 900          # a 1 GiB workload makes its buffer and its checksum before the first beat
 
 
@@ -60,7 +61,7 @@ def first_boot(vm, image, res: Result) -> tuple[Workload, dict]:
     wl.wait_beats(1, timeout=BEAT_TIMEOUT)
     points = {"qemu_started": vm.started_at, **marks(vm, image.kernel_from, vm.started_at, BOOT_MARKS),
               "agent_ready": ready["_t"], "first_heartbeat": wl.beats[0].t}
-    return wl, {"seconds": round(wl.beats[0].t - vm.started_at, 3), "basis": REBOOT_BASIS,
+    return wl, {"seconds": round(wl.beats[0].t - vm.started_at, 3), "basis": "first-boot", "measured": REBOOT_HOW,
                 "breakdown": intervals(points), "workload_mib": REFERENCE_MIB}
 
 
@@ -76,11 +77,11 @@ def measure(vm, image, wl: Workload, mib: int) -> dict:
     """`kupgrade run` 6.1 -> 6.12 with `wl` running: the largest heartbeat gap (it must be the
     switch: the beats on both sides consecutive, from the same PIDs), its breakdown, the record."""
     wl.wait_beats(5, timeout=BEAT_TIMEOUT)
-    last_before = wl.beats[-1].counter
     scratch = Result(f"bench-{mib}")
     if (switched := upgrade(vm, scratch)) is None or switched["kernel"] != image.kernel_to:
         raise BenchError(f"kupgrade run did not switch to {image.kernel_to}: "
                          f"{(scratch.checks[-1]['detail'] if scratch.checks else json.dumps(switched))[-300:]}")
+    last_before = wl.beats[-1].counter      # all the old kernel's agent relayed came before its ready
     wl.follow()
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = final_record(vm)
@@ -90,11 +91,11 @@ def measure(vm, image, wl: Workload, mib: int) -> dict:
             or not wl.consecutive() or len(pids) != 1:
         raise BenchError(f"record {rec['id']} says {rec['outcome']}; largest gap between beats {a.counter} and "
                          f"{b.counter} (switch after {last_before}); {wl.span()}; heartbeat PIDs {sorted(pids)}")
-    return size_entry(mib, gap, breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t)), rec)
+    return size_entry(mib, gap, breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t, SWITCH_MARKS)), rec)
 
 
 def plain_kexec(vm, kernel: str, method: str = "classic") -> dict:
-    """kexec into `kernel` with its own initrd, no snapshot (see FLOOR_BASIS): the floor."""
+    """kexec into `kernel` with its own initrd, no snapshot (see FLOOR_HOW): the floor."""
     words = [w for w in vm.read("/proc/cmdline").split() if not w.startswith("kupgrade.")]
     how = kexec.choose_method(method, "none")
     vm.sh(*kexec.load_argv(how, Path(f"/boot/vmlinuz-{kernel}"), Path(f"/boot/initrd.img-{kernel}"), " ".join(words)))
@@ -107,8 +108,8 @@ def plain_kexec(vm, kernel: str, method: str = "classic") -> dict:
     if came.get("kernel") != kernel or "init_started" not in m:
         raise BenchError(f"plain kexec into {kernel}: {json.dumps(came)[:300]}; console marks {sorted(m)}")
     start = m.get("kexec_exec_called", sent)
-    return {"kernel": kernel, "seconds": round(m["init_started"] - start, 3), "basis": FLOOR_BASIS,
-            "to_agent_ready_s": round(came["_t"] - start, 3), "kexec_method": how.name,
+    return {"kernel": kernel, "seconds": round(m["init_started"] - start, 3), "basis": "plain-kexec",
+            "measured": FLOOR_HOW, "to_agent_ready_s": round(came["_t"] - start, 3), "kexec_method": how.name,
             "breakdown": intervals({"exec_requested": sent, **m, "agent_ready": came["_t"]})}
 
 

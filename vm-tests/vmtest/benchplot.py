@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from xml.sax.saxutils import escape
 
-WIDTH, HEIGHT = 820, 460
-LEFT, RIGHT, TOP, BOTTOM = 70, 260, 60, 60        # the plot area's margins; the legend is on the right
+WIDTH, HEIGHT = 900, 460
+LEFT, RIGHT, TOP, BOTTOM = 70, 330, 60, 60        # the plot area's margins; the legend is on the right
 COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2", "#ff9da7", "#9c755f", "#bab0ac")
 FLOOR_COLOR, REBOOT_COLOR = "#1f5fbf", "#c0392b"
 

@@ -62,6 +62,13 @@ def accel() -> str:
 # The CPU model matters under TCG: with -cpu max (ERMS/AVX2) memory copies and sha256 run ~3x
 # slower than with qemu64 (measured in the guest: 128 MiB dd 2.5 s vs 0.76 s; sha256 of 64 MiB
 # 3.5 s vs 1.3 s).
+def cpu() -> str:
+    return os.environ.get("KUPGRADE_VM_CPU", "qemu64")
+
+
+SMP = 2     # guest CPUs
+
+
 def nic_argv(nic: str, pcap: Path | None = None) -> list[str]:
     """"none", or "user:HOSTPORT-GUESTPORT" (QEMU user networking, one TCP port forwarded).
     pcap: record the NIC's traffic there (KUPGRADE_VM_PCAP=1; evidence for network scenarios)."""
@@ -82,13 +89,15 @@ class Machine:
     args: extra QEMU flags, one flag and its value per pair ("-device", "i6300esb");
     append: extra kernel command-line words (kupgrade passes them on to the new kernel);
     disks: sizes of blank virtio disks ("512M"), created as qcow2 files in the scenario's
-    artifacts dir and attached after the root disk, in order (vdb, vdc, ...)."""
+    artifacts dir and attached after the root disk, in order (vdb, vdc, ...);
+    memory_mb: the guest's RAM (the benchmark's 1 GiB workload needs more than the default)."""
     args: tuple[str, ...] = ()
     append: str = ""
     disks: tuple[str, ...] = ()
+    memory_mb: int = 2048
 
 
-def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, memory_mb: int = 2048,
+def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str,
               nic: str = "none", qmp: Path | None = None, machine: Machine = Machine(),
               disks: tuple[Path, ...] = ()) -> list[str]:
     extra_drives = [a for d in disks for a in ("-drive", f"file={d},if=virtio,format=qcow2,cache=unsafe")]
@@ -96,9 +105,9 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str, me
     return [
         "qemu-system-x86_64",
         "-accel", accel(),
-        "-cpu", os.environ.get("KUPGRADE_VM_CPU", "qemu64"),
-        "-m", str(memory_mb),
-        "-smp", "2",
+        "-cpu", cpu(),
+        "-m", str(machine.memory_mb),
+        "-smp", str(SMP),
         "-display", "none",
         "-monitor", "none",
         "-no-reboot",
@@ -140,6 +149,7 @@ class Guest:
     qmp_events: list[dict] = field(default_factory=list)   # QEMU's events, each with "_t" (host time)
     events: "queue.Queue[dict]" = field(default_factory=queue.Queue)
     proc: subprocess.Popen | None = None
+    started_at: float = 0.0         # host clock when QEMU was started (the benchmark's reboot baseline)
     _replies: dict = field(default_factory=dict)
     _next_id: int = 1
     _ctl: socket.socket | None = None
@@ -168,6 +178,7 @@ class Guest:
                          qmp=qmp_path, machine=self.machine, disks=disks)
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self._qemu_log = open(self.workdir / "qemu.log", "wb")
+        self.started_at = time.time()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log)
         for s in listeners:
             s.settimeout(30)

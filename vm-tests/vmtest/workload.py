@@ -27,15 +27,20 @@ class Workload:
     pid: int = 0
     beats: list[Heartbeat] = field(default_factory=list)
     offset: int = 0
-    env: dict = field(default_factory=dict)     # KUPGRADE_WL_DIR/_MIB: a second instance, another size
+    env: dict = field(default_factory=dict)     # KUPGRADE_WL_DIR: a second instance; _MIB: another size
+
+    @property
+    def followed(self) -> bool:
+        """Only the instance in the default directory has its heartbeats followed (one relay per guest)."""
+        return "KUPGRADE_WL_DIR" not in self.env
 
     def start(self, cgroup: str = "", last_pid: int = FIRST_PID) -> int:
-        """Start it; only the first instance's heartbeats are followed (one relay per guest)."""
-        if not self.env:
+        """Start it; only the followed instance's heartbeats are relayed."""
+        if self.followed:
             self.vm.on_event = self._on_event
         self.pid = self.vm.call("spawn", argv=[GUEST_WORKLOAD], log="/var/lib/workload.log",
                                 cgroup=cgroup, last_pid=last_pid, env=self.env)["pid"]
-        if not self.env:
+        if self.followed:
             self.follow()
         return self.pid
 

@@ -1,0 +1,145 @@
+"""The benchmark's session (vm-tests/bench): one guest boot, then kernel switches only.
+
+1. reboot baseline: the session's own boot — QEMU started, the agent ready in 6.1, the 64 MiB
+   workload started fresh, its first heartbeat (host clock);
+2. kupgrade run 6.1 -> 6.12 with that workload: the reference downtime (largest heartbeat gap);
+3. back to 6.1 by a plain kexec (the workload ended: every size starts a fresh one);
+4. floor: a plain kexec 6.1 -> 6.12 with 6.12's own initrd (kupgrade's boot scripts, no
+   snapshot), from `kexec --exec` to the first line of the target's init; then back to 6.1;
+5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back.
+
+Every plain kexec back to 6.1 is a floor sample of the other direction (`floor_back`). Only the
+6.1 -> 6.12 direction is measured for kupgrade. `out` fills as the measurements come, so a
+failed step still leaves the earlier ones; `out["doing"]` names the step under way."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from kupgrade import kexec
+
+from .benchreport import REFERENCE_MIB, size_entry
+from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
+from .timeline import MARKS, breakdown, intervals, marks
+from .workload import Workload
+
+CGROUP = "/workload"
+WORKLOAD_DIR = "/var/lib/workload"
+EXEC_MARK = "vmtest-bench: kexec --exec"
+FLOOR_MARKS = (
+    ("kexec_exec_called", EXEC_MARK),
+    ("kexec_exec", "Starting new kernel"),
+    ("new_kernel_banner", "Linux version {to}"),
+    ("initramfs_started", "Loading, please wait"),
+    ("init_started", "vmtest-init: kernel {to} up"),
+)
+BOOT_MARKS = FLOOR_MARKS[2:]
+SWITCH_MARKS = (*MARKS, FLOOR_MARKS[3])     # the basic scenario's, and where the initramfs starts as in the floor
+REBOOT_HOW = ("this session's own boot, QEMU started (host clock) -> firmware, 6.1 kernel, "
+              "initramfs, init, agent ready -> the 64 MiB workload started fresh (its state lost) -> its first "
+              "heartbeat received; not a `reboot` inside a running QEMU (the harness runs QEMU with -no-reboot)")
+FLOOR_HOW = ("no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.img-V (the target "
+             "initrd with kupgrade's boot scripts) as kupgrade loads it, the running command line without "
+             "kupgrade's words; `sync`; from the console line echoed right before `kexec --exec` to the target "
+             "init's first line (`vmtest-init: kernel V up`), host receipt times")
+BEAT_TIMEOUT = 900          # a 1 GiB workload makes its buffer and its checksum before the first beat
+
+
+class BenchError(Exception):
+    """A measurement was made but is not one: the switch did not happen as it must."""
+
+
+def first_boot(vm, image, res: Result) -> tuple[Workload, dict]:
+    """The reboot baseline from the session's boot; returns the running 64 MiB workload too."""
+    ready = booted(vm, res)
+    if ready["kernel"] != image.kernel_from:
+        raise BenchError(f"the guest booted {ready['kernel']}, not {image.kernel_from}")
+    wl = Workload(vm)
+    wl.start(cgroup=CGROUP)
+    wl.wait_beats(1, timeout=BEAT_TIMEOUT)
+    points = {"qemu_started": vm.started_at, **marks(vm, image.kernel_from, vm.started_at, BOOT_MARKS),
+              "agent_ready": ready["_t"], "first_heartbeat": wl.beats[0].t}
+    return wl, {"seconds": round(wl.beats[0].t - vm.started_at, 3), "basis": "first-boot", "measured": REBOOT_HOW,
+                "breakdown": intervals(points), "workload_mib": REFERENCE_MIB}
+
+
+def fresh_workload(vm, mib: int) -> Workload:
+    """A new workload of `mib` MiB in the cgroup, relayed from its first heartbeat."""
+    vm.sh("rm", "-rf", WORKLOAD_DIR)
+    wl = Workload(vm, env={"KUPGRADE_WL_MIB": str(mib)})
+    wl.start(cgroup=CGROUP)
+    return wl
+
+
+def measure(vm, image, wl: Workload, mib: int) -> dict:
+    """`kupgrade run` 6.1 -> 6.12 with `wl` running: the largest heartbeat gap (it must be the
+    switch: the beats on both sides consecutive, from the same PIDs), its breakdown, the record."""
+    wl.wait_beats(5, timeout=BEAT_TIMEOUT)
+    scratch = Result(f"bench-{mib}")
+    if (switched := upgrade(vm, scratch)) is None or switched["kernel"] != image.kernel_to:
+        raise BenchError(f"kupgrade run did not switch to {image.kernel_to}: "
+                         f"{(scratch.checks[-1]['detail'] if scratch.checks else json.dumps(switched))[-300:]}")
+    last_before = wl.beats[-1].counter      # all the old kernel's agent relayed came before its ready
+    wl.follow()
+    wl.wait_beats(5, after=last_before, timeout=300)
+    rec = final_record(vm)
+    gap, a, b = wl.largest_gap()
+    pids = {(beat.pid, beat.ppid) for beat in wl.beats}
+    if rec["outcome"] != "restored" or (a.counter, b.counter) != (last_before, last_before + 1) \
+            or not wl.consecutive() or len(pids) != 1:
+        raise BenchError(f"record {rec['id']} says {rec['outcome']}; largest gap between beats {a.counter} and "
+                         f"{b.counter} (switch after {last_before}); {wl.span()}; heartbeat PIDs {sorted(pids)}")
+    return size_entry(mib, gap, breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t, SWITCH_MARKS)), rec)
+
+
+def plain_kexec(vm, kernel: str, method: str = "classic") -> dict:
+    """kexec into `kernel` with its own initrd, no snapshot (see FLOOR_HOW): the floor."""
+    words = [w for w in vm.read("/proc/cmdline").split() if not w.startswith("kupgrade.")]
+    how = kexec.choose_method(method, "none")
+    vm.sh(*kexec.load_argv(how, Path(f"/boot/vmlinuz-{kernel}"), Path(f"/boot/initrd.img-{kernel}"), " ".join(words)))
+    vm.sh("sync")
+    sent = time.time()
+    rid = vm.send("run", argv=["sh", "-c", f"echo '{EXEC_MARK}' > /dev/console && exec {' '.join(kexec.exec_argv())}"],
+                  timeout_s=120)
+    came = vm.wait_switch(rid, 600)
+    m = marks(vm, kernel, sent, FLOOR_MARKS)
+    if came.get("kernel") != kernel or "init_started" not in m:
+        raise BenchError(f"plain kexec into {kernel}: {json.dumps(came)[:300]}; console marks {sorted(m)}")
+    start = m.get("kexec_exec_called", sent)
+    return {"kernel": kernel, "seconds": round(m["init_started"] - start, 3), "basis": "plain-kexec",
+            "measured": FLOOR_HOW, "to_agent_ready_s": round(came["_t"] - start, 3), "kexec_method": how.name,
+            "breakdown": intervals({"exec_requested": sent, **m, "agent_ready": came["_t"]})}
+
+
+def back(vm, image, wl: Workload, method: str) -> dict:
+    """End the workload, plain kexec back to the old kernel: a floor sample of that direction."""
+    vm.sh("kill", str(wl.pid), check=False)
+    return plain_kexec(vm, image.kernel_from, method)
+
+
+def session(vm, image, sizes: list[int], out: dict) -> None:
+    """The whole session (module docstring); fills out["reboot"], ["sizes"], ["floor"], ["floor_back"]."""
+    res = Result("bench")
+    out["doing"] = "reboot baseline (first boot + 64 MiB workload)"
+    wl, out["reboot"] = first_boot(vm, image, res)
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP]))
+    out["doing"] = f"downtime at {REFERENCE_MIB} MiB"
+    out["sizes"].append(measure(vm, image, wl, REFERENCE_MIB))
+    method = out["sizes"][0]["kexec_method"] or "classic"
+    out["doing"] = f"plain kexec back to {image.kernel_from}"
+    out["floor_back"].append(back(vm, image, wl, method))
+    out["doing"] = f"floor (plain kexec into {image.kernel_to})"
+    out["floor"] = plain_kexec(vm, image.kernel_to, method)
+    out["doing"] = f"plain kexec back to {image.kernel_from}"
+    out["floor_back"].append(plain_kexec(vm, image.kernel_from, method))
+    others = [m for m in sizes if m != REFERENCE_MIB]
+    for i, mib in enumerate(others):
+        out["doing"] = f"downtime at {mib} MiB"
+        wl = fresh_workload(vm, mib)
+        out["sizes"].append(measure(vm, image, wl, mib))
+        if i < len(others) - 1:
+            out["doing"] = f"plain kexec back to {image.kernel_from}"
+            out["floor_back"].append(back(vm, image, wl, method))
+    out["doing"] = ""

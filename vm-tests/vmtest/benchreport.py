@@ -1,0 +1,123 @@
+"""The benchmark's numbers, from what the session measured (no VM needed: unit-tested).
+
+`assemble()` turns the session's measurements into bench.json: the floor (a plain kexec boot
+of the target), the reboot baseline, kupgrade's downtime per snapshot size with its breakdown,
+the least-squares slope of downtime over size and the ratios. Nothing here judges a number:
+the benchmark writes them, it never asserts them."""
+
+from __future__ import annotations
+
+REFERENCE_MIB = 64          # the reference workload: the same 64 MiB Workload as the basic scenario
+PRE_DUMP_ITERATIONS = (0, 1, 3)
+PRE_DUMP_NOT_MEASURED = ("kupgrade does not implement criu pre-dump yet (docs/design.md, prepare): the freeze "
+                         "time with {n} pre-dump iteration(s) cannot be measured")
+PRE_DUMP_ZERO_NOTE = ("the current path dumps with no pre-dump; its pause on the old kernel is in sizes[].stages "
+                      "(freeze, flush, snapshot, kexec) and sizes[].breakdown")
+
+
+def parse_sizes(text: str) -> list[int]:
+    """"16,64,256" -> [16, 64, 256]: workload sizes in MiB, the reference size always among them."""
+    try:
+        sizes = {int(word) for word in text.replace(",", " ").split()}
+    except ValueError:
+        raise ValueError(f"sizes are MiB numbers separated by commas, not {text!r}") from None
+    if any(m <= 0 for m in sizes):
+        raise ValueError(f"sizes must be positive: {text!r}")
+    return sorted(sizes | {REFERENCE_MIB})
+
+
+def cpu_model_name(cpuinfo: str) -> str:
+    """The first "model name" of /proc/cpuinfo's text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown"
+
+
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares (slope, intercept) of y over x; None with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    sxy = sum((x - mx) * (y - my) for x, y in points)
+    slope = sxy / sxx
+    return slope, my - slope * mx
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def until_first_beat(breakdown: dict[str, float]) -> list[tuple[str, float]]:
+    """The breakdown's segments that make up the downtime: from the last heartbeat before the
+    switch to the first one after it (the restore may end after that first heartbeat)."""
+    out, inside = [], False
+    for key, seconds in breakdown.items():
+        start, end = key.split("->")
+        inside = inside or start == "last_heartbeat"
+        if inside:
+            out.append((key, seconds))
+        if end == "first_heartbeat":
+            break
+    return out
+
+
+def stage_seconds(record: dict) -> dict[str, float]:
+    """Seconds per stage of an upgrade record (stages of one name summed, in record order)."""
+    out: dict[str, float] = {}
+    for s in record.get("stages", []):
+        out[s["name"]] = round(out.get(s["name"], 0.0) + s["duration_s"], 3)
+    return out
+
+
+def stage_details(record: dict, name: str) -> dict:
+    return next((s.get("details") or {} for s in record.get("stages", []) if s["name"] == name), {})
+
+
+def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record: dict) -> dict:
+    """One snapshot size's measurement as bench.json lists it (assemble() adds the ratios)."""
+    snap, load = stage_details(record, "snapshot"), stage_details(record, "kexec")
+    return {"mib": mib, "downtime_s": round(downtime_s, 3),
+            "phases": dict(until_first_beat(breakdown)), "breakdown": breakdown, "stages": stage_seconds(record),
+            "snapshot_bytes": snap.get("snapshot_bytes"), "initrd_bytes": load.get("initrd_bytes"),
+            "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome")}
+
+
+def pre_dump_fields() -> dict[str, dict]:
+    """Freeze time per number of criu pre-dump iterations: not measured (not implemented)."""
+    out = {}
+    for n in PRE_DUMP_ITERATIONS:
+        out[str(n)] = {"freeze_s": None, "not_measured": PRE_DUMP_NOT_MEASURED.format(n=n)}
+    out["0"]["note"] = PRE_DUMP_ZERO_NOTE
+    return out
+
+
+def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[dict],
+             missing: list[str] = (), floor_back: list[dict] = ()) -> dict:
+    """bench.json: `meta` (machine, kernels, date, commit), `floor` and `reboot` ({"seconds",
+    "basis", "breakdown", ...}), `sizes` from size_entry(); `missing` names what could not be
+    measured (the command then exits non-zero); `floor_back`: plain kexecs the other way."""
+    floor_s = floor["seconds"] if floor else None
+    reboot_s = reboot["seconds"] if reboot else None
+    sizes = [{**s, "ratio_to_floor": ratio(s["downtime_s"], floor_s), "ratio_to_reboot": ratio(s["downtime_s"], reboot_s)}
+             for s in sorted(sizes, key=lambda s: s["mib"])]
+    ref = next((s for s in sizes if s["mib"] == REFERENCE_MIB), None)
+    downtime_s = ref["downtime_s"] if ref else None
+    fit = fit_line([(s["mib"], s["downtime_s"]) for s in sizes])
+    return {
+        **meta,
+        "floor_s": floor_s, "floor": floor, "floor_back": list(floor_back),
+        "reboot_s": reboot_s, "reboot_basis": reboot["basis"] if reboot else None, "reboot": reboot,
+        "reference_mib": REFERENCE_MIB,
+        "downtime_s": downtime_s,
+        "ratio_to_floor": ratio(downtime_s, floor_s), "ratio_to_reboot": ratio(downtime_s, reboot_s),
+        "slope_ms_per_mb": round(fit[0] * 1000, 2) if fit else None,
+        "intercept_s": round(fit[1], 3) if fit else None,
+        "sizes": sizes,
+        "pre_dump": pre_dump_fields(),
+        "missing": list(missing),
+    }

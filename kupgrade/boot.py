@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import __version__, contract
+from . import __version__, contract, pmem
 from .errors import StageError
 from .run import run
 
@@ -44,6 +44,10 @@ class BootPaths:
     @property
     def generator(self) -> Path:
         return self.root / "etc/systemd/system-generators/kupgrade"
+
+    @property
+    def grub(self) -> Path:
+        return self.root / "etc/default/grub.d/kupgrade.cfg"
 
 
 def _data(name: str) -> str:
@@ -99,3 +103,35 @@ def initrd_has_hook(initrd: Path) -> bool:
               hint="install initramfs-tools (lsinitramfs) or check the initrd file").stdout.decode()
     names = set(out.split())
     return MARKER in names and "scripts/init-bottom/kupgrade" in names
+
+
+def reserve(size: int, paths: BootPaths = BootPaths(), iomem: Path = Path("/proc/iomem")) -> list[str]:
+    """Reserve kupgrade's memory region (snapshot.transport = "pmem") on the boot loader's command
+    line from the next boot on: GRUB's config when GRUB is there, else the words to add by hand.
+    size 0: remove the reservation. Returns what was done, one line each."""
+    if size == 0:
+        if not paths.grub.exists():
+            return ["no memory region was reserved by kupgrade"]
+        paths.grub.unlink()
+        return [f"removed {paths.grub}", *_update_grub(), "the region is released from the next boot on"]
+    try:
+        words, start = pmem.reserve_words(size, iomem.read_text())
+    except ValueError as e:
+        raise StageError(f"cannot reserve the region: {e}", "choose a smaller --reserve SIZE") from None
+    line = f"{-(-size // pmem.ALIGN) * pmem.ALIGN >> 20} MiB at {start:#x}"
+    if not paths.grub.parent.is_dir():
+        return [f"no GRUB configuration ({paths.grub.parent}): add these words to the kernel command line of "
+                f"your boot loader, then reboot once: {words}"]
+    paths.grub.write_text(f"# written by `kupgrade install-boot --reserve`: the memory region the snapshot crosses "
+                          f"the kernel switch in\n# (snapshot.transport, kupgrade/pmem.py); "
+                          f"`kupgrade install-boot --reserve 0` removes it\n"
+                          f'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX {words}"\n')
+    return [f"wrote {paths.grub} ({line}: {words})", *_update_grub(),
+            "reboot once: the region is there from the next boot on (`kupgrade check` says which transport it uses)"]
+
+
+def _update_grub() -> list[str]:
+    if not shutil.which("update-grub"):
+        return ["update-grub is not installed: regenerate your boot loader's configuration by hand"]
+    run(["update-grub"], timeout=300)
+    return ["ran update-grub"]

@@ -10,7 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, pipeline, record, timeline
+from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, pipeline, pmem, record
+from . import timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import discard as discard_pending, restore_pending
 from .stages.context import Context, resolve_target
@@ -291,7 +292,11 @@ def _record(state_dir: Path, record_id: Optional[str]) -> Optional[record.Upgrad
 def install_boot(config: Optional[Path] = CONFIG_OPT,
                  kernel: Optional[List[str]] = typer.Option(None, "--kernel", help="Rebuild the initrd of this kernel "
                                                             "version (repeatable; default: the configured target)."),
-                 no_rebuild: bool = typer.Option(False, "--no-rebuild", help="Only write the files.")) -> None:
+                 no_rebuild: bool = typer.Option(False, "--no-rebuild", help="Only write the files."),
+                 reserve: Optional[str] = typer.Option(None, "--reserve", metavar="SIZE", help="Also reserve SIZE "
+                                                       "(e.g. 1G) of RAM from the next boot on for the snapshot to "
+                                                       "cross the kernel switch in (snapshot.transport); 0 removes "
+                                                       "it.")) -> None:
     """Install the initramfs-tools hook and script and the kupgrade-restore.service unit, then
     rebuild the target initrd(s). Changes: files in /etc/initramfs-tools and /etc/systemd/system,
     initrds in /boot."""
@@ -299,10 +304,16 @@ def install_boot(config: Optional[Path] = CONFIG_OPT,
     kernels = list(kernel or ([cfg.kernel] if cfg.kernel else []))
     for k in kernels:
         config_mod.check_option("kernel", k)
-    if not kernels and not no_rebuild:
+    if not kernels and not no_rebuild and reserve is None:
         raise KupgradeError("no kernel given to rebuild the initrd for", "pass --kernel VERSION or set target.kernel")
+    size = None
+    if reserve is not None:
+        try:
+            size = pmem.parse_size(reserve)
+        except ValueError as e:
+            raise ConfigError(f"--reserve: {e}", "give a size such as 512M or 2G (0 removes the reservation)") from None
     ui = Ui()
-    for line in boot.install(kernels, rebuild=not no_rebuild):
+    for line in boot.install(kernels, rebuild=not no_rebuild) + ([] if size is None else boot.reserve(size)):
         ui.print(ui.esc(line))
 
 

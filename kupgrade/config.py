@@ -19,6 +19,7 @@ from .errors import ConfigError
 from .run import use_programs
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
+TRANSPORTS = ("auto", "initrd", "pmem")
 KEXEC_METHODS = ("auto", "file", "classic")
 RESTORE_POLICIES = ("rollback", "keep")
 BLOCKED_POLICIES = ("auto", "abort", "fresh")
@@ -43,6 +44,7 @@ class Config:
     initrd: str = ""
     snapshot_dir: str = contract.SNAPSHOT_TMPFS
     snapshot_size: str = "auto"
+    transport: str = "auto"
     kexec_method: str = "auto"
     append: str = ""
     state_dir: str = contract.STATE_DIR
@@ -156,6 +158,10 @@ def _policy(v: str) -> str | None:
     return None if v in RESTORE_POLICIES else f"must be one of {', '.join(RESTORE_POLICIES)} (got {v!r})"
 
 
+def _transport(v: str) -> str | None:
+    return None if v in TRANSPORTS else f"must be one of {', '.join(TRANSPORTS)} (got {_short.repr(v)})"
+
+
 def _kexec_method(v: str) -> str | None:
     return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {_short.repr(v)})"
 
@@ -219,6 +225,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot", "size", "snapshot_size", str,
             "Size limit of that tmpfs: \"auto\" (estimate x 2.5, at least 256M) or a size like \"4G\".",
             check=_size, example='"auto"'),
+    Setting("snapshot", "transport", "transport", str,
+            "How the snapshot crosses the kernel switch: \"initrd\" (appended to the target initrd: the "
+            "kernel unpacks it, the initramfs moves it onto a tmpfs; works everywhere), \"pmem\" (written into "
+            "the memory region the command line reserves for kupgrade with memmap=SIZE!START "
+            f"{contract.CMDLINE_PMEM}=START, which both kernels leave alone: no packing, unpacking or moving; "
+            "`kupgrade install-boot --reserve SIZE` sets it up, one reboot activates it), or \"auto\" (pmem "
+            "when that region is active and the snapshot fits in it, else initrd).",
+            check=_transport, example='"auto"'),
     Setting("kexec", "method", "kexec_method", str,
             "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "

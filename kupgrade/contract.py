@@ -14,10 +14,12 @@ scripts were built for another contract (`kupgrade install-boot` rebuilds it).
 
 from __future__ import annotations
 
-VERSION = 2
+VERSION = 3
 
 # --- the kernel command line of the new kernel -------------------------------------------------
 CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores
+CMDLINE_PMEM = "kupgrade.pmem"             # kupgrade.pmem=START: the memmap= region that is kupgrade's
+                                           # (pmem.py); kept on every command line kexec passes on
 
 # --- the snapshot archive appended to the target initrd ----------------------------------------
 ARCHIVE_ROOT = "kupgrade-snapshot"         # the kernel unpacks it as /kupgrade-snapshot/ in the early rootfs
@@ -49,6 +51,7 @@ SNAPSHOT_TMPFS = "/run/kupgrade-snapshot"  # the old kernel's private tmpfs (def
 # The values the boot files (kupgrade/data/*) are written with.
 BOOT_VALUES: dict[str, str] = {
     "CMDLINE_KEY": CMDLINE_KEY,
+    "CMDLINE_PMEM": CMDLINE_PMEM,
     "ARCHIVE_ROOT": ARCHIVE_ROOT,
     "MANIFEST": MANIFEST,
     "MAX_PID": MAX_PID,

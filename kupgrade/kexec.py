@@ -10,7 +10,7 @@ from . import contract
 
 KEXEC = "kexec"
 MARKER = contract.CMDLINE_KEY
-_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", "kupgrade.")
+_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", f"{MARKER}=")     # kupgrade.pmem= stays: both kernels need it
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def boot_id() -> str:
 
 
 def command_line(current: str, snapshot_id: str, append: str = "") -> str:
-    """The current command line, minus boot-loader and old kupgrade words, plus our marker."""
+    """The current command line, minus boot-loader words and an old snapshot marker, plus ours."""
     words = [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]
     words += append.split()
     words.append(f"{MARKER}={snapshot_id}")

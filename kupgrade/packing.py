@@ -1,9 +1,13 @@
-"""What a snapshot archive holds, packed the same way for both directions: the old kernel's
-snapshot stage (forward) and the new kernel's way back (kupgrade/switchback.py). Lean: the new
-kernel's boot path uses it."""
+"""What a snapshot holds, laid out the same way for both directions (the old kernel's snapshot
+stage, the new kernel's way back, kupgrade/switchback.py) and both transports: packed into an
+archive appended to the initrd (fill), or sealed in place in kupgrade's memory region (seal).
+Lean: the new kernel's boot path uses it."""
 
 from __future__ import annotations
 
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -30,4 +34,38 @@ def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Calla
     w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(m.total_bytes)}\n".encode())
     w.data(manifest.NAME, manifest.dumps(m))
     w.data(contract.RECORD, record_text.encode())
+    return m
+
+
+def hashed(root: Path, only: Callable[[str], bool] | None = None) -> dict[str, dict]:
+    """{path under root: {"size", "sha256"}} of every file under root/images and root/hooks,
+    hashed in parallel (hashlib lets go of the GIL). only: which files to take."""
+    paths = []
+    for top in (contract.IMAGES, contract.HOOKS):
+        for dirpath, _dirs, filenames in os.walk(root / top):
+            for name in filenames:
+                p = Path(dirpath, name)
+                if not stat.S_ISREG(p.lstat().st_mode):
+                    raise ValueError(f"{p}: only directories and regular files belong in a snapshot")
+                if only is None or only(p.relative_to(root).as_posix()):
+                    paths.append(p)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        sums = list(pool.map(manifest.sha256_file, paths))
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": h} for p, h in zip(paths, sums)}
+
+
+def _write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def seal(root: Path, workloads, make: Callable[[dict], manifest.Manifest], record_text: str,
+         only: Callable[[str], bool] | None = None) -> manifest.Manifest:
+    """The snapshot in place (the memory-region transport): hash the images and the hooks' state,
+    then write what the restoring side reads first, as fill() does into the archive."""
+    m = make(hashed(root, only))
+    _write(root / contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
+    _write(root / manifest.NAME, manifest.dumps(m))
+    _write(root / contract.RECORD, record_text.encode())
     return m

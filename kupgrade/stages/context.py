@@ -10,6 +10,7 @@ from .. import contract, inflight
 from ..config import Config
 from ..errors import ConfigError
 from ..kexec import Method
+from ..pmem import Region
 from ..progress import Report
 from ..record import UpgradeRecord, Workload
 
@@ -42,6 +43,7 @@ class Context:
     stopped: list[Workload] = field(default_factory=list)     # trees criu left stopped
     tcp: dict = field(default_factory=dict)                    # tree key -> its TCP sockets (tcp.Sock), dumped
     snapshot_mounted: bool = False
+    region: Region | None = None         # the snapshot crosses in kupgrade's memory region (None: in the initrd)
     method: Method | None = None
     kexec_loaded: bool = False
     progress: Report | None = None       # the live view's progress callback, if any

@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 
-from .. import initrd
+from .. import initrd, pmem
 from ..errors import RestoreError
 from . import freeze, kexec as kexec_stage
 from .context import Context
@@ -28,8 +28,10 @@ PID_WAIT_S = 10.0
 
 
 def plan(ctx: Context) -> list[str]:
-    return ["(rehearsal) unload the kexec kernel instead of executing it",
-            f"unpack the snapshot from the packed initrd into {ctx.restore_dir}, as the initramfs would",
+    where = (f"mount kupgrade's memory region on {ctx.restore_dir} instead of {ctx.snapshot_dir}, as the initramfs "
+             "would" if ctx.region else
+             f"unpack the snapshot from the packed initrd into {ctx.restore_dir}, as the initramfs would")
+    return ["(rehearsal) unload the kexec kernel instead of executing it", where,
             "end the stopped/frozen original tasks (SIGKILL) and wait until their PIDs are free"]
 
 
@@ -40,20 +42,12 @@ def _taken(pids: list[int]) -> list[int]:
 
 def run(ctx: Context) -> tuple[str, dict]:
     unloaded = kexec_stage.unload(ctx)
-    snap = combined_path(ctx)
-    sizes = ctx.record.stage("snapshot").details
     dest = ctx.restore_dir
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.chmod(0o700)
-    ctx.unpacked = True         # before the mount: an interruption right after it is undone too
-    ctx.note()
-    # as in the new kernel's initramfs: a tmpfs of its own (a tmpfs /run is limited in size)
-    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={restore_tmpfs_kib(sizes['snapshot_bytes'])}k,"
-             "nosuid,nodev,noexec", "kupgrade-restore", str(dest)], timeout=30)
     t0 = time.monotonic()
-    files = initrd.extract(snap, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    files = _from_region(ctx, dest) if ctx.region else _unpack(ctx, dest)
     unpack_s = time.monotonic() - t0
-    snap.unlink()
 
     ctx.replaced = True          # from here on the workloads live on in the snapshot only
     ctx.note()
@@ -78,13 +72,37 @@ def run(ctx: Context) -> tuple[str, dict]:
              "done": unloaded + thawed})
 
 
+def _unpack(ctx: Context, dest) -> int:
+    """The initrd transport: the archive onto a tmpfs of its own, as the initramfs script does."""
+    snap = combined_path(ctx)
+    sizes = ctx.record.stage("snapshot").details
+    ctx.unpacked = True         # before the mount: an interruption right after it is undone too
+    ctx.note()
+    # as in the new kernel's initramfs: a tmpfs of its own (a tmpfs /run is limited in size)
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={restore_tmpfs_kib(sizes['snapshot_bytes'])}k,"
+             "nosuid,nodev,noexec", "kupgrade-restore", str(dest)], timeout=30)
+    files = initrd.extract(snap, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    snap.unlink()
+    return files
+
+
+def _from_region(ctx: Context, dest) -> int:
+    """The memory-region transport: the region's file system moves to where the new kernel's
+    init-top script mounts it (unmounted and mounted again: /run is a shared mount)."""
+    run_cmd(["umount", str(ctx.snapshot_dir)], timeout=60)
+    ctx.snapshot_mounted = False
+    ctx.unpacked = True
+    ctx.note()
+    pmem.mount(ctx.region.device, dest)
+    return sum(len(files) for _d, _s, files in os.walk(dest))
+
+
 def discard(ctx: Context) -> list[str]:
     """Rollback (before the tasks were ended): remove what run() unpacked."""
     if not ctx.unpacked:
         return []
-    if os.path.ismount(ctx.restore_dir):
-        run_cmd(["umount", str(ctx.restore_dir)], timeout=60)
+    done = pmem.release(ctx.restore_dir)       # kupgrade's memory region is zeroed too
     shutil.rmtree(ctx.restore_dir, ignore_errors=True)
     ctx.unpacked = False
     ctx.note()
-    return [f"removed the unpacked snapshot in {ctx.restore_dir}"]
+    return done + [f"removed the unpacked snapshot in {ctx.restore_dir}"]

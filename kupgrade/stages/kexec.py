@@ -22,10 +22,16 @@ def plan(ctx: Context) -> list[str]:
     t = ctx.target
     method = ctx.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
     kernel = t.vmlinuz if t else "the target kernel"
-    return [f"kexec load {kernel} with the current command line + {contract.CMDLINE_KEY}=ID",
+    initrd = "its own initrd (the snapshot stays in kupgrade's memory region)" if ctx.region else "the packed initrd"
+    return [f"kexec load {kernel} with {initrd} and the current command line + {contract.CMDLINE_KEY}=ID",
             f"{method.name} load: {method.why}",
             "save the upgrade record, sync, freeze the file systems the workloads use (FIFREEZE: no write-back "
             "or journal commit in flight), then `kexec --exec` (the point of no return)"]
+
+
+def loaded_initrd(ctx: Context) -> Path:
+    """The initrd to load: with the snapshot appended, or (memory-region transport) the target's own."""
+    return ctx.target.initrd if ctx.region else combined_path(ctx)
 
 
 def run(ctx: Context) -> tuple[str, dict]:
@@ -36,17 +42,19 @@ def run(ctx: Context) -> tuple[str, dict]:
     # the rollback runs), not kupgrade (nobody would roll back) nor a workload (protected)
     mine = oom.protect([os.getpid()], adj=-999)
     try:
-        run_cmd(oom.first_victim(kx.load_argv(ctx.method, ctx.target.vmlinuz, combined_path(ctx), cmdline)),
+        run_cmd(oom.first_victim(kx.load_argv(ctx.method, ctx.target.vmlinuz, loaded_initrd(ctx), cmdline)),
                 timeout=600, hint="see the kernel log (dmesg) for why the load was refused")
     finally:
         oom.restore(mine)
     ctx.kexec_loaded = True
     ctx.note()
     load_s = time.monotonic() - t0
-    initrd_bytes = combined_path(ctx).stat().st_size
-    if not ctx.rehearsal:        # the rehearsal unpacks it again; a real switch frees the memory
+    initrd_bytes = loaded_initrd(ctx).stat().st_size
+    if not ctx.rehearsal and not ctx.region:    # the rehearsal unpacks it again; a real switch frees the memory
         combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
     freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
+    if ctx.region:      # frozen last: the file system in the region is consistent for the new kernel
+        freeze.append(str(ctx.snapshot_dir))
     return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {initrd_bytes >> 20} MiB initrd",
             {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
              "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4), "freeze": freeze})

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
-from .. import workloads
+from .. import pmem, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -102,7 +102,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
-    blockers += _method(ctx, lockdown, est, initrd_size, avail)
+    transport = _transport(ctx, est, blockers, Path("/proc/cmdline").read_text())
+    blockers += _method(ctx, lockdown, 0 if ctx.region else est, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
@@ -115,6 +116,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     hooks_done, hook_error = _hooks(ctx, blockers)
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
+               "transport": transport,
                "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
                "downtime_estimate_s": downtime, "downtime_basis": basis,
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
@@ -176,6 +178,29 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
         tail = e.stderr_tail.strip()
         out.append(Blocker(f"`criu check` failed: {tail.splitlines()[-1] if tail else e.message}", e.hint))
     return out
+
+
+def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, block: Path = pmem.BLOCK) -> dict:
+    """How the snapshot crosses (ctx.region: kupgrade's memory region, else the initrd), and why."""
+    want = ctx.config.transport
+    ctx.region = None
+    if want == "initrd":
+        return {"name": "initrd", "why": "configured (snapshot.transport = \"initrd\")"}
+    region, why_not = pmem.find(cmdline, block)
+    if region and pmem.needed(est) > region.size:
+        why_not = (f"the snapshot (~{est >> 20} MiB, {pmem.needed(est) >> 20} MiB with its file system) does not fit "
+                   f"the {region.size >> 20} MiB memory region {region.device}")
+    elif region and not shutil.which("mkfs.ext4"):
+        why_not = "mkfs.ext4 is missing (it makes the file system in the memory region)"
+    if why_not:
+        if want == "pmem":
+            blockers.append(Blocker(f"snapshot.transport = \"pmem\", but {why_not}",
+                                    "`kupgrade install-boot --reserve SIZE` and a reboot (or a larger SIZE; "
+                                    "apt-get install e2fsprogs), or set snapshot.transport = \"auto\""))
+        return {"name": "initrd", "why": why_not}
+    ctx.region = region
+    return {"name": "pmem", "why": "kupgrade's memory region is active and the snapshot fits in it: no packing, "
+                                   "unpacking or moving", **region.to_json()}
 
 
 def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int) -> list[Blocker]:

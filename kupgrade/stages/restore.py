@@ -1,7 +1,7 @@
 """restore (new kernel): verify the snapshot, criu-restore every tree, record the outcome.
 
-Started by the boot integration after the initramfs script moved the snapshot to
-/run/kupgrade. A tree that fails to restore keeps its images (and criu's log) in
+Started by the boot integration once the initramfs left the snapshot in /run/kupgrade (moved
+there from the initrd, or kupgrade's memory region mounted there). A tree that fails to restore keeps its images (and criu's log) in
 /run/kupgrade/images/ and the record says so; the other trees are still restored.
 """
 
@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, switchback, tcp, unixsk, volatile
+from .. import commit, contract, criu, early, faults, manifest, pmem, switchback, tcp, unixsk, volatile
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -26,7 +26,10 @@ VERIFIED = contract.VERIFIED       # written once every file matched the manifes
 
 
 def plan(ctx: Context) -> list[str]:
-    return [f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}",
+    where = (f"(new kernel) the initramfs mounts kupgrade's memory region {ctx.region.device} on {ctx.restore_dir}"
+             if ctx.region else
+             f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}")
+    return [where,
             f"verify {contract.MANIFEST}: target kernel, size and sha256 of every file",
             ("device hooks: collect their early-restore results, run restore (a critical failure: no "
              "workload is restored, the snapshot is kept)"),
@@ -110,9 +113,9 @@ def mark_restored(snap: Path) -> None:
 
 
 def clear(snap: Path) -> None:
-    """Remove the snapshot (its tmpfs too, when it has one): nothing is pending any more."""
-    if os.path.ismount(snap):
-        run_cmd(["umount", "--lazy", str(snap)], timeout=60)
+    """Remove the snapshot (its tmpfs too, when it has one; kupgrade's memory region is zeroed):
+    nothing is pending any more."""
+    pmem.release(snap, lazy=True)
     shutil.rmtree(snap, ignore_errors=True)
 
 

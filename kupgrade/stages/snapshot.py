@@ -12,7 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, initrd, manifest, oom, packing, tcp, unixsk, volatile, workloads
+from .. import contract, criu, early, faults, initrd, manifest, oom, packing, pmem, tcp, unixsk, volatile, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -47,7 +47,11 @@ def tmpfs_size(ctx: Context) -> str:
 
 
 def plan(ctx: Context) -> list[str]:
-    out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
+    if ctx.region:
+        out = [f"make an ext4 file system (no journal) on {ctx.region.device}, kupgrade's memory region, and mount "
+               f"it (mode 0700, DAX where possible) on {ctx.config.snapshot_dir}"]
+    else:
+        out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
     pre = ctx.record.stage("preflight")
     sizes = pre.details.get("workload_bytes", {}) if pre else {}
     for w in ctx.workloads or []:
@@ -60,6 +64,10 @@ def plan(ctx: Context) -> list[str]:
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
+    if ctx.region:
+        out.append(f"write {contract.MANIFEST} (kernels, workloads, PIDs, size and sha256 of every file) beside the "
+                   "images in the region: nothing is packed, the new kernel mounts the region")
+        return out
     out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
                f"and the hooks' state, and {contract.MANIFEST} (kernels, workloads, PIDs, size and sha256 of every "
                "file, hashed while packing); then free the images")
@@ -69,6 +77,12 @@ def plan(ctx: Context) -> list[str]:
 def mount(ctx: Context) -> str:
     d = ctx.snapshot_dir
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if ctx.region:          # made afresh: whatever an earlier use left there is gone
+        pmem.make(ctx.region)
+        dax = pmem.mount(ctx.region.device, d)
+        ctx.snapshot_mounted = True
+        ctx.note()
+        return f"{ctx.region.size >> 20} MiB region {ctx.region.device}{', DAX' if dax else ''}"
     size = tmpfs_size(ctx)
     run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},nosuid,nodev,noexec",
              "kupgrade-snapshot", str(d)], timeout=30)     # the source name /proc/mounts shows
@@ -80,14 +94,14 @@ def mount(ctx: Context) -> str:
 def unmount(ctx: Context) -> list[str]:
     if not ctx.snapshot_mounted:
         return []
-    run_cmd(["umount", str(ctx.snapshot_dir)], timeout=60)
+    done = pmem.release(ctx.snapshot_dir)     # the region (not a tmpfs) is zeroed too
     ctx.snapshot_mounted = False
     ctx.note()
     try:
         ctx.snapshot_dir.rmdir()
     except OSError:
         pass
-    return [f"unmounted {ctx.snapshot_dir}"]
+    return done or [f"unmounted {ctx.snapshot_dir}"]
 
 
 def run(ctx: Context) -> tuple[str, dict]:
@@ -120,32 +134,44 @@ def run(ctx: Context) -> tuple[str, dict]:
         ctx.note()
     dump_s = time.monotonic() - t0
     hook_notes, hooks_done = _save_hooks(ctx)
-    made: list[manifest.Manifest] = []
 
-    def fill(w: initrd.CpioWriter) -> None:
-        made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, lambda files: manifest.make(
-            ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files, back=ctx.back,
-            start=tuple(f.unit for f in ctx.record.fresh if f.stop)),
-            ctx.record.dumps()))
+    def make(files: dict) -> manifest.Manifest:
+        return manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files,
+                             back=ctx.back, start=tuple(f.unit for f in ctx.record.fresh if f.stop))
 
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")
-    pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
-    with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
-        sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
+    if ctx.region:
+        m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps())
+        sizes = {"transport": "pmem", "total_bytes": m.total_bytes, **ctx.region.to_json()}
+    else:
+        m, sizes = _pack(ctx, make)
     pack_s = time.monotonic() - t1
-    shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
-    shutil.rmtree(hooks_root(ctx), ignore_errors=True)
-    m = made[0]
     dumps = {w.key: {"selector": w.selector,
                      "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/")),
                      "tcp": [str(s) for s in ctx.tcp.get(w.key, [])]}
              for w in ctx.workloads}
-    return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, packed with the target initrd "
-            f"into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)",
+    where = (f"in the {size}" if ctx.region else
+             f"packed with the target initrd into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)")
+    return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, {where}",
             {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
              "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), "hooks": hooks_done,
              "early_restore": hook_notes, **sizes})
+
+
+def _pack(ctx: Context, make) -> tuple[manifest.Manifest, dict]:
+    """The initrd transport: target initrd + the snapshot's archive; the images are freed."""
+    made: list[manifest.Manifest] = []
+
+    def fill(w: initrd.CpioWriter) -> None:
+        made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, make, ctx.record.dumps()))
+
+    pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
+    with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
+        sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
+    shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
+    shutil.rmtree(hooks_root(ctx), ignore_errors=True)
+    return made[0], {"transport": "initrd", **sizes}
 
 
 def _dump(ctx: Context, w, images: Path, socks: list[str]):

@@ -1,0 +1,153 @@
+"""kupgrade's memory region (the pmem transport): which region is ours, sealing a snapshot in
+place, the way back through it, and the reservation install-boot writes."""
+
+import json
+
+import pytest
+
+from kupgrade import boot, contract, kexec, manifest, packing, pmem, switchback
+from kupgrade.config import Config, ConfigError, load
+from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.stages import preflight
+from kupgrade.stages.context import Context
+
+IOMEM = """00000000-00000fff : Reserved
+00001000-0009fbff : System RAM
+000f0000-000fffff : Reserved
+  000f0000-000fffff : System ROM
+00100000-7ffdffff : System RAM
+  01000000-01ffffff : Kernel code
+7ffe0000-7fffffff : Reserved
+"""
+
+
+def fake_block(tmp_path, start=0x50000000, size=512 << 20, name="pmem0"):
+    region = tmp_path / "devices" / "ndbus0" / "region0"
+    ns = region / "namespace0.0"
+    ns.mkdir(parents=True)
+    (region / "resource").write_text(f"{start:#x}\n")
+    (region / "size").write_text(f"{size}\n")
+    block = tmp_path / "class" / "block"
+    block.mkdir(parents=True, exist_ok=True)
+    (block / name).mkdir()
+    (block / name / "device").symlink_to(ns)
+    return block
+
+
+def test_only_the_region_the_command_line_marks_is_ours(tmp_path):
+    block = fake_block(tmp_path)
+    r, why = pmem.find("root=/dev/vda memmap=512M!1280M kupgrade.pmem=0x50000000", block)
+    assert r == pmem.Region(0x50000000, 512 << 20, "/dev/pmem0") and why == ""
+    r, why = pmem.find("root=/dev/vda memmap=512M!1280M", block)
+    assert r is None and "install-boot --reserve" in why
+    r, why = pmem.find("kupgrade.pmem=0x60000000", block)
+    assert r is None and "no pmem device covers it" in why
+    assert pmem.marked_start("kupgrade.pmem=1342177280") == 0x50000000
+    assert pmem.marked_start("kupgrade.pmem=512M") is None     # the init-top script compares numbers
+
+
+def test_sizes_parse_and_reject():
+    assert pmem.parse_size("512M") == 512 << 20 and pmem.parse_size("2G") == 2 << 30
+    assert pmem.parse_size("0x1000") == 4096
+    with pytest.raises(ValueError):
+        pmem.parse_size("lots")
+
+
+def test_reservation_at_the_top_of_the_largest_ram_range():
+    words, start = pmem.reserve_words(500 << 20, IOMEM)
+    assert start == 0x58000000 and start % pmem.ALIGN == 0
+    assert words == "memmap=512M!1408M kupgrade.pmem=0x58000000"
+    with pytest.raises(ValueError):
+        pmem.reserve_words(4 << 30, IOMEM)
+
+
+def test_install_boot_reserve_writes_grub_or_says_the_words(tmp_path, monkeypatch):
+    monkeypatch.setattr(boot.shutil, "which", lambda name: None)
+    iomem = tmp_path / "iomem"
+    iomem.write_text(IOMEM)
+    paths = boot.BootPaths(tmp_path / "root")
+    out = boot.reserve(512 << 20, paths, iomem)
+    assert "add these words" in out[0] and "memmap=512M!" in out[0]
+    paths.grub.parent.mkdir(parents=True)
+    out = boot.reserve(512 << 20, paths, iomem)
+    text = paths.grub.read_text()
+    assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX memmap=512M!1408M kupgrade.pmem=0x58000000"' in text
+    assert any("reboot once" in line for line in out)
+    assert boot.reserve(0, paths, iomem)[0] == f"removed {paths.grub}" and not paths.grub.exists()
+
+
+def test_kexec_keeps_the_region_words_and_drops_an_old_marker():
+    line = kexec.command_line("BOOT_IMAGE=/vmlinuz root=/dev/vda memmap=512M!1280M kupgrade.pmem=0x50000000 "
+                              "kupgrade.snapshot=OLD", "NEW")
+    assert line == "root=/dev/vda memmap=512M!1280M kupgrade.pmem=0x50000000 kupgrade.snapshot=NEW"
+
+
+def test_transport_setting_is_checked(tmp_path):
+    f = tmp_path / "k.toml"
+    f.write_text('[snapshot]\ntransport = "floppy"\n')
+    with pytest.raises(ConfigError, match="transport"):
+        load(f)
+
+
+def snapshot_tree(root):
+    (root / "images" / "tree-5").mkdir(parents=True)
+    (root / "images" / "tree-5" / "pages-1.img").write_bytes(b"\1" * 5000)
+    (root / "hooks" / "net").mkdir(parents=True)
+    (root / "hooks" / "net" / "state.json").write_text("{}")
+
+
+def test_seal_writes_what_the_restoring_side_reads_first(tmp_path):
+    snapshot_tree(tmp_path)
+    w = (Workload("pid:5", 5, (5, 9)),)
+    m = packing.seal(tmp_path, w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}")
+    assert set(m.files) == {"images/tree-5/pages-1.img", "hooks/net/state.json"}
+    assert (tmp_path / contract.MAX_PID).read_text() == "9\n"
+    assert (tmp_path / contract.MAX_PID).stat().st_mode & 0o777 == 0o600
+    again, problems = manifest.verify(tmp_path, "6.12")
+    assert problems == [] and again.id == "U1"
+
+
+def test_the_way_back_reseals_in_place_without_this_kernels_files(tmp_path):
+    snapshot_tree(tmp_path)
+    w = (Workload("pid:5", 5, (5,)),)
+    m = packing.seal(tmp_path, w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}")
+    (tmp_path / "images" / "tree-5" / "restore.log").write_text("criu")
+    (tmp_path / contract.VERIFIED).write_text("ok")
+    (tmp_path / "units").mkdir()
+    back = switchback._seal(tmp_path, m, UpgradeRecord("U1", "run", "6.1"))
+    assert back.rollback and back.kernel_to == "6.1" and set(back.files) == set(m.files)
+    assert not (tmp_path / "images" / "tree-5" / "restore.log").exists()
+    assert not (tmp_path / contract.VERIFIED).exists() and not (tmp_path / "units").exists()
+    assert json.loads((tmp_path / manifest.NAME).read_text())["rollback"] is True
+    (tmp_path / "images" / "tree-5" / "pages-1.img").write_bytes(b"\2" * 5000)
+    with pytest.raises(switchback.KupgradeError, match="damaged memory"):
+        switchback._seal(tmp_path, m, UpgradeRecord("U1", "run", "6.1"))
+
+
+def ctx_for(**cfg):
+    return Context(Config(**cfg), UpgradeRecord("U1", "run", "6.1"))
+
+
+def test_preflight_chooses_the_region_when_it_fits(tmp_path, monkeypatch):
+    ctx, block = ctx_for(), fake_block(tmp_path)
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: "/sbin/" + name)
+    blockers = []
+    t = preflight._transport(ctx, 64 << 20, blockers, "kupgrade.pmem=0x50000000", block)
+    assert t["name"] == "pmem" and ctx.region.device == "/dev/pmem0" and not blockers
+    t = preflight._transport(ctx, 600 << 20, blockers, "kupgrade.pmem=0x50000000", block)
+    assert t["name"] == "initrd" and "does not fit" in t["why"] and ctx.region is None and not blockers
+
+
+def test_preflight_blocks_a_required_region_that_is_not_there(tmp_path):
+    ctx, block, blockers = ctx_for(transport="pmem"), fake_block(tmp_path), []
+    assert preflight._transport(ctx, 64 << 20, blockers, "root=/dev/vda", block)["name"] == "initrd"
+    assert "snapshot.transport = \"pmem\"" in blockers[0].message and "--reserve" in blockers[0].hint
+    ctx = ctx_for(transport="initrd")
+    assert preflight._transport(ctx, 64 << 20, [], "kupgrade.pmem=0x50000000", block)["name"] == "initrd"
+    assert ctx.region is None
+
+
+def test_boot_files_name_the_region_word():
+    assert "@CMDLINE_PMEM@" in boot._data("initramfs-top")
+    assert contract.CMDLINE_PMEM in boot.boot_file("initramfs-top")
+    assert "nd_pmem" in boot.boot_file("initramfs-hook")

@@ -63,9 +63,18 @@ def rates_from(upgrade: UpgradeRecord | None, rehearsal: UpgradeRecord | None = 
     return Rates(dump, load, boot if boot is not None else DEFAULTS.boot_s, restore, "; ".join(what))
 
 
-def downtime(snapshot_bytes: int, initrd_bytes: int, r: Rates) -> tuple[float, str]:
-    parts = {"dump+pack": snapshot_bytes / r.dump_bps,
-             "kexec load": (snapshot_bytes + initrd_bytes) / r.load_bps,
+def transport_of(rec: UpgradeRecord) -> str:
+    """How that upgrade's snapshot crossed (records older than the transports: the initrd)."""
+    snap = rec.stage("snapshot")
+    return (snap.details.get("transport") if snap else None) or "initrd"
+
+
+def downtime(snapshot_bytes: int, initrd_bytes: int, r: Rates, transport: str = "initrd") -> tuple[float, str]:
+    """The estimate and how it was made. transport "pmem": the snapshot is not in the loaded
+    initrd (the rates should come from an upgrade of the same transport: see preflight)."""
+    packed = transport == "initrd"
+    parts = {"dump+pack" if packed else "dump": snapshot_bytes / r.dump_bps,
+             "kexec load": ((snapshot_bytes if packed else 0) + initrd_bytes) / r.load_bps,
              "kernel switch": r.boot_s,
              "restore": snapshot_bytes / r.restore_bps}
     basis = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + f"; rates: {r.source}"

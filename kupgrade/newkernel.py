@@ -189,6 +189,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
         outcome = _outcome(ctx.record, m)
         if outcome in (record.RESTORED, record.ROLLED_BACK):
             restore_stage.mark_restored(snap)
+            restore_stage.release_region(snap)
         finish(ctx, outcome)
     ui.print(f"kupgrade: {res.summary or res.error}")
     if not result["ok"]:
@@ -233,6 +234,7 @@ def commit_pending(ctx: Context, ui) -> bool:
             commit.STAGE, OK, started, time.monotonic() - t0,
             f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done, "health_check": health}))
         restore_stage.mark_restored(snap)
+        restore_stage.release_region(snap)
         finish(ctx, _outcome(ctx.record, m))
     ui.print(f"kupgrade: {ctx.record.stages[-1].summary}")
     return True

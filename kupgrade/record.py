@@ -260,14 +260,14 @@ def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
     return load_file(path)
 
 
-def latest(state_dir: Path, outcome: str) -> UpgradeRecord | None:
-    """The newest record with this outcome (ids sort by time)."""
+def latest(state_dir: Path, outcome: str, where=lambda rec: True) -> UpgradeRecord | None:
+    """The newest record with this outcome (ids sort by time) for which where(record) holds."""
     for path in sorted((state_dir / "records").glob("*.json"), reverse=True):
         try:
             rec = load_file(path)
         except (OSError, ValueError, KeyError):
             continue
-        if rec.outcome == outcome:
+        if rec.outcome == outcome and where(rec):
             return rec
     return None
 

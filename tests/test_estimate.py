@@ -22,6 +22,19 @@ def test_rates_from_a_restored_record():
     assert "kernel switch 18.0 s" in basis and "measured by upgrade R1" in basis
 
 
+def test_the_region_transport_loads_only_the_initrd():
+    r = estimate.rates_from(restored_record())
+    total, basis = estimate.downtime(40 * MB, 6 * MB, r, "pmem")
+    assert total == 23.1 and "dump 1.0 s" in basis     # 1.0 dump + 0.06 load + 18.0 switch + 4.0 restore
+    assert estimate.transport_of(restored_record()) == "initrd"
+
+
+def test_latest_of_one_transport(tmp_path):
+    record.save(restored_record(), tmp_path)
+    assert record.latest(tmp_path, record.RESTORED, lambda r: estimate.transport_of(r) == "pmem") is None
+    assert record.latest(tmp_path, record.RESTORED, lambda r: estimate.transport_of(r) == "initrd").id == "R1"
+
+
 def test_defaults_without_a_usable_record():
     assert estimate.rates_from(None) is estimate.DEFAULTS
     assert estimate.rates_from(restored_record(outcome=record.ABORTED)) is estimate.DEFAULTS

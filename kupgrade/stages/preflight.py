@@ -109,8 +109,10 @@ def run(ctx: Context) -> tuple[str, dict]:
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
                                 "or `kupgrade restore --discard` to give those workloads up"))
     blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
+    same = lambda rec: estimate.transport_of(rec) == transport["name"]     # noqa: E731 - rates of this transport
     downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
-        record.latest(ctx.state_dir, record.RESTORED), record.latest(ctx.state_dir, record.REHEARSED)))
+        record.latest(ctx.state_dir, record.RESTORED, same), record.latest(ctx.state_dir, record.REHEARSED, same)),
+        transport["name"])
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
     ctx.back = _way_back(ctx, blockers)
     hooks_done, hook_error = _hooks(ctx, blockers)

@@ -119,6 +119,17 @@ def clear(snap: Path) -> None:
     shutil.rmtree(snap, ignore_errors=True)
 
 
+def release_region(snap: Path) -> str:
+    """Every tree is back and nothing reads the snapshot any more: kupgrade's memory region is
+    unmounted and zeroed now (a tmpfs goes with this boot). What was done, or why not."""
+    if not (snap / DONE).exists() or not pmem.is_region(pmem.source(snap)):
+        return ""
+    try:
+        return "; ".join(pmem.release(snap))
+    except (CommandError, OSError) as e:
+        return f"kupgrade's memory region was not released: {getattr(e, 'message', e)}"
+
+
 def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:
     """Keep the criu logs on disk, free the images of the restored trees."""
     logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / snapshot_id)
@@ -254,6 +265,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
         mark_restored(snap)
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
+    if released := release_region(snap):
+        details["released"] = released
     if (err := failure(results, snap, details) or verify_err):
         raise err
     units = sum(1 for w in m.workloads if w.unit)

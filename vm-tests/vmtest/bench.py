@@ -6,7 +6,9 @@
 3. back to 6.1 by a plain kexec (the workload ended: every size starts a fresh one);
 4. floor: a plain kexec 6.1 -> 6.12 with 6.12's own initrd (kupgrade's boot scripts, no
    snapshot), from `kexec --exec` to the first line of the target's init; then back to 6.1;
-5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back.
+5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back;
+6. every size again with the snapshot in kupgrade's memory region (snapshot.transport = "pmem";
+   the guest boots with the region reserved, REGION), 64 MiB first.
 
 Every plain kexec back to 6.1 is a floor sample of the other direction (`floor_back`). Only the
 6.1 -> 6.12 direction is measured for kupgrade. `out` fills as the measurements come, so a
@@ -44,6 +46,11 @@ FLOOR_HOW = ("no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.i
              "initrd with kupgrade's boot scripts) as kupgrade loads it, the running command line without "
              "kupgrade's words; `sync`; from the console line echoed right before `kexec --exec` to the target "
              "init's first line (`vmtest-init: kernel V up`), host receipt times")
+TRANSPORTS = ("initrd", "pmem")     # the first is the default (no region reserved): the reference
+# kupgrade's memory region for the pmem transport, as `kupgrade install-boot --reserve 1536M` would
+# reserve it: 1.5 GiB (the 1 GiB workload's snapshot and its file system) in the guest's high RAM
+REGION_START = 6 << 30
+REGION = f"memmap=1536M!{REGION_START >> 20}M kupgrade.pmem={REGION_START:#x}"
 BEAT_TIMEOUT = 900          # a 1 GiB workload makes its buffer and its checksum before the first beat
 
 
@@ -119,13 +126,17 @@ def back(vm, image, wl: Workload, method: str) -> dict:
     return plain_kexec(vm, image.kernel_from, method)
 
 
-def session(vm, image, sizes: list[int], out: dict) -> None:
+def configure(vm, image, transport: str) -> None:
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP]) + f'\n[snapshot]\ntransport = "{transport}"\n')
+
+
+def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] = TRANSPORTS) -> None:
     """The whole session (module docstring); fills out["reboot"], ["sizes"], ["floor"], ["floor_back"]."""
     res = Result("bench")
     out["doing"] = "reboot baseline (first boot + 64 MiB workload)"
     wl, out["reboot"] = first_boot(vm, image, res)
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP]))
-    out["doing"] = f"downtime at {REFERENCE_MIB} MiB"
+    configure(vm, image, transports[0])
+    out["doing"] = f"downtime at {REFERENCE_MIB} MiB ({transports[0]})"
     out["sizes"].append(measure(vm, image, wl, REFERENCE_MIB))
     method = out["sizes"][0]["kexec_method"] or "classic"
     out["doing"] = f"plain kexec back to {image.kernel_from}"
@@ -134,12 +145,14 @@ def session(vm, image, sizes: list[int], out: dict) -> None:
     out["floor"] = plain_kexec(vm, image.kernel_to, method)
     out["doing"] = f"plain kexec back to {image.kernel_from}"
     out["floor_back"].append(plain_kexec(vm, image.kernel_from, method))
-    others = [m for m in sizes if m != REFERENCE_MIB]
-    for i, mib in enumerate(others):
-        out["doing"] = f"downtime at {mib} MiB"
+    runs = [(t, m) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
+                                                 else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
+    for i, (transport, mib) in enumerate(runs):
+        out["doing"] = f"downtime at {mib} MiB ({transport})"
+        configure(vm, image, transport)
         wl = fresh_workload(vm, mib)
         out["sizes"].append(measure(vm, image, wl, mib))
-        if i < len(others) - 1:
+        if i < len(runs) - 1:
             out["doing"] = f"plain kexec back to {image.kernel_from}"
             out["floor_back"].append(back(vm, image, wl, method))
     out["doing"] = ""

@@ -65,6 +65,7 @@ def bars(sizes: list[dict], scale, colors: dict[str, str]) -> list[str]:
         top = scale(max(base, s["downtime_s"]))
         out.append(text(x + w / 2, top - 5, f"{s['downtime_s']:.1f} s", 11, "middle"))
         out.append(text(x + w / 2, HEIGHT - BOTTOM + 18, f"{s['mib']} MiB", 12, "middle"))
+        out.append(text(x + w / 2, HEIGHT - BOTTOM + 32, s.get("transport", ""), 10, "middle", color="#555"))
     return out
 
 

@@ -8,6 +8,7 @@ the benchmark writes them, it never asserts them."""
 from __future__ import annotations
 
 REFERENCE_MIB = 64          # the reference workload: the same 64 MiB Workload as the basic scenario
+DEFAULT_TRANSPORT = "initrd"    # what kupgrade uses without a reserved region: the top-level figures
 PRE_DUMP_ITERATIONS = (0, 1, 3)
 PRE_DUMP_NOT_MEASURED = ("kupgrade does not implement criu pre-dump yet (docs/design.md, prepare): the freeze "
                          "time with {n} pre-dump iteration(s) cannot be measured")
@@ -84,7 +85,8 @@ def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record:
     return {"mib": mib, "downtime_s": round(downtime_s, 3),
             "phases": dict(until_first_beat(breakdown)), "breakdown": breakdown, "stages": stage_seconds(record),
             "snapshot_bytes": snap.get("snapshot_bytes"), "initrd_bytes": load.get("initrd_bytes"),
-            "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome")}
+            "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome"),
+            "transport": snap.get("transport", DEFAULT_TRANSPORT)}
 
 
 def pre_dump_fields() -> dict[str, dict]:
@@ -96,27 +98,37 @@ def pre_dump_fields() -> dict[str, dict]:
     return out
 
 
+def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) -> dict:
+    """One transport's figures: the reference downtime, its ratios, the slope over size."""
+    ref = next((s for s in sizes if s["mib"] == REFERENCE_MIB), None)
+    downtime_s = ref["downtime_s"] if ref else None
+    fit = fit_line([(s["mib"], s["downtime_s"]) for s in sizes])
+    return {"downtime_s": downtime_s,
+            "ratio_to_floor": ratio(downtime_s, floor_s), "ratio_to_reboot": ratio(downtime_s, reboot_s),
+            "slope_ms_per_mb": round(fit[0] * 1000, 2) if fit else None,
+            "intercept_s": round(fit[1], 3) if fit else None}
+
+
 def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[dict],
              missing: list[str] = (), floor_back: list[dict] = ()) -> dict:
     """bench.json: `meta` (machine, kernels, date, commit), `floor` and `reboot` ({"seconds",
     "basis", "breakdown", ...}), `sizes` from size_entry(); `missing` names what could not be
-    measured (the command then exits non-zero); `floor_back`: plain kexecs the other way."""
+    measured (the command then exits non-zero); `floor_back`: plain kexecs the other way. The
+    top-level downtime, ratios and slope are the default transport's; `transports` has each."""
     floor_s = floor["seconds"] if floor else None
     reboot_s = reboot["seconds"] if reboot else None
+    names = sorted({s.get("transport", DEFAULT_TRANSPORT) for s in sizes}, key=lambda t: (t != DEFAULT_TRANSPORT, t))
     sizes = [{**s, "ratio_to_floor": ratio(s["downtime_s"], floor_s), "ratio_to_reboot": ratio(s["downtime_s"], reboot_s)}
-             for s in sorted(sizes, key=lambda s: s["mib"])]
-    ref = next((s for s in sizes if s["mib"] == REFERENCE_MIB), None)
-    downtime_s = ref["downtime_s"] if ref else None
-    fit = fit_line([(s["mib"], s["downtime_s"]) for s in sizes])
+             for s in sorted(sizes, key=lambda s: (names.index(s.get("transport", DEFAULT_TRANSPORT)), s["mib"]))]
+    per = {t: summary([s for s in sizes if s.get("transport", DEFAULT_TRANSPORT) == t], floor_s, reboot_s)
+           for t in names}
     return {
         **meta,
         "floor_s": floor_s, "floor": floor, "floor_back": list(floor_back),
         "reboot_s": reboot_s, "reboot_basis": reboot["basis"] if reboot else None, "reboot": reboot,
         "reference_mib": REFERENCE_MIB,
-        "downtime_s": downtime_s,
-        "ratio_to_floor": ratio(downtime_s, floor_s), "ratio_to_reboot": ratio(downtime_s, reboot_s),
-        "slope_ms_per_mb": round(fit[0] * 1000, 2) if fit else None,
-        "intercept_s": round(fit[1], 3) if fit else None,
+        **per.get(DEFAULT_TRANSPORT, summary([], floor_s, reboot_s)),
+        "transports": per,
         "sizes": sizes,
         "pre_dump": pre_dump_fields(),
         "missing": list(missing),

@@ -43,6 +43,7 @@ BOOT_MARKER = f"etc/kupgrade-boot.{VERSION}"   # in the initrd: it carries this 
 
 # --- every boot through kupgrade's initrd ------------------------------------------------------
 EARLY_PIDS = "/run/kupgrade-early-pids"   # init-top: the PIDs in use before userspace (bootpids.py)
+RESTORE_POINT = "/run/kupgrade-restore-point"  # kupgrade-restore, every call: seconds since the kernel started
 
 # --- on disk, both kernels ---------------------------------------------------------------------
 STATE_DIR = "/var/lib/kupgrade"            # records/ID.json, logs/ID/ (default of paths.state)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from . import bootpids, commit, config as config_mod, contract, logfile, manifest, record, switchback, systemd
+from . import bootpids, commit, config as config_mod, contract, estimate, logfile, manifest, record, switchback, systemd
 from .errors import KupgradeError, RestoreError, explain
 from .record import FAILED, OK, StageResult
 from .stages import restore as restore_stage
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     "restored, or go back to the old kernel when one was not (kupgrade-commit.service)")
     ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
     args = ap.parse_args(argv)
+    if not args.generator:
+        estimate.mark_restore_point()
     logfile.stderr_handler(debug=False)
     ui = PlainUi()
     try:

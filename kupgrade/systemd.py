@@ -51,6 +51,17 @@ def show(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
+def sysinit_reached_us() -> str:
+    """When this boot reached sysinit.target (µs of CLOCK_MONOTONIC; "" without systemd as init)."""
+    if not Path("/run/systemd/system").is_dir():
+        return ""
+    try:
+        return run(["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", "--value", "sysinit.target"],
+                   timeout=30).stdout.decode().strip()
+    except CommandError:
+        return ""
+
+
 def describe(unit: str) -> tuple[dict[str, str], str]:
     """(properties, problem): problem is "" when the unit can be a workload."""
     try:

@@ -73,3 +73,42 @@ def test_newer_rehearsal_bandwidths_with_the_upgrade_kernel_switch():
     assert "rehearsal H1" in r.source and "upgrade R1" in r.source
     older = estimate.rates_from(up, rehearsal_record(created=-1.0))
     assert older.dump_bps == 40 * MB
+
+
+def test_the_restore_point_of_this_boot(tmp_path):
+    marked, early = tmp_path / "point", tmp_path / "early"
+    assert estimate.restore_point("7250000", marked, early) == (7.25, "this boot reached sysinit.target (where the "
+                                                                      "restore unit runs)")
+    assert estimate.restore_point("", marked, early) == (None, "")
+    early.write_text("release 6.1\ncpus 2\npids 1 2 3\nuptime 3.50\n")
+    seconds, how = estimate.restore_point("0", marked, early)
+    assert seconds == 3.5 + estimate.EARLY_USERSPACE_S and "initramfs started" in how
+    uptime = tmp_path / "uptime"
+    uptime.write_text("9.75 17.00\n")
+    estimate.mark_restore_point(marked, uptime)
+    uptime.write_text("99.0 1.0\n")
+    estimate.mark_restore_point(marked, uptime)        # the first call of the boot counts
+    assert estimate.restore_point("", marked, early)[0] == 9.75
+
+
+def test_first_estimate_from_what_this_machine_measures():
+    copy, sha = estimate.calibrate(2 << 20)
+    assert copy > 0 and sha > 0
+    r = estimate.first_rates(100 * MB, 50 * MB, (10.0, "this boot's kupgrade-restore ran"))
+    assert r.boot_s == 10.0 + estimate.HANDOFF_S and "memory copy 100 MB/s" in r.source
+    assert round(1 / r.dump_bps, 4) == round(1 / (50 * MB) + 5 / (100 * MB), 4)
+    total, basis = estimate.downtime(80 * MB, 6 * MB, r)
+    packed = total
+    total, _ = estimate.downtime(80 * MB, 6 * MB, r, "pmem")
+    assert packed - total > 80 * MB / r.deliver_bps - 0.1      # the region: nothing to unpack and move
+    assert "kupgrade-restore ran" in basis
+    assert estimate.first_rates(100 * MB, 50 * MB, (None, "")).boot_s == estimate.DEFAULTS.boot_s
+
+
+def test_a_rehearsal_alone_leaves_the_switch_to_the_first_estimate():
+    first = estimate.first_rates(100 * MB, 50 * MB, (10.0, "this boot's kupgrade-restore ran"))
+    reh = UpgradeRecord(id="H1", command="rehearse", kernel_from="a", outcome=record.REHEARSED,
+                        stages=restored_record().stages)
+    r = estimate.rates_from(None, reh, first)
+    assert r.dump_bps == 40 * MB and r.boot_s == first.boot_s and r.deliver_bps == first.deliver_bps
+    assert "rehearsal H1" in r.source and "memory copy" in r.source

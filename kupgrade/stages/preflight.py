@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
-from .. import pmem, workloads
+from .. import pmem, systemd, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -109,10 +109,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
                                 "or `kupgrade restore --discard` to give those workloads up"))
     blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
-    same = lambda rec: estimate.transport_of(rec) == transport["name"]     # noqa: E731 - rates of this transport
-    downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(
-        record.latest(ctx.state_dir, record.RESTORED, same), record.latest(ctx.state_dir, record.REHEARSED, same)),
-        transport["name"])
+    downtime, basis, machine = _estimate(ctx, est, initrd_size, transport["name"])
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
     ctx.back = _way_back(ctx, blockers)
     hooks_done, hook_error = _hooks(ctx, blockers)
@@ -120,7 +117,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
                "transport": transport,
                "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
-               "downtime_estimate_s": downtime, "downtime_basis": basis,
+               "downtime_estimate_s": downtime, "downtime_basis": basis, **({"machine": machine} if machine else {}),
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
                "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids,
@@ -180,6 +177,24 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
         tail = e.stderr_tail.strip()
         out.append(Blocker(f"`criu check` failed: {tail.splitlines()[-1] if tail else e.message}", e.hint))
     return out
+
+
+def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple[float, str, dict]:
+    """The downtime estimate, its basis, and (before the first upgrade of this transport here)
+    what this machine measured of itself for it."""
+    def same(rec) -> bool:
+        return estimate.transport_of(rec) == transport
+    upgrade = record.latest(ctx.state_dir, record.RESTORED, same)
+    rehearsal = record.latest(ctx.state_dir, record.REHEARSED, same)
+    first, machine = estimate.DEFAULTS, {}
+    if upgrade is None:
+        copy_bps, hash_bps = estimate.calibrate()
+        point = estimate.restore_point(systemd.sysinit_reached_us())
+        first = estimate.first_rates(copy_bps, hash_bps, point)
+        machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
+                   "restore_point_basis": point[1]}
+    downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(upgrade, rehearsal, first), transport)
+    return downtime, basis, machine
 
 
 def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, block: Path = pmem.BLOCK) -> dict:

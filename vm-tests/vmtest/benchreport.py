@@ -81,8 +81,12 @@ def stage_details(record: dict, name: str) -> dict:
 
 def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record: dict) -> dict:
     """One snapshot size's measurement as bench.json lists it (assemble() adds the ratios)."""
-    snap, load = stage_details(record, "snapshot"), stage_details(record, "kexec")
+    snap, load, pre = stage_details(record, "snapshot"), stage_details(record, "kexec"), stage_details(record, "preflight")
+    estimate = pre.get("downtime_estimate_s")
     return {"mib": mib, "downtime_s": round(downtime_s, 3),
+            "estimate_s": estimate, "estimate_error_pct": round(100 * (estimate - downtime_s) / downtime_s, 1)
+            if estimate is not None and downtime_s else None,
+            "estimate_basis": pre.get("downtime_basis"), **({"machine": pre["machine"]} if pre.get("machine") else {}),
             "phases": dict(until_first_beat(breakdown)), "breakdown": breakdown, "stages": stage_seconds(record),
             "snapshot_bytes": snap.get("snapshot_bytes"), "initrd_bytes": load.get("initrd_bytes"),
             "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome"),

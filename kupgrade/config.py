@@ -20,6 +20,7 @@ from .run import use_programs
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 TRANSPORTS = ("auto", "initrd", "pmem")
+MAX_PRE_DUMP = 5
 KEXEC_METHODS = ("auto", "file", "classic")
 RESTORE_POLICIES = ("rollback", "keep")
 BLOCKED_POLICIES = ("auto", "abort", "fresh")
@@ -45,6 +46,7 @@ class Config:
     snapshot_dir: str = contract.SNAPSHOT_TMPFS
     snapshot_size: str = "auto"
     transport: str = "auto"
+    pre_dump: int = 0
     kexec_method: str = "auto"
     append: str = ""
     state_dir: str = contract.STATE_DIR
@@ -158,6 +160,10 @@ def _policy(v: str) -> str | None:
     return None if v in RESTORE_POLICIES else f"must be one of {', '.join(RESTORE_POLICIES)} (got {v!r})"
 
 
+def _pre_dump(v: int) -> str | None:
+    return None if 0 <= v <= MAX_PRE_DUMP else f"must be 0 to {MAX_PRE_DUMP} iterations (got {v})"
+
+
 def _transport(v: str) -> str | None:
     return None if v in TRANSPORTS else f"must be one of {', '.join(TRANSPORTS)} (got {_short.repr(v)})"
 
@@ -233,6 +239,12 @@ SETTINGS: tuple[Setting, ...] = (
             "`kupgrade install-boot --reserve SIZE` sets it up, one reboot activates it), or \"auto\" (pmem "
             "when that region is active and the snapshot fits in it, else initrd).",
             check=_transport, example='"auto"'),
+    Setting("snapshot", "pre_dump", "pre_dump", int,
+            "criu pre-dump iterations while the workloads still run (prepare): the first copies their memory, "
+            "each next one what they dirtied since (soft-dirty tracking); the final dump in the pause then "
+            "copies only the pages dirtied after the last. Worth it for large, mostly idle memory; the "
+            "snapshot then holds those pages twice (preflight counts 1.5 x the estimate). 0: one dump, in the pause.",
+            check=_pre_dump, example="1"),
     Setting("kexec", "method", "kexec_method", str,
             "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "

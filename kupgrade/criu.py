@@ -20,10 +20,27 @@ def check_argv() -> list[str]:
     return [CRIU, "check"]
 
 
+PRE_DIR = "pre-{n}"              # images/TREE/pre-N/: pre-dump iteration N (the final dump's parent)
+PRE_LOG = "pre-dump-{n}.log"
+
+
+def pre_dump_argv(w: Workload, images: Path, n: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
+    """Pre-dump iteration n (1, 2, ...) of one tree into images/pre-N, while it runs: its memory
+    (the first), or what it dirtied since iteration n-1 (soft-dirty tracking). The tasks go on."""
+    argv = [CRIU, "pre-dump", "--tree", str(w.root_pid), "--images-dir", str(images / PRE_DIR.format(n=n)),
+            "--log-file", str(images / PRE_LOG.format(n=n)), "-v4", "--track-mem"]
+    if n > 1:   # relative to the images dir: the link criu leaves there stays valid wherever the tree goes
+        argv += ["--prev-images-dir", "../" + PRE_DIR.format(n=n - 1)]
+    if w.cgroup:
+        argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
+    return argv
+
+
 def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup"),
-              external: list[str] = (), ext_unix: bool = False) -> list[str]:
+              external: list[str] = (), ext_unix: bool = False, pre: int = 0) -> list[str]:
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
-    `kexec -e` can resume them untouched; kexec ends them."""
+    `kexec -e` can resume them untouched; kexec ends them. pre: the last pre-dump iteration
+    (the dump then writes only the pages dirtied since; criu links images/parent to it)."""
     argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
             "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks",
             # established connections are dumped (and locked) instead of failing the dump; a
@@ -37,6 +54,8 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
         argv += ["--external", "unix[" + res.removeprefix("socket:[").rstrip("]") + "]"]
     if ext_unix:            # a datagram socket connected to a named one outside (syslog): see unixsk.py
         argv.append("--ext-unix-sk")
+    if pre:
+        argv += ["--track-mem", "--prev-images-dir", PRE_DIR.format(n=pre)]
     return argv
 
 

@@ -66,6 +66,14 @@ class CpioWriter:
         self._pad(copied)
         return h.hexdigest()
 
+    def link(self, name: str, path: Path) -> str:
+        """A symlink, as it is (a relative target inside the snapshot); returns the target."""
+        target = os.readlink(path)
+        self._entry(name, stat.S_IFLNK | 0o777, 1, 0, len(target.encode()))
+        self.out.write(target.encode())
+        self._pad(len(target.encode()))
+        return target
+
     def data(self, name: str, data: bytes, mtime: int = 0) -> None:
         self._entry(name, stat.S_IFREG | 0o600, 1, mtime, len(data))
         self.out.write(data)
@@ -81,7 +89,7 @@ class CpioWriter:
         for dirpath, dirnames, filenames in os.walk(src):
             dirnames.sort()
             rel = Path(dirpath).relative_to(src)
-            for name in sorted(dirnames) + sorted(filenames):
+            for name in sorted(dirnames) + sorted(filenames):     # a link to a directory is among dirnames
                 path = Path(dirpath) / name
                 arc = str(Path(prefix, rel, name))      # pathlib drops the "." of the top level
                 st = path.lstat()
@@ -90,8 +98,11 @@ class CpioWriter:
                 elif stat.S_ISREG(st.st_mode):
                     if only is None or only(arc):
                         files[arc] = {"size": st.st_size, "sha256": self.file(arc, path)}
+                elif stat.S_ISLNK(st.st_mode):      # criu's `parent` link to a pre-dump
+                    if only is None or only(arc):
+                        files[arc] = {"size": 0, "link": self.link(arc, path)}
                 else:
-                    raise ValueError(f"{path}: only directories and regular files belong in a snapshot")
+                    raise ValueError(f"{path}: only directories, regular files and links belong in a snapshot")
         return files
 
     def close(self) -> int:
@@ -158,6 +169,12 @@ def extract(path: Path, offset: int, dest: Path) -> int:
             target = dest / rel if rel else dest
             if stat.S_ISDIR(mode):
                 target.mkdir(mode=0o700, parents=True, exist_ok=True)
+            elif stat.S_ISLNK(mode):
+                link = f.read(size).decode()
+                if link.startswith("/") or not (target.parent / link).resolve().is_relative_to(dest.resolve()):
+                    raise ValueError(f"{path}: link {name!r} points outside the snapshot")
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.symlink(link, target)
             else:
                 target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -66,9 +66,9 @@ class Manifest:
         if not d["id"] or "/" in d["id"] or d["id"].startswith("."):     # it names files: records/ID.json
             raise BadShape(f"the manifest's id {d['id'][:60]!r} is not a record id")
         for rel, meta in d["files"].items():
-            shape(meta, {"size": int, "sha256": str}, f"the manifest's entry {rel!r}")
-            if "size" not in meta or "sha256" not in meta:
-                raise BadShape(f"the manifest's entry {rel!r} needs `size` and `sha256`")
+            shape(meta, {"size": int, "sha256": str, "link": str}, f"the manifest's entry {rel!r}")
+            if "size" not in meta or ("sha256" in meta) == ("link" in meta):
+                raise BadShape(f"the manifest's entry {rel!r} needs `size` and `sha256` (a file) or `link` (a link)")
         try:
             workloads = tuple(Workload.from_json(w) for w in d["workloads"])
         except (KeyError, TypeError) as e:
@@ -128,7 +128,11 @@ def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambd
         if skip and rel.startswith(skip):
             continue
         p = snapshot / rel
-        if outside(rel) or not p.resolve().is_relative_to(top):
+        if "link" in meta:      # criu's `parent` link to a pre-dump, inside the tree
+            if outside(rel) or not p.is_symlink() or os.readlink(p) != meta["link"] \
+                    or not p.resolve().is_relative_to(top):
+                problems.append(f"{rel}: not the link the manifest names")
+        elif outside(rel) or not p.resolve().is_relative_to(top):
             problems.append(f"{rel!r}: not a path inside the snapshot (not opened)")
         elif not p.is_file():
             problems.append(f"{rel}: missing")

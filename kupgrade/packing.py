@@ -37,21 +37,32 @@ def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Calla
     return m
 
 
-def hashed(root: Path, only: Callable[[str], bool] | None = None) -> dict[str, dict]:
+def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | None = None) -> dict[str, dict]:
     """{path under root: {"size", "sha256"}} of every file under root/images and root/hooks,
-    hashed in parallel (hashlib lets go of the GIL). only: which files to take."""
-    paths = []
+    hashed in parallel (hashlib lets go of the GIL); a symlink (criu's `parent` of a pre-dump) as
+    {"size": 0, "link": target}. only: which files to take; known: hashes taken earlier of files
+    that have not changed since (the pre-dumps), used when the size still matches."""
+    paths, out = [], {}
     for top in (contract.IMAGES, contract.HOOKS):
-        for dirpath, _dirs, filenames in os.walk(root / top):
-            for name in filenames:
+        for dirpath, dirnames, filenames in os.walk(root / top):
+            for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 p = Path(dirpath, name)
-                if not stat.S_ISREG(p.lstat().st_mode):
-                    raise ValueError(f"{p}: only directories and regular files belong in a snapshot")
-                if only is None or only(p.relative_to(root).as_posix()):
+                rel = p.relative_to(root).as_posix()
+                st = p.lstat()
+                if only is not None and not only(rel):
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    out[rel] = {"size": 0, "link": os.readlink(p)}
+                elif not stat.S_ISREG(st.st_mode):
+                    raise ValueError(f"{p}: only directories, regular files and links belong in a snapshot")
+                elif known and rel in known and known[rel]["size"] == st.st_size:
+                    out[rel] = known[rel]
+                else:
                     paths.append(p)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         sums = list(pool.map(manifest.sha256_file, paths))
-    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": h} for p, h in zip(paths, sums)}
+    out.update({p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": h} for p, h in zip(paths, sums)})
+    return out
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -61,10 +72,10 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def seal(root: Path, workloads, make: Callable[[dict], manifest.Manifest], record_text: str,
-         only: Callable[[str], bool] | None = None) -> manifest.Manifest:
+         only: Callable[[str], bool] | None = None, known: dict | None = None) -> manifest.Manifest:
     """The snapshot in place (the memory-region transport): hash the images and the hooks' state,
     then write what the restoring side reads first, as fill() does into the archive."""
-    m = make(hashed(root, only))
+    m = make(hashed(root, only, known))
     _write(root / contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
     _write(root / manifest.NAME, manifest.dumps(m))
     _write(root / contract.RECORD, record_text.encode())

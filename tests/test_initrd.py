@@ -43,10 +43,26 @@ def test_cpio_modes_are_private(tmp_path):
     assert mode & 0o077 == 0 and mode & 0o700 == 0o600
 
 
-def test_cpio_refuses_symlinks(tmp_path):
+def test_cpio_carries_links_and_refuses_other_special_files(tmp_path):
     snap = make_snapshot(tmp_path)
-    (snap / "link").symlink_to("/etc/passwd")
-    with pytest.raises(ValueError, match="only directories and regular files"):
+    (snap / "pre-1").mkdir()
+    (snap / "pre-1" / "pages-1.img").write_bytes(b"p" * 10)
+    (snap / "parent").symlink_to("pre-1")       # criu's link to its pre-dump
+    out = tmp_path / "combined"
+    base = tmp_path / "base"
+    base.write_bytes(b"\x1f\x8b" + b"z" * 100)
+    sizes = initrd.assemble(base, out, lambda w: w.tree(snap))
+    dest = tmp_path / "out"
+    initrd.extract(out, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    assert os.readlink(dest / "parent") == "pre-1" and (dest / "parent" / "pages-1.img").read_bytes() == b"p" * 10
+    (snap / "parent").unlink()
+    (snap / "parent").symlink_to("../../etc")
+    sizes = initrd.assemble(base, out, lambda w: w.tree(snap))
+    with pytest.raises(ValueError, match="points outside"):
+        initrd.extract(out, sizes["target_initrd_bytes"] + sizes["padding_bytes"], tmp_path / "out2")
+    (snap / "parent").unlink()
+    os.mkfifo(snap / "fifo")
+    with pytest.raises(ValueError, match="only directories, regular files and links"):
         initrd.write_cpio(snap, io.BytesIO())
 
 

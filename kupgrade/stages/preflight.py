@@ -102,8 +102,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
-    transport = _transport(ctx, est, blockers, Path("/proc/cmdline").read_text())
-    blockers += _method(ctx, lockdown, 0 if ctx.region else est, initrd_size, avail)
+    held = est * 3 // 2 if cfg.pre_dump else est    # pre-dumped pages dirtied again are held twice
+    transport = _transport(ctx, held, blockers, Path("/proc/cmdline").read_text())
+    blockers += _method(ctx, lockdown, 0 if ctx.region else held, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "

@@ -1,13 +1,21 @@
 """prepare: work done while the workloads still run, so that the pause is shorter.
 
-Today: write back the dirty page cache (sync) before the freeze; the flush after the freeze
-then only writes what was dirtied since. (Pre-copying memory with `criu pre-dump` belongs here
-too; not done yet.)
+Write back the dirty page cache (sync) before the freeze, so that the flush after the freeze
+only writes what was dirtied since; with `snapshot.pre_dump = N`, mount the snapshot's tmpfs or
+memory region now and copy each tree's memory with N `criu pre-dump` iterations while it runs, so
+that the final dump in the pause copies only the pages dirtied after the last one.
 """
 
 from __future__ import annotations
 
-from .. import faults
+import shutil
+import time
+
+from .. import criu, faults, packing
+from ..errors import CommandError
+from ..progress import tree_bytes
+from ..run import run as run_cmd
+from . import snapshot
 from .context import Context
 from .flush import writeback
 
@@ -16,12 +24,54 @@ SKIPPABLE = "it only moves write-back out of the pause; the flush after the free
 
 
 def plan(ctx: Context) -> list[str]:
-    return ["sync(2) while the workloads still run: most dirty page cache is written before the pause",
-            "report dirty/writeback bytes before and after"]
+    out = ["sync(2) while the workloads still run: most dirty page cache is written before the pause",
+           "report dirty/writeback bytes before and after"]
+    if n := ctx.config.pre_dump:
+        out.append(f"mount the snapshot's {'memory region' if ctx.region else 'tmpfs'} now; {n} criu pre-dump "
+                   "iteration(s) per tree while it runs (--track-mem): the final dump in the pause copies only "
+                   "the pages dirtied after the last")
+    return out
 
 
 def run(ctx: Context) -> tuple[str, dict]:
     details = writeback(ctx)
     faults.point("prepare", "prepare failed")
-    return (f"pre-flushed {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s "
-            "while the workloads ran"), details
+    summary = (f"pre-flushed {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s "
+               "while the workloads ran")
+    if ctx.config.pre_dump:
+        details["pre_dump"] = pre_dump(ctx, ctx.config.pre_dump)
+        copied = sum(it["bytes"] for t in details["pre_dump"]["trees"].values() for it in t["iterations"])
+        summary += f"; pre-dumped {copied >> 20} MiB of memory"
+    return summary, details
+
+
+def pre_dump(ctx: Context, n: int) -> dict:
+    """n pre-dump iterations of every tree into its images dir (pre-1 ... pre-n). A failed one is
+    no failure of the upgrade: criu lets the tasks go on, and that tree gets one full dump in the
+    pause (said so in the record)."""
+    where = snapshot.mount(ctx)
+    trees: dict[str, dict] = {}
+    out: dict = {"mounted": where, "trees": trees}
+    for w in ctx.workloads:
+        images = snapshot.images_root(ctx) / w.key
+        images.mkdir(parents=True, mode=0o700, exist_ok=True)
+        its: list[dict] = []
+        trees[w.key] = {"selector": w.selector, "iterations": its}
+        for i in range(1, n + 1):
+            t0 = time.monotonic()
+            try:
+                run_cmd(criu.pre_dump_argv(w, images, i), timeout=600, cwd=str(images))
+            except CommandError as e:
+                cause = criu.first_error(images, criu.PRE_LOG.format(n=i)) or e.message
+                shutil.rmtree(images, ignore_errors=True)
+                ctx.pre_dumped.pop(w.key, None)
+                trees[w.key]["failed"] = f"pre-dump {i}: {cause}; this tree is dumped whole in the pause"
+                break
+            its.append({"s": round(time.monotonic() - t0, 4),
+                        "bytes": tree_bytes(images / criu.PRE_DIR.format(n=i))})
+            ctx.pre_dumped[w.key] = i
+    if ctx.region:      # the pre-dumps do not change any more: hashed now, not in the pause
+        t0 = time.monotonic()
+        ctx.prehashed = packing.hashed(ctx.snapshot_dir)
+        out["hashed"] = {"s": round(time.monotonic() - t0, 4), "files": len(ctx.prehashed)}
+    return out

@@ -42,7 +42,8 @@ def tmpfs_size(ctx: Context) -> str:
     if ctx.config.snapshot_size != "auto":
         return ctx.config.snapshot_size
     initrd = ctx.target.initrd.stat().st_size if ctx.target and ctx.target.initrd.exists() else 0
-    want = max(MIN_TMPFS, int(ctx.estimate_bytes * 2.5) + initrd + (64 << 20))
+    held = ctx.estimate_bytes * (1.5 if ctx.config.pre_dump else 1)    # pre-dumped pages dirtied again: twice
+    want = max(MIN_TMPFS, int(held * 2.5) + initrd + (64 << 20))
     return f"{(want >> 20) + 1}M"
 
 
@@ -75,15 +76,19 @@ def plan(ctx: Context) -> list[str]:
 
 
 def mount(ctx: Context) -> str:
+    """Mount the snapshot's tmpfs or memory region (once: prepare may have, for its pre-dumps)."""
     d = ctx.snapshot_dir
+    where = f"{ctx.region.size >> 20} MiB region {ctx.region.device}" if ctx.region else tmpfs_size(ctx)
+    if ctx.snapshot_mounted:
+        return where
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     if ctx.region:          # made afresh: whatever an earlier use left there is gone
         pmem.make(ctx.region)
         dax = pmem.mount(ctx.region.device, d)
         ctx.snapshot_mounted = True
         ctx.note()
-        return f"{ctx.region.size >> 20} MiB region {ctx.region.device}{', DAX' if dax else ''}"
-    size = tmpfs_size(ctx)
+        return where + (", DAX" if dax else "")
+    size = where
     run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},nosuid,nodev,noexec",
              "kupgrade-snapshot", str(d)], timeout=30)     # the source name /proc/mounts shows
     ctx.snapshot_mounted = True
@@ -110,7 +115,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
     for w in list(ctx.workloads):
         images = images_root(ctx) / w.key
-        images.mkdir(parents=True, mode=0o700)
+        images.mkdir(parents=True, mode=0o700, exist_ok=True)      # with the pre-dumps in it, if any
         socks = criu.stdio_sockets(w.pids) if w.unit else []
         if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
             (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
@@ -142,7 +147,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")
     if ctx.region:
-        m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps())
+        m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps(), known=ctx.prehashed)
         sizes = {"transport": "pmem", "total_bytes": m.total_bytes, **ctx.region.to_json()}
     else:
         m, sizes = _pack(ctx, make)
@@ -182,7 +187,8 @@ def _dump(ctx: Context, w, images: Path, socks: list[str]):
     try:
         faults.point("dump", "criu dump failed")
         with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-            run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists()),
+            run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
+                                   pre=ctx.pre_dumped.get(w.key, 0)),
                     timeout=600, cwd=str(images))
     except CommandError as e:
         ctx.dumping = None

@@ -2,7 +2,8 @@
 initrd. The guest boots with the words `kupgrade install-boot --reserve 512M` writes for it
 (memmap=512M!1280M kupgrade.pmem=0x50000000); snapshot.transport is left at "auto". Check picks
 the region; a restore that fails in 6.12 goes back to 6.1 through the same region (nothing
-packed, the old kernel mounts it); then the upgrade to 6.12 through it. Both workloads keep their
+packed, the old kernel mounts it); then the upgrade to 6.12 through it, with a criu pre-dump
+while the workloads run (its images hashed before the pause). Both workloads keep their
 PIDs and memory each time, and the region is zeroed once the restore is done with it."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ..qemu import Machine
 from ..scenario import (Result, final_record, heartbeats_back, kupgrade_config, stage_of, started, upgrade,
                         workload_intact, write_config)
 from ..workload import Workload
-from .rollback import way_back
+from .rollback import pre_dumped, way_back
 
 NAME = "pmem"
 DESCRIPTION = ("the snapshot in kupgrade's memory region (memmap=, no initrd packing): a failed restore in 6.12 "
@@ -31,13 +32,15 @@ def run(vm, image, res: Result) -> None:
     res.data["way_back"] = way_back(vm, image, res, (wl, small), (before, small_before), "criu-restore-fails")
     region_used(vm, res, "the way back (6.1 -> 6.12 -> 6.1)", switch_back=True)
 
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid]))
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid])
+                 + "\n[snapshot]\npre_dump = 1\n")
     if (switched := upgrade(vm, res)) is None:
         return
     heartbeats_back(vm, res, wl)
     res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     rec = region_used(vm, res, "6.1 -> 6.12")
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
+    pre_dumped(res, rec, "6.1 -> 6.12", 1)
     workload_intact(res, wl, before)
     small_after = small.state()
     res.check((small_after["pid"], small_after["child"]) == (small_before["pid"], small_before["child"])

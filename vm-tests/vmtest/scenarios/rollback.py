@@ -13,7 +13,7 @@ import json
 import time
 
 from ..qemu import LostVMError
-from ..scenario import Result, booted, kupgrade_config, last_record, started, wait_outcome, write_config
+from ..scenario import Result, booted, kupgrade_config, last_record, stage_of, started, wait_outcome, write_config
 from ..workload import Workload
 
 NAME = "rollback"
@@ -27,7 +27,9 @@ DESCRIPTION = ("a restore failing in 6.12 (criu on one of two trees; the health 
 # check saying the new kernel is not fit.
 CAUSES = {
     "criu-restore-fails": ('append = "kupgrade.fault=restore:second"', "", "fault injected"),
-    "health-check-fails": ("", "health_check = \"/bin/sh -c 'test $(uname -r) = {old}'\"\n", "the health check"),
+    # with two pre-dump iterations: criu's `parent` links go through the initrd and back
+    "health-check-fails": ("\n[snapshot]\npre_dump = 2", "health_check = \"/bin/sh -c 'test $(uname -r) = {old}'\"\n",
+                           "the health check"),
 }
 
 
@@ -100,7 +102,18 @@ def way_back(vm, image, res: Result, wls, befores, label: str) -> dict:
         res.check(len(trees) == 2 and all(r.get("ok") and r.get("held") for r in trees.values()),
                   f"{label}: the check ran in 6.12 once both trees were restored, stopped, before either ran",
                   json.dumps(trees)[:800])
+    if "pre_dump" in target:
+        pre_dumped(res, rec, label, 2)
     return out
+
+
+def pre_dumped(res: Result, rec: dict, label: str, n: int) -> None:
+    """The record's prepare stage: n pre-dump iterations of every tree, none failed."""
+    trees = stage_of(rec, "prepare").get("details", {}).get("pre_dump", {}).get("trees", {})
+    res.check(len(trees) == 2 and all(len(t["iterations"]) == n and "failed" not in t and t["iterations"][0]["bytes"]
+                                      for t in trees.values()),
+              f"{label}: {n} pre-dump iterations of both trees while they ran; the final dump built on them",
+              json.dumps(trees)[:800])
 
 
 def alive_or_why(vm, wl: Workload, label: str) -> dict:

@@ -81,8 +81,17 @@ def test_assemble_ratios_slope_and_what_is_not_measured():
     assert b["sizes"][3]["ratio_to_floor"] == 4.0 and b["sizes"][3]["ratio_to_reboot"] == 1.28
     assert b["slope_ms_per_mb"] == 20.83 and b["intercept_s"] == 10.667
     assert set(b["pre_dump"]) == {"0", "1", "3"}
-    assert all(v["freeze_s"] is None and "not implement" in v["not_measured"] for v in b["pre_dump"].values())
+    assert all(v["freeze_s"] is None and "not reached" in v["not_measured"] for v in b["pre_dump"].values())
     assert b["missing"] == [] and b["floor_back"] == [{"seconds": 9.0}]
+    assert set(b["transports"]) == {"initrd"} and b["transports"]["initrd"]["downtime_s"] == 12.0
+
+
+def test_pre_dump_series_and_idle_ratio():
+    runs = [{**entry(64, 12.0 - n), "pre_dump": n, "dirty_mib_s": 8} for n in (0, 1, 3)]
+    runs += [{**entry(64, 11.0), "pre_dump": 1, "dirty_mib_s": 0}, {**entry(1024, 20.0), "pre_dump": 1, "dirty_mib_s": 0}]
+    b = assemble({}, None, None, [entry(64, 12.0)], pre_dump_runs=runs)
+    assert b["pre_dump"]["3"]["freeze_s"] == 3.5 and b["pre_dump"]["3"]["dirty_mib_s"] == 8      # freeze+snapshot+kexec
+    assert b["pre_dump"]["idle"]["ratio_largest_to_reference"] == 1.0 and set(b["pre_dump"]["idle"]) >= {"64", "1024"}
 
 
 def test_assemble_partial_session():

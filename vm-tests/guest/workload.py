@@ -7,7 +7,8 @@ heartbeat.log. On SIGUSR1 the parent writes state.json: PIDs, counter, sha256 of
 `workload.py --query PID` triggers that and prints the state. On SIGUSR2 the parent forks a
 late child (it sleeps; its PID is in the state as "late"): a tree that grew after preflight.
 KUPGRADE_WL_DIR and KUPGRADE_WL_MIB (environment) give a second instance its own directory
-and buffer size."""
+and buffer size; KUPGRADE_WL_DIRTY_MIBS makes it dirty that many MiB per second of a second,
+32 MiB buffer (one byte per page, round and round: what criu's pre-dumps chase)."""
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ DIR = os.environ.get("KUPGRADE_WL_DIR", "/var/lib/workload")
 STATE = f"{DIR}/state.json"
 HEARTBEAT = f"{DIR}/heartbeat.log"
 SIZE = int(os.environ.get("KUPGRADE_WL_MIB", "64")) << 20
+DIRTY_PAGES_PER_TICK = int(float(os.environ.get("KUPGRADE_WL_DIRTY_MIBS", "0")) * 256 / 10)
+DIRTY_MIB = 32
 
 
 def child(r: int) -> None:
@@ -59,9 +62,13 @@ def parent() -> None:
     buf = known_content(SIZE)
     sha_start = hashlib.sha256(buf).hexdigest()
     counter, seq = 0, 0
+    dirty, page = bytearray(DIRTY_MIB << 20) if DIRTY_PAGES_PER_TICK else bytearray(), 0
     asked.append(1)
     while True:
         counter += 1
+        for _ in range(DIRTY_PAGES_PER_TICK):
+            dirty[page * 4096] = counter & 0xFF
+            page = (page + 1) % (DIRTY_MIB * 256)
         os.write(w, b"%d\n" % counter)
         if late and late[-1] == 0:
             late[-1] = os.fork()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kupgrade import kexec
 
-from .benchreport import REFERENCE_MIB, size_entry
+from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, size_entry
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
 from .timeline import MARKS, breakdown, intervals, marks
 from .workload import Workload
@@ -47,10 +47,11 @@ FLOOR_HOW = ("no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.i
              "kupgrade's words; `sync`; from the console line echoed right before `kexec --exec` to the target "
              "init's first line (`vmtest-init: kernel V up`), host receipt times")
 TRANSPORTS = ("initrd", "pmem")     # the first is the default (no region reserved): the reference
-# kupgrade's memory region for the pmem transport, as `kupgrade install-boot --reserve 1536M` would
-# reserve it: 1.5 GiB (the 1 GiB workload's snapshot and its file system) in the guest's high RAM
+# kupgrade's memory region for the pmem transport, as `kupgrade install-boot --reserve 2G` would
+# reserve it: 2 GiB (the 1 GiB workload's snapshot, counted 1.5 x with a pre-dump, and its file
+# system) in the guest's high RAM
 REGION_START = 6 << 30
-REGION = f"memmap=1536M!{REGION_START >> 20}M kupgrade.pmem={REGION_START:#x}"
+REGION = f"memmap=2048M!{REGION_START >> 20}M kupgrade.pmem={REGION_START:#x}"
 BEAT_TIMEOUT = 900          # a 1 GiB workload makes its buffer and its checksum before the first beat
 
 
@@ -72,10 +73,11 @@ def first_boot(vm, image, res: Result) -> tuple[Workload, dict]:
                 "breakdown": intervals(points), "workload_mib": REFERENCE_MIB}
 
 
-def fresh_workload(vm, mib: int) -> Workload:
-    """A new workload of `mib` MiB in the cgroup, relayed from its first heartbeat."""
+def fresh_workload(vm, mib: int, dirty_mib_s: float = 0) -> Workload:
+    """A new workload of `mib` MiB in the cgroup (dirtying memory at `dirty_mib_s`), relayed
+    from its first heartbeat."""
     vm.sh("rm", "-rf", WORKLOAD_DIR)
-    wl = Workload(vm, env={"KUPGRADE_WL_MIB": str(mib)})
+    wl = Workload(vm, env={"KUPGRADE_WL_MIB": str(mib), "KUPGRADE_WL_DIRTY_MIBS": str(dirty_mib_s)})
     wl.start(cgroup=CGROUP)
     return wl
 
@@ -126,8 +128,9 @@ def back(vm, image, wl: Workload, method: str) -> dict:
     return plain_kexec(vm, image.kernel_from, method)
 
 
-def configure(vm, image, transport: str) -> None:
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP]) + f'\n[snapshot]\ntransport = "{transport}"\n')
+def configure(vm, image, transport: str, pre_dump: int = 0) -> None:
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP])
+                 + f'\n[snapshot]\ntransport = "{transport}"\npre_dump = {pre_dump}\n')
 
 
 def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] = TRANSPORTS) -> None:
@@ -145,14 +148,27 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
     out["floor"] = plain_kexec(vm, image.kernel_to, method)
     out["doing"] = f"plain kexec back to {image.kernel_from}"
     out["floor_back"].append(plain_kexec(vm, image.kernel_from, method))
-    runs = [(t, m) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
-                                                 else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
-    for i, (transport, mib) in enumerate(runs):
-        out["doing"] = f"downtime at {mib} MiB ({transport})"
-        configure(vm, image, transport)
-        wl = fresh_workload(vm, mib)
-        out["sizes"].append(measure(vm, image, wl, mib))
+    runs = [(t, m, 0, 0) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
+                                                       else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
+    runs += pre_dump_runs(sizes, transports[-1])
+    for i, (transport, mib, pre, dirty) in enumerate(runs):
+        label = f"{mib} MiB ({transport}" + (f", {pre} pre-dump(s), dirtying {dirty} MiB/s" if pre or dirty else "") + ")"
+        out["doing"] = f"downtime at {label}"
+        configure(vm, image, transport, pre)
+        wl = fresh_workload(vm, mib, dirty)
+        entry = measure(vm, image, wl, mib)
+        if pre or dirty:
+            out["pre_dump_runs"].append({**entry, "pre_dump": pre, "dirty_mib_s": dirty})
+        else:
+            out["sizes"].append(entry)
         if i < len(runs) - 1:
             out["doing"] = f"plain kexec back to {image.kernel_from}"
             out["floor_back"].append(back(vm, image, wl, method))
     out["doing"] = ""
+
+
+def pre_dump_runs(sizes: list[int], transport: str) -> list[tuple[str, int, int, float]]:
+    """(transport, MiB, pre-dump iterations, MiB/s dirtied): the reference workload dirtying
+    memory steadily with 0, 1 and 3 iterations; the mostly idle reference and largest size with 1."""
+    out = [(transport, REFERENCE_MIB, n, DIRTY_MIB_S) for n in PRE_DUMP_ITERATIONS]
+    return out + [(transport, m, 1, 0) for m in sorted({REFERENCE_MIB, max(sizes)})]

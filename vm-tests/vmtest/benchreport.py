@@ -10,10 +10,8 @@ from __future__ import annotations
 REFERENCE_MIB = 64          # the reference workload: the same 64 MiB Workload as the basic scenario
 DEFAULT_TRANSPORT = "initrd"    # what kupgrade uses without a reserved region: the top-level figures
 PRE_DUMP_ITERATIONS = (0, 1, 3)
-PRE_DUMP_NOT_MEASURED = ("kupgrade does not implement criu pre-dump yet (docs/design.md, prepare): the freeze "
-                         "time with {n} pre-dump iteration(s) cannot be measured")
-PRE_DUMP_ZERO_NOTE = ("the current path dumps with no pre-dump; its pause on the old kernel is in sizes[].stages "
-                      "(freeze, flush, snapshot, kexec) and sizes[].breakdown")
+DIRTY_MIB_S = 8             # the pre-dump series' workload dirties memory at this rate
+PAUSE_STAGES = ("freeze", "flush", "snapshot", "kexec")     # the old kernel's side of the pause
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -93,12 +91,27 @@ def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record:
             "transport": snap.get("transport", DEFAULT_TRANSPORT)}
 
 
-def pre_dump_fields() -> dict[str, dict]:
-    """Freeze time per number of criu pre-dump iterations: not measured (not implemented)."""
-    out = {}
+def pause_s(entry: dict) -> float:
+    """The old kernel's side of the pause: the stages from the freeze to `kexec --exec`."""
+    return round(sum(entry["stages"].get(n, 0.0) for n in PAUSE_STAGES), 3)
+
+
+def pre_dump_fields(runs: list[dict]) -> dict:
+    """The pause on the old kernel's side (`freeze_s`: freeze, flush, snapshot, kexec) by number
+    of pre-dump iterations for the workload dirtying memory, and for the mostly idle reference
+    and largest sizes with one iteration (`idle`, with their ratio)."""
+    out: dict = {}
     for n in PRE_DUMP_ITERATIONS:
-        out[str(n)] = {"freeze_s": None, "not_measured": PRE_DUMP_NOT_MEASURED.format(n=n)}
-    out["0"]["note"] = PRE_DUMP_ZERO_NOTE
+        r = next((r for r in runs if r["pre_dump"] == n and r["dirty_mib_s"]), None)
+        out[str(n)] = ({"freeze_s": pause_s(r), "downtime_s": r["downtime_s"], "mib": r["mib"],
+                        "dirty_mib_s": r["dirty_mib_s"], "transport": r["transport"], "stages": r["stages"]}
+                       if r else {"freeze_s": None, "not_measured": "not reached (see missing)"})
+    idle = {str(r["mib"]): {"freeze_s": pause_s(r), "downtime_s": r["downtime_s"], "transport": r["transport"]}
+            for r in runs if r["pre_dump"] == 1 and not r["dirty_mib_s"]}
+    if idle:
+        sizes = sorted(idle, key=int)
+        out["idle"] = {**idle, "ratio_largest_to_reference": ratio(idle[sizes[-1]]["freeze_s"],
+                                                                  idle.get(str(REFERENCE_MIB), {}).get("freeze_s"))}
     return out
 
 
@@ -114,7 +127,7 @@ def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) ->
 
 
 def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[dict],
-             missing: list[str] = (), floor_back: list[dict] = ()) -> dict:
+             missing: list[str] = (), floor_back: list[dict] = (), pre_dump_runs: list[dict] = ()) -> dict:
     """bench.json: `meta` (machine, kernels, date, commit), `floor` and `reboot` ({"seconds",
     "basis", "breakdown", ...}), `sizes` from size_entry(); `missing` names what could not be
     measured (the command then exits non-zero); `floor_back`: plain kexecs the other way. The
@@ -134,6 +147,6 @@ def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[di
         **per.get(DEFAULT_TRANSPORT, summary([], floor_s, reboot_s)),
         "transports": per,
         "sizes": sizes,
-        "pre_dump": pre_dump_fields(),
+        "pre_dump": pre_dump_fields(list(pre_dump_runs)),
         "missing": list(missing),
     }

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, pipeline, pmem, record
-from . import timeline
+from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, metrics, pipeline, pmem
+from . import record, timeline
 from .errors import ConfigError, KupgradeError, explain
 from .newkernel import discard as discard_pending, restore_pending
 from .stages.context import Context, resolve_target
@@ -30,6 +30,8 @@ CGROUP_OPT = typer.Option(None, "--cgroup", help="Add a workload by cgroup v2 pa
 UNIT_OPT = typer.Option(None, "--unit", help="Add a systemd service, restored as itself (repeatable).")
 KERNEL_OPT = typer.Option(None, "--kernel", help="Target kernel version in /boot (overrides the config).")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+PROM_OPT = typer.Option(None, "--prometheus", metavar="FILE", help="Also write metrics to FILE for node_exporter's "
+                        "textfile collector (written atomically; e.g. /var/lib/prometheus/node-exporter/kupgrade.prom).")
 
 
 ALL_OPT = typer.Option(False, "--all-services", help="Every running service: carried, or started fresh when it "
@@ -92,9 +94,9 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
 def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
           cgroup: Optional[List[str]] = CGROUP_OPT,
         unit: Optional[List[str]] = UNIT_OPT, kernel: Optional[str] = KERNEL_OPT,
-          all_services: bool = ALL_OPT, json: bool = JSON_OPT) -> None:
-    """Preflight only: list every blocker and estimate the downtime. Changes nothing.
-    Exit 0: ready; 3: blockers found; 2: config or usage error."""
+          all_services: bool = ALL_OPT, json: bool = JSON_OPT, prometheus: Optional[Path] = PROM_OPT) -> None:
+    """Preflight only: list every blocker and estimate the downtime. Changes nothing (except
+    writing --prometheus FILE). Exit 0: ready; 3: blockers found; 2: config or usage error."""
     cfg = _config(config, pid, cgroup, kernel, unit, all_services=all_services)
     ctx = Context(cfg, new_record("check"))
     ui = Ui(json_mode=json, quiet=json)
@@ -105,6 +107,8 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     finally:
         if json:
             stdout_json(ctx.record.to_json())
+        if prometheus:
+            metrics.write(prometheus, metrics.check(ctx.record))
 
 
 STEP_OPT = typer.Option(False, "--step", help="Ask before every stage: continue, skip (where the stage "
@@ -251,14 +255,17 @@ def recover(config: Optional[Path] = CONFIG_OPT) -> None:
 def report(config: Optional[Path] = CONFIG_OPT,
            id: Optional[str] = typer.Option(None, "--id", help="Record id (default: the last one)."),
            json: bool = JSON_OPT,
-           svg: Optional[Path] = typer.Option(None, "--svg", help="Also write the report as an SVG file.")) -> None:
+           svg: Optional[Path] = typer.Option(None, "--svg", help="Also write the report as an SVG file."),
+           prometheus: Optional[Path] = PROM_OPT) -> None:
     """Show the last (or --id) upgrade record: stages, timeline, downtime, each workload's outcome.
-    Changes nothing (except writing --svg FILE)."""
+    Changes nothing (except writing --svg FILE, --prometheus FILE)."""
     cfg = config_mod.load(config)
     rec = _record(Path(cfg.state_dir), id)
     if rec is None:
         raise KupgradeError(f"no upgrade record {'with id ' + id if id else 'yet'} in {cfg.state_dir}/records",
                             "run `kupgrade run` first, or check --id")
+    if prometheus:
+        metrics.write(prometheus, metrics.upgrade(rec))
     if json:
         stdout_json(rec.to_json())
         return

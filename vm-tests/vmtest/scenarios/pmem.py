@@ -46,6 +46,7 @@ def run(vm, image, res: Result) -> None:
     res.check((small_after["pid"], small_after["child"]) == (small_before["pid"], small_before["child"])
               and small_after["sha256"] == small_before["sha256_start"], "the second workload: same PIDs, memory "
               "intact", json.dumps(small_after))
+    metrics_written(vm, res)
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
     res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
@@ -79,3 +80,13 @@ def region_used(vm, res: Result, what: str, switch_back: bool = False) -> dict:
     res.data.setdefault("region_zeroed", {})[what] = left == "0"
     res.check(left == "0", f"{what}: the region is zeroed after the restore", f"{left} non-zero bytes in {device}")
     return rec
+
+
+def metrics_written(vm, res: Result) -> None:
+    """`kupgrade report --prometheus FILE`: the upgrade, as node_exporter's textfile collector reads it."""
+    vm.sh("kupgrade", "report", "--prometheus", "/run/kupgrade.prom", timeout=300)
+    text = vm.read("/run/kupgrade.prom")
+    res.data["prometheus"] = text
+    res.check('outcome="restored"' in text and "kupgrade_last_upgrade_success 1" in text
+              and 'kupgrade_last_upgrade_workloads{state="carried"} 2' in text,
+              "report --prometheus: the upgrade's outcome and both workloads carried, as metrics", text[-800:])

@@ -148,11 +148,12 @@ def transport_of(rec: UpgradeRecord) -> str:
 
 
 def downtime(snapshot_bytes: int, initrd_bytes: int, r: Rates, transport: str = "initrd") -> tuple[float, str]:
-    """The estimate and how it was made. transport "pmem": the snapshot is not in the loaded
-    initrd (the rates should come from an upgrade of the same transport: see preflight)."""
+    """The estimate and how it was made. transport "pmem": the snapshot is not in the initrd, which
+    prepare loads before the freeze (the rates should come from an upgrade of the same transport:
+    see preflight)."""
     packed = transport == "initrd"
     parts = {"dump+pack" if packed else "dump": snapshot_bytes / r.dump_bps,
-             "kexec load": ((snapshot_bytes if packed else 0) + initrd_bytes) / r.load_bps,
+             "kexec load": (snapshot_bytes + initrd_bytes) / r.load_bps if packed else 0.0,    # else before the freeze
              "kernel switch": r.boot_s + (snapshot_bytes / r.deliver_bps if packed else 0.0),
              "restore": snapshot_bytes / r.restore_bps}
     basis = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items()) + f"; rates: {r.source}"

@@ -22,7 +22,8 @@ def plan(ctx: Context) -> list[str]:
     t = ctx.target
     method = ctx.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
     kernel = t.vmlinuz if t else "the target kernel"
-    initrd = "its own initrd (the snapshot stays in kupgrade's memory region)" if ctx.region else "the packed initrd"
+    initrd = ("its own initrd, in prepare, before the freeze (the snapshot stays in kupgrade's memory region)"
+              if ctx.region else "the packed initrd")
     return [f"kexec load {kernel} with {initrd} and the current command line + {contract.CMDLINE_KEY}=ID",
             f"{method.name} load: {method.why}",
             "save the upgrade record, sync, freeze the file systems the workloads use (FIFREEZE: no write-back "
@@ -34,7 +35,9 @@ def loaded_initrd(ctx: Context) -> Path:
     return ctx.target.initrd if ctx.region else combined_path(ctx)
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def load(ctx: Context) -> dict:
+    """`kexec --load` of the target with its initrd (the packed one, or with the memory-region
+    transport its own: then prepare loads it before the freeze, outside the pause)."""
     cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
     t0 = time.monotonic()
     faults.point("kexec-load", "kexec load failed")
@@ -52,12 +55,19 @@ def run(ctx: Context) -> tuple[str, dict]:
     initrd_bytes = loaded_initrd(ctx).stat().st_size
     if not ctx.rehearsal and not ctx.region:    # the rehearsal unpacks it again; a real switch frees the memory
         combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
+    return {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
+            "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)}
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    early = ctx.record.stage("prepare")
+    loaded = early.details.get("kexec_load") if early and ctx.kexec_loaded else None
+    details = {**(loaded or load(ctx)), "loaded_before_freeze": bool(loaded)}
     freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
     if ctx.region:      # frozen last: the file system in the region is consistent for the new kernel
         freeze.append(str(ctx.snapshot_dir))
-    return (f"loaded {ctx.target.version} ({ctx.method.name} load) with a {initrd_bytes >> 20} MiB initrd",
-            {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
-             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4), "freeze": freeze})
+    return (f"{'loaded before the freeze' if loaded else 'loaded'}: {ctx.target.version} ({ctx.method.name} load) "
+            f"with a {details['initrd_bytes'] >> 20} MiB initrd", {**details, "freeze": freeze})
 
 
 def execute(ctx: Context) -> None:

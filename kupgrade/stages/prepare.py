@@ -15,7 +15,7 @@ from .. import criu, faults, packing
 from ..errors import CommandError
 from ..progress import tree_bytes
 from ..run import run as run_cmd
-from . import snapshot
+from . import kexec as kexec_stage, snapshot
 from .context import Context
 from .flush import writeback
 
@@ -26,6 +26,9 @@ SKIPPABLE = "it only moves write-back out of the pause; the flush after the free
 def plan(ctx: Context) -> list[str]:
     out = ["sync(2) while the workloads still run: most dirty page cache is written before the pause",
            "report dirty/writeback bytes before and after"]
+    if ctx.region:
+        out.append(f"kexec load {ctx.target.version if ctx.target else 'the target'} with its own initrd now (the "
+                   "snapshot crosses in kupgrade's memory region): the load is not in the pause")
     if n := ctx.config.pre_dump:
         out.append(f"mount the snapshot's {'memory region' if ctx.region else 'tmpfs'} now; {n} criu pre-dump "
                    "iteration(s) per tree while it runs (--track-mem): the final dump in the pause copies only "
@@ -38,6 +41,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     faults.point("prepare", "prepare failed")
     summary = (f"pre-flushed {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s "
                "while the workloads ran")
+    if ctx.region:      # nothing of the snapshot is in the initrd: the kernel is loaded outside the pause
+        details["kexec_load"] = kexec_stage.load(ctx)
+        summary += f"; loaded {ctx.target.version} for kexec"
     if ctx.config.pre_dump:
         details["pre_dump"] = pre_dump(ctx, ctx.config.pre_dump)
         copied = sum(it["bytes"] for t in details["pre_dump"]["trees"].values() for it in t["iterations"])

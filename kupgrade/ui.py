@@ -62,6 +62,8 @@ class PlainUi:
         from .selection import lines
         for line in lines(details.get("services", [])):
             self.print("  " + self.esc(line))
+        for note in details.get("notes", []):
+            self.print("  note: " + self.esc(note))
 
     def stage_end(self, r: StageResult) -> None:
         line = f"  {self.marks.get(r.status) or self.esc(r.status)} {self.esc(r.name)} in {r.duration_s:.2f} s"

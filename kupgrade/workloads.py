@@ -191,6 +191,24 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
     return workloads, blockers
 
 
+def own_terminal(workloads: list[Workload], fds=(0, 1, 2)) -> str:
+    """"" unless kupgrade runs on a terminal that the snapshot does not carry (its session's
+    processes are in no selected tree): then what becomes of that terminal at the switch."""
+    tty = next((os.ttyname(fd) for fd in fds if os.isatty(fd)), "")
+    if not tty:
+        return ""
+    leader = os.getsid(0)
+    if any(leader in w.pids for w in workloads):
+        return ""
+    try:
+        name = " ".join(psutil.Process(leader).cmdline()) or psutil.Process(leader).name()
+    except psutil.Error:
+        name = "?"
+    return (f"this terminal ({tty}, the session of PID {leader}: {name[:60]}) is not carried: it ends at the kernel "
+            "switch (an ssh connection drops). The upgrade goes on without it: log in again afterwards and see "
+            "`kupgrade report` (or run kupgrade in tmux/screen of a carried service, or on the console)")
+
+
 def _unix_blockers(w: Workload) -> list[Blocker]:
     try:
         return unixsk.blockers(w.pids, w.unit)

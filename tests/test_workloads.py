@@ -284,3 +284,16 @@ def test_file_locks_are_carried_unless_held_outside_the_tree(spawn, tmp_path):
     assert messages(tree.pid) == [
         f"PID {other.pid} ({procfs.comm(other.pid)}), outside the tree, holds a POSIX lock on {shared}, which "
         f"PID {tree.pid} ({procfs.comm(tree.pid)}) has open: neither that process nor its lock is carried"]
+
+
+def test_a_terminal_that_is_not_carried_is_named(monkeypatch):
+    from kupgrade import workloads as wl
+    from kupgrade.record import Workload
+    monkeypatch.setattr(wl.os, "isatty", lambda fd: fd == 1)
+    monkeypatch.setattr(wl.os, "ttyname", lambda fd: "/dev/pts/3")
+    monkeypatch.setattr(wl.os, "getsid", lambda pid: os.getpid())
+    note = wl.own_terminal([Workload("pid:5", 5, (5, 6))])
+    assert note.startswith("this terminal (/dev/pts/3, the session of PID") and "kupgrade report" in note
+    assert wl.own_terminal([Workload("pid:5", 5, (5, os.getpid()))]) == ""
+    monkeypatch.setattr(wl.os, "isatty", lambda fd: False)
+    assert wl.own_terminal([]) == ""

@@ -122,7 +122,8 @@ def run(ctx: Context) -> tuple[str, dict]:
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
                "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids,
-               **({"services": services} if services else {})}
+               **({"services": services} if services else {}),
+               **({"notes": [note]} if (note := workloads.own_terminal(ctx.workloads)) else {})}
     if hook_error is not None:
         raise hook_error.add_details(details)
     if blockers:

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,26 @@ def catch_signals() -> None:
     """From now on SIGTERM, SIGHUP and SIGINT raise Interrupted where the run is."""
     for s in SIGNALS:
         signal.signal(s, _raise)
+
+
+@contextmanager
+def deferred():
+    """A SIGTERM/SIGHUP/SIGINT that comes while criu works on a tree is answered once criu is done
+    with it (then the rollback resumes the tree criu left stopped): killing criu half-way could
+    leave the tree seized, with criu's parasite code in it. Run criu in a session of its own too,
+    so that a Ctrl-C on the terminal does not reach it (run(..., new_session=True))."""
+    got: list[int] = []
+    old = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        if old[s] is not signal.SIG_IGN:
+            signal.signal(s, lambda signum, _frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if got and callable(old[got[0]]):
+            old[got[0]](got[0], None)
 
 
 def hold_signals() -> None:

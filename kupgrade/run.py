@@ -65,18 +65,21 @@ def _tail(data: bytes | str | None) -> str:
 def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
         input: bytes | None = None, capture: bool = True, hint: str = "",
         env: dict | None = None, cwd: str | None = None, pass_fds: tuple[int, ...] = (),
-        keep: int | None = None) -> subprocess.CompletedProcess:
+        keep: int | None = None, new_session: bool = False) -> subprocess.CompletedProcess:
     """Run argv; return the CompletedProcess (stdout/stderr as bytes when captured; bounded with
-    `keep`, see the module docstring)."""
+    `keep`, see the module docstring). new_session: in a session of its own (a Ctrl-C on our
+    terminal does not reach it)."""
     argv = [os.fspath(a) for a in argv]
     argv[0] = program(argv[0])
     start = time.monotonic()
     try:
         if keep is not None:
-            proc = _bounded(argv, input, timeout, keep, env=env, cwd=cwd, pass_fds=pass_fds)
+            proc = _bounded(argv, input, timeout, keep, env=env, cwd=cwd, pass_fds=pass_fds,
+                            start_new_session=new_session)
         else:
             proc = subprocess.run(
                 argv, input=input, timeout=timeout, env=env, cwd=cwd, pass_fds=pass_fds,
+                start_new_session=new_session,
                 stdout=subprocess.PIPE if capture else None,
                 stderr=subprocess.PIPE if capture else None,
                 stdin=None if input is not None else subprocess.DEVNULL)

@@ -154,3 +154,21 @@ def test_classic_load_under_lockdown_is_a_blocker(tmp_path):
     c = Context(Config(kexec_method="classic"), UpgradeRecord("R", "check", "6.1"))
     assert "locked down (integrity)" in _method(c, "integrity", 1 << 20, 1 << 20, 1 << 40)[0].message
     assert _method(Context(Config(), UpgradeRecord("R", "check", "6.1")), "integrity", 1, 1, 1 << 40) == []
+
+
+def test_a_signal_while_criu_works_is_answered_after_it(monkeypatch):
+    import os as _os
+    import signal as _signal
+    old = {s: _signal.getsignal(s) for s in inflight.SIGNALS}
+    try:
+        inflight.catch_signals()
+        reached = []
+        with pytest.raises(inflight.Interrupted):
+            with inflight.deferred():
+                _os.kill(_os.getpid(), _signal.SIGTERM)
+                reached.append("criu finished its tree")
+        assert reached == ["criu finished its tree"]
+        assert _signal.getsignal(_signal.SIGTERM) is inflight._raise
+    finally:
+        for s, h in old.items():
+            _signal.signal(s, h)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from .. import criu, faults, packing
+from .. import criu, faults, inflight, packing
 from ..errors import CommandError
 from ..progress import tree_bytes
 from ..run import run as run_cmd
@@ -66,7 +66,8 @@ def pre_dump(ctx: Context, n: int) -> dict:
         for i in range(1, n + 1):
             t0 = time.monotonic()
             try:
-                run_cmd(criu.pre_dump_argv(w, images, i), timeout=600, cwd=str(images))
+                with inflight.deferred():   # criu is never killed half-way through a tree
+                    run_cmd(criu.pre_dump_argv(w, images, i), timeout=600, cwd=str(images), new_session=True)
             except CommandError as e:
                 cause = criu.first_error(images, criu.PRE_LOG.format(n=i)) or e.message
                 shutil.rmtree(images, ignore_errors=True)

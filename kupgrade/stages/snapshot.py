@@ -12,7 +12,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, initrd, manifest, oom, packing, pmem, tcp, unixsk, volatile, workloads
+from .. import contract, criu, early, faults, inflight, initrd, manifest, oom, packing, pmem, tcp, unixsk, volatile
+from .. import workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -187,9 +188,10 @@ def _dump(ctx: Context, w, images: Path, socks: list[str]):
     try:
         faults.point("dump", "criu dump failed")
         with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-            run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
-                                   pre=ctx.pre_dumped.get(w.key, 0)),
-                    timeout=600, cwd=str(images))
+            with inflight.deferred():       # criu is never killed half-way through a tree
+                run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
+                                       pre=ctx.pre_dumped.get(w.key, 0)),
+                        timeout=600, cwd=str(images), new_session=True)
     except CommandError as e:
         ctx.dumping = None
         cause = criu.first_error(images, criu.DUMP_LOG)

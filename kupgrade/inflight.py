@@ -137,8 +137,8 @@ def describe(state: dict) -> list[str]:
     """What the journal says is left to undo, one phrase each."""
     out = [f"cgroup {cg} frozen" for cg in state.get("frozen_cgroups", [])]
     out += [f"{w['selector']} stopped" for w in state.get("stopped", [])]
-    if state.get("dumping"):
-        out.append(f"{state['dumping']['selector']} being dumped")
+    dumping = state.get("dumping") or []
+    out += [f"{w['selector']} being dumped" for w in (dumping if isinstance(dumping, list) else [dumping])]
     if state.get("snapshot_mounted"):
         out.append(f"tmpfs {state.get('snapshot_dir')} mounted")
     if state.get("kexec_loaded"):

@@ -158,7 +158,7 @@ def recover(state: dict, ui) -> Context:
     from .stages import journal
     ctx = journal.context(state)
     ctx.journal = inflight.JOURNAL
-    if ctx.dumping is not None:
+    if ctx.dumping:
         criu.wait_gone(ctx.snapshot_dir, CRIU_WAIT_S)
     if state.get("hooks_touched"):
         hookpoints.load(ctx)
@@ -178,11 +178,11 @@ def _resume_stopped(ctx: Context) -> list[str]:
     deleted, the sockets out of repair mode). Every tree is resumed even if one's unlock failed;
     the failure is raised afterwards, for the rollback's problems."""
     done, failed = [], []
-    if ctx.dumping is not None:     # killed during its dump: criu left it stopped or resumed it
-        w = workloads.retree(ctx.dumping)
+    for w in ctx.dumping:           # killed during their dump: criu left them stopped or resumed them
+        w = workloads.retree(w)
         ctx.tcp.setdefault(w.key, tcp.sockets(w.pids))
         ctx.stopped.append(w)
-        ctx.dumping = None
+    ctx.dumping = []
     for w in reversed(ctx.stopped):
         try:
             done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids, w.root_pid)

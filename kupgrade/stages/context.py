@@ -60,7 +60,7 @@ class Context:
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
     downtime_estimate_s: float | None = None                  # preflight's estimate, for the hooks' requests
     restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
-    dumping: Workload | None = None      # the tree criu is dumping right now (stopped, or resumed by criu)
+    dumping: list[Workload] = field(default_factory=list)    # trees criu is dumping now (stopped, or resumed by criu)
     oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
     back: dict = field(default_factory=dict)                  # the way back to this kernel (preflight; {}: none)
     journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)

@@ -19,7 +19,7 @@ def state(ctx: Context) -> dict:
             "rehearsal": ctx.rehearsal,
             "frozen_cgroups": list(ctx.frozen_cgroups),
             "stopped": [w.to_json() for w in ctx.stopped],
-            "dumping": ctx.dumping.to_json() if ctx.dumping else None,
+            "dumping": [w.to_json() for w in ctx.dumping],
             "tcp": {k: [s.to_json() for s in v] for k, v in ctx.tcp.items()},
             "oom": {str(pid): adj for pid, adj in ctx.oom.items()},
             "snapshot_mounted": ctx.snapshot_mounted, "snapshot_dir": str(ctx.snapshot_dir),
@@ -36,7 +36,7 @@ def context(d: dict) -> Context:
                   rehearsal=d.get("rehearsal", False),
                   frozen_cgroups=list(d.get("frozen_cgroups", [])),
                   stopped=[Workload.from_json(w) for w in d.get("stopped", [])],
-                  dumping=Workload.from_json(d["dumping"]) if d.get("dumping") else None,
+                  dumping=[Workload.from_json(w) for w in _listed(d.get("dumping"))],
                   tcp={k: [tcp.Sock.from_json(s) for s in v] for k, v in d.get("tcp", {}).items()},
                   oom={int(pid): adj for pid, adj in d.get("oom", {}).items()},
                   snapshot_mounted=d.get("snapshot_mounted", False),
@@ -48,3 +48,8 @@ def context(d: dict) -> Context:
     ctx.workloads = list(ctx.record.workloads)
     ctx.hook_results = [HookResult(name, "quiesce", True, 0.0) for name in d.get("hooks_touched", [])]
     return ctx
+
+
+def _listed(v) -> list:
+    """A journal's trees being dumped: a list (a journal of an older kupgrade: one, or none)."""
+    return v if isinstance(v, list) else [v] if v else []

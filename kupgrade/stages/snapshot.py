@@ -7,8 +7,10 @@ exactly where they were.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from .context import Context
 
 NAME = "snapshot"
 MIN_TMPFS = 256 << 20
+PARALLEL = 4            # criu dumps at once (bounded by the CPUs too)
 
 
 def images_root(ctx: Context) -> Path:
@@ -114,23 +117,15 @@ def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
     t0 = time.monotonic()
     images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
-    for w in list(ctx.workloads):
-        images = images_root(ctx) / w.key
-        images.mkdir(parents=True, mode=0o700, exist_ok=True)      # with the pre-dumps in it, if any
-        socks = criu.stdio_sockets(w.pids) if w.unit else []
-        if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
-            (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
-        if criu.no_new_privs(w.root_pid):   # criu does not restore it: the restore runs criu with it
-            (images / criu.NO_NEW_PRIVS).write_text("1\n")
-        if w.unit and unixsk.needs_ext_unix_sk(w.pids):      # syslog's /dev/log: connected again by name
-            (images / unixsk.EXT_UNIX).write_text("1\n")
-        try:
-            w = _dump(ctx, w, images, socks)
-        except StageError as e:
-            if not freeze.go_fresh(ctx, w, e.message):
-                raise
+    todo = [(w, *_markers(w, images_root(ctx) / w.key)) for w in list(ctx.workloads)]
+    failed = _dump_all(ctx, todo)
+    for w, images, _socks in todo:
+        if w.key in failed:
+            if not freeze.go_fresh(ctx, w, failed[w.key].message):
+                raise failed[w.key]
             shutil.rmtree(images)
             continue
+        w = next(x for x in ctx.workloads if x.key == w.key)      # as dumped (its tree read again)
         volatile.save(w.pids, images)      # its files on tmpfs, as the stopped tasks left them
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
@@ -180,30 +175,65 @@ def _pack(ctx: Context, make) -> tuple[manifest.Manifest, dict]:
     return made[0], {"transport": "initrd", **sizes}
 
 
-def _dump(ctx: Context, w, images: Path, socks: list[str]):
-    """criu dump of one tree, its tasks left stopped; returns the workload as dumped (its tree
-    read again: children forked since preflight are in the dump and must be resumed too)."""
-    ctx.dumping = w
+def _markers(w, images: Path) -> tuple[Path, list[str]]:
+    """A tree's images dir (with its pre-dumps, if any) and what the restore must know besides
+    criu's images; returns it and the tree's unit stdio sockets."""
+    images.mkdir(parents=True, mode=0o700, exist_ok=True)
+    socks = criu.stdio_sockets(w.pids) if w.unit else []
+    if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
+        (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
+    if criu.no_new_privs(w.root_pid):   # criu does not restore it: the restore runs criu with it
+        (images / criu.NO_NEW_PRIVS).write_text("1\n")
+    if w.unit and unixsk.needs_ext_unix_sk(w.pids):      # syslog's /dev/log: connected again by name
+        (images / unixsk.EXT_UNIX).write_text("1\n")
+    return images, socks
+
+
+def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
+    """criu dump of every tree, up to PARALLEL at once (the trees are independent: each its own
+    images, cgroup freeze and connection lock); their tasks left stopped. Each tree dumped is
+    read again (children forked since preflight are in the dump and must be resumed too).
+    Returns the trees whose dump failed (criu resumed their tasks) and why."""
+    failed: dict[str, StageError] = {}
+    going = []
+    for w, images, socks in todo:
+        try:
+            faults.point("dump", "criu dump failed")
+            going.append((w, images, socks))
+        except StageError as e:
+            failed[w.key] = e
+    ctx.dumping = [w for w, _, _ in going]
     ctx.note()
-    try:
-        faults.point("dump", "criu dump failed")
-        with watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1), lambda: tree_bytes(images_root(ctx))):
-            with inflight.deferred():       # criu is never killed half-way through a tree
-                run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
-                                       pre=ctx.pre_dumped.get(w.key, 0)),
-                        timeout=600, cwd=str(images), new_session=True)
-    except CommandError as e:
-        ctx.dumping = None
-        cause = criu.first_error(images, criu.DUMP_LOG)
-        kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
-        raise StageError(f"criu dump of {w.selector} failed: {cause or e.message}",
-                         f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were resumed by criu")
-    dumped = workloads.retree(w)
-    ctx.workloads = [dumped if x.key == w.key else x for x in ctx.workloads]
+
+    def one(item) -> CommandError | None:
+        w, images, socks = item
+        try:
+            run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
+                                   pre=ctx.pre_dumped.get(w.key, 0)), timeout=600, cwd=str(images), new_session=True)
+        except CommandError as e:
+            return e
+        return None
+
+    # criu is never killed half-way through a tree: a signal is answered once every criu is done
+    with inflight.deferred(), watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1),
+                                    lambda: tree_bytes(images_root(ctx))):
+        with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, os.cpu_count() or 1, len(going)))) as pool:
+            errors = list(pool.map(one, going))
+    for (w, images, _socks), err in zip(going, errors):
+        ctx.dumping.remove(w)
+        if err is not None:
+            cause = criu.first_error(images, criu.DUMP_LOG)
+            kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
+            failed[w.key] = StageError(f"criu dump of {w.selector} failed: {cause or err.message}",
+                                       f"criu's log: {kept[-1] if kept else 'none written'}; the tasks were "
+                                       "resumed by criu")
+            continue
+        dumped = workloads.retree(w)
+        ctx.workloads = [dumped if x.key == w.key else x for x in ctx.workloads]
+        ctx.stopped.append(dumped)
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
-    ctx.stopped.append(dumped)
-    ctx.dumping = None
-    return dumped
+    ctx.note()
+    return failed
 
 
 def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:

@@ -55,6 +55,7 @@ class Config:
     answer_timeout: int = 300
     on_restore_failure: str = "rollback"
     health_check: str = ""
+    prewarm: bool = True
     criu: str = "criu"
     kexec: str = "kexec"
     source: str = ""          # the file this came from ("" = defaults only)
@@ -264,6 +265,10 @@ SETTINGS: tuple[Setting, ...] = (
             "to the old kernel with the same snapshot; with \"keep\" after the device hooks' restore and before "
             "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back (the old kernel is the fallback) nor "
             "in a rehearsal. 60 s at most.", check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
+    Setting("restore", "prewarm", "prewarm", bool,
+            "Read ahead, as the restore begins in the new kernel, the files the workloads had open or mapped (its "
+            "page cache starts empty): the reads overlap the snapshot's verification and criu's restore instead "
+            "of following them.", example="true"),
     Setting("run", "answer_timeout", "answer_timeout", int,
             "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),

@@ -27,6 +27,7 @@ MANIFEST = "manifest.json"                 # id, kernels, workloads, size + sha2
 RECORD = "record.json"                     # the old kernel's upgrade record, continued by the restore
 MAX_PID = "max-pid"                        # the snapshot's highest PID: new PIDs start above it
 SIZE_KIB = "size-kib"                      # what the snapshot's tmpfs in the new kernel must hold
+PREWARM = "prewarm"                        # the files the workloads have open or mapped, one per line
 MOVE_FAILED = "move-failed"                # left by the initramfs when it could not move the snapshot: why
 IMAGES = "images"                          # images/TREE/: criu's images of one process tree
 HOOKS = "hooks"                            # hooks/NAME/: a device hook's saved state
@@ -57,6 +58,7 @@ BOOT_VALUES: dict[str, str] = {
     "MANIFEST": MANIFEST,
     "MAX_PID": MAX_PID,
     "SIZE_KIB": SIZE_KIB,
+    "PREWARM": PREWARM,
     "MOVE_FAILED": MOVE_FAILED,
     "HOOKS": HOOKS,
     "EARLY_BUNDLE": EARLY_BUNDLE,

@@ -21,10 +21,10 @@ def restore_tmpfs_kib(snapshot_bytes: int) -> int:
 
 
 def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Callable[[dict], manifest.Manifest],
-         record_text: str, only: Callable[[str], bool] | None = None) -> manifest.Manifest:
+         record_text: str, only: Callable[[str], bool] | None = None, prewarm: bytes = b"") -> manifest.Manifest:
     """Write the images and the hooks' state (hashed while written), then what the restoring side
-    reads first: the highest PID (new PIDs start above it), the tmpfs size, the manifest (`make`
-    turns the hashed files into it), the record. only: which files to carry (the way back: what
+    reads first: the highest PID (new PIDs start above it), the tmpfs size, the files to read
+    ahead (prewarm.py), the manifest (`make` turns the hashed files into it), the record. only: which files to carry (the way back: what
     the old kernel packed, not what the new kernel's attempt wrote beside it)."""
     files = w.tree(images, prefix=contract.IMAGES, only=only)
     if hooks.is_dir():
@@ -32,6 +32,8 @@ def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Calla
     m = make(files)
     w.data(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
     w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(m.total_bytes)}\n".encode())
+    if prewarm:
+        w.data(contract.PREWARM, prewarm)
     w.data(manifest.NAME, manifest.dumps(m))
     w.data(contract.RECORD, record_text.encode())
     return m
@@ -72,11 +74,13 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def seal(root: Path, workloads, make: Callable[[dict], manifest.Manifest], record_text: str,
-         only: Callable[[str], bool] | None = None, known: dict | None = None) -> manifest.Manifest:
+         only: Callable[[str], bool] | None = None, known: dict | None = None, prewarm: bytes = b"") -> manifest.Manifest:
     """The snapshot in place (the memory-region transport): hash the images and the hooks' state,
     then write what the restoring side reads first, as fill() does into the archive."""
     m = make(hashed(root, only, known))
     _write(root / contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
+    if prewarm:
+        _write(root / contract.PREWARM, prewarm)
     _write(root / manifest.NAME, manifest.dumps(m))
     _write(root / contract.RECORD, record_text.encode())
     return m

@@ -62,15 +62,25 @@ def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path
     made: list[manifest.Manifest] = []
     # only the files the old kernel packed: criu's PID file and log of a tree restored (held)
     # here would make criu refuse the restore there (it creates the PID file exclusively)
+    warm = _prewarm(snap)
     initrd.assemble(Path(m.back["initrd"]), out, lambda w: made.append(
         packing.fill(w, snap / contract.IMAGES, snap / HOOKS_SUBDIR, m.workloads, _back_manifest(snap, m),
-                     rec.dumps(), only=lambda arc: arc in m.files)))
+                     rec.dumps(), only=lambda arc: arc in m.files, prewarm=warm)))
     return made[0]
+
+
+def _prewarm(snap: Path) -> bytes:
+    """The old kernel's list of files to read ahead: good for the way back too."""
+    try:
+        return (snap / contract.PREWARM).read_bytes()
+    except OSError:
+        return b""
 
 
 def _seal(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord) -> manifest.Manifest:
     """The memory-region transport: the snapshot stays where it is; what this kernel wrote beside
     it (criu's PID files and logs, the verified mark, the units' PID files) goes, as in _pack."""
+    warm = _prewarm(snap)
     for rel in manifest.unlisted(snap, m.files):
         (snap / rel).unlink()
     for top in snap.iterdir():
@@ -80,7 +90,8 @@ def _seal(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord) -> manife
             shutil.rmtree(top)
         else:
             top.unlink()
-    return packing.seal(snap, m.workloads, _back_manifest(snap, m), rec.dumps(), only=lambda arc: arc in m.files)
+    return packing.seal(snap, m.workloads, _back_manifest(snap, m), rec.dumps(), only=lambda arc: arc in m.files,
+                        prewarm=warm)
 
 
 def go(ctx, m: manifest.Manifest, cause: KupgradeError) -> None:

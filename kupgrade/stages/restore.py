@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, pmem, switchback, tcp, unixsk, volatile
+from .. import commit, contract, criu, early, faults, manifest, pmem, prewarm, switchback, tcp, unixsk, volatile
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -30,6 +30,7 @@ def plan(ctx: Context) -> list[str]:
              if ctx.region else
              f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}")
     return [where,
+            "read ahead the files the workloads had open or mapped (restore.prewarm), while:",
             f"verify {contract.MANIFEST}: target kernel, size and sha256 of every file",
             ("device hooks: collect their early-restore results, run restore (a critical failure: no "
              "workload is restored, the snapshot is kept)"),
@@ -235,6 +236,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     restores what an earlier attempt did not, without running the device hooks again."""
     snap = ctx.restore_dir
     done = restored_keys(ctx.record)
+    warm = prewarm.start(snap) if ctx.config.prewarm and not done else {}     # read ahead while verifying
     if not attempts(ctx.record) and (last := sorted((snap / "images").glob("tree-*"))[-1:]):
         faults.corrupt(last[0])         # the test fault: the last tree's copy damaged on the way
     m, corrupt = _verified(ctx, snap, done)
@@ -259,7 +261,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     logs = finish_trees(ctx, snap, m.id, results)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
-               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold}
+               "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
+               "prewarm": warm}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, inflight, initrd, manifest, oom, packing, pmem, tcp, unixsk, volatile
-from .. import workloads
+from .. import contract, criu, early, faults, inflight, initrd, manifest, oom, packing, pmem, prewarm, tcp, unixsk
+from .. import volatile, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -142,11 +142,13 @@ def run(ctx: Context) -> tuple[str, dict]:
 
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")
+    warm = prewarm.text(prewarm.list_files([p for w in ctx.workloads for p in w.pids]))    # the tasks are stopped
     if ctx.region:
-        m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps(), known=ctx.prehashed)
+        m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps(), known=ctx.prehashed,
+                         prewarm=warm)
         sizes = {"transport": "pmem", "total_bytes": m.total_bytes, **ctx.region.to_json()}
     else:
-        m, sizes = _pack(ctx, make)
+        m, sizes = _pack(ctx, make, warm)
     pack_s = time.monotonic() - t1
     dumps = {w.key: {"selector": w.selector,
                      "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/")),
@@ -160,12 +162,13 @@ def run(ctx: Context) -> tuple[str, dict]:
              "early_restore": hook_notes, **sizes})
 
 
-def _pack(ctx: Context, make) -> tuple[manifest.Manifest, dict]:
+def _pack(ctx: Context, make, warm: bytes) -> tuple[manifest.Manifest, dict]:
     """The initrd transport: target initrd + the snapshot's archive; the images are freed."""
     made: list[manifest.Manifest] = []
 
     def fill(w: initrd.CpioWriter) -> None:
-        made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, make, ctx.record.dumps()))
+        made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, make, ctx.record.dumps(),
+                                 prewarm=warm))
 
     pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
     with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):

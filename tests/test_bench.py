@@ -148,3 +148,17 @@ def test_machine_memory_and_which_workload_is_followed(tmp_path):
     assert argv[argv.index("-m") + 1] == "6144"
     assert Workload(vm=None).followed and Workload(vm=None, env={"KUPGRADE_WL_MIB": "1024"}).followed
     assert not Workload(vm=None, env={"KUPGRADE_WL_DIR": "/var/lib/big", "KUPGRADE_WL_MIB": "256"}).followed
+
+
+def test_prewarm_pair():
+    from vmtest.benchreport import prewarm_fields
+    runs = [{**entry(64, 20.0), "prewarm": False, "throttle_bps": 4 << 20},
+            {**entry(64, 17.5), "prewarm": True, "throttle_bps": 4 << 20}]
+    p = prewarm_fields(runs)
+    assert p["gain_s"] == 2.5 and p["on"]["throttle_bps"] == 4 << 20 and prewarm_fields([]) == {}
+
+
+def test_run_labels():
+    from vmtest.bench import Run
+    assert Run("pmem", 64, 3, 8).label == "64 MiB (pmem, 3 pre-dump(s), dirtying 8 MiB/s)"
+    assert Run("pmem", 64, prewarm=False, throttle_bps=4 << 20).label == "64 MiB (pmem, disk at 4 MiB/s, prewarm off)"

@@ -8,7 +8,8 @@
    snapshot), from `kexec --exec` to the first line of the target's init; then back to 6.1;
 5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back;
 6. every size again with the snapshot in kupgrade's memory region (snapshot.transport = "pmem";
-   the guest boots with the region reserved, REGION), 64 MiB first.
+   the guest boots with the region reserved, REGION), 64 MiB first;
+7. the pre-dump series (pre_dump_runs) and the pre-warm pair on a throttled disk (prewarm_runs).
 
 Every plain kexec back to 6.1 is a floor sample of the other direction (`floor_back`). Only the
 6.1 -> 6.12 direction is measured for kupgrade. `out` fills as the measurements come, so a
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from kupgrade import kexec
 
-from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, size_entry
+from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, THROTTLE_BPS, size_entry
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
 from .timeline import MARKS, breakdown, intervals, marks
 from .workload import Workload
@@ -128,17 +130,47 @@ def back(vm, image, wl: Workload, method: str) -> dict:
     return plain_kexec(vm, image.kernel_from, method)
 
 
-def configure(vm, image, transport: str, pre_dump: int = 0) -> None:
+@dataclass(frozen=True)
+class Run:
+    """One measured switch after the reference: which transport and workload, how kupgrade is
+    configured, whether the root disk is throttled (QMP) from before the switch to the first beat."""
+    transport: str
+    mib: int
+    pre_dump: int = 0
+    dirty_mib_s: float = 0
+    prewarm: bool = True
+    throttle_bps: int = 0
+    series: str = "sizes"           # which list of bench.json it goes to
+
+    @property
+    def label(self) -> str:
+        extra = [f"{self.pre_dump} pre-dump(s)"] if self.pre_dump else []
+        extra += [f"dirtying {self.dirty_mib_s:g} MiB/s"] if self.dirty_mib_s else []
+        extra += [f"disk at {self.throttle_bps >> 20} MiB/s, prewarm {'on' if self.prewarm else 'off'}"] \
+            if self.throttle_bps else []
+        return f"{self.mib} MiB ({', '.join([self.transport, *extra])})"
+
+
+def configure(vm, image, run: Run) -> None:
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP])
-                 + f'\n[snapshot]\ntransport = "{transport}"\npre_dump = {pre_dump}\n')
+                 + f'\n[snapshot]\ntransport = "{run.transport}"\npre_dump = {run.pre_dump}\n'
+                 + f'\n[restore]\nprewarm = {"true" if run.prewarm else "false"}\n')
+
+
+def throttle(vm, bps: int) -> None:
+    """The root disk's bandwidth limit (0: none), as QEMU's block layer enforces it."""
+    device = next(b["device"] for b in vm.qmp("query-block") if b.get("inserted", {}).get("file", "").endswith(
+        "overlay.qcow2"))
+    vm.qmp("block_set_io_throttle", device=device, bps=bps, bps_rd=0, bps_wr=0, iops=0, iops_rd=0, iops_wr=0)
 
 
 def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] = TRANSPORTS) -> None:
-    """The whole session (module docstring); fills out["reboot"], ["sizes"], ["floor"], ["floor_back"]."""
+    """The whole session (module docstring); fills out["reboot"], ["sizes"], ["floor"], ["floor_back"],
+    ["pre_dump_runs"], ["prewarm_runs"]."""
     res = Result("bench")
     out["doing"] = "reboot baseline (first boot + 64 MiB workload)"
     wl, out["reboot"] = first_boot(vm, image, res)
-    configure(vm, image, transports[0])
+    configure(vm, image, Run(transports[0], REFERENCE_MIB))
     out["doing"] = f"downtime at {REFERENCE_MIB} MiB ({transports[0]})"
     out["sizes"].append(measure(vm, image, wl, REFERENCE_MIB))
     method = out["sizes"][0]["kexec_method"] or "classic"
@@ -148,27 +180,39 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
     out["floor"] = plain_kexec(vm, image.kernel_to, method)
     out["doing"] = f"plain kexec back to {image.kernel_from}"
     out["floor_back"].append(plain_kexec(vm, image.kernel_from, method))
-    runs = [(t, m, 0, 0) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
-                                                       else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
-    runs += pre_dump_runs(sizes, transports[-1])
-    for i, (transport, mib, pre, dirty) in enumerate(runs):
-        label = f"{mib} MiB ({transport}" + (f", {pre} pre-dump(s), dirtying {dirty} MiB/s" if pre or dirty else "") + ")"
-        out["doing"] = f"downtime at {label}"
-        configure(vm, image, transport, pre)
-        wl = fresh_workload(vm, mib, dirty)
-        entry = measure(vm, image, wl, mib)
-        if pre or dirty:
-            out["pre_dump_runs"].append({**entry, "pre_dump": pre, "dirty_mib_s": dirty})
-        else:
-            out["sizes"].append(entry)
+    runs = [Run(t, m) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
+                                                    else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
+    runs += pre_dump_runs(sizes, transports[-1]) + prewarm_runs(transports[-1])
+    for i, run in enumerate(runs):
+        out["doing"] = f"downtime at {run.label}"
+        configure(vm, image, run)
+        wl = fresh_workload(vm, run.mib, run.dirty_mib_s)
+        if run.throttle_bps:
+            throttle(vm, run.throttle_bps)
+        try:
+            entry = measure(vm, image, wl, run.mib)
+        finally:
+            if run.throttle_bps:
+                throttle(vm, 0)
+        out[run.series].append({**entry, **({"pre_dump": run.pre_dump, "dirty_mib_s": run.dirty_mib_s}
+                                            if run.series == "pre_dump_runs" else {}),
+                                **({"prewarm": run.prewarm, "throttle_bps": run.throttle_bps}
+                                   if run.series == "prewarm_runs" else {})})
         if i < len(runs) - 1:
             out["doing"] = f"plain kexec back to {image.kernel_from}"
             out["floor_back"].append(back(vm, image, wl, method))
     out["doing"] = ""
 
 
-def pre_dump_runs(sizes: list[int], transport: str) -> list[tuple[str, int, int, float]]:
-    """(transport, MiB, pre-dump iterations, MiB/s dirtied): the reference workload dirtying
-    memory steadily with 0, 1 and 3 iterations; the mostly idle reference and largest size with 1."""
-    out = [(transport, REFERENCE_MIB, n, DIRTY_MIB_S) for n in PRE_DUMP_ITERATIONS]
-    return out + [(transport, m, 1, 0) for m in sorted({REFERENCE_MIB, max(sizes)})]
+def pre_dump_runs(sizes: list[int], transport: str) -> list[Run]:
+    """The reference workload dirtying memory steadily with 0, 1 and 3 pre-dump iterations; the
+    mostly idle reference and largest size with 1."""
+    out = [Run(transport, REFERENCE_MIB, n, DIRTY_MIB_S, series="pre_dump_runs") for n in PRE_DUMP_ITERATIONS]
+    return out + [Run(transport, m, 1, series="pre_dump_runs") for m in sorted({REFERENCE_MIB, max(sizes)})]
+
+
+def prewarm_runs(transport: str) -> list[Run]:
+    """The reference workload with the root disk throttled to THROTTLE_BPS across the switch,
+    restore.prewarm off, then on."""
+    return [Run(transport, REFERENCE_MIB, prewarm=p, throttle_bps=THROTTLE_BPS, series="prewarm_runs")
+            for p in (False, True)]

@@ -11,6 +11,7 @@ REFERENCE_MIB = 64          # the reference workload: the same 64 MiB Workload a
 DEFAULT_TRANSPORT = "initrd"    # what kupgrade uses without a reserved region: the top-level figures
 PRE_DUMP_ITERATIONS = (0, 1, 3)
 DIRTY_MIB_S = 8             # the pre-dump series' workload dirties memory at this rate
+THROTTLE_BPS = 4 << 20      # the pre-warm pair's root disk bandwidth (QEMU throttling)
 PAUSE_STAGES = ("freeze", "flush", "snapshot", "kexec")     # the old kernel's side of the pause
 
 
@@ -115,6 +116,16 @@ def pre_dump_fields(runs: list[dict]) -> dict:
     return out
 
 
+def prewarm_fields(runs: list[dict]) -> dict:
+    """The downtime with restore.prewarm off and on, the root disk throttled across the switch."""
+    by = {("on" if r["prewarm"] else "off"): {"downtime_s": r["downtime_s"], "restore_s": r["stages"].get("restore"),
+                                               "phases": r["phases"], "throttle_bps": r["throttle_bps"],
+                                               "transport": r["transport"]} for r in runs}
+    if "on" in by and "off" in by:
+        by["gain_s"] = round(by["off"]["downtime_s"] - by["on"]["downtime_s"], 3)
+    return by
+
+
 def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) -> dict:
     """One transport's figures: the reference downtime, its ratios, the slope over size."""
     ref = next((s for s in sizes if s["mib"] == REFERENCE_MIB), None)
@@ -127,7 +138,8 @@ def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) ->
 
 
 def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[dict],
-             missing: list[str] = (), floor_back: list[dict] = (), pre_dump_runs: list[dict] = ()) -> dict:
+             missing: list[str] = (), floor_back: list[dict] = (), pre_dump_runs: list[dict] = (),
+             prewarm_runs: list[dict] = ()) -> dict:
     """bench.json: `meta` (machine, kernels, date, commit), `floor` and `reboot` ({"seconds",
     "basis", "breakdown", ...}), `sizes` from size_entry(); `missing` names what could not be
     measured (the command then exits non-zero); `floor_back`: plain kexecs the other way. The
@@ -148,5 +160,6 @@ def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[di
         "transports": per,
         "sizes": sizes,
         "pre_dump": pre_dump_fields(list(pre_dump_runs)),
+        "prewarm": prewarm_fields(list(prewarm_runs)),
         "missing": list(missing),
     }

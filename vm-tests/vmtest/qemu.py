@@ -12,6 +12,7 @@ A scenario adds devices, disks and kernel arguments through one `Machine` (its M
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -151,6 +152,9 @@ class Guest:
     proc: subprocess.Popen | None = None
     started_at: float = 0.0         # host clock when QEMU was started (the benchmark's reboot baseline)
     _replies: dict = field(default_factory=dict)
+    _qmp_replies: dict = field(default_factory=dict)
+    _qmp_ids: "itertools.count" = field(default_factory=lambda: itertools.count(1))
+    _qmp_sock: socket.socket | None = None
     _next_id: int = 1
     _ctl: socket.socket | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -205,8 +209,24 @@ class Guest:
                 for l in lines:
                     self.console.append(Line(now, l.decode(errors="replace").rstrip("\r")))
 
+    def qmp(self, command: str, timeout: float = 30, **arguments) -> dict:
+        """A QMP command; its "return" (a QMP "error" raises RuntimeError)."""
+        rid = f"vmtest-{next(self._qmp_ids)}"
+        self._qmp_sock.sendall(json.dumps({"execute": command, "arguments": arguments, "id": rid}).encode() + b"\n")
+        deadline = time.monotonic() + timeout
+        while rid not in self._qmp_replies:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"QMP {command}: no answer in {timeout} s")
+            time.sleep(0.02)
+        reply = self._qmp_replies.pop(rid)
+        if "error" in reply:
+            raise RuntimeError(f"QMP {command}: {reply['error']}")
+        return reply.get("return", {})
+
     def _read_qmp(self, sock: socket.socket) -> None:
-        """QMP: answer the greeting with qmp_capabilities, then keep every event."""
+        """QMP: answer the greeting with qmp_capabilities, then keep every event (and the
+        answers to qmp())."""
+        self._qmp_sock = sock
         sock.sendall(b'{"execute": "qmp_capabilities"}\n')
         buf = b""
         with open(self.workdir / "qmp.log", "ab") as out:
@@ -224,6 +244,8 @@ class Guest:
                     if "event" in msg:
                         msg["_t"] = now
                         self.qmp_events.append(msg)
+                    elif isinstance(msg.get("id"), str):
+                        self._qmp_replies[msg["id"]] = msg
 
     def events_of(self, name: str) -> list[dict]:
         """QEMU's events of this name so far (e.g. "WATCHDOG": a guest watchdog fired)."""

@@ -122,7 +122,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids,
                **({"services": services} if services else {})}
     if hook_error is not None:
-        raise hook_error.add_details(details)
+        raise hook_error.in_stage(details) from hook_error
     if blockers:
         raise BlockedError(blockers, details=details)
     fresh = sum(1 for f in ctx.record.fresh if f.stop)

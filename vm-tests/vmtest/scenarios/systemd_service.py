@@ -142,9 +142,9 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, config + '[restore]\non_failure = "keep"\n')
     if upgrade(vm, res, to=image.kernel_to) is None:
         return
-    last_before = heartbeats_back(vm, res, wl)
     systemd_up(vm)
     keep_journal(vm, "heartbeat.service", "victim.service", "kupgrade-restore.service", "squat.service")
+    last_before = heartbeats_back(vm, res, wl)      # relayed again only from here on
     unit_is_itself(vm, res, hb, before)
     res.data.update(workload_kept(res, wl, before, "heartbeat.service, not started fresh"))
     rec = victim_failed(vm, res, victim)

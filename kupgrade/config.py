@@ -60,6 +60,11 @@ class Config:
     kexec: str = "kexec"
     source: str = ""          # the file this came from ("" = defaults only)
 
+    @property
+    def programs(self) -> dict[str, str]:
+        """The programs kupgrade runs by these names in code (paths.criu, paths.kexec)."""
+        return {"criu": self.criu, "kexec": self.kexec}
+
     def to_json(self) -> dict:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
                 for f in fields(self)}
@@ -274,11 +279,14 @@ SETTINGS: tuple[Setting, ...] = (
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),
     Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
             example=f'"{contract.STATE_DIR}"'),
-    Setting("paths", "criu", "criu", str, "The criu program (dumps in the old kernel, restores in the new one): "
-            "a name looked up in PATH or an absolute path, e.g. a newer criu in /opt.", check=_program,
+    Setting("paths", "criu", "criu", str, "The criu program: a name looked up in PATH or an absolute path, e.g. "
+            "a newer criu in /opt. It runs every criu of an upgrade: preflight's `criu check`, the dump, the "
+            "restore in the new kernel and on the way back (kupgrade-restore reads this file there), and "
+            "`kupgrade recover` waits for the interrupted run's own.", check=_program,
             example='"/opt/criu/sbin/criu"'),
     Setting("paths", "kexec", "kexec", str, "The kexec program (kexec-tools): a name looked up in PATH or an "
-            "absolute path.", check=_program, example='"/usr/sbin/kexec"'),
+            "absolute path. It loads, unloads and executes the target kernel (and the old one on the way back).",
+            check=_program, example='"/usr/sbin/kexec"'),
     Setting("hooks", "dir", "hooks_dir", str,
             "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
             "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),
@@ -347,7 +355,7 @@ def load(path: Path | None) -> Config:
     """Load the config; a missing default file means defaults, a missing given file is an error.
     The programs it names (criu, kexec) are what the command wrapper runs from then on."""
     cfg = _load(path)
-    use_programs({"criu": cfg.criu, "kexec": cfg.kexec})
+    use_programs(cfg.programs)
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""criu command lines and calls. The binary is driven through the run() wrapper."""
+"""criu command lines and calls. The binary is driven through the run() wrapper; every command
+line names the criu paths.criu chooses (run.program)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ RESTORE_LOG = "restore.log"
 
 
 def check_argv() -> list[str]:
-    return [CRIU, "check"]
+    return [program(CRIU), "check"]
 
 
 PRE_DIR = "pre-{n}"              # images/TREE/pre-N/: pre-dump iteration N (the final dump's parent)
@@ -27,7 +28,7 @@ PRE_LOG = "pre-dump-{n}.log"
 def pre_dump_argv(w: Workload, images: Path, n: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
     """Pre-dump iteration n (1, 2, ...) of one tree into images/pre-N, while it runs: its memory
     (the first), or what it dirtied since iteration n-1 (soft-dirty tracking). The tasks go on."""
-    argv = [CRIU, "pre-dump", "--tree", str(w.root_pid), "--images-dir", str(images / PRE_DIR.format(n=n)),
+    argv = [program(CRIU), "pre-dump", "--tree", str(w.root_pid), "--images-dir", str(images / PRE_DIR.format(n=n)),
             "--log-file", str(images / PRE_LOG.format(n=n)), "-v4", "--track-mem"]
     if n > 1:   # relative to the images dir: the link criu leaves there stays valid wherever the tree goes
         argv += ["--prev-images-dir", "../" + PRE_DIR.format(n=n - 1)]
@@ -41,7 +42,7 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
     `kexec -e` can resume them untouched; kexec ends them. pre: the last pre-dump iteration
     (the dump then writes only the pages dirtied since; criu links images/parent to it)."""
-    argv = [CRIU, "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
+    argv = [program(CRIU), "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
             "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks",
             # established connections are dumped (and locked) instead of failing the dump; a
             # connection not yet accept()ed is dropped (its peer gets an RST after the switch).
@@ -69,8 +70,7 @@ def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = N
     (setpriv) and every task it forks inherits it (measured: restored with NoNewPrivs 1 and its
     seccomp filters; without, NoNewPrivs 0)."""
     argv = [SETPRIV, "--no-new-privs"] if no_new_privs else []
-    # paths.criu: the command wrapper maps argv[0] only, so name it here when setpriv runs it
-    argv += [program(CRIU) if argv else CRIU, "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG,
+    argv += [program(CRIU), "restore", "--images-dir", str(images), "--log-file", RESTORE_LOG,
              "-v4", "--restore-detached", "--pidfile", str(pidfile), "--file-locks"]
     if stopped:
         argv.append("--leave-stopped")
@@ -118,11 +118,12 @@ def wait_gone(images_root: Path, timeout: float) -> list[int]:
     those still running after `timeout` are killed (criu then resumes the tasks it seized).
     Returns the PIDs waited for."""
     import psutil
+    name = os.path.basename(program(CRIU))     # paths.criu: /opt/criu/sbin/criu runs as "criu"
 
     def mine() -> list[psutil.Process]:
         out = []
         for p in psutil.process_iter(["name", "cmdline"]):
-            if p.info["name"] == CRIU and any(str(images_root) in a for a in p.info["cmdline"] or ()):
+            if p.info["name"] == name and any(str(images_root) in a for a in p.info["cmdline"] or ()):
                 out.append(p)
         return out
 

@@ -19,11 +19,18 @@ class KupgradeError(Exception):
         self.hint = hint
         self.details: dict = dict(details or {})   # what the failed stage records with it
 
-    def add_details(self, details: dict) -> "KupgradeError":
-        """The stage's details, recorded with this error (the error's own keys win)."""
-        for key, value in details.items():
-            self.details.setdefault(key, value)
-        return self
+    def with_details(self, details: dict) -> "KupgradeError":
+        """This error with more details (these win over its own): a new one, built by its
+        constructor; raise it `from` this one. An error is never changed once it exists."""
+        return self._rebuild({**self.details, **details})
+
+    def in_stage(self, details: dict) -> "KupgradeError":
+        """This error with the details of the stage it failed (its own keys win): a new one."""
+        return self._rebuild({**details, **self.details})
+
+    def _rebuild(self, details: dict) -> "KupgradeError":
+        """The same error with these details; a subclass whose constructor takes more overrides it."""
+        return type(self)(self.message, self.hint, details=details)
 
     def __str__(self) -> str:
         return self.message
@@ -54,13 +61,17 @@ class BlockedError(KupgradeError):
                                   "fix the blockers listed above, then run `kupgrade check` again"),
                          details=details)
 
+    def _rebuild(self, details: dict) -> "BlockedError":
+        return BlockedError(self.blockers, self.hint, details=details)
+
 
 class CommandError(KupgradeError):
     """An external command failed (non-zero exit, timeout or missing binary)."""
 
     exit_code = 4
 
-    def __init__(self, argv: list[str], returncode: int | None, stderr_tail: str, hint: str = "") -> None:
+    def __init__(self, argv: list[str], returncode: int | None, stderr_tail: str, hint: str = "", *,
+                 details: dict | None = None) -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr_tail = stderr_tail
@@ -68,7 +79,10 @@ class CommandError(KupgradeError):
             "timed out" if returncode is None else f"exited {returncode}")
         tail = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
         msg = f"`{argv[0]}` {what}" + (f": {tail}" if tail else "")
-        super().__init__(msg, hint)
+        super().__init__(msg, hint, details=details)
+
+    def _rebuild(self, details: dict) -> "CommandError":
+        return CommandError(self.argv, self.returncode, self.stderr_tail, self.hint, details=details)
 
 
 class StageError(KupgradeError):
@@ -94,3 +108,6 @@ class HookError(KupgradeError):
                  details: dict | None = None) -> None:
         super().__init__(message, hint, details=details)
         self.results = list(results or [])     # the HookResults of that point, the failed one(s) included
+
+    def _rebuild(self, details: dict) -> "HookError":
+        return HookError(self.message, self.hint, self.results, details=details)

@@ -33,11 +33,14 @@ class Interrupted(KupgradeError):
 
     exit_code = 130
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, details: dict | None = None) -> None:
         self.signum = signum
         name = signal.Signals(signum).name
         super().__init__(f"interrupted by {name}",
-                         "everything before the kernel switch was undone (see `kupgrade report`)")
+                         "everything before the kernel switch was undone (see `kupgrade report`)", details=details)
+
+    def _rebuild(self, details: dict) -> "Interrupted":
+        return Interrupted(self.signum, details=details)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""kexec command lines: which load method, which command line, load / unload / exec."""
+"""kexec command lines: which load method, which command line, load / unload / exec (with the
+kexec paths.kexec chooses: run.program)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import contract
+from .run import program
 
 KEXEC = "kexec"
 MARKER = contract.CMDLINE_KEY
@@ -62,7 +64,7 @@ def command_line(current: str, snapshot_id: str, append: str = "") -> str:
 
 
 def load_argv(method: Method, kernel: Path, initrd: Path, cmdline: str) -> list[str]:
-    argv = [KEXEC, "--load", str(kernel), f"--initrd={initrd}", f"--command-line={cmdline}"]
+    argv = [program(KEXEC), "--load", str(kernel), f"--initrd={initrd}", f"--command-line={cmdline}"]
     if method.name == "file":
         argv.insert(1, "--kexec-file-syscall")
     else:
@@ -71,11 +73,11 @@ def load_argv(method: Method, kernel: Path, initrd: Path, cmdline: str) -> list[
 
 
 def unload_argv(method: Method) -> list[str]:
-    return [KEXEC, "--kexec-file-syscall", "--unload"] if method.name == "file" else [KEXEC, "--unload"]
+    return [program(KEXEC), *(["--kexec-file-syscall"] if method.name == "file" else []), "--unload"]
 
 
 def exec_argv() -> list[str]:
-    return [KEXEC, "--exec"]
+    return [program(KEXEC), "--exec"]
 
 
 def bzimage_version(path: Path) -> str:

@@ -12,6 +12,7 @@ import time
 from . import criu, faults, inflight, oom, record, tcp, workloads
 from .errors import CommandError, KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
+from .run import use_programs
 from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
 from .stages.context import Context
 from .steps import execute_stage, finish
@@ -158,6 +159,7 @@ def recover(state: dict, ui) -> Context:
     from .stages import journal
     ctx = journal.context(state)
     ctx.journal = inflight.JOURNAL
+    use_programs(ctx.config.programs)       # the run's own criu and kexec, not the config found now
     if ctx.dumping:
         criu.wait_gone(ctx.snapshot_dir, CRIU_WAIT_S)
     if state.get("hooks_touched"):

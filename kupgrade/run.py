@@ -45,12 +45,14 @@ PROGRAMS: dict[str, str] = {}       # a program's name in code -> what runs (pat
 
 
 def use_programs(programs: dict[str, str]) -> None:
-    """The config's choice of programs: `criu` in an argv runs paths.criu from now on."""
+    """The config's choice of programs (config.load; `kupgrade recover`: the interrupted run's)."""
     PROGRAMS.clear()
     PROGRAMS.update({name: path for name, path in programs.items() if path and path != name})
 
 
 def program(name: str) -> str:
+    """What runs for `name` ("criu", "kexec"): the command lines of criu.py and kexec.py name it,
+    wherever in the argv it stands (after choom, setpriv, freeze-exec)."""
     return PROGRAMS.get(name, name)
 
 
@@ -70,7 +72,6 @@ def run(argv: list[str], *, check: bool = True, timeout: float | None = None,
     `keep`, see the module docstring). new_session: in a session of its own (a Ctrl-C on our
     terminal does not reach it)."""
     argv = [os.fspath(a) for a in argv]
-    argv[0] = program(argv[0])
     start = time.monotonic()
     try:
         if keep is not None:

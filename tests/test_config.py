@@ -143,18 +143,27 @@ def test_snapshot_dir_must_be_free_and_empty(tmp_path):
     assert "already mounted" in snapshot_dir_blockers(Path("/proc"))[0].message
 
 
-def test_criu_and_kexec_are_settings_the_command_wrapper_obeys(tmp_path):
-    from kupgrade import run as run_mod
+def test_criu_and_kexec_are_settings_every_command_line_obeys(tmp_path):
+    from kupgrade import criu, kexec, oom, run as run_mod
+    from kupgrade.record import Workload
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\necho newer criu \"$@\"\n")
     fake.chmod(0o755)
     cfg = tmp_path / "k.toml"
-    cfg.write_text(f'[paths]\ncriu = "{fake}"\n')
+    cfg.write_text(f'[paths]\ncriu = "{fake}"\nkexec = "/opt/kexec/sbin/kexec"\n')
     try:
         assert config.load(cfg).criu == str(fake)
-        assert run_mod.run(["criu", "--version"]).stdout == b"newer criu --version\n"
-        assert run_mod.program("kexec") == "kexec"
+        assert run_mod.run(criu.check_argv()).stdout == b"newer criu check\n"
+        assert criu.dump_argv(Workload("pid:7", 7, (7,)), tmp_path)[0] == str(fake)
+        assert criu.restore_argv(tmp_path, tmp_path / "pid", no_new_privs=True)[2] == str(fake)     # after setpriv
+        method = kexec.Method("classic", "test")
+        load = oom.first_victim(kexec.load_argv(method, tmp_path / "vmlinuz", tmp_path / "initrd", "quiet"))
+        assert load[load.index("--load") - 2] == "/opt/kexec/sbin/kexec"       # also after choom
+        assert kexec.unload_argv(kexec.Method("file", "test")) == ["/opt/kexec/sbin/kexec", "--kexec-file-syscall",
+                                                                  "--unload"]
+        assert kexec.exec_argv() == ["/opt/kexec/sbin/kexec", "--exec"]
     finally:
         run_mod.use_programs({})
+    assert kexec.exec_argv() == ["kexec", "--exec"] and criu.check_argv() == ["criu", "check"]
     with pytest.raises(ConfigError, match=r"paths.criu.*a program name found in PATH or an absolute path"):
         config.parse('[paths]\ncriu = "bin/criu"\n')

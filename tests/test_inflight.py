@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,7 +96,7 @@ def test_recover_resumes_what_a_killed_run_left_stopped(tmp_path, monkeypatch):
 
 def test_a_signal_rolls_back_like_a_failure(tmp_path, monkeypatch):
     """SIGTERM while a stage runs: Interrupted, the rollback resumes the stopped tree."""
-    from types import SimpleNamespace
+
     p = _stopped_child()
     old = {s: signal.getsignal(s) for s in inflight.SIGNALS}
     try:
@@ -172,3 +173,36 @@ def test_a_signal_while_criu_works_is_answered_after_it(monkeypatch):
     finally:
         for s, h in old.items():
             _signal.signal(s, h)
+
+
+def test_recover_runs_the_interrupted_runs_own_criu_and_kexec(tmp_path, monkeypatch):
+    """paths.criu/paths.kexec of the run that was killed (its journal), not those of the config
+    `kupgrade recover` finds now: its kexec unloads, its criu is the one waited for."""
+    from kupgrade import run as run_mod
+    c = Context(Config(state_dir=str(tmp_path), criu="/opt/criu/sbin/criu", kexec="/opt/kexec/sbin/kexec"),
+                UpgradeRecord("R5", "run", "6.1"), journal=tmp_path / "j.json")
+    c.note()
+    monkeypatch.setattr(inflight, "JOURNAL", tmp_path / "j.json")
+    run_mod.use_programs({"criu": "/usr/local/bin/criu"})      # what the default config said
+    try:
+        pipeline.recover(json.loads((tmp_path / "j.json").read_text()), QuietUi())
+        assert run_mod.program("criu") == "/opt/criu/sbin/criu"
+        assert run_mod.program("kexec") == "/opt/kexec/sbin/kexec"
+    finally:
+        run_mod.use_programs({})
+
+
+def test_wait_gone_looks_for_the_configured_criu(tmp_path, monkeypatch):
+    import psutil
+    from kupgrade import criu, run as run_mod
+    procs = [SimpleNamespace(pid=1, info={"name": "criu", "cmdline": ["criu", "dump", str(tmp_path)]}),
+             SimpleNamespace(pid=2, info={"name": "criu-4", "cmdline": ["/opt/criu-4", "dump", str(tmp_path)]})]
+    waited = []
+    monkeypatch.setattr(psutil, "process_iter", lambda attrs: iter(procs))
+    monkeypatch.setattr(psutil, "wait_procs", lambda ps, timeout: waited.append(list(ps)) or ([], []))
+    run_mod.use_programs({"criu": "/opt/criu-4"})
+    try:
+        criu.wait_gone(tmp_path, 1)
+    finally:
+        run_mod.use_programs({})
+    assert waited[0] == [procs[1]]      # the configured one, not another criu on the same images

@@ -132,3 +132,15 @@ def test_criu_unit_dump_and_inherited_stdio(tmp_path):
     (proc / "300" / "fd" / "2").symlink_to("socket:[77]")
     (proc / "300" / "fd" / "0").symlink_to("/dev/null")
     assert criu.stdio_sockets((300, 301), proc) == ["socket:[77]"]
+
+
+def test_a_missing_lsinitramfs_blocks_instead_of_skipping_the_boot_script_check(tmp_path, monkeypatch):
+    """Without lsinitramfs nothing shows that the target initrd has the boot script; without it
+    the new kernel would not restore anything (the workloads would be lost): a blocker."""
+    import shutil
+    from kupgrade.stages import preflight
+    from kupgrade.stages.context import Target
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    t = Target("6.12", tmp_path / "vmlinuz", tmp_path / "initrd.img")
+    [b] = preflight._initrd_blockers(t)
+    assert "lsinitramfs is missing" in b.message and "initramfs-tools" in b.hint

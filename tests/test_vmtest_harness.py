@@ -74,3 +74,33 @@ def test_only_the_emulators_code_patching_race_is_retried():
     assert emulator_race(race[:2] + ["[    2.4] Code: 00 <cc> 90"]) == ""       # a real int3 there: a real bug
     assert emulator_race(["[    3.0] BUG: kernel NULL pointer dereference", "Code: 00 <90>"]) == ""
     assert emulator_race([]) == ""
+
+
+def test_every_result_carries_the_common_fields():
+    from vmtest.scenario import COMMON, Result
+    res = Result("x")
+    res.data.update(kernel_before="6.1", downtime_s=1.5, extra=1)
+    doc = res.to_json()
+    assert all(k in doc for k in COMMON)
+    assert doc["kernel_before"] == "6.1" and doc["downtime_s"] == 1.5 and doc["kernel_after"] is None
+    assert doc["extra"] == 1
+
+
+def test_workload_kept_checks_pids_beats_and_buffer():
+    from vmtest.scenario import Result, workload_kept
+
+    class WL(Workload):
+        def state(self):
+            return self.now
+    wl = WL(vm=None)
+    wl.beats = beats((0.0, 5), (0.1, 6), (5.0, 7))
+    before = {"pid": 30001, "child": 30002, "sha256_start": "s", "counter": 5}
+    wl.now = {"pid": 30001, "child": 30002, "sha256": "s", "sha256_start": "s", "counter": 7}
+    res = Result("x")
+    assert workload_kept(res, wl, before) == {"pids_preserved": True, "state_preserved": True}
+    assert res.passed
+    wl.now = {**wl.now, "sha256": "damaged"}
+    wl.beats.append(Heartbeat(6.0, 8, 31000, 30001, 0))     # a beat from another child
+    res = Result("x")
+    assert workload_kept(res, wl, before) == {"pids_preserved": False, "state_preserved": False}
+    assert [c["ok"] for c in res.checks] == [False, True, False, True]

@@ -117,7 +117,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     try:
         details["hooks"] = hookpoints.call(ctx, "quiesce")     # the devices stop changing too
     except HookError as e:
-        raise e.add_details(details)
+        raise e.in_stage(details) from e
     if details["hooks"]:
         summary += f"; {len(details['hooks'])} device hook(s) quiesced"
     return summary, details

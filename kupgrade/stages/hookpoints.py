@@ -100,8 +100,7 @@ def call(ctx: Context, point: str, snapshot_dir: Path | None = None) -> list[dic
         results = hk.run_point(point, ctx.hooks, ctx.devices, extra(ctx), snapshot_dir=snapshot_dir)
     except HookError as e:
         ctx.hook_results += e.results
-        e.details["hooks"] = results_json(e.results)
-        raise
+        raise e.with_details({"hooks": results_json(e.results)}) from e
     ctx.hook_results += results
     return results_json(results)
 
@@ -147,8 +146,7 @@ def restore(ctx: Context, snap: Path) -> list[dict]:
         out += e.details["hooks"]
         first = first or e
     if first is not None:
-        first.details["hooks"] = out
-        raise first
+        raise first.with_details({"hooks": out}) from first
     return out
 
 

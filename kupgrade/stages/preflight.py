@@ -125,7 +125,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                **({"services": services} if services else {}),
                **({"notes": [note]} if (note := workloads.own_terminal(ctx.workloads)) else {})}
     if hook_error is not None:
-        raise hook_error.add_details(details)
+        raise hook_error.in_stage(details) from hook_error
     if blockers:
         raise BlockedError(blockers, details=details)
     fresh = sum(1 for f in ctx.record.fresh if f.stop)

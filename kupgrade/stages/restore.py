@@ -200,7 +200,7 @@ def _go_on(ctx: Context, snap: Path, m, keys: list[str], details: dict) -> dict:
     try:
         details["health_check"] = health_check(ctx, m)
     except RestoreError as e:
-        raise e.add_details(details)
+        raise e.in_stage(details) from e
     return commit.resume(snap, m, keys)
 
 

@@ -248,8 +248,7 @@ def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:
         notes = early.bundle(ctx.hooks, ctx.devices, hookpoints.extra(ctx), ctx.snapshot_dir,
                              restore_dir=ctx.restore_dir)
     except HookError as e:      # a critical hook that cannot run in the initramfs
-        e.details["hooks"] = done
-        raise
+        raise e.with_details({"hooks": done}) from e
     return notes, done
 
 

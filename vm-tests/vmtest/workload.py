@@ -44,6 +44,14 @@ class Workload:
             self.follow()
         return self.pid
 
+    def attach(self, beats: int = 5, timeout: float = 120) -> dict:
+        """Follow an instance started otherwise (by a unit: `pid` given) until `beats` heartbeats
+        arrived; returns its state."""
+        self.vm.on_event = self._on_event
+        self.follow()
+        self.wait_beats(beats, timeout=timeout)
+        return self.state()
+
     def follow(self) -> None:
         """(Re)start relaying heartbeat lines from where the last one ended."""
         self.vm.call("tail", path=HEARTBEAT, offset=self.offset, timeout=60)

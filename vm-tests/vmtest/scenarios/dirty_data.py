@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
+from ..scenario import (Result, booted, keep_journal, kupgrade_config, restored_record, stage_of, systemd_up, upgrade,
+                        write_config)
 
 NAME = "dirty-data"
 DESCRIPTION = "writes without fsync + a dirty MAP_SHARED mapping survive the upgrade (systemd guest)"
@@ -24,10 +25,6 @@ def writer(vm, op: str, pid: int) -> dict:
     return json.loads(vm.sh("python3", WRITER, op, str(pid), timeout=120)["stdout"])
 
 
-def stage(rec: dict, name: str) -> dict:
-    return next((s for s in rec["stages"] if s["name"] == name), {})
-
-
 def writeback(st: dict) -> dict:
     d = st.get("details", {})
     return {"status": st.get("status"), "dirty_before_bytes": d.get("before", {}).get("dirty_bytes"),
@@ -35,35 +32,34 @@ def writeback(st: dict) -> dict:
             "dirty_after_bytes": d.get("after", {}).get("dirty_bytes"), "sync_s": d.get("sync_s")}
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
+def start_writer(vm) -> tuple[int, dict]:
+    """The writer in cgroup /writer, until ~8 MiB are written and mostly still dirty; its PID and state."""
     pid = vm.call("spawn", argv=[WRITER], log="/var/log/writer.log", cgroup="/writer", last_pid=30000)["pid"]
     first = writer(vm, "--query", pid)
-    while first["records"] < 2000:             # ~8 MiB written and mostly still dirty
+    while first["records"] < 2000:
         first = writer(vm, "--query", pid)
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/writer"]))
+    return pid, first
 
-    # 1. Rehearsal without the pre-flush: what the pause costs when all dirty data is in it.
+
+def rehearse_without_prepare(vm, res: Result, pid: int, first: dict) -> tuple[dict, dict]:
+    """What the pause costs when all dirty data is in it: a rehearsal with --skip prepare. Returns
+    its record and the writer's state after it."""
     r = vm.sh("kupgrade", "rehearse", "--yes", "--json", "--skip", "prepare", check=False, timeout=600)
     res.check(r["rc"] == 0, "rehearsal without prepare passes", r["stderr"][-2000:])
     try:
         reh = json.loads(r["stdout"])
     except ValueError:
         reh = {"stages": []}
-    res.check(stage(reh, "prepare").get("status") == "skipped", "the rehearsal skipped prepare (--skip)")
+    res.check(stage_of(reh, "prepare").get("status") == "skipped", "the rehearsal skipped prepare (--skip)")
     mid = writer(vm, "--query", pid)
     res.check(mid["records"] > first["records"] and mid["pid"] == pid, "the writer goes on after the rehearsal",
               f"{first['records']} -> {mid['records']}")
+    return reh, mid
 
-    # 2. The upgrade, with the pre-flush.
-    if (switched := upgrade(vm, res)) is None:
-        return
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    rec = final_record(vm)
-    res.check(rec["outcome"] == "restored", "upgrade record says restored (by kupgrade-restore.service)",
-              rec["outcome"] + " " + vm.sh("journalctl", "-b", "-u", "kupgrade-restore", "--no-pager",
-                                           check=False)["stdout"][-2000:])
+
+def writes_kept(vm, image, res: Result, pid: int, mid: dict) -> None:
+    """The same writer on the new kernel, going on; stopped, every accepted write is in the file
+    and the mapping (pids_preserved, state_preserved)."""
     after = writer(vm, "--query", pid)
     res.data["pids_preserved"] = after["pid"] == pid
     res.check(after["pid"] == pid and after["kernel"] == image.kernel_to, "same writer process, on the new kernel",
@@ -80,16 +76,34 @@ def run(vm, image, res: Result) -> None:
               "file offset and size are where the writer left them", json.dumps(check))
     res.check(not check["bad_pages"], "every page of the MAP_SHARED mapping holds its last update", json.dumps(check))
 
+
+def flushes(res: Result, reh: dict, rec: dict) -> None:
+    """Both flush measurements; the upgrade pre-flushed while running and flushed in the pause."""
     res.data["flush"] = {
-        "rehearsal_without_prepare": {"flush_in_pause": writeback(stage(reh, "flush"))},
-        "upgrade_with_prepare": {"prepare_while_running": writeback(stage(rec, "prepare")),
-                                 "flush_in_pause": writeback(stage(rec, "flush"))},
+        "rehearsal_without_prepare": {"flush_in_pause": writeback(stage_of(reh, "flush"))},
+        "upgrade_with_prepare": {"prepare_while_running": writeback(stage_of(rec, "prepare")),
+                                 "flush_in_pause": writeback(stage_of(rec, "flush"))},
     }
-    res.check(stage(rec, "prepare").get("status") == "ok" and stage(rec, "flush").get("status") == "ok",
+    res.check(stage_of(rec, "prepare").get("status") == "ok" and stage_of(rec, "flush").get("status") == "ok",
               "the upgrade pre-flushed while running and flushed again in the pause", json.dumps(res.data["flush"]))
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
-    frz, rs = stage(rec, "freeze"), stage(rec, "restore")
+
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    pid, first = start_writer(vm)
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/writer"]))
+    # 1. Rehearsal without the pre-flush: what the pause costs when all dirty data is in it.
+    reh, mid = rehearse_without_prepare(vm, res, pid, first)
+
+    # 2. The upgrade, with the pre-flush.
+    if upgrade(vm, res, to=image.kernel_to) is None:
+        return
+    systemd_up(vm)
+    keep_journal(vm, "kupgrade-restore.service")
+    rec = restored_record(vm, res, "upgrade record says restored (by kupgrade-restore.service; journal.txt)")
+    writes_kept(vm, image, res, pid, mid)
+    flushes(res, reh, rec)
+    frz, rs = stage_of(rec, "freeze"), stage_of(rec, "restore")
     # No heartbeat here: the pause from the record (freeze -> restored; wall clocks of both kernels, ±1 s).
     res.data["downtime_s"] = round(rs["started"] + rs["duration_s"] - frz["started"], 1)
     res.data["downtime_source"] = "upgrade record (freeze -> restored)"
-    res.data["record"] = rec

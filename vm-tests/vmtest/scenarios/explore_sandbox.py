@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..scenario import Result, booted
+from ..scenario import Result, booted, systemd_up
 
 NAME = "explore-sandbox"
 DESCRIPTION = "systemd sandbox options against criu 3.17 as kupgrade calls it: dump, restore, restore by the unit"
@@ -91,7 +91,7 @@ def outcome(lines: list[str]) -> tuple[bool, bool]:
 
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    systemd_up(vm)
     if os.environ.get("EXPLORE_DIR"):
         vm.sh("tee", "/root/sblib.sh", input=LIB)
         serve(vm, Path(os.environ["EXPLORE_DIR"]))

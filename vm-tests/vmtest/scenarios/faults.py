@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, started, kupgrade_config, last_record, wait_outcome, write_config
+from ..scenario import (Result, kupgrade_config, last_record, leftovers, run_failing, stage_durations, started,
+                        wait_outcome, write_config)
 from ..workload import Workload
 
 NAME = "faults"
@@ -34,20 +35,6 @@ def wait_marker(vm, name: str) -> None:
 def wait_gone(vm) -> None:
     """Wait for the background run to end."""
     vm.sh("sh", "-c", "while kill -0 $(cat /root/run.pid) 2>/dev/null; do sleep 0.05; done", timeout=300)
-
-
-def leftovers(vm) -> list[str]:
-    """What a run may leave behind that it must not."""
-    out = []
-    if "kupgrade-snapshot" in vm.read("/proc/mounts"):
-        out.append("snapshot tmpfs mounted")
-    if vm.read("/sys/kernel/kexec_loaded").strip() != "0":
-        out.append("kexec kernel loaded")
-    if vm.sh("test", "-e", "/run/kupgrade.journal.json", check=False)["rc"] == 0:
-        out.append("journal left")
-    if "CRIU" in vm.sh("nft", "list", "tables")["stdout"]:
-        out.append("criu lock table left")
-    return out
 
 
 def alive(vm, res: Result, wl: Workload, before: dict, case: dict) -> None:
@@ -169,7 +156,7 @@ def exec_fails_frozen(vm, res, wl, before) -> dict:
     """`kexec --exec` returns (the kernel did not switch) after the file systems were frozen:
     they are thawed, the rollback runs."""
     case = {"name": "exec-fails-after-the-freeze"}
-    r = vm.sh("env", "KUPGRADE_FAULT=exec", "kupgrade", "run", "--yes", check=False, timeout=600)
+    r = run_failing(vm, "exec")
     case["rc"], case["error"] = r["rc"], r["stderr"][-400:]
     rec = last_record(vm)
     case["frozen"] = next((s["details"].get("freeze") for s in rec["stages"] if s["name"] == "kexec"), None)
@@ -185,7 +172,7 @@ def exec_fails_frozen(vm, res, wl, before) -> dict:
 def enospc(vm, res, wl, before, image) -> dict:
     case = {"name": "enospc-in-snapshot-tmpfs"}
     write_config(vm, kupgrade_config(image.kernel_to, pids=[before["pid"]]) + '[snapshot]\nsize = "24M"\n')
-    r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
+    r = run_failing(vm)
     case["rc"], case["error"] = r["rc"], r["stderr"][-400:]
     res.check(r["rc"] == 5 and "criu dump" in r["stderr"], f"{case['name']}: the dump fails, exit 5, one line",
               r["stderr"][-600:])
@@ -273,4 +260,4 @@ def run(vm, image, res: Result) -> None:
     res.data["state_preserved"] = res.data["pids_preserved"]
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in res.data["record"]["stages"]}
+    res.data["stages"] = stage_durations(res.data["record"])

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, final_record, heartbeats_back, kupgrade_config, last_record, upgrade, write_config
-from ..timeline import breakdown, marks
+from ..scenario import (Result, booted, heartbeat_downtime, heartbeats_back, hook_calls, kupgrade_config,
+                        restored_record, rolled_back, run_with_hook, stage_of, upgrade, workload_kept, workload_running,
+                        write_config)
 from ..workload import Workload
-from .abort import last_error_line
 
 NAME = "hooks"
 DESCRIPTION = "network hook across 6.1 -> 6.12 (addresses, routes by MAC), a failing save hook rolls back (exit 7)"
@@ -26,7 +26,6 @@ MAC = "52:54:00:12:34:56"
 ADDRS = ("10.0.2.15/24", "192.0.2.7/32")
 GATEWAY = "10.0.2.2"
 EXTRA_ROUTE = "198.51.100.0/24"
-HOOKS_D = "/etc/kupgrade/hooks.d"
 BUILTIN_HOOKS = ["block", "network", "watchdog"]
 FAILING = "50-failsave"
 FAILING_HOOK = """#!/bin/sh
@@ -105,67 +104,33 @@ def check_listing(vm, res: Result, dev: str) -> None:
 
 
 def failing_save(vm, res: Result, wl: Workload, before: dict) -> None:
-    vm.sh("mkdir", "-p", HOOKS_D)
-    vm.sh("tee", f"{HOOKS_D}/{FAILING}", input=FAILING_HOOK)
-    vm.sh("chmod", "0755", f"{HOOKS_D}/{FAILING}")
-    last = wl.beats[-1].counter
-    r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
+    r = run_with_hook(vm, FAILING, FAILING_HOOK)
     errs = [l for l in r["stderr"].splitlines() if l.startswith("kupgrade:")]
-    res.data["failing_save"] = {"rc": r["rc"], "error": last_error_line(r), "output": (r["stdout"] + r["stderr"])[-3000:]}
+    res.data["failing_save"] = {k: r[k] for k in ("rc", "error", "output")}
     res.check(r["rc"] == 7, "failing save hook: kupgrade run exits 7", str(r["rc"]))
     res.check(len(errs) == 1 and FAILING in errs[0] and "injected failure: device refuses to save" in errs[0],
               "failing save hook: one line names the hook and its stderr", "\n".join(errs) or r["stderr"][-800:])
-    vm.sh("rm", f"{HOOKS_D}/{FAILING}")
-    wl.wait_beats(5, after=last, timeout=120)
-    after = wl.state()
-    res.check(after["pid"] == before["pid"] and after["child"] == before["child"],
-              "failing save hook: same PIDs, still running", f"{before['pid']} -> {after['pid']}")
-    states = vm.sh("ps", "-o", "stat=", "-p", f"{after['pid']},{after['child']}")["stdout"].split()
-    res.check(bool(states) and not any(s.startswith("T") for s in states), "failing save hook: no task left stopped",
-              " ".join(states))
-    res.check("frozen 0" in vm.read("/sys/fs/cgroup/workload/cgroup.events").split("\n"),
-              "failing save hook: the cgroup is thawed", vm.read("/sys/fs/cgroup/workload/cgroup.events"))
-    res.check(wl.consecutive(), "failing save hook: counter continued without a restart", wl.span())
-    res.check(vm.read("/sys/kernel/kexec_loaded").strip() == "0", "failing save hook: no kexec kernel loaded")
-    res.check("kupgrade-snapshot" not in vm.read("/proc/mounts"), "failing save hook: snapshot tmpfs unmounted")
-    rec = last_record(vm)
-    rollback = rec["stages"][-1]
-    res.check(rec["outcome"] == "aborted" and rollback["name"] == "rollback" and rollback["status"] == "ok",
-              "failing save hook: record says aborted, rollback complete", json.dumps(rollback)[:800])
-    snap = next((s for s in rec["stages"] if s["name"] == "snapshot"), {})
+    wl.wait_beats(5, after=wl.beats[-1].counter, timeout=120)
+    workload_kept(res, wl, before, "failing save hook: the workload")
+    rec = rolled_back(vm, res, wl, "failing save hook", cgroup="/workload")
+    snap = stage_of(rec, "snapshot")
     failed = [h for h in snap.get("details", {}).get("hooks", []) if not h["ok"]]
     res.check(snap.get("status") == "failed" and [h["hook"] for h in failed] == [FAILING],
               "failing save hook: the snapshot stage records the failed save", json.dumps(snap)[:1200])
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
+def configured(vm, res: Result) -> dict:
+    """The NIC configured (addresses, default and extra route); its state."""
     before_net = configure_nic(vm)
     res.data["net_before"] = before_net
     res.check(all(a in before_net["addrs"] for a in ADDRS) and
               {f"default via {GATEWAY}", f"{EXTRA_ROUTE} via {GATEWAY}"} <= set(before_net["routes"]),
               "NIC configured (addresses, default and extra route)", json.dumps(before_net))
-    check_listing(vm, res, before_net["dev"])
+    return before_net
 
-    wl = Workload(vm)
-    wl.start(cgroup="/workload")
-    wl.wait_beats(5)
-    before = wl.state()
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
-    failing_save(vm, res, wl, before)
 
-    if (switched := upgrade(vm, res, show=True)) is None:
-        return
-    last_before = heartbeats_back(vm, res, wl)
-    after = wl.state()
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.check(res.data["pids_preserved"], "workload: same PIDs (parent and child)",
-              f"before {before['pid']}/{before['child']}, after {after['pid']}/{after['child']}")
-    res.check(wl.consecutive(), "workload: counter continued, every heartbeat once, in order", wl.span())
-    res.check(after["sha256"] == before["sha256_start"], "workload: 64 MiB buffer checksum intact", after["sha256"])
-    res.data["state_preserved"] = wl.consecutive() and after["sha256"] == before["sha256_start"]
-
+def net_back(vm, res: Result, before_net: dict) -> None:
+    """New kernel: the NIC (by MAC) has its addresses and routes back."""
     after_net = net_state(vm)
     res.data["net_after"] = after_net
     res.check(after_net["addrs"] == before_net["addrs"], "new kernel: the NIC (by MAC) has its addresses back",
@@ -173,10 +138,10 @@ def run(vm, image, res: Result) -> None:
     res.check(after_net["routes"] == before_net["routes"], "new kernel: the default and the extra route are back",
               f"before {before_net['routes']}, after {after_net['routes']}")
 
-    rec = final_record(vm)
-    res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
-    restore = next((s for s in rec["stages"] if s["name"] == "restore"), {})
-    calls = {(h["hook"], h["point"]): h for h in restore.get("details", {}).get("hooks", [])}
+
+def check_hook_calls(vm, res: Result, rec: dict) -> None:
+    """The record has the network hook's save, restore and verify, ok; the report shows them."""
+    calls = hook_calls(stage_of(rec, "restore"))
     res.data["restore_hooks"] = list(calls.values())
     res.check(calls.get(("network", "restore"), {}).get("ok") is True and
               calls.get(("network", "verify"), {}).get("ok") is True,
@@ -185,7 +150,7 @@ def run(vm, image, res: Result) -> None:
     applied = calls.get(("network", "restore"), {}).get("reply", {}).get("applied", [])
     res.check(any("192.0.2.7/32" in a for a in applied) and any(EXTRA_ROUTE in a for a in applied),
               "record: the network hook re-applied the extra address and route", json.dumps(applied)[:1500])
-    snap = next((s for s in rec["stages"] if s["name"] == "snapshot"), {})
+    snap = stage_of(rec, "snapshot")
     saves = [(h["hook"], h["ok"]) for h in snap.get("details", {}).get("hooks", [])]
     res.check(("network", True) in saves and all(ok for _, ok in saves),
               "record: the snapshot stage has the network hook's save (every save ok)",
@@ -197,13 +162,21 @@ def run(vm, image, res: Result) -> None:
     res.check("device hooks" in report and any("restore" in l and " ok " in l for l in hook_lines)
               and any("verify" in l and " ok " in l for l in hook_lines),
               "kupgrade report shows the network hook's restore and verify, ok", report[-2500:])
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
-    res.data["record"] = rec
 
-    gap, a, b = wl.largest_gap_after(last_before - 1)
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
-    res.say(f"downtime (host-measured heartbeat gap): {gap:.2f} s\n" +
-            "\n".join(f"  {k:45s} {v:7.2f} s" for k, v in res.data["downtime_breakdown"].items()))
-    res.check(a.counter == last_before and b.counter == last_before + 1, "the largest heartbeat gap is the upgrade",
-              f"gap between beats {a.counter} and {b.counter}")
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    before_net = configured(vm, res)
+    check_listing(vm, res, before_net["dev"])
+    wl, before = workload_running(vm, cgroup="/workload")
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
+    failing_save(vm, res, wl, before)
+
+    if upgrade(vm, res, show=True, to=image.kernel_to) is None:
+        return
+    last_before = heartbeats_back(vm, res, wl)
+    res.data.update(workload_kept(res, wl, before))
+    net_back(vm, res, before_net)
+    rec = restored_record(vm, res)
+    check_hook_calls(vm, res, rec)
+    heartbeat_downtime(vm, res, image.kernel_to, wl, last_before, since=last_before - 1)

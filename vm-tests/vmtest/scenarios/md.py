@@ -24,12 +24,11 @@ import json
 import time
 
 from ..qemu import Machine
-from ..scenario import (Result, booted, heartbeats_back, hook_calls, hook_record, kupgrade_config, last_record,
-                        stage_of, upgrade, workload_intact, workload_running, write_config)
-from ..timeline import breakdown, marks
+from ..scenario import (Result, booted, heartbeat_downtime, heartbeats_back, hook_calls, hook_record, kupgrade_config,
+                        last_record, run_with_hook, stage_of, upgrade, workload_kept, workload_running, write_config)
 from ..workload import Workload
 from .hooks import ALL_DEVICES
-from .watchdog import FAILING_HOOK, HOOKS_D
+from .watchdog import FAILING_HOOK
 
 NAME = "md"
 DESCRIPTION = "md RAID1 mid-resync under the workload's files: paused at the freeze, reassembled, remounted, resumed"
@@ -94,12 +93,8 @@ def check_listing(vm, res: Result) -> None:
 
 
 def failing_quiesce(vm, res: Result, wl: Workload) -> None:
-    vm.sh("mkdir", "-p", HOOKS_D)
-    vm.sh("tee", f"{HOOKS_D}/{FAILING}", input=FAILING_HOOK)
-    vm.sh("chmod", "0755", f"{HOOKS_D}/{FAILING}")
-    r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
+    r = run_with_hook(vm, FAILING, FAILING_HOOK)
     last = wl.beats[-1].counter             # delivered before the command returned
-    vm.sh("rm", f"{HOOKS_D}/{FAILING}")
     res.check(r["rc"] == 7, "failing quiesce hook: kupgrade run exits 7", f"{r['rc']}\n{r['stderr'][-1500:]}")
     rec = last_record(vm)
     q = hook_calls(stage_of(rec, "freeze")).get(("block", "quiesce"), {})
@@ -184,23 +179,22 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
     failing_quiesce(vm, res, wl)
 
-    if (switched := upgrade(vm, res)) is None:
+    if upgrade(vm, res, to=image.kernel_to) is None:
         return
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     last_before = heartbeats_back(vm, res, wl)
     (vm.workdir / "dmesg-md.txt").write_text("\n".join(
         l for l in vm.sh("dmesg")["stdout"].splitlines() if any(k in l for k in ("md", "raid", "EXT4"))))
-    workload_intact(res, wl, before, "workload (files on md0)")
+    kept = workload_kept(res, wl, before, "workload (files on md0)")
 
     mine = hook_record(vm, res, "block", "block_hook")
     frozen, restored, v = check_hook_replies(res, mine)
     check_resync_resumed(vm, res, frozen, restored, v)
     blob = vm.sh("sha256sum", f"{MNT}/blob")["stdout"].split()[0]
     res.check(blob == mirror["blob_sha256"], "the 16 MiB blob on md0 is intact", blob)
-
-    gap, a, b = wl.largest_gap_after(last_before - 1)
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+    # The workload's state: its memory and heartbeat, and its files on the mirror (the blob).
+    res.data.update(pids_preserved=kept["pids_preserved"],
+                    state_preserved=kept["state_preserved"] and blob == mirror["blob_sha256"])
+    heartbeat_downtime(vm, res, image.kernel_to, wl, last_before, since=last_before - 1)
 
     check_mirror(vm, res)
     last = wl.beats[-1].counter

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from ..qemu import Machine
-from ..scenario import (Result, final_record, heartbeats_back, kupgrade_config, stage_of, started, upgrade,
-                        workload_intact, write_config)
+from ..scenario import (Result, final_record, heartbeats_back, kupgrade_config, stage_durations, stage_of, started,
+                        upgrade, workload_kept, write_config)
 from ..workload import Workload
 from .rollback import pre_dumped, way_back
 
@@ -34,14 +34,13 @@ def run(vm, image, res: Result) -> None:
 
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"], pids=[small.pid])
                  + "\n[snapshot]\npre_dump = 1\n")
-    if (switched := upgrade(vm, res)) is None:
+    if upgrade(vm, res, to=image.kernel_to) is None:
         return
     heartbeats_back(vm, res, wl)
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     rec = region_used(vm, res, "6.1 -> 6.12")
     res.check(rec["outcome"] == "restored", "upgrade record says restored", rec["outcome"])
     pre_dumped(res, rec, "6.1 -> 6.12", 1)
-    workload_intact(res, wl, before)
+    res.data.update(workload_kept(res, wl, before))
     small_after = small.state()
     res.check((small_after["pid"], small_after["child"]) == (small_before["pid"], small_before["child"])
               and small_after["sha256"] == small_before["sha256_start"], "the second workload: same PIDs, memory "
@@ -49,7 +48,7 @@ def run(vm, image, res: Result) -> None:
     metrics_written(vm, res)
     gap, _, _ = wl.largest_gap()
     res.data["downtime_s"] = round(gap, 3)
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data["stages"] = stage_durations(rec)
 
 
 def region_chosen(vm, image, res: Result, small: Workload) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import time
 
-from ..scenario import Result, started, kupgrade_config, last_record, next_estimate, write_config
+from ..scenario import (Result, kupgrade_config, last_record, next_estimate, stage_durations, started, workload_kept,
+                        write_config)
 from ..workload import Workload
 
 NAME = "rehearse"
@@ -39,8 +40,7 @@ def rehearse(vm, res: Result, wl: Workload, label: str, *args: str) -> dict:
               f"gap {gap:.2f} s between beats {a.counter} and {b.counter}")
     (vm.workdir / f"beats-{label}.txt").write_text(
         f"call {t_call:.3f} reply {t_reply:.3f}\n" + "".join(f"{x.t:.3f} {x.counter}\n" for x in wl.beats))
-    res.data.setdefault("downtime_s", {})[label] = round(gap, 3)
-    res.data.setdefault("stages", {})[label] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data.setdefault("rehearsals", {})[label] = {"downtime_s": round(gap, 3), "stages": stage_durations(rec)}
     return rec
 
 
@@ -56,16 +56,15 @@ def run(vm, image, res: Result) -> None:
               "cgroup: the restored tasks are back in their cgroup", " ".join(procs))
 
     rec2 = rehearse(vm, res, wl, "pid", "--pid", str(before["pid"]))
-    after = wl.state()
-    res.check(res.data["kernel_before"] == vm.sh("uname", "-r")["stdout"].strip() == image.kernel_from,
+    # No switch: the longer of the two rehearsals' pauses, the last one's stages (both in rehearsals).
+    res.data["downtime_s"] = max(r["downtime_s"] for r in res.data["rehearsals"].values())
+    res.data["downtime_source"] = "largest heartbeat gap of the two rehearsals"
+    res.data["stages"] = res.data["rehearsals"]["pid"]["stages"]
+    res.data["kernel_after"] = vm.sh("uname", "-r")["stdout"].strip()
+    res.check(res.data["kernel_before"] == res.data["kernel_after"] == image.kernel_from,
               f"still on {image.kernel_from}")
-    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.check(res.data["pids_preserved"], "same PIDs (parent and child) after two rehearsals",
-              f"before {before['pid']}/{before['child']}, after {after['pid']}/{after['child']}")
-    consecutive = wl.consecutive()
-    res.check(consecutive, "counter continued: every heartbeat once, in order, no restart", wl.span())
-    res.data["state_preserved"] = consecutive and after["sha256"] == before["sha256_start"]
-    res.check(after["sha256"] == before["sha256_start"], "64 MiB buffer checksum intact", after["sha256"])
+    res.data.update(workload_kept(res, wl, before, "after two rehearsals"))
+    after = wl.state()
     states = vm.sh("ps", "-o", "stat=", "-p", f"{after['pid']},{after['child']}")["stdout"].split()
     res.check(len(states) == 2 and not any(s.startswith(("T", "Z")) for s in states), "both tasks running",
               " ".join(states))

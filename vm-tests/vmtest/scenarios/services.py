@@ -24,7 +24,8 @@ import time
 
 from ..image import SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
-from ..scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
+from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
+                        unit_props, upgrade, write_config)
 from .tcp import configure_nic
 
 NAME = "services"
@@ -67,8 +68,7 @@ class Poller:
 
 
 def show(vm, unit: str) -> dict:
-    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState,ControlGroup", unit)["stdout"]
-    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    props = unit_props(vm, unit, "MainPID,ActiveState,ControlGroup")
     cg = props.get("ControlGroup", "")
     procs = vm.sh("cat", f"/sys/fs/cgroup{cg}/cgroup.procs", check=False)["stdout"].split() if cg else []
     return {**props, "pids": sorted(int(p) for p in procs)}
@@ -139,8 +139,7 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     """Every service where check said it would be, working."""
     after = {u: show(vm, u) for u in SERVICE_UNITS}
     res.data.update(after=after, state=get_state(vm), record=rec)
-    (vm.workdir / "journal.txt").write_text(vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic",
-                                                  check=False)["stdout"][-30000:])
+    keep_journal(vm, tail=30000)
     compare(res, fates, before, after, res.data["state"])
     if fates.get("ssh.service") == "carried":
         sshd_logs(vm, res)
@@ -153,12 +152,12 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
               "the run did what check said (the record's fresh services), outcome restored",
               json.dumps({"fresh": rec.get("fresh"), "outcome": rec["outcome"]}))
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data["stages"] = stage_durations(rec)
 
 
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    systemd_up(vm)
     configure_nic(vm)
     before = {u: show(vm, u) for u in SERVICE_UNITS}
     res.data["before"] = before
@@ -171,10 +170,9 @@ def run(vm, image, res: Result) -> None:
     poller = Poller()
     try:
         t_switch = time.time()
-        if (switched := upgrade(vm, res)) is None:
+        if upgrade(vm, res, to=image.kernel_to) is None:
             return
-        res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-        vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+        systemd_up(vm)
         in_new_kernel(vm, res, fates, before, final_record(vm))
         res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)

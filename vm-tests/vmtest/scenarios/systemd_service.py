@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import Result, booted, kupgrade_config, last_record, upgrade, wait_outcome, write_config
+from ..scenario import (Result, booted, heartbeats_back, keep_journal, kupgrade_config, last_record, stage_durations,
+                        systemd_up, unit_props, units_installed, units_started, upgrade, wait_outcome, workload_kept,
+                        write_config)
 from ..workload import GUEST_WORKLOAD, Workload
 
 NAME = "systemd-service"
@@ -34,9 +36,25 @@ UNITS = {
 }
 
 
+PROPS = "MainPID,ActiveState,SubState,ControlGroup,NRestarts"
+
+
 def show(vm, unit: str) -> dict:
-    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState,SubState,ControlGroup,NRestarts", unit)["stdout"]
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return unit_props(vm, unit, PROPS)
+
+
+def start_units(vm) -> tuple[dict, dict, Workload, dict]:
+    """Once systemd is up: heartbeat and victim started, squat enabled for the next boot with
+    victim's PID. Returns both units' properties, the heartbeat workload and its state."""
+    systemd_up(vm)
+    units_installed(vm, UNITS)
+    units_started(vm, "heartbeat.service", "victim.service")
+    hb, victim = show(vm, "heartbeat.service"), show(vm, "victim.service")
+    wl = Workload(vm, pid=int(hb["MainPID"]))
+    before = wl.attach()
+    vm.sh("tee", "/etc/vmtest-squat-pid", input=victim["MainPID"])
+    vm.sh("systemctl", "enable", "squat.service")
+    return hb, victim, wl, before
 
 
 def way_back(vm, image, res: Result, wl, before: dict, units: tuple[dict, dict]) -> bool:
@@ -48,7 +66,7 @@ def way_back(vm, image, res: Result, wl, before: dict, units: tuple[dict, dict])
     back = switched if switched["kernel"] == image.kernel_from else \
         vm.event("ready", 900, where=lambda e: e.get("kernel") == image.kernel_from)
     wl.follow()
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    systemd_up(vm)
     wl.wait_beats(5, after=last_before, timeout=300)
     rec = wait_outcome(vm, "rolled-back", "restored", "restore-failed")
     after = wl.state()
@@ -75,47 +93,8 @@ def way_back(vm, image, res: Result, wl, before: dict, units: tuple[dict, dict])
     return ok
 
 
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    for unit, text in UNITS.items():
-        vm.sh("tee", f"/etc/systemd/system/{unit}", input=text)
-    vm.sh("systemctl", "daemon-reload")
-    # Services started a few seconds into a boot have PIDs in the low hundreds, which the next
-    # kernel's own early kernel threads take (measured: heartbeat's PID 298 was a kworker's in
-    # the new boot). Start them where a long-running server's services would be.
-    vm.sh("tee", "/proc/sys/kernel/ns_last_pid", input="30000")
-    vm.sh("systemctl", "start", "heartbeat.service")
-    vm.sh("systemctl", "start", "victim.service")
-    hb, victim = show(vm, "heartbeat.service"), show(vm, "victim.service")
-    wl = Workload(vm, pid=int(hb["MainPID"]))
-    vm.on_event = wl._on_event
-    wl.follow()
-    wl.wait_beats(5, timeout=120)
-    before = wl.state()
-    vm.sh("tee", "/etc/vmtest-squat-pid", input=victim["MainPID"])
-    vm.sh("systemctl", "enable", "squat.service")
-    config = kupgrade_config(image.kernel_to).replace(
-        "[target]", 'units = ["heartbeat.service", "victim.service"]\n\n[target]')
-    write_config(vm, config)
-    res.data["before"] = {"heartbeat": hb, "victim": victim}
-    if not way_back(vm, image, res, wl, before, (hb, victim)):
-        return
-
-    write_config(vm, config + '[restore]\non_failure = "keep"\n')
-    if (switched := upgrade(vm, res)) is None:
-        return
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
-    last_before = wl.beats[-1].counter
-    wl.follow()
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    # evidence first, whatever happens next
-    (vm.workdir / "journal.txt").write_text(vm.sh(
-        "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", "heartbeat.service", "-u", "victim.service",
-        "-u", "kupgrade-restore.service", "-u", "squat.service", check=False)["stdout"][-12000:])
-    wl.wait_beats(5, after=last_before, timeout=180)
-    after = wl.state()
-
+def unit_is_itself(vm, res: Result, hb: dict, before: dict) -> None:
+    """heartbeat.service is active with the restored process as its main process, both tasks in its cgroup."""
     hb2 = show(vm, "heartbeat.service")
     res.data["after"] = {"heartbeat": hb2, "victim": show(vm, "victim.service")}
     status = vm.sh("systemctl", "status", "--no-pager", "heartbeat.service", check=False)["stdout"]
@@ -126,13 +105,11 @@ def run(vm, image, res: Result) -> None:
     procs = vm.read(f"/sys/fs/cgroup{hb2['ControlGroup']}/cgroup.procs").split()
     res.check(sorted(procs) == sorted([str(before["pid"]), str(before["child"])]),
               "both restored tasks are in the unit's cgroup", f"{hb2['ControlGroup']}: {procs}")
-    res.data["pids_preserved"] = after["pid"] == before["pid"] and after["child"] == before["child"]
-    res.check(res.data["pids_preserved"], "same PIDs (parent and child)", f"{before} -> {after}")
-    consecutive = wl.consecutive()
-    res.check(consecutive, "not started fresh: the counter went on, every heartbeat once, in order", wl.span())
-    res.data["state_preserved"] = consecutive and after["sha256"] == before["sha256_start"]
-    res.check(after["sha256"] == before["sha256_start"], "64 MiB buffer checksum intact", after["sha256"])
 
+
+def victim_failed(vm, res: Result, victim: dict) -> dict:
+    """victim.service failed (not started fresh), the record and the report say why, its snapshot
+    is kept. Returns the record."""
     victim2 = res.data["after"]["victim"]
     res.check(victim2["ActiveState"] == "failed", "victim.service failed instead of starting fresh",
               json.dumps(victim2))
@@ -150,10 +127,30 @@ def run(vm, image, res: Result) -> None:
     (vm.workdir / "report.txt").write_text(report)
     res.check("NOT restored" in report and "is taken in this boot" in report and "restored, same PID" in report,
               "kupgrade report shows which unit came back and which did not, and why", report[-2000:])
+    return rec
 
-    gap, a, b = wl.largest_gap_after(last_before - 1)     # this upgrade's (the way back's is in way_back)
+
+def run(vm, image, res: Result) -> None:
+    booted(vm, res)
+    hb, victim, wl, before = start_units(vm)
+    config = kupgrade_config(image.kernel_to, units=["heartbeat.service", "victim.service"])
+    write_config(vm, config)
+    res.data["before"] = {"heartbeat": hb, "victim": victim}
+    if not way_back(vm, image, res, wl, before, (hb, victim)):
+        return
+
+    write_config(vm, config + '[restore]\non_failure = "keep"\n')
+    if upgrade(vm, res, to=image.kernel_to) is None:
+        return
+    systemd_up(vm)
+    keep_journal(vm, "heartbeat.service", "victim.service", "kupgrade-restore.service", "squat.service")
+    last_before = heartbeats_back(vm, res, wl)      # relayed again only from here on
+    unit_is_itself(vm, res, hb, before)
+    res.data.update(workload_kept(res, wl, before, "heartbeat.service, not started fresh"))
+    rec = victim_failed(vm, res, victim)
+    gap, _, _ = wl.largest_gap_after(last_before - 1)     # this upgrade's (the way back's is in way_back)
     res.data["downtime_s"] = round(gap, 3)
-    res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
+    res.data["stages"] = stage_durations(rec)
     res.data["record"] = rec
 
     vm.sh("systemctl", "stop", "heartbeat.service")

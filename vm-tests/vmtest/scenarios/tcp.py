@@ -19,8 +19,8 @@ import socket
 import threading
 import time
 
-from ..scenario import Result, booted, final_record, kupgrade_config, last_record, upgrade, write_config
-from .abort import last_error_line
+from ..scenario import (Result, booted, keep_journal, kupgrade_config, last_record, restored_record, run_failing,
+                        stage_of, systemd_up, unit_props, units_installed, units_started, upgrade, write_config)
 
 NAME = "tcp"
 DESCRIPTION = "a TCP connection, both peers talking every 50 ms, survives a failed attempt and 6.1 -> 6.12"
@@ -156,11 +156,6 @@ def evidence(vm, label: str) -> None:
         f.write("\n".join(out) + "\n")
 
 
-def main_pid(vm) -> dict:
-    out = vm.sh("systemctl", "show", "-p", "MainPID,ActiveState", UNIT)["stdout"]
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
     """Both directions complete and in order, on the same connection as `first` (a stat)."""
     st = peer.stat()
@@ -177,13 +172,11 @@ def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
 def start_server(vm, res: Result) -> dict:
     """Once systemd is up: the NIC configured, tcpserver.service started (PIDs above 30000);
     returns its MainPID and ActiveState."""
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    systemd_up(vm)
     res.data["nic"] = configure_nic(vm)
-    vm.sh("tee", f"/etc/systemd/system/{UNIT}", input=UNIT_TEXT)
-    vm.sh("systemctl", "daemon-reload")
-    vm.sh("tee", "/proc/sys/kernel/ns_last_pid", input="30000")    # see systemd_service.py
-    vm.sh("systemctl", "start", UNIT)
-    return main_pid(vm)
+    units_installed(vm, {UNIT: UNIT_TEXT})
+    units_started(vm, UNIT)
+    return unit_props(vm, UNIT)
 
 
 def check_plan(vm, res: Result) -> None:
@@ -197,10 +190,10 @@ def check_plan(vm, res: Result) -> None:
 def failed_attempt(vm, res: Result, peer: Peer, first: dict) -> None:
     """A failure after the snapshot: rolled back (criu's lock deleted, the socket out of repair
     mode), the conversation goes on."""
-    r = vm.sh("env", "KUPGRADE_FAULT=kexec-load", "kupgrade", "run", "--yes", check=False, timeout=600)
-    res.data["fault"] = {"rc": r["rc"], "error": last_error_line(r)}
-    res.check(r["rc"] not in (0, None) and "kexec load failed" in last_error_line(r),
-              "failed kexec load: kupgrade run exits non-zero with one line", last_error_line(r))
+    r = run_failing(vm, "kexec-load")
+    res.data["fault"] = {"rc": r["rc"], "error": r["error"]}
+    res.check(r["rc"] not in (0, None) and "kexec load failed" in r["error"],
+              "failed kexec load: kupgrade run exits non-zero with one line", r["error"])
     rollback = last_record(vm)["stages"][-1]
     res.data["rollback"] = rollback
     res.check(rollback["name"] == "rollback" and rollback["status"] == "ok"
@@ -217,10 +210,8 @@ def failed_attempt(vm, res: Result, peer: Peer, first: dict) -> None:
 def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
     """In the new kernel, once systemd is up (the journal kept): forty more lines, the same
     conversation (the guest's network state noted around the check); returns the server's stat."""
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    (vm.workdir / "journal.txt").write_text(vm.sh(
-        "journalctl", "-b", "--no-pager", "-o", "short-monotonic", "-u", UNIT, "-u", "kupgrade-restore.service",
-        check=False)["stdout"][-12000:])
+    systemd_up(vm)
+    keep_journal(vm, UNIT, "kupgrade-restore.service")
     peer.lines(40, timeout=240)
     evidence(vm, "after the switch")
     try:
@@ -233,7 +224,7 @@ def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
 
 def server_kept(vm, res: Result, peer: Peer, first: dict, before: dict, st: dict) -> None:
     """The same server process, active, and its state, the conversation, intact."""
-    after = main_pid(vm)
+    after = unit_props(vm, UNIT)
     res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
               f"{UNIT} is active with the same main PID", json.dumps(after))
     res.data["pids_preserved"] = after["MainPID"] == before["MainPID"]
@@ -247,20 +238,19 @@ def released(vm, res: Result) -> dict:
     released after its restore, outcome restored. Returns the record."""
     tables = vm.sh("nft", "list", "tables")["stdout"]
     res.check("kupgrade" not in tables, "the drop table is gone after the restore", tables)
-    rec = final_record(vm)
+    rec = restored_record(vm, res, "the outcome is restored")
     logs = vm.sh("sh", "-c", f"cat /var/lib/kupgrade/logs/{rec['id']}/*/restore.log", check=False)["stdout"]
     (vm.workdir / "criu-restore.log").write_text(logs)
-    unit_stage = next((s for s in rec["stages"] if s["name"] == "restore-unit"), {})
+    unit_stage = stage_of(rec, "restore-unit")
     tcp_info = next(iter(unit_stage.get("details", {}).get("workloads", {}).values()), {}).get("tcp", {})
-    commit = next((s for s in rec["stages"] if s["name"] == "commit"), {}).get("details", {}).get("commit", {})
+    commit = stage_of(rec, "commit").get("details", {}).get("commit", {})
     tcp_info = {**tcp_info, **next(iter(commit.get("tcp", {}).values()), {})}   # released there when held
-    restore_stage = next((s for s in rec["stages"] if s["name"] == "restore"), {})
+    restore_stage = stage_of(rec, "restore")
     res.data["tcp_restore"] = {"protected": restore_stage.get("details", {}).get("tcp_protected"), **tcp_info}
     res.check(restore_stage.get("details", {}).get("tcp_protected") == 1 and tcp_info.get("released") == 1
               and tcp_info.get("table") == "deleted",
               "the record: 1 connection protected before the network came up, released after its restore",
               json.dumps(res.data["tcp_restore"]))
-    res.check(rec["outcome"] == "restored", "the outcome is restored", rec["outcome"])
     return rec
 
 
@@ -283,7 +273,7 @@ def new_connection(vm, res: Result, peer: Peer, first: dict) -> None:
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
     before = start_server(vm, res)
-    write_config(vm, kupgrade_config(image.kernel_to).replace("[target]", f'units = ["{UNIT}"]\n\n[target]'))
+    write_config(vm, kupgrade_config(image.kernel_to, units=[UNIT]))
     peer = Peer()
     try:
         peer.lines(20)
@@ -297,19 +287,16 @@ def run(vm, image, res: Result) -> None:
         # 2. the real upgrade
         evidence(vm, "before the switch")
         t_switch = time.time()
-        if (switched := upgrade(vm, res)) is None:
+        if upgrade(vm, res, to=image.kernel_to) is None:
             return
-        res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
         st = conversation_goes_on(vm, res, peer, first)
         server_kept(vm, res, peer, first, before, st)
-        rec = released(vm, res)
+        released(vm, res)
         new_connection(vm, res, peer, first)
 
         gap, at = peer.largest_gap(since=t_switch)
         res.data["downtime_s"] = round(gap, 3)
         res.data["gap_after_line"] = at
         res.data["lines"] = {"from_server": peer.got[-1][1], "from_host": peer.sent}
-        res.data["stages"] = {s["name"]: s["duration_s"] for s in rec["stages"]}
-        res.data["record"] = rec
     finally:
         peer.close()

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 
 from ..qemu import LostVMError, Machine
-from ..scenario import (Result, booted, hook_calls, hook_record, kupgrade_config, last_record, stage_of, upgrade,
-                        workload_intact, workload_running, write_config)
-from ..timeline import breakdown, marks
+from ..scenario import (Result, booted, heartbeat_downtime, hook_calls, hook_record, kupgrade_config, last_record,
+                        run_with_hook, stage_of, systemd_up, units_installed, upgrade, workload_kept, workload_running,
+                        write_config)
 from ..workload import Workload
 from .hooks import ALL_DEVICES
 
@@ -42,7 +42,6 @@ UNIT = (f"[Unit]\nDescription=watchdog petting daemon (vm-tests)\n"
         f"[Service]\nExecStart=/usr/local/lib/vmtest/petter.py /dev/watchdog0 {TIMEOUT} 1 {PETTER_LOG}\n"
         "[Install]\nWantedBy=multi-user.target\n")
 SYSFS = "/sys/class/watchdog/watchdog0"
-HOOKS_D = "/etc/kupgrade/hooks.d"
 FAILING = "zz-failquiesce"          # after "watchdog" in name order: the watchdog's quiesce has run
 FAILING_HOOK = """#!/bin/sh
 # vm-tests: a hook whose quiesce fails (machine-wide: no match)
@@ -108,13 +107,9 @@ def check_listing(vm, res: Result) -> None:
 
 
 def failing_quiesce(vm, res: Result, wl: Workload) -> None:
-    vm.sh("mkdir", "-p", HOOKS_D)
-    vm.sh("tee", f"{HOOKS_D}/{FAILING}", input=FAILING_HOOK)
-    vm.sh("chmod", "0755", f"{HOOKS_D}/{FAILING}")
     last = pets(vm)[-1]
-    r = vm.sh("kupgrade", "run", "--yes", check=False, timeout=600)
+    r = run_with_hook(vm, FAILING, FAILING_HOOK)
     last_beat = wl.beats[-1].counter        # delivered before the command returned
-    vm.sh("rm", f"{HOOKS_D}/{FAILING}")
     res.check(r["rc"] == 7, "failing quiesce hook: kupgrade run exits 7", f"{r['rc']}\n{r['stderr'][-1500:]}")
     rec = last_record(vm)
     freeze, rollback = stage_of(rec, "freeze"), stage_of(rec, "rollback")
@@ -137,9 +132,8 @@ def failing_quiesce(vm, res: Result, wl: Workload) -> None:
 
 def start_petter(vm) -> None:
     """The daemon's unit installed and started once systemd is up; three of its pings seen."""
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
-    vm.sh("tee", f"/etc/systemd/system/{PETTER}", input=UNIT)
-    vm.sh("systemctl", "daemon-reload")
+    systemd_up(vm)
+    units_installed(vm, {PETTER: UNIT})
     vm.sh("systemctl", "enable", "--now", PETTER)
     wait_pets(vm, 3)
 
@@ -149,14 +143,13 @@ def switch_armed(vm, image, res: Result) -> tuple[float, float] | None:
     over (from the console), or None if it did not switch (a watchdog reset fails a check)."""
     t_run = time.time()
     try:
-        switched = upgrade(vm, res)
+        switched = upgrade(vm, res, to=image.kernel_to)
     except LostVMError as e:
         res.data["qemu_events"] = vm.qmp_events
         res.check(False, "no watchdog reset during the upgrade", str(e)[-3000:])
         return None
     if switched is None:
         return None
-    res.check(switched["kernel"] == image.kernel_to, f"now running {image.kernel_to}", switched["kernel"])
     t_switch = next((l.t for l in vm.console if l.t >= t_run and "Starting new kernel" in l.text), switched["_t"])
     return t_run, t_switch
 
@@ -172,7 +165,7 @@ def in_new_kernel(vm, res: Result, wl: Workload, last_beat: int, t_run: float,
     def new(p: Pet) -> bool:
         return p.t > t_switch
     wl.follow()
-    vm.sh("systemctl", "is-system-running", "--wait", check=False, timeout=300)
+    systemd_up(vm)
     journal = vm.sh("journalctl", "-b", "--no-pager", "-o", "short-monotonic", check=False)["stdout"]
     (vm.workdir / "journal.txt").write_text("\n".join(
         l for l in journal.splitlines() if any(k in l for k in ("watchdog", "i6300", "petter", "kupgrade"))))
@@ -252,10 +245,8 @@ def run(vm, image, res: Result) -> None:
     last_beat = wl.beats[-1].counter       # the last one the old kernel's relay delivered
     during, first_new = in_new_kernel(vm, res, wl, last_beat, t_run, t_switch)
     bridge = check_record(vm, res)
-    workload_intact(res, wl, before)
-    gap, a, b = wl.largest_gap_after(last_beat - 1)
-    res.data["downtime_s"] = round(gap, 3)
-    res.data["downtime_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
+    res.data.update(workload_kept(res, wl, before))
+    heartbeat_downtime(vm, res, image.kernel_to, wl, last_beat, since=last_beat - 1)
     res.data["watchdog_timeline_s"] = watchdog_timeline(vm, t_run, bridge, during, first_new)
 
     # Petted, not just armed: three timeouts' worth of pings and QEMU still running.

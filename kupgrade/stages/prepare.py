@@ -65,6 +65,7 @@ def pre_dump(ctx: Context, n: int) -> dict:
         trees[w.key] = {"selector": w.selector, "iterations": its}
         for i in range(1, n + 1):
             t0 = time.monotonic()
+            (images / criu.PRE_DIR.format(n=i)).mkdir(mode=0o700, exist_ok=True)    # criu does not make it
             try:
                 with inflight.deferred():   # criu is never killed half-way through a tree
                     run_cmd(criu.pre_dump_argv(w, images, i), timeout=600, cwd=str(images), new_session=True)

@@ -8,6 +8,8 @@ call `kupgrade-restore` before starting services, see docs/boot.md).
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -97,12 +99,29 @@ def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = 
     return done
 
 
+@functools.lru_cache(maxsize=8)
+def _listing(initrd: str, _stamp: tuple[int, int]) -> frozenset[str]:
+    out = run(["lsinitramfs", initrd], timeout=300,
+              hint="install initramfs-tools (lsinitramfs) or check the initrd file").stdout.decode()
+    return frozenset(out.split())
+
+
+def initrd_names(initrd: Path) -> frozenset[str]:
+    """What the initrd holds (lsinitramfs; listed once per version of the file)."""
+    st = initrd.stat()
+    return _listing(str(initrd), (st.st_mtime_ns, st.st_size))
+
+
 def initrd_has_hook(initrd: Path) -> bool:
     """True if the initrd carries our init-bottom script (lsinitramfs lists it)."""
-    out = run(["lsinitramfs", str(initrd)], timeout=300,
-              hint="install initramfs-tools (lsinitramfs) or check the initrd file").stdout.decode()
-    names = set(out.split())
+    names = initrd_names(initrd)
     return MARKER in names and "scripts/init-bottom/kupgrade" in names
+
+
+def missing_modules(initrd: Path, modules: tuple[str, ...]) -> list[str]:
+    """Which of these kernel modules the initrd does not carry (any compression)."""
+    have = {re.sub(r"\.ko(\.\w+)?$", "", n.rsplit("/", 1)[-1]) for n in initrd_names(initrd) if ".ko" in n}
+    return [m for m in modules if m not in have]
 
 
 def reserve(size: int, paths: BootPaths = BootPaths(), iomem: Path = Path("/proc/iomem")) -> list[str]:

@@ -90,6 +90,22 @@ def find(cmdline: str, block: Path = BLOCK) -> tuple[Region | None, str]:
                   "(a memmap=SIZE!START word for the same start is needed; modprobe nd_e820 nd_pmem)")
 
 
+MODULES = {"nd_e820": "CONFIG_X86_PMEM_LEGACY", "nd_pmem": "CONFIG_BLK_DEV_PMEM"}    # init-top loads them
+
+
+def modules_needed(release: str, boot: Path = Path("/boot")) -> tuple[tuple[str, ...], str]:
+    """The region's drivers a kernel needs from its initrd (built as modules; none when built in),
+    or why that kernel cannot have the region at all ("": it can)."""
+    try:
+        config = dict(line.split("=", 1) for line in (boot / f"config-{release}").read_text().splitlines()
+                      if line.startswith("CONFIG_") and "=" in line)
+    except OSError:
+        return tuple(MODULES), ""           # not known: the initrd must carry them
+    if off := [option for option in MODULES.values() if config.get(option) not in ("y", "m")]:
+        return (), f"kernel {release} is built without {' and '.join(off)}"
+    return tuple(m for m, option in MODULES.items() if config[option] == "m"), ""
+
+
 def needed(snapshot_bytes: int) -> int:
     """Room the file system on the region needs for a snapshot of this estimate."""
     return snapshot_bytes + snapshot_bytes // 8 + (48 << 20)

@@ -131,6 +131,7 @@ def ctx_for(**cfg):
 def test_preflight_chooses_the_region_when_it_fits(tmp_path, monkeypatch):
     ctx, block = ctx_for(), fake_block(tmp_path)
     monkeypatch.setattr(preflight.shutil, "which", lambda name: "/sbin/" + name)
+    monkeypatch.setattr(preflight, "_region_drivers", lambda ctx: "")
     blockers = []
     t = preflight._transport(ctx, 64 << 20, blockers, "kupgrade.pmem=0x50000000", block)
     assert t["name"] == "pmem" and ctx.region.device == "/dev/pmem0" and not blockers
@@ -151,3 +152,20 @@ def test_boot_files_name_the_region_word():
     assert "@CMDLINE_PMEM@" in boot._data("initramfs-top")
     assert contract.CMDLINE_PMEM in boot.boot_file("initramfs-top")
     assert "nd_pmem" in boot.boot_file("initramfs-hook")
+
+
+def test_a_kernel_without_the_region_drivers_is_named(tmp_path, monkeypatch):
+    (tmp_path / "config-6.12").write_text("CONFIG_X86_PMEM_LEGACY=m\nCONFIG_BLK_DEV_PMEM=m\n")
+    (tmp_path / "config-6.1").write_text("CONFIG_X86_PMEM_LEGACY=y\n# CONFIG_BLK_DEV_PMEM is not set\n")
+    assert pmem.modules_needed("6.12", tmp_path) == (("nd_e820", "nd_pmem"), "")
+    assert pmem.modules_needed("6.1", tmp_path) == ((), "kernel 6.1 is built without CONFIG_BLK_DEV_PMEM")
+    assert pmem.modules_needed("7.0", tmp_path) == (("nd_e820", "nd_pmem"), "")      # no config: ask the initrd
+    listing = "usr/lib/modules/6.12/kernel/drivers/nvdimm/nd_pmem.ko.xz\nusr/bin/busybox\n"
+    monkeypatch.setattr(boot, "run", lambda argv, **kw: type("P", (), {"stdout": listing.encode()}))
+    initrd = tmp_path / "initrd.img-6.12"
+    initrd.write_bytes(b"x")
+    assert boot.missing_modules(initrd, ("nd_e820", "nd_pmem")) == ["nd_e820"]
+    ctx = ctx_for(on_restore_failure="keep")
+    ctx.target = preflight.Target("6.12", tmp_path / "vmlinuz-6.12", initrd)
+    why = preflight._region_drivers(ctx, tmp_path)
+    assert "lacks nd_e820" in why and "install-boot --kernel 6.12" in why

@@ -211,6 +211,8 @@ def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, bl
                    f"the {region.size >> 20} MiB memory region {region.device}")
     elif region and not shutil.which("mkfs.ext4"):
         why_not = "mkfs.ext4 is missing (it makes the file system in the memory region)"
+    elif region:
+        why_not = _region_drivers(ctx)
     if why_not:
         if want == "pmem":
             blockers.append(Blocker(f"snapshot.transport = \"pmem\", but {why_not}",
@@ -220,6 +222,25 @@ def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, bl
     ctx.region = region
     return {"name": "pmem", "why": "kupgrade's memory region is active and the snapshot fits in it: no packing, "
                                    "unpacking or moving", **region.to_json()}
+
+
+def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:
+    """Why a kernel the snapshot may boot into (the target; with a way back, this one) could not
+    mount the region ("": both can): built without its drivers, or an initrd without them."""
+    kernels = [(ctx.target.version, ctx.target.initrd)]
+    if ctx.config.on_restore_failure == "rollback" and not ctx.rehearsal:
+        kernels.append((ctx.kernel_from, boot_dir / f"initrd.img-{ctx.kernel_from}"))
+    for release, initrd in kernels:
+        modules, why = pmem.modules_needed(release, boot_dir)
+        if why:
+            return why
+        try:
+            if initrd.is_file() and (missing := boot.missing_modules(initrd, modules)):
+                return (f"{initrd} lacks {', '.join(missing)}: kernel {release} could not mount the region "
+                        f"(`kupgrade install-boot --kernel {release}` adds them)")
+        except CommandError:
+            return f"cannot list {initrd} to see that it carries {', '.join(modules)}"
+    return ""
 
 
 def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int) -> list[Blocker]:

@@ -103,10 +103,6 @@ def _unit_patterns(v: list) -> str | None:
     return f"entries are service names or patterns like \"backup-*.service\" (got {_short.repr(bad)})" if bad else None
 
 
-def _blocked_policy(v: str) -> str | None:
-    return None if v in BLOCKED_POLICIES else f"must be one of {', '.join(BLOCKED_POLICIES)} (got {_short.repr(v)})"
-
-
 def _allow(v: list) -> str | None:
     bad = [a for a in v if not a or ("/" in a and not a.startswith("/"))]
     return f"entries are udev subsystems like \"infiniband\" or absolute sys paths (got {_short.repr(bad)})" if bad else None
@@ -162,20 +158,15 @@ def _command(v: str) -> str | None:
         f"must name its program by an absolute path (the new kernel's early boot has no PATH to rely on; got {_short.repr(v)})"
 
 
-def _policy(v: str) -> str | None:
-    return None if v in RESTORE_POLICIES else f"must be one of {', '.join(RESTORE_POLICIES)} (got {v!r})"
+def _one_of(choices: tuple[str, ...]):
+    """A check that the value is one of these words."""
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)} (got {_short.repr(v)})"
+    return check
 
 
 def _pre_dump(v: int) -> str | None:
     return None if 0 <= v <= MAX_PRE_DUMP else f"must be 0 to {MAX_PRE_DUMP} iterations (got {v})"
-
-
-def _transport(v: str) -> str | None:
-    return None if v in TRANSPORTS else f"must be one of {', '.join(TRANSPORTS)} (got {_short.repr(v)})"
-
-
-def _kexec_method(v: str) -> str | None:
-    return None if v in KEXEC_METHODS else f"must be one of {', '.join(KEXEC_METHODS)} (got {_short.repr(v)})"
 
 
 @dataclass(frozen=True)
@@ -218,7 +209,7 @@ SETTINGS: tuple[Setting, ...] = (
             "stops the unit cleanly before the freeze and the new boot starts it (on a rollback before the switch "
             "it is started again here), reported as such; \"auto\": fresh for units `all_services` found, abort "
             "for the units named in `units`. PIDs and cgroups cannot start fresh: their blockers always block.",
-            check=_blocked_policy, example='"auto"'),
+            check=_one_of(BLOCKED_POLICIES), example='"auto"'),
     Setting("target", "kernel", "kernel", str,
             "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
             check=_kernel, example='"6.12.117+deb12-amd64"', cli="--kernel 6.12.117+deb12-amd64"),
@@ -244,7 +235,7 @@ SETTINGS: tuple[Setting, ...] = (
             f"{contract.CMDLINE_PMEM}=START, which both kernels leave alone: no packing, unpacking or moving; "
             "`kupgrade install-boot --reserve SIZE` sets it up, one reboot activates it), or \"auto\" (pmem "
             "when that region is active and the snapshot fits in it, else initrd).",
-            check=_transport, example='"auto"'),
+            check=_one_of(TRANSPORTS), example='"auto"'),
     Setting("snapshot", "pre_dump", "pre_dump", int,
             "criu pre-dump iterations while the workloads still run (prepare): the first copies their memory, "
             "each next one what they dirtied since (soft-dirty tracking); the final dump in the pause then "
@@ -255,14 +246,14 @@ SETTINGS: tuple[Setting, ...] = (
             "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
             "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
-            check=_kexec_method, example='"auto"'),
+            check=_one_of(KEXEC_METHODS), example='"auto"'),
     Setting("restore", "on_failure", "on_restore_failure", str,
             "When the new kernel cannot restore the workloads: \"rollback\" kexecs back into the old kernel "
             "with the same snapshot and restores them there (preflight checks that the running kernel's image "
             "and initrd, with the boot scripts, are there to go back to). With \"rollback\" no workload runs in "
             "the new kernel until all are restored (the first wait, stopped, for the last), so that a failure "
             "can still go back with all of them. \"keep\" stays in the new kernel, each workload running as "
-            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.", check=_policy, example='"rollback"'),
+            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.", check=_one_of(RESTORE_POLICIES), example='"rollback"'),
     Setting("restore", "health_check", "health_check", str,
             "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there before "
             "any workload runs: with on_failure = \"rollback\" once every workload is restored (stopped; for "
@@ -393,24 +384,6 @@ def check_option(attr: str, value: Any) -> None:
         raise ConfigError(f"{flag}: {problem}", f"for example: {s.cli or f'{s.key} = {s.example}'}")
 
 
-def docs_markdown() -> str:
-    """docs/config.md, generated from SETTINGS (a test keeps the file in step)."""
-    out = ["# kupgrade configuration", "",
-           f"kupgrade reads `{DEFAULT_PATH}` (or the file given with `--config PATH`). "
-           "Unknown keys, wrong types and impossible values are errors naming the key and the file.", ""]
-    section = None
-    for s in SETTINGS:
-        if s.section != section:
-            section = s.section
-            out += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        default = getattr(Config(), s.attr)
-        default = list(default) if isinstance(default, tuple) else default
-        out.append(f"| `{s.key}` | {_type_name(s.type, s.item)} | `{default!r}` | {s.doc} e.g. `{s.key} = {s.example}` |")
-        nxt = SETTINGS.index(s) + 1
-        if nxt == len(SETTINGS) or SETTINGS[nxt].section != section:
-            out.append("")
-    return "\n".join(out)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":      # python -m kupgrade.config > docs/config.md
+    from .configdoc import docs_markdown
     print(docs_markdown(), end="")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade import config
+from kupgrade import config, configdoc
 from kupgrade.errors import ConfigError
 
 GOOD = """
@@ -90,7 +90,7 @@ def test_overrides_are_checked():
 
 def test_docs_in_step_with_settings():
     docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-    assert docs.read_text() == config.docs_markdown(), "regenerate: python -m kupgrade.config > docs/config.md"
+    assert docs.read_text() == configdoc.docs_markdown(), "regenerate: python -m kupgrade.config > docs/config.md"
 
 
 def test_good_snapshot_dirs_and_kernels():

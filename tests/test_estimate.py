@@ -112,3 +112,14 @@ def test_a_rehearsal_alone_leaves_the_switch_to_the_first_estimate():
     r = estimate.rates_from(None, reh, first)
     assert r.dump_bps == 40 * MB and r.boot_s == first.boot_s and r.deliver_bps == first.deliver_bps
     assert "rehearsal H1" in r.source and "memory copy" in r.source
+
+
+def test_recent_records_newest_first(tmp_path):
+    for i in range(4):
+        record.save(restored_record().__class__(**{**restored_record().__dict__, "id": f"2026010{i}T000000-00000{i}"}),
+                    tmp_path)
+    record.save(UpgradeRecord(id="20260109T000000-000009", command="run", kernel_from="a", outcome=record.ABORTED),
+                tmp_path)
+    assert [r.id[7] for r in record.recent(tmp_path, (record.RESTORED,), n=3)] == ["3", "2", "1"]
+    assert len(record.recent(tmp_path, (record.RESTORED, record.ABORTED))) == 5
+    assert record.latest(tmp_path, record.RESTORED).id.endswith("3")

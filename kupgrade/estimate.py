@@ -40,6 +40,7 @@ EARLY_USERSPACE_S = 3.0     # init-top -> the restore point, when this boot did 
 # (pmem), which a plain boot's restore point lacks: the benchmark's switches spent 1-3 s more from
 # the initramfs to init than the same kexec without a snapshot (vm-tests/results/bench.json floor)
 EARLY_SNAPSHOT_S = 2.0
+LATEST_RESTORE_POINT_S = 600.0  # a restore point marked later than this is no boot's (run by hand)
 CALIBRATE_BYTES = 16 << 20
 # Before the first upgrade: each stage's cost per byte as (sha256 passes, memory copy passes) of
 # this machine, and its fixed seconds; fitted to the benchmark's initrd series (vm-tests/bench,
@@ -73,7 +74,9 @@ def restore_point(systemd_us: str = "", marked: Path = Path(contract.RESTORE_POI
     if systemd_us.strip().isdigit() and int(systemd_us) > 0:
         return int(systemd_us) / 1e6, "this boot reached sysinit.target (where the restore unit runs)"
     try:
-        return float(marked.read_text().split()[0]), "this boot's kupgrade-restore ran"
+        seconds = float(marked.read_text().split()[0])
+        if seconds <= LATEST_RESTORE_POINT_S:       # else: a first call by hand, long after the boot
+            return seconds, "this boot's kupgrade-restore ran"
     except (OSError, ValueError, IndexError):
         pass
     try:

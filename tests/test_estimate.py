@@ -202,3 +202,9 @@ def test_the_first_estimate_across_sizes_has_fixed_parts():
     small, _ = estimate.downtime(16 * MIB, 6 * MB, r)
     large, _ = estimate.downtime(1024 * MIB, 6 * MB, r)
     assert small > r.boot_s + sum(estimate.FIXED_S.values()) and large / small < 6
+
+
+def test_a_restore_point_marked_long_after_the_boot_is_not_the_boots(tmp_path):
+    marked, early = tmp_path / "point", tmp_path / "early"
+    marked.write_text("19186.32\n")           # kupgrade-restore first run by hand, hours into the boot
+    assert estimate.restore_point("", marked, early) == (None, "")

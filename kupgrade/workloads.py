@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from . import carry, procfs, sandbox, systemd, unixsk, volatile
+from . import carry, procfs, sandbox, stepout, systemd, unixsk, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -156,10 +156,11 @@ def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
 
 
 def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
-            describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
+            describe_unit=None, step_out: bool = False) -> tuple[list[Workload], list[Blocker]]:
     """The selected trees, and everything that blocks them: each task's state, and what the
     snapshot would not carry (carry.blockers; files the new boot will not have: volatile.blockers;
-    a sandbox's namespaces and no_new_privs: sandbox.blockers)."""
+    a sandbox's namespaces and no_new_privs: sandbox.blockers). step_out: a tree that holds
+    kupgrade is taken without it (kupgrade steps out before the dump: stepout.py)."""
     blockers: list[Blocker] = []
     unit_props: dict[str, dict] = {}
     workloads = _from_units(units, describe_unit, blockers, unit_props)
@@ -170,13 +171,19 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
         workloads.append(_workload(f"pid:{pid}", pid))
     workloads += _from_cgroups(cgroups, blockers)
     me = os.getpid()
+    holding = {w.key for w in workloads if me in w.pids or w.root_pid in ancestors(me)}
+    why = {w.key: "" if step_out and not stepout.why_not(w, me) else
+           f" ({stepout.why_not(w, me) or 'kupgrade can step out of it only in a plain `kupgrade run`'})"
+           for w in workloads if w.key in holding}
+    workloads = [stepout.trimmed(w, me) if w.key in holding and not why[w.key] else w for w in workloads]
     seen: dict[int, str] = {}
     for w in workloads:
         found: list[Blocker] = []
         if w.root_pid == 1:
             found.append(Blocker("PID 1 (init) cannot be a workload", "select the service's processes instead"))
-        if me in w.pids or w.root_pid in _ancestors(me):
-            found.append(Blocker(f"{w.selector} contains kupgrade itself", "run kupgrade from outside the workload"))
+        if w.key in holding and why[w.key]:
+            found.append(Blocker(f"{w.selector} contains kupgrade itself{why[w.key]}",
+                                 "run kupgrade from outside the workload, or with `kupgrade run` (no --step)"))
         for p in w.pids:
             if p in seen and seen[p] != w.selector:
                 found.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
@@ -198,8 +205,10 @@ def own_terminal(workloads: list[Workload], fds=(0, 1, 2)) -> str:
     if not tty:
         return ""
     leader = os.getsid(0)
-    if any(leader in w.pids for w in workloads):
-        return ""
+    if carried := [w.selector for w in workloads if leader in w.pids]:
+        return (f"this terminal ({tty}) is carried with {', '.join(carried)}: `kupgrade run` asks first, then steps "
+                "out of it and goes on in the background (log: /var/log/kupgrade/); the terminal freezes at the "
+                "switch and continues in the new kernel, where `kupgrade report` says how it went")
     try:
         name = " ".join(psutil.Process(leader).cmdline()) or psutil.Process(leader).name()
     except psutil.Error:
@@ -217,7 +226,7 @@ def _unix_blockers(w: Workload) -> list[Blocker]:
                         "criu needs the kernel's unix_diag too: `modprobe unix_diag`")]
 
 
-def _ancestors(pid: int) -> set[int]:
+def ancestors(pid: int) -> set[int]:
     out = set()
     try:
         p = psutil.Process(pid)

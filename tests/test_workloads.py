@@ -294,6 +294,6 @@ def test_a_terminal_that_is_not_carried_is_named(monkeypatch):
     monkeypatch.setattr(wl.os, "getsid", lambda pid: os.getpid())
     note = wl.own_terminal([Workload("pid:5", 5, (5, 6))])
     assert note.startswith("this terminal (/dev/pts/3, the session of PID") and "kupgrade report" in note
-    assert wl.own_terminal([Workload("pid:5", 5, (5, os.getpid()))]) == ""
+    assert "is carried with pid:5" in wl.own_terminal([Workload("pid:5", 5, (5, os.getpid()))])
     monkeypatch.setattr(wl.os, "isatty", lambda fd: False)
     assert wl.own_terminal([]) == ""

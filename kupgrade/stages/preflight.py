@@ -139,8 +139,10 @@ def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
     that start fresh instead (selection.py: workloads.on_blocked). Extends blockers with what
     still blocks; returns each service's fate and the boot-PID prediction."""
     cfg = ctx.config
-    found, boot = selection.candidates(cfg.start_fresh, cfg.units) if cfg.all_services else ([], [])
-    ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found))
+    step_out = ctx.step_out_ok and not ctx.rehearsal
+    found, boot = selection.candidates(cfg.start_fresh, cfg.units, mine=selection.own_units(ancestors=not step_out)) \
+        if cfg.all_services else ([], [])
+    ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found), step_out=step_out)
     boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, found_blockers)
     ctx.workloads, fresh, still = selection.settle(ctx.workloads, found_blockers, cfg.on_blocked, set(found))
     blockers += still

@@ -1,0 +1,42 @@
+"""Stepping out of a carried tree (an admin's ssh session): the real fork, in a small tree."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kupgrade import stepout
+from kupgrade.record import Workload
+
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
+def test_kupgrade_leaves_the_tree_and_goes_on_alone(tmp_path):
+    out = tmp_path / "out.json"
+    child = f"""
+import json, os, sys, time
+sys.path.insert(0, {REPO!r})
+from kupgrade import stepout
+from kupgrade.record import Workload
+root, before = os.getppid(), os.getpid()
+pid = stepout.step_out([Workload("pid:%d" % root, root, (root, before))],
+                       lambda text: open({str(out)!r} + ".said", "w").write(text))
+open({str(out)!r}, "w").write(json.dumps({{"before": before, "root": root, "pid": pid, "ppid": os.getppid(),
+                                           "sid": os.getsid(0)}}))
+"""
+    shell = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)"
+    assert subprocess.run([sys.executable, "-c", shell], timeout=30).returncode == 0     # like bash: it goes on
+    deadline = time.monotonic() + 10
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = json.loads(out.read_text())
+    assert r["pid"] != r["before"] and r["sid"] == r["pid"] and r["ppid"] not in (r["before"], r["root"])
+    assert "steps out of this terminal" in Path(str(out) + ".said").read_text()
+
+
+def test_why_not(tmp_path):
+    w = Workload("unit:ssh.service", 10, (10, 11), cgroup="/system.slice/ssh.service")
+    assert stepout.why_not(Workload("pid:5", 5, (5,)), me=5) == "kupgrade is its root"
+    assert stepout.why_not(w, 12, lambda pid: "/user.slice/user-0.slice/session-3.scope") == ""     # an ssh session
+    assert "frozen" in stepout.why_not(w, 12, lambda pid: "/system.slice/ssh.service")

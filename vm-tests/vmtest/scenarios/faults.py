@@ -79,7 +79,8 @@ def not_carried(vm, res, image) -> dict:
     file open on a tmpfs that is too large to carry (volatile.py; small ones are carried)."""
     case = {"name": "check-names-what-is-not-carried", "lost": 0}
     early = vm.read("/run/kupgrade-early-pids")
-    highest = max(int(p) for p in early.split("pids", 1)[1].split())
+    pids_line = next(line for line in early.splitlines() if line.startswith("pids"))
+    highest = max(int(p) for p in pids_line.split()[1:])
     low = vm.call("spawn", argv=["sleep", "100000"], log="/run/low.log", last_pid=highest)["pid"]
     # 17 MiB (sparse) on /run: beyond what kupgrade carries of a tmpfs (volatile.MAX_FILE)
     keeper = vm.call("spawn", argv=["python3", "-c", "import time; f = open('/run/vmtest-keeper', 'w'); "

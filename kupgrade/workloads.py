@@ -24,10 +24,31 @@ def _tree(root: int) -> tuple[int, ...]:
     return (root,) + tuple(sorted(c.pid for c in p.children(recursive=True)))
 
 
-def process_blockers(pid: int, root: bool = False, proc: Path = PROC) -> list[Blocker]:
+def pts_index(tty_nr: int) -> int | None:
+    """The /dev/pts number of a controlling terminal (stat's tty_nr), None for another kind."""
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return (major - 136) * 256 + minor if 136 <= major <= 143 else None
+
+
+def pty_masters(pids, proc: Path = PROC) -> set[int]:
+    """The pseudo-terminals whose master these tasks hold (/dev/ptmx fds: their tty-index): a
+    terminal inside the tree, like an ssh session's under its sshd, which criu carries whole."""
+    out: set[int] = set()
+    for pid in pids:
+        for fd, target in procfs.fds(pid, proc).items():
+            if target in ("/dev/ptmx", "/dev/pts/ptmx"):
+                try:
+                    info = (proc / str(pid) / "fdinfo" / str(fd)).read_text()
+                except OSError:
+                    continue
+                out |= {int(line.split()[1]) for line in info.splitlines() if line.startswith("tty-index:")}
+    return out
+
+
+def process_blockers(pid: int, root: bool = False, proc: Path = PROC, inner_ptys: set[int] = frozenset()) -> list[Blocker]:
     """What criu cannot dump (or we cannot safely resume) about one task's state. Carried, so no
     blocker: a zombie (criu recreates it), a task stopped by job control (restored stopped; see
-    `stopped`), pending signals."""
+    `stopped`), pending signals, a controlling terminal the tree holds both ends of (inner_ptys)."""
     try:
         st, sf = procfs.status(pid, proc), procfs.stat(pid, proc)
     except (FileNotFoundError, ProcessLookupError):
@@ -45,7 +66,7 @@ def process_blockers(pid: int, root: bool = False, proc: Path = PROC) -> list[Bl
     if sf.state == "D":
         out.append(Blocker(f"{who} is in uninterruptible sleep (D state)",
                            "wait for its I/O to finish (check the storage it uses) and run check again"))
-    if sf.tty_nr:
+    if sf.tty_nr and pts_index(sf.tty_nr) not in inner_ptys:
         out.append(Blocker(f"{who} has a controlling terminal",
                            "run it detached from any terminal (setsid, stdin from /dev/null, output to a file) "
                            "or as a service; restoring a terminal across kernels is not supported"))
@@ -184,12 +205,13 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
         if w.key in holding and why[w.key]:
             found.append(Blocker(f"{w.selector} contains kupgrade itself{why[w.key]}",
                                  "run kupgrade from outside the workload, or with `kupgrade run` (no --step)"))
+        inner = pty_masters(w.pids)
         for p in w.pids:
             if p in seen and seen[p] != w.selector:
                 found.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
                                      "select each process tree once"))
             seen[p] = w.selector
-            found.extend(process_blockers(p, root=p == w.root_pid))
+            found.extend(process_blockers(p, root=p == w.root_pid, inner_ptys=inner))
         found.extend(carry.blockers(w))
         found.extend(volatile.blockers(w.pids))
         found.extend(_unix_blockers(w))

@@ -12,6 +12,10 @@ workload is named: `workloads.all_services = true`.
    when carried); every service that starts fresh was stopped cleanly and is active again
    (a new main PID, its state as a fresh start has it); none is missing; the record lists the
    fresh ones with their reasons.
+3. The admin runs `kupgrade run` over ssh from the host (a pty, through QEMU's port forwarding),
+   with a counter after it in the same shell: kupgrade steps out of the session (carried with
+   ssh.service), the session freezes at the switch and goes on in 6.12, same connection, every
+   tick once.
 Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
 port forwarding), whatever nginx's fate."""
 
@@ -19,20 +23,24 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import threading
 import time
 
 from ..image import SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
-                        unit_props, upgrade, write_config)
+                        unit_props, write_config)
 from .tcp import configure_nic
 
 NAME = "services"
 DESCRIPTION = "Debian's servers as installed (started at boot, sandboxed units) carried or started fresh, --all-services"
 INIT = "systemd"
 HOST_PORT = 5557
-NIC = f"user:{HOST_PORT}-80"
+SSH_PORT = 5558
+NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22"
+# the admin's session: kupgrade run in it, then a counter that must go on across the switch
+SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
 MACHINE = Machine(append=SERVICES_GATE)
 MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))\n"
              "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
@@ -65,6 +73,54 @@ class Poller:
     def close(self) -> None:
         self._stop.set()
         self.thread.join(5)
+
+
+class AdminSession:
+    """An admin on the host runs `kupgrade run` over ssh (a pty: ssh -tt) through QEMU's port
+    forwarding, then a counter in the same shell; the host keeps every line with its time."""
+
+    def __init__(self, vm) -> None:
+        key = vm.workdir / "admin-key"
+        key.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        vm.sh("sh", "-c", "mkdir -p -m 0700 /root/.ssh && cat >> /root/.ssh/authorized_keys",
+              input=(key.with_suffix(".pub")).read_text())
+        self.lines: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(
+            ["ssh", "-tt", "-i", str(key), "-p", str(SSH_PORT), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "ServerAliveInterval=0", "root@127.0.0.1", SESSION],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            self.lines.append((time.time(), raw.decode(errors="replace").rstrip()))
+
+    def ticks(self, since: float = 0.0) -> list[int]:
+        return [int(t.split()[1]) for at, t in self.lines if at >= since and t.startswith("tick ")]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def admin_session_went_on(vm, res: Result, admin: AdminSession, t_switch: float) -> None:
+    """The admin's terminal: the same ssh connection (its client never ended), kupgrade stepped
+    out of it, and the counter went on in the new kernel with every tick once."""
+    deadline = time.time() + 60
+    while len(admin.ticks(t_switch)) < 5 and time.time() < deadline:
+        time.sleep(0.2)
+    ticks = admin.ticks()
+    res.data["admin_session"] = {"lines": [t for _, t in admin.lines][-40:], "client_alive": admin.proc.poll() is None,
+                                 "ticks": len(ticks)}
+    (vm.workdir / "admin-session.txt").write_text("\n".join(f"{at:.3f} {t}" for at, t in admin.lines) + "\n")
+    res.check(admin.proc.poll() is None and len(admin.ticks(t_switch)) >= 5 and ticks == list(range(1, len(ticks) + 1)),
+              "the admin's ssh session went on in 6.12: same connection, the counter continued with every tick once",
+              json.dumps(res.data["admin_session"])[-2000:])
+    res.check(any("steps out of this terminal" in t for _, t in admin.lines),
+              "kupgrade said on the admin's terminal that it steps out and goes on in the background",
+              json.dumps(res.data["admin_session"])[-1500:])
 
 
 def show(vm, unit: str) -> dict:
@@ -168,13 +224,19 @@ def run(vm, image, res: Result) -> None:
     fates = check_fates(vm, res)
     write_config(vm, kupgrade_config(image.kernel_to).replace("[workloads]", "[workloads]\nall_services = true"))
     poller = Poller()
+    admin = AdminSession(vm)      # the admin runs kupgrade over ssh
     try:
         t_switch = time.time()
-        if upgrade(vm, res, to=image.kernel_to) is None:
-            return
+        there = vm.event("ready", 900, where=lambda e: e.get("kernel") == image.kernel_to)
+        res.data["kernel_after"] = there["kernel"]
         systemd_up(vm)
-        in_new_kernel(vm, res, fates, before, final_record(vm))
+        rec = final_record(vm)
+        in_new_kernel(vm, res, fates, before, rec)
+        res.check(any(s["name"] == "step-out" for s in rec["stages"]), "the record has kupgrade's step out of the "
+                  "session", json.dumps([s["name"] for s in rec["stages"]]))
+        admin_session_went_on(vm, res, admin, t_switch)
         res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
     finally:
         poller.close()
+        admin.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,8 @@ from .stages import restore as restore_stage
 from .stages.context import Context
 from .steps import execute_stage, finish, new_record, os_problem
 from .ui import PlainUi
+
+log = logging.getLogger("kupgrade.restore")
 
 
 @contextmanager
@@ -123,7 +126,13 @@ def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
             _failed(ctx, m, e, ui)
             raise
         finish(ctx, _outcome(ctx.record, m))
+    _release(snap)
     return True
+
+
+def _release(snap: Path) -> None:
+    if done := restore_stage.release_region(snap):
+        log.info("%s", done)
 
 
 def discard(ctx: Context, ui) -> bool:
@@ -189,8 +198,8 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
         outcome = _outcome(ctx.record, m)
         if outcome in (record.RESTORED, record.ROLLED_BACK):
             restore_stage.mark_restored(snap)
-            restore_stage.release_region(snap)
         finish(ctx, outcome)
+    _release(snap)
     ui.print(f"kupgrade: {res.summary or res.error}")
     if not result["ok"]:
         raise RestoreError(f"{unit}: {result['error']}", f"its images and criu's log are kept in {result['images']}")
@@ -234,8 +243,8 @@ def commit_pending(ctx: Context, ui) -> bool:
             commit.STAGE, OK, started, time.monotonic() - t0,
             f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done, "health_check": health}))
         restore_stage.mark_restored(snap)
-        restore_stage.release_region(snap)
         finish(ctx, _outcome(ctx.record, m))
+    _release(snap)
     ui.print(f"kupgrade: {ctx.record.stages[-1].summary}")
     return True
 

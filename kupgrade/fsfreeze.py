@@ -39,8 +39,7 @@ def targets(pids, proc: Path = procfs.PROC, mountinfo: Path = Path("/proc/self/m
     by_dev = mounts(mountinfo)
     found = set()
     for pid in pids:
-        paths = {p for p in procfs.fds(pid, proc).values() if p.startswith("/")} | procfs.mapped_files(pid, proc)
-        for p in paths:
+        for p in procfs.used_files(pid, proc):
             try:
                 dev = os.stat(p.removesuffix(" (deleted)")).st_dev
             except OSError:

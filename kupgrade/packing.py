@@ -23,20 +23,26 @@ def restore_tmpfs_kib(snapshot_bytes: int) -> int:
 def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Callable[[dict], manifest.Manifest],
          record_text: str, only: Callable[[str], bool] | None = None, prewarm: bytes = b"") -> manifest.Manifest:
     """Write the images and the hooks' state (hashed while written), then what the restoring side
-    reads first: the highest PID (new PIDs start above it), the tmpfs size, the files to read
-    ahead (prewarm.py), the manifest (`make` turns the hashed files into it), the record. only: which files to carry (the way back: what
-    the old kernel packed, not what the new kernel's attempt wrote beside it)."""
+    reads first (read_first; `make` turns the hashed files into the manifest). only: which files to
+    carry (the way back: what the old kernel packed, not what the new kernel's attempt wrote beside it)."""
     files = w.tree(images, prefix=contract.IMAGES, only=only)
     if hooks.is_dir():
         files |= w.tree(hooks, prefix=contract.HOOKS, only=only)
     m = make(files)
-    w.data(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
-    w.data(contract.SIZE_KIB, f"{restore_tmpfs_kib(m.total_bytes)}\n".encode())
-    if prewarm:
-        w.data(contract.PREWARM, prewarm)
-    w.data(manifest.NAME, manifest.dumps(m))
-    w.data(contract.RECORD, record_text.encode())
+    for name, data in read_first(m, workloads, record_text, prewarm,
+                                 size_kib=f"{restore_tmpfs_kib(m.total_bytes)}\n".encode()):
+        w.data(name, data)
     return m
+
+
+def read_first(m: manifest.Manifest, workloads, record_text: str, prewarm: bytes,
+               size_kib: bytes = b"") -> list[tuple[str, bytes]]:
+    """The small files the restoring side reads first, in the order they are written: the highest
+    PID, the tmpfs size (the initrd transport), the files to read ahead, the manifest, the record."""
+    out = [(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())]
+    out += [(contract.SIZE_KIB, size_kib)] if size_kib else []
+    out += [(contract.PREWARM, prewarm)] if prewarm else []
+    return out + [(manifest.NAME, manifest.dumps(m)), (contract.RECORD, record_text.encode())]
 
 
 def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | None = None) -> dict[str, dict]:
@@ -78,9 +84,6 @@ def seal(root: Path, workloads, make: Callable[[dict], manifest.Manifest], recor
     """The snapshot in place (the memory-region transport): hash the images and the hooks' state,
     then write what the restoring side reads first, as fill() does into the archive."""
     m = make(hashed(root, only, known))
-    _write(root / contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())
-    if prewarm:
-        _write(root / contract.PREWARM, prewarm)
-    _write(root / manifest.NAME, manifest.dumps(m))
-    _write(root / contract.RECORD, record_text.encode())
+    for name, data in read_first(m, workloads, record_text, prewarm):
+        _write(root / name, data)
     return m

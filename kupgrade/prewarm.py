@@ -21,7 +21,7 @@ def list_files(pids, proc: Path = procfs.PROC) -> list[str]:
     """The regular files these tasks have open or mapped, outside the pseudo and volatile file systems."""
     found: set[str] = set()
     for pid in pids:
-        found |= {p for p in procfs.fds(pid, proc).values() if p.startswith("/")} | procfs.mapped_files(pid, proc)
+        found |= procfs.used_files(pid, proc)
     out = []
     for p in sorted(found):
         if p.startswith(SKIP) or p.endswith(" (deleted)") or "\n" in p:

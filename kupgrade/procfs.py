@@ -101,6 +101,11 @@ def fdinfo(pid: int, fd: int | str, proc: Path = PROC) -> dict[str, str]:
     return out
 
 
+def used_files(pid: int, proc: Path = PROC) -> set[str]:
+    """The paths a task has open or maps (sockets, pipes and anonymous files left out)."""
+    return {p for p in fds(pid, proc).values() if p.startswith("/")} | mapped_files(pid, proc)
+
+
 def mapped_files(pid: int, proc: Path = PROC) -> set[str]:
     """The files a task maps (the path column of /proc/PID/maps)."""
     try:

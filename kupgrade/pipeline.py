@@ -95,9 +95,9 @@ def upgrade(ctx: Context, ui, gate: Gate) -> None:
 
 
 def _holding_me(ctx: Context) -> list:
-    """The selected trees kupgrade runs inside of (its ancestors are in them)."""
+    """The selected trees kupgrade runs inside of (its ancestors are in them, or it is in their cgroup)."""
     me = workloads.ancestors(os.getpid())
-    return [w for w in ctx.workloads if w.root_pid in me]
+    return [w for w in ctx.workloads if w.root_pid in me or stepout.inside(w)]
 
 
 def _step_out(ctx: Context, ui, gate: Gate, trees: list):

@@ -7,8 +7,12 @@ carried with the rest of the tree), the child starts a session of its own, outsi
 does the upgrade with its output in the log only. The terminal freezes with its tree at the
 switch and continues in the new kernel, where `kupgrade report` says how it went.
 
-Not possible, and a blocker as before, when kupgrade is the tree's root, is in a cgroup that is
-frozen as a workload (it would freeze itself), or `--step` asks on the terminal."""
+When kupgrade also runs in the tree's cgroup (an ssh session on a host without pam_systemd
+stays in ssh.service's cgroup, which the freezer freezes), the child moves itself into a
+transient scope of its own (`kupgrade-PID.scope`, systemd.own_scope) before anything changes.
+
+Not possible, and a blocker as before, when kupgrade is the tree's root, is in a workload's
+cgroup where systemd cannot give it a scope, or `--step` asks on the terminal."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from . import systemd
 from .errors import KupgradeError
 from .record import Workload
 
@@ -41,14 +46,27 @@ def mine(me: int | None = None) -> set[int]:
         return {me}
 
 
-def why_not(w: Workload, me: int | None = None, cgroup_of=_cgroup) -> str:
+def inside(w: Workload, me: int | None = None, cgroup_of=_cgroup) -> bool:
+    """kupgrade runs in the workload's cgroup (its freezer would freeze kupgrade)."""
+    return bool(w.cgroup) and (cgroup_of(me or os.getpid()) + "/").startswith(w.cgroup.rstrip("/") + "/")
+
+
+def why_not(w: Workload, me: int | None = None, cgroup_of=_cgroup, scopes=systemd.has_scopes) -> str:
     """Why kupgrade cannot step out of this tree ("" when it can)."""
     me = me or os.getpid()
     if w.root_pid == me:
         return "kupgrade is its root"
-    if w.cgroup and (cgroup_of(me) + "/").startswith(w.cgroup.rstrip("/") + "/"):
-        return f"kupgrade runs in its cgroup {w.cgroup}, which is frozen for the snapshot"
+    if inside(w, me, cgroup_of) and not scopes():
+        return f"kupgrade runs in its cgroup {w.cgroup}, which is frozen for the snapshot, and there is no systemd " \
+               "to give it a scope of its own"
     return ""
+
+
+def can_leave(unit: str, me: int | None = None, show=systemd.show, scopes=systemd.has_scopes) -> bool:
+    """kupgrade can leave the cgroup of this unit, which it runs in (a scope of its own): it is
+    not the unit's main process."""
+    me = me or os.getpid()
+    return scopes() and int(show(unit).get("MainPID") or 0) != me
 
 
 def trimmed(w: Workload, me: int | None = None) -> Workload:
@@ -77,6 +95,7 @@ def step_out(trees: list[Workload], say) -> int:
     while os.getppid() == parent and time.monotonic() < deadline:
         time.sleep(0.01)
     adopter = os.getppid()
+    _leave_cgroups(trees)
     for w in trees:
         try:
             inside = {w.root_pid} | {c.pid for c in psutil.Process(w.root_pid).children(recursive=True)}
@@ -86,3 +105,14 @@ def step_out(trees: list[Workload], say) -> int:
             raise KupgradeError(f"stepping out of {w.selector} failed: PID {adopter} of that tree adopted kupgrade",
                                 "run kupgrade from outside the workload (the console, or a terminal not carried)")
     return os.getpid()
+
+
+def _leave_cgroups(trees: list[Workload], cgroup_of=_cgroup) -> None:
+    """Out of every tree's cgroup (its freezer freezes it): into a scope of kupgrade's own."""
+    holding = [w for w in trees if inside(w, None, cgroup_of)]
+    if not holding:
+        return
+    systemd.own_scope(os.getpid(), f"kupgrade run, stepped out of {', '.join(w.selector for w in holding)}")
+    if still := [w.selector for w in holding if inside(w, None, cgroup_of)]:
+        raise KupgradeError(f"stepping out of {', '.join(still)} failed: kupgrade is still in its cgroup "
+                            f"({cgroup_of(os.getpid())})", "run kupgrade from outside the workload")

@@ -105,6 +105,23 @@ def blockers(unit: str, props: dict[str, str], selector: str) -> list[Blocker]:
     return out
 
 
+def has_scopes() -> bool:
+    """systemd is PID 1: a process can be moved into a scope of its own (own_scope)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def own_scope(pid: int, why: str) -> str:
+    """Move PID into a transient scope of its own (`kupgrade-PID.scope`, as logind does for a
+    session: StartTransientUnit with PIDs=), out of the unit whose cgroup it was in. Returns the
+    scope's name."""
+    scope = f"kupgrade-{pid}.scope"
+    run(["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+         "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", scope, "fail",
+         "3", "PIDs", "au", "1", str(pid), "Description", "s", why, "CollectMode", "s", "inactive-or-failed",
+         "0"], timeout=60, hint="is systemd's D-Bus API reachable (busctl status)?")
+    return scope
+
+
 def stop(units: list[str]) -> None:
     """Stop these units cleanly (their ExecStop, their KillSignal), in one transaction."""
     if units:

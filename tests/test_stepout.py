@@ -39,4 +39,33 @@ def test_why_not(tmp_path):
     w = Workload("unit:ssh.service", 10, (10, 11), cgroup="/system.slice/ssh.service")
     assert stepout.why_not(Workload("pid:5", 5, (5,)), me=5) == "kupgrade is its root"
     assert stepout.why_not(w, 12, lambda pid: "/user.slice/user-0.slice/session-3.scope") == ""     # an ssh session
-    assert "frozen" in stepout.why_not(w, 12, lambda pid: "/system.slice/ssh.service")
+    in_ssh = lambda pid: "/system.slice/ssh.service"      # no pam_systemd: the session stays in the unit's cgroup
+    assert stepout.why_not(w, 12, in_ssh, scopes=lambda: True) == ""           # it moves into a scope of its own
+    assert "frozen" in stepout.why_not(w, 12, in_ssh, scopes=lambda: False)
+
+
+def test_can_leave_the_unit_it_runs_in_unless_it_is_its_main_process():
+    show = lambda unit: {"MainPID": "10"}
+    assert stepout.can_leave("ssh.service", 12, show, scopes=lambda: True)
+    assert not stepout.can_leave("ssh.service", 10, show, scopes=lambda: True)
+    assert not stepout.can_leave("ssh.service", 12, show, scopes=lambda: False)
+
+
+def test_leaving_the_cgroup_asks_systemd_for_a_scope(monkeypatch):
+    cgroup = {"now": "/system.slice/ssh.service"}
+    asked = []
+
+    def own_scope(pid, why):
+        asked.append(why)
+        cgroup["now"] = f"/system.slice/kupgrade-{pid}.scope"
+    monkeypatch.setattr(stepout.systemd, "own_scope", own_scope)
+    ssh = Workload("unit:ssh.service", 10, (10, 11), cgroup="/system.slice/ssh.service")
+    stepout._leave_cgroups([ssh, Workload("pid:20", 20, (20,))], lambda pid: cgroup["now"])
+    assert asked == ["kupgrade run, stepped out of unit:ssh.service"]
+    monkeypatch.setattr(stepout.systemd, "own_scope", lambda pid, why: None)      # systemd did not move it
+    cgroup["now"] = "/system.slice/ssh.service"
+    try:
+        stepout._leave_cgroups([ssh], lambda pid: cgroup["now"])
+        raise AssertionError("no error")
+    except stepout.KupgradeError as e:
+        assert "still in its cgroup" in e.message

@@ -216,7 +216,7 @@ def _open_files(pids, proc: Path) -> dict[tuple[int, int, int], tuple[int, str]]
     for pid in pids:
         task = proc / str(pid)
         try:
-            devs = {f[0]: f[2] for f in (line.split() for line in (task / "mountinfo").read_text().splitlines())}
+            devs = {m.mount_id: m.dev for m in procfs.mounts(task / "mountinfo")}
         except OSError:
             continue
         for fd, path in procfs.fds(pid, proc).items():

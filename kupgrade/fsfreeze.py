@@ -23,14 +23,7 @@ FREEZABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", 
 
 def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> dict[int, tuple[str, str, bool]]:
     """st_dev -> (mount point, fs type, read-only) of every mounted file system."""
-    out = {}
-    for line in mountinfo.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        f, r = left.split(), right.split()
-        major, minor = (int(x) for x in f[2].split(":"))
-        point = f[4].replace("\\040", " ")
-        out[os.makedev(major, minor)] = (point, r[0], "ro" in f[5].split(","))
-    return out
+    return {m.st_dev: (m.point, m.fstype, m.ro) for m in procfs.mounts(mountinfo)}
 
 
 def targets(pids, proc: Path = procfs.PROC, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:

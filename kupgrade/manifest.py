@@ -125,36 +125,33 @@ def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambd
     if m.kernel_to != kernel_now:
         problems.append(f"snapshot was made for kernel {m.kernel_to}, this is {kernel_now}")
     top = snapshot.resolve()
-    sums = _hash_all(snapshot, top, {rel: meta for rel, meta in m.files.items()
-                                      if "sha256" in meta and not (skip and rel.startswith(skip))})
-    for rel, meta in m.files.items():
-        if skip and rel.startswith(skip):
-            continue
-        p = snapshot / rel
-        if "link" in meta:      # criu's `parent` link to a pre-dump, inside the tree
-            if outside(rel) or not p.is_symlink() or os.readlink(p) != meta["link"] \
-                    or not p.resolve().is_relative_to(top):
-                problems.append(f"{rel}: not the link the manifest names")
-        elif outside(rel) or not p.resolve().is_relative_to(top):
-            problems.append(f"{rel!r}: not a path inside the snapshot (not opened)")
-        elif not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif p.stat().st_size != meta["size"]:
-            problems.append(f"{rel}: size {p.stat().st_size}, manifest says {meta['size']}")
-        elif sums.get(rel) != meta["sha256"]:
-            problems.append(f"{rel}: sha256 mismatch")
+    listed = {rel: meta for rel, meta in m.files.items() if not (skip and rel.startswith(skip))}
+    found = {rel: _problem(snapshot / rel, rel, meta, top) for rel, meta in listed.items()}
+    problems += [problem for problem in found.values() if problem]
+    sums = _hash_all(snapshot, [rel for rel, meta in listed.items() if "sha256" in meta and not found[rel]])
+    problems += [f"{rel}: sha256 mismatch" for rel, digest in sums.items() if digest != listed[rel]["sha256"]]
     problems += [f"{rel}: not in the manifest" for rel in unlisted(snapshot, m.files) if not added(rel)]
     return m, problems
 
 
-def _hash_all(snapshot: Path, top: Path, files: dict) -> dict[str, str]:
-    """sha256 of the listed files that are what they claim (regular, inside, of the listed size),
-    in parallel: hashlib lets go of the GIL, so the CPUs share the snapshot's bytes."""
-    def ok(rel: str) -> bool:
-        p = snapshot / rel
-        return not outside(rel) and p.resolve().is_relative_to(top) and p.is_file() \
-            and p.stat().st_size == files[rel]["size"]
-    todo = [rel for rel in files if ok(rel)]
+def _problem(p: Path, rel: str, meta: dict, top: Path) -> str:
+    """What is wrong with one listed file, its hash aside ("" when nothing)."""
+    if "link" in meta:      # criu's `parent` link to a pre-dump, inside the tree
+        if outside(rel) or not p.is_symlink() or os.readlink(p) != meta["link"] or not p.resolve().is_relative_to(top):
+            return f"{rel}: not the link the manifest names"
+        return ""
+    if outside(rel) or not p.resolve().is_relative_to(top):
+        return f"{rel!r}: not a path inside the snapshot (not opened)"
+    if not p.is_file():
+        return f"{rel}: missing"
+    if p.stat().st_size != meta["size"]:
+        return f"{rel}: size {p.stat().st_size}, manifest says {meta['size']}"
+    return ""
+
+
+def _hash_all(snapshot: Path, todo: list[str]) -> dict[str, str]:
+    """sha256 of these files in parallel: hashlib lets go of the GIL, so the CPUs share the
+    snapshot's bytes."""
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         return dict(zip(todo, pool.map(lambda rel: sha256_file(snapshot / rel), todo)))
 

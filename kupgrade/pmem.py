@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import contract
+from . import contract, procfs
 from .errors import CommandError
 from .run import run
 
@@ -132,18 +132,13 @@ def mount(device: str, point: Path) -> bool:
 
 
 def source(point: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
-    """The device mounted on `point` ("" when none)."""
+    """The device mounted on `point` ("" when none; the last mount on it wins)."""
     want = os.path.realpath(point)
     try:
-        lines = mountinfo.read_text().splitlines()
+        found = [m.source for m in procfs.mounts(mountinfo) if m.point == want]
     except OSError:
         return ""
-    found = ""
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 4 and fields[4].replace("\\040", " ") == want and " - " in line:
-            found = line.split(" - ", 1)[1].split()[1]      # the last mount on it wins
-    return found
+    return found[-1] if found else ""
 
 
 def is_region(device: str) -> bool:

@@ -3,6 +3,7 @@ that tests can point it at a fake tree. Reads only."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,34 @@ class Stat:
     @property
     def kthread(self) -> bool:
         return bool(self.flags & PF_KTHREAD)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of a mountinfo file (proc(5))."""
+    mount_id: str       # (1)
+    dev: str            # (3) major:minor of the superblock, as /proc/locks prints it
+    point: str          # (5) the mount point, as the reading task sees it
+    ro: bool            # (6) per-mount options include ro
+    fstype: str         # after " - "
+    source: str         # after the type: the device or "none"
+
+    @property
+    def st_dev(self) -> int:
+        major, minor = (int(x) for x in self.dev.split(":"))
+        return os.makedev(major, minor)
+
+
+def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
+    """Every mount of a mountinfo file (/proc/self/mountinfo, or a task's /proc/PID/mountinfo), in
+    its order (a later mount on the same point hides the earlier). Raises OSError."""
+    out = []
+    for line in mountinfo.read_text().splitlines():
+        head, _, tail = line.partition(" - ")
+        f, t = head.split(), tail.split()
+        if len(f) >= 6 and len(t) >= 2:
+            out.append(Mount(f[0], f[2], f[4].replace("\\040", " "), "ro" in f[5].split(","), t[0], t[1]))
+    return out
 
 
 def status(pid: int, proc: Path = PROC) -> dict[str, str]:

@@ -66,13 +66,7 @@ def emptied_at_boot(dirs=TMPFILES_DIRS, systemd: Path = Path("/run/systemd/syste
 
 def _mounts(pid: int, proc: Path) -> dict[str, tuple[str, str]]:
     """mount id -> (mount point, filesystem type), from the task's mountinfo."""
-    out = {}
-    for line in (proc / str(pid) / "mountinfo").read_text().splitlines():
-        head, _, tail = line.partition(" - ")
-        f, t = head.split(), tail.split()
-        if len(f) >= 5 and t:
-            out[f[0]] = (f[4].replace("\\040", " "), t[0])
-    return out
+    return {m.mount_id: (m.point, m.fstype) for m in procfs.mounts(proc / str(pid) / "mountinfo")}
 
 
 def _mount_of(path: str, mounts: dict[str, tuple[str, str]]) -> tuple[str, str]:

@@ -196,7 +196,9 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
     why = {w.key: "" if step_out and not stepout.why_not(w, me) else
            f" ({stepout.why_not(w, me) or 'kupgrade can step out of it only in a plain `kupgrade run`'})"
            for w in workloads if w.key in holding}
-    workloads = [stepout.trimmed(w, me) if w.key in holding and not why[w.key] else w for w in workloads]
+    leaving = {w.key for w in workloads if w.key in holding and not why[w.key]}     # kupgrade steps out of these
+    workloads = [stepout.trimmed(w, me) if w.key in leaving else w for w in workloads]
+    mine = frozenset(stepout.mine(me)) if leaving else frozenset()
     seen: dict[int, str] = {}
     for w in workloads:
         found: list[Blocker] = []
@@ -212,7 +214,7 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
                                      "select each process tree once"))
             seen[p] = w.selector
             found.extend(process_blockers(p, root=p == w.root_pid, inner_ptys=inner))
-        found.extend(carry.blockers(w))
+        found.extend(carry.blockers(w, leaving=mine if w.key in leaving else frozenset()))
         found.extend(volatile.blockers(w.pids))
         found.extend(_unix_blockers(w))
         found.extend(sandbox.blockers(w, unit_props.get(w.unit)))

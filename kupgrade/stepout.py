@@ -9,13 +9,15 @@ switch and continues in the new kernel, where `kupgrade report` says how it went
 
 When kupgrade also runs in the tree's cgroup (an ssh session on a host without pam_systemd
 stays in ssh.service's cgroup, which the freezer freezes), the child moves itself into a
-transient scope of its own (`kupgrade-PID.scope`, systemd.own_scope) before anything changes.
+transient scope of its own (`kupgrade-PID.scope`; without dbus a cgroup of its own:
+systemd.own_scope) before anything changes.
 
 Not possible, and a blocker as before, when kupgrade is the tree's root, is in a workload's
 cgroup where systemd cannot give it a scope, or `--step` asks on the terminal."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import replace
@@ -28,6 +30,7 @@ from .errors import KupgradeError
 from .record import Workload
 
 ADOPTED_WAIT_S = 5.0
+log = logging.getLogger("kupgrade.stepout")
 
 
 def _cgroup(pid: int) -> str:
@@ -112,7 +115,9 @@ def _leave_cgroups(trees: list[Workload], cgroup_of=_cgroup) -> None:
     holding = [w for w in trees if inside(w, None, cgroup_of)]
     if not holding:
         return
-    systemd.own_scope(os.getpid(), f"kupgrade run, stepped out of {', '.join(w.selector for w in holding)}")
+    systemd.sweep_own()
+    where = systemd.own_scope(os.getpid(), f"kupgrade run, stepped out of {', '.join(w.selector for w in holding)}")
+    log.info("kupgrade left the cgroup of %s for %s", ", ".join(w.selector for w in holding), where)
     if still := [w.selector for w in holding if inside(w, None, cgroup_of)]:
         raise KupgradeError(f"stepping out of {', '.join(still)} failed: kupgrade is still in its cgroup "
                             f"({cgroup_of(os.getpid())})", "run kupgrade from outside the workload")

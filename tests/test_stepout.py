@@ -69,3 +69,16 @@ def test_leaving_the_cgroup_asks_systemd_for_a_scope(monkeypatch):
         raise AssertionError("no error")
     except stepout.KupgradeError as e:
         assert "still in its cgroup" in e.message
+
+
+def test_without_dbus_kupgrade_takes_a_cgroup_of_its_own(tmp_path):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    assert stepout.systemd.own_scope(524, "why", bus=tmp_path / "no-bus", root=root) == "/kupgrade-524"
+    assert (root / "kupgrade-524" / "cgroup.procs").read_text() == "524\n"
+    (root / "kupgrade-524" / "cgroup.procs").write_text("")      # it ended
+    (root / "kupgrade-600").mkdir()
+    (root / "kupgrade-600" / "cgroup.procs").write_text("600\n")    # still running
+    removed = []
+    stepout.systemd.sweep_own(root, rmdir=lambda d: removed.append(d.name))
+    assert removed == ["kupgrade-524"]

@@ -36,7 +36,10 @@ SYSV_HINT = ("criu carries SysV IPC only with an IPC namespace of the tree's own
              "one (`unshare --ipc`, systemd `PrivateIPC=yes`), or have it stop using the object")
 
 
-def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None) -> list[Blocker]:
+def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None,
+             leaving: frozenset[int] = frozenset()) -> list[Blocker]:
+    """What criu would refuse or leave behind in this tree. leaving: processes outside the tree
+    that leave its sessions before the dump (kupgrade stepping out of it: stepout.py)."""
     tasks = {}
     for pid in w.pids:
         try:
@@ -44,13 +47,14 @@ def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None) -> 
         except (FileNotFoundError, ProcessLookupError):
             pass    # exited meanwhile (criu walks the tree itself at the dump)
     zombies = {pid for pid, st in tasks.items() if st.state == "Z"}
-    return (sessions(w, tasks, proc) + sysv(w, proc, sempids or last_semops, zombies)
+    return (sessions(w, tasks, proc, leaving) + sysv(w, proc, sempids or last_semops, zombies)
             + locks(w.pids, proc))
 
 
 # --- sessions and process groups ---------------------------------------------------------------
 
-def sessions(w: Workload, tasks: dict[int, Stat], proc: Path = PROC) -> list[Blocker]:
+def sessions(w: Workload, tasks: dict[int, Stat], proc: Path = PROC,
+             leaving: frozenset[int] = frozenset()) -> list[Blocker]:
     """criu rebuilds sessions and process groups from the dumped tasks alone: the root must lead
     its session; a leader that exited is replaced by a stand-in task (pstree.c
     prepare_pstree_ids), for a session only above a child of the root. A live process outside
@@ -66,7 +70,7 @@ def sessions(w: Workload, tasks: dict[int, Stat], proc: Path = PROC) -> list[Blo
                         "criu dumps only a tree whose root leads its session (kupgrade does not pass "
                         "--shell-job): start the workload with setsid (a systemd service gets its own "
                         "session), or select the session leader")]
-    outside = _outsiders({s.session for s in tasks.values()} - {0}, set(tasks), proc)
+    outside = _outsiders({s.session for s in tasks.values()} - {0}, set(tasks) | leaving, proc)
     out = []
     for pid, st in tasks.items():
         if st.session == 0:

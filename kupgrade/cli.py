@@ -98,7 +98,7 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     """Preflight only: list every blocker and estimate the downtime. Changes nothing (except
     writing --prometheus FILE). Exit 0: ready; 3: blockers found; 2: config or usage error."""
     cfg = _config(config, pid, cgroup, kernel, unit, all_services=all_services)
-    ctx = Context(cfg, new_record("check"))
+    ctx = Context(cfg, new_record("check"), step_out_ok=True)      # what a plain `kupgrade run` would do
     ui = Ui(json_mode=json, quiet=json)
     try:
         pipeline.check(ctx, ui)
@@ -165,6 +165,7 @@ def run(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT,
     skips = _skips(skip)
     cfg = _config(config, pid, cgroup, kernel, unit, all_services=all_services)
     ctx = _begin(cfg, "run")
+    ctx.step_out_ok = not step      # --step asks on the terminal: it cannot leave it
     ui = _stage_ui(f"kupgrade run {ctx.kernel_from} → {cfg.kernel or 'target'}", [s.NAME for s in pipeline.UPGRADE])
     ui.timeout = cfg.answer_timeout
     ctx.progress = ui.progress

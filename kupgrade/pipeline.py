@@ -9,13 +9,14 @@ import os
 import signal
 import time
 
-from . import criu, faults, inflight, oom, record, tcp, workloads
+from . import criu, faults, inflight, oom, record, stepout, tcp, workloads
 from .errors import CommandError, KupgradeError
 from .record import FAILED, OK, SKIPPED, StageResult
 from .run import use_programs
 from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
 from .stages.context import Context
 from .steps import execute_stage, finish
+from .ui import PlainUi
 
 UPGRADE = (preflight, prepare, freeze, flush, snapshot, kexec_stage)
 ALL = UPGRADE + (restore,)
@@ -74,9 +75,14 @@ def _stages(stages, ctx: Context, ui, gate: Gate) -> None:
 
 
 def upgrade(ctx: Context, ui, gate: Gate) -> None:
-    """Every stage up to the kexec; then the go/no-go and the switch. Returns only if it did not switch."""
+    """Every stage up to the kexec; then the go/no-go and the switch. Returns only if it did not switch.
+    Inside a tree that is carried (an admin's ssh session), the go/no-go comes right after
+    preflight, and kupgrade steps out of the tree before anything changes (stepout.py)."""
     try:
-        _stages(UPGRADE, ctx, ui, gate)
+        _stages(UPGRADE[:1], ctx, ui, gate)
+        if trees := _holding_me(ctx):
+            ui, gate = _step_out(ctx, ui, gate, trees)
+        _stages(UPGRADE[1:], ctx, ui, gate)
         faults.point("go", "stopped at the go/no-go")
         if not gate.go(ctx, f"Switch to {ctx.target.version} now?"):
             raise KupgradeError("stopped before the kernel switch", UNDONE)
@@ -86,6 +92,30 @@ def upgrade(ctx: Context, ui, gate: Gate) -> None:
     except BaseException as e:
         rollback(ctx, ui, e)
         raise
+
+
+def _holding_me(ctx: Context) -> list:
+    """The selected trees kupgrade runs inside of (its ancestors are in them, or it is in their cgroup)."""
+    me = workloads.ancestors(os.getpid())
+    return [w for w in ctx.workloads if w.root_pid in me or stepout.inside(w)]
+
+
+def _step_out(ctx: Context, ui, gate: Gate, trees: list):
+    """Ask now (the terminal is carried with the trees from here on), step out, and go on
+    with no terminal: output to the log only, nothing asked any more."""
+    question = (f"Switch to {ctx.target.version}? kupgrade runs inside {', '.join(w.selector for w in trees)}, "
+                "which is carried: it goes on in the background from here, this terminal freezes with it")
+    if not gate.go(ctx, question):
+        raise KupgradeError("stopped before anything changed", UNDONE)
+    started, t0, before = time.time(), time.monotonic(), os.getpid()
+    ui.__exit__(None, None, None)       # the live view ends here; the parent prints the last line
+    pid = stepout.step_out(trees, ui.print)
+    quiet = PlainUi(quiet=True)
+    ctx.record = ctx.record.with_stage(StageResult(
+        "step-out", OK, started, time.monotonic() - t0, f"kupgrade stepped out of {trees[0].selector}: PID {before} "
+        f"-> {pid}, no terminal from here", {"from_pid": before, "pid": pid, "trees": [w.selector for w in trees]}))
+    ctx.note()
+    return quiet, Gate(quiet, yes=True, skip=gate.skip)
 
 
 def rehearse(ctx: Context, ui, gate: Gate) -> None:

@@ -42,9 +42,10 @@ def boot_pattern(unit: str, extra: tuple[str, ...] = ()) -> str:
     return next((p for p in (*BOOT, *extra) if fnmatch.fnmatchcase(unit, p)), "")
 
 
-def own_units(pid: int | None = None, proc: Path = PROC) -> dict[str, int]:
+def own_units(pid: int | None = None, proc: Path = PROC, ancestors: bool = True) -> dict[str, int]:
     """The service units of kupgrade and its ancestors (unit -> the PID found in it): stopping or
-    freezing one would stop kupgrade itself (an ssh session's sshd, the agent that started it)."""
+    freezing one would stop kupgrade itself (an ssh session's sshd, the agent that started it).
+    ancestors=False: kupgrade's own only (it steps out of its ancestors' trees: stepout.py)."""
     pid = os.getpid() if pid is None else pid
     out: dict[str, int] = {}
     while pid > 1:
@@ -58,6 +59,8 @@ def own_units(pid: int | None = None, proc: Path = PROC) -> dict[str, int]:
                 for part in line[3:].split("/"):
                     if part.endswith(".service"):
                         out.setdefault(part, pid)
+        if not ancestors:
+            break
         pid = ppid
     return out
 

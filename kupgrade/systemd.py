@@ -105,6 +105,44 @@ def blockers(unit: str, props: dict[str, str], selector: str) -> list[Blocker]:
     return out
 
 
+def has_scopes() -> bool:
+    """systemd is PID 1: a process can be moved out of a unit's cgroup (own_scope)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+SYSTEM_BUS = Path("/run/dbus/system_bus_socket")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def own_scope(pid: int, why: str, bus: Path = SYSTEM_BUS, root: Path = CGROUP_ROOT) -> str:
+    """Move PID out of the unit whose cgroup it is in: into a transient scope of its own
+    (`kupgrade-PID.scope`, StartTransientUnit with PIDs=, as logind does for a session) when the
+    system bus is there; without dbus (busctl cannot talk to systemd's private socket: it says
+    Hello to a bus) into a cgroup of its own at the root, `kupgrade-PID`, which systemd leaves
+    alone (`sweep_own` removes it once empty). Returns where it went."""
+    name = f"kupgrade-{pid}"
+    if bus.exists():
+        run(["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+             "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", f"{name}.scope", "fail",
+             "3", "PIDs", "au", "1", str(pid), "Description", "s", why, "CollectMode", "s", "inactive-or-failed",
+             "0"], timeout=60, hint="is the system bus up (busctl status)?")
+        return f"{name}.scope"
+    own = root / name
+    own.mkdir(exist_ok=True)
+    (own / "cgroup.procs").write_text(f"{pid}\n")
+    return f"/{name}"
+
+
+def sweep_own(root: Path = CGROUP_ROOT, rmdir=os.rmdir) -> None:
+    """Remove the empty cgroups earlier runs stepped into (own_scope without dbus)."""
+    for d in root.glob("kupgrade-*"):
+        try:
+            if d.is_dir() and not (d / "cgroup.procs").read_text().strip():
+                rmdir(d)        # a cgroup's directory goes with its control files
+        except OSError:
+            pass
+
+
 def stop(units: list[str]) -> None:
     """Stop these units cleanly (their ExecStop, their KillSignal), in one transaction."""
     if units:

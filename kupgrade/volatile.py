@@ -13,8 +13,9 @@ After the dump (the tasks are stopped: nothing changes them any more) `save` cop
 tree's images with their owner and mode and those of the directories above them up to the mount
 point; before criu restores the tree, `put_back` recreates whatever is missing (the new kernel
 and the way back alike); criu then opens them and takes their locks again (--file-locks).
-Named by preflight instead (`blockers`): larger ones, files in a directory emptied at boot (the
-boot would delete them after they were put back), anything else on a tmpfs (a FIFO).
+FIFOs too (made again, empty: criu carries the data in the pipe; an ssh session's sshd holds
+logind's session FIFO). Named by preflight instead (`blockers`): larger ones, files in a directory
+emptied at boot (the boot would delete them after they were put back), anything else on a tmpfs.
 
 Open files (fdinfo mnt_id → the task's mountinfo), the working directory and mapped files are
 looked at; deleted files are not (criu carries their contents as ghost files), nor sockets, pipes
@@ -135,8 +136,10 @@ def _stat(pid: int, path: str, why: str, proc: Path) -> os.stat_result | None:
 
 
 def _fits(st: os.stat_result | None) -> bool:
-    """`save` carries it: a directory, or a regular file of at most MAX_FILE."""
-    return st is not None and (stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE))
+    """`save` carries it: a directory, a FIFO (made again empty: criu carries what is in the pipe;
+    logind's session FIFO an ssh session holds), or a regular file of at most MAX_FILE."""
+    return st is not None and (stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)
+                               or (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE))
 
 
 def carried(pids, proc: Path = PROC, own: tuple[str, ...] = ()) -> dict[str, tuple[int, str]]:
@@ -182,7 +185,9 @@ def save(pids, images: Path, proc: Path = PROC) -> int:
             parents.insert(0, {"path": str(d), **_meta(proc / str(pid) / "root" / str(d).lstrip("/"))})
             d = d.parent
         entry = {"path": path, "dir": src.is_dir(), **_meta(src), "parents": parents}
-        if not entry["dir"]:
+        if stat.S_ISFIFO(src.stat().st_mode):
+            entry["fifo"] = True
+        elif not entry["dir"]:
             (images / SAVED).mkdir(exist_ok=True, mode=0o700)
             shutil.copyfile(src, images / SAVED / str(n))
             entry["blob"] = str(n)
@@ -193,7 +198,9 @@ def save(pids, images: Path, proc: Path = PROC) -> int:
 
 
 def _make(path: Path, meta: dict, blob: Path | None = None) -> None:
-    if blob is None:
+    if meta.get("fifo"):
+        os.mkfifo(path, 0o600)
+    elif blob is None:
         path.mkdir(mode=0o700)
     else:
         shutil.copyfile(blob, path)
@@ -214,6 +221,6 @@ def put_back(images: Path, root: Path = Path("/")) -> list[str]:
             if not (p := root / parent["path"].lstrip("/")).exists():
                 _make(p, parent)
         if not os.path.lexists(p := root / e["path"].lstrip("/")):
-            _make(p, e, None if e["dir"] else images / SAVED / e["blob"])
+            _make(p, e, None if e["dir"] or e.get("fifo") else images / SAVED / e["blob"])
             done.append(e["path"])
     return done

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from . import carry, procfs, sandbox, systemd, unixsk, volatile
+from . import carry, procfs, sandbox, stepout, systemd, unixsk, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
@@ -24,10 +24,31 @@ def _tree(root: int) -> tuple[int, ...]:
     return (root,) + tuple(sorted(c.pid for c in p.children(recursive=True)))
 
 
-def process_blockers(pid: int, root: bool = False, proc: Path = PROC) -> list[Blocker]:
+def pts_index(tty_nr: int) -> int | None:
+    """The /dev/pts number of a controlling terminal (stat's tty_nr), None for another kind."""
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return (major - 136) * 256 + minor if 136 <= major <= 143 else None
+
+
+def pty_masters(pids, proc: Path = PROC) -> set[int]:
+    """The pseudo-terminals whose master these tasks hold (/dev/ptmx fds: their tty-index): a
+    terminal inside the tree, like an ssh session's under its sshd, which criu carries whole."""
+    out: set[int] = set()
+    for pid in pids:
+        for fd, target in procfs.fds(pid, proc).items():
+            if target in ("/dev/ptmx", "/dev/pts/ptmx"):
+                try:
+                    info = (proc / str(pid) / "fdinfo" / str(fd)).read_text()
+                except OSError:
+                    continue
+                out |= {int(line.split()[1]) for line in info.splitlines() if line.startswith("tty-index:")}
+    return out
+
+
+def process_blockers(pid: int, root: bool = False, proc: Path = PROC, inner_ptys: set[int] = frozenset()) -> list[Blocker]:
     """What criu cannot dump (or we cannot safely resume) about one task's state. Carried, so no
     blocker: a zombie (criu recreates it), a task stopped by job control (restored stopped; see
-    `stopped`), pending signals."""
+    `stopped`), pending signals, a controlling terminal the tree holds both ends of (inner_ptys)."""
     try:
         st, sf = procfs.status(pid, proc), procfs.stat(pid, proc)
     except (FileNotFoundError, ProcessLookupError):
@@ -45,7 +66,7 @@ def process_blockers(pid: int, root: bool = False, proc: Path = PROC) -> list[Bl
     if sf.state == "D":
         out.append(Blocker(f"{who} is in uninterruptible sleep (D state)",
                            "wait for its I/O to finish (check the storage it uses) and run check again"))
-    if sf.tty_nr:
+    if sf.tty_nr and pts_index(sf.tty_nr) not in inner_ptys:
         out.append(Blocker(f"{who} has a controlling terminal",
                            "run it detached from any terminal (setsid, stdin from /dev/null, output to a file) "
                            "or as a service; restoring a terminal across kernels is not supported"))
@@ -156,10 +177,11 @@ def _from_cgroups(cgroups, blockers: list[Blocker]) -> list[Workload]:
 
 
 def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, ...] = (),
-            describe_unit=None) -> tuple[list[Workload], list[Blocker]]:
+            describe_unit=None, step_out: bool = False) -> tuple[list[Workload], list[Blocker]]:
     """The selected trees, and everything that blocks them: each task's state, and what the
     snapshot would not carry (carry.blockers; files the new boot will not have: volatile.blockers;
-    a sandbox's namespaces and no_new_privs: sandbox.blockers)."""
+    a sandbox's namespaces and no_new_privs: sandbox.blockers). step_out: a tree that holds
+    kupgrade is taken without it (kupgrade steps out before the dump: stepout.py)."""
     blockers: list[Blocker] = []
     unit_props: dict[str, dict] = {}
     workloads = _from_units(units, describe_unit, blockers, unit_props)
@@ -170,20 +192,29 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
         workloads.append(_workload(f"pid:{pid}", pid))
     workloads += _from_cgroups(cgroups, blockers)
     me = os.getpid()
+    holding = {w.key for w in workloads if me in w.pids or w.root_pid in ancestors(me)}
+    why = {w.key: "" if step_out and not stepout.why_not(w, me) else
+           f" ({stepout.why_not(w, me) or 'kupgrade can step out of it only in a plain `kupgrade run`'})"
+           for w in workloads if w.key in holding}
+    leaving = {w.key for w in workloads if w.key in holding and not why[w.key]}     # kupgrade steps out of these
+    workloads = [stepout.trimmed(w, me) if w.key in leaving else w for w in workloads]
+    mine = frozenset(stepout.mine(me)) if leaving else frozenset()
     seen: dict[int, str] = {}
     for w in workloads:
         found: list[Blocker] = []
         if w.root_pid == 1:
             found.append(Blocker("PID 1 (init) cannot be a workload", "select the service's processes instead"))
-        if me in w.pids or w.root_pid in _ancestors(me):
-            found.append(Blocker(f"{w.selector} contains kupgrade itself", "run kupgrade from outside the workload"))
+        if w.key in holding and why[w.key]:
+            found.append(Blocker(f"{w.selector} contains kupgrade itself{why[w.key]}",
+                                 "run kupgrade from outside the workload, or with `kupgrade run` (no --step)"))
+        inner = pty_masters(w.pids)
         for p in w.pids:
             if p in seen and seen[p] != w.selector:
                 found.append(Blocker(f"PID {p} is selected twice ({seen[p]} and {w.selector})",
                                      "select each process tree once"))
             seen[p] = w.selector
-            found.extend(process_blockers(p, root=p == w.root_pid))
-        found.extend(carry.blockers(w))
+            found.extend(process_blockers(p, root=p == w.root_pid, inner_ptys=inner))
+        found.extend(carry.blockers(w, leaving=mine if w.key in leaving else frozenset()))
         found.extend(volatile.blockers(w.pids))
         found.extend(_unix_blockers(w))
         found.extend(sandbox.blockers(w, unit_props.get(w.unit)))
@@ -198,8 +229,10 @@ def own_terminal(workloads: list[Workload], fds=(0, 1, 2)) -> str:
     if not tty:
         return ""
     leader = os.getsid(0)
-    if any(leader in w.pids for w in workloads):
-        return ""
+    if carried := [w.selector for w in workloads if leader in w.pids]:
+        return (f"this terminal ({tty}) is carried with {', '.join(carried)}: `kupgrade run` asks first, then steps "
+                "out of it and goes on in the background (log: /var/log/kupgrade/); the terminal freezes at the "
+                "switch and continues in the new kernel, where `kupgrade report` says how it went")
     try:
         name = " ".join(psutil.Process(leader).cmdline()) or psutil.Process(leader).name()
     except psutil.Error:
@@ -217,7 +250,7 @@ def _unix_blockers(w: Workload) -> list[Blocker]:
                         "criu needs the kernel's unix_diag too: `modprobe unix_diag`")]
 
 
-def _ancestors(pid: int) -> set[int]:
+def ancestors(pid: int) -> set[int]:
     out = set()
     try:
         p = psutil.Process(pid)

@@ -111,6 +111,18 @@ def test_processes_of_the_session_outside_the_tree(tmp_path):
         "process group 30 of PID(s) [11]: it would not be carried"]
 
 
+def test_kupgrade_stepping_out_of_the_session_is_not_left_behind(tmp_path):
+    proc = fake_proc(tmp_path)
+    task(proc, 10)                                              # sshd's session process
+    task(proc, 11, ppid=10, session=11, pgrp=11, comm="bash")   # the admin's shell
+    task(proc, 12, ppid=11, session=11, pgrp=11, comm="kupgrade")   # trimmed from the tree: it steps out
+    w = Workload("unit:ssh.service", 10, (10, 11))
+    assert [b.message for b in carry.blockers(w, proc, lambda semid, n: set())] == [
+        "PID 12 (kupgrade) is not in the tree of unit:ssh.service but shares session 11 with its PID(s) [11]: it "
+        "would not be carried"]
+    assert carry.blockers(w, proc, lambda semid, n: set(), leaving=frozenset({12})) == []
+
+
 def test_posix_lock_held_outside_the_tree(tmp_path):
     proc = fake_proc(tmp_path)
     dev = "fe:00:1477826"

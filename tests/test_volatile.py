@@ -110,3 +110,29 @@ def test_small_files_on_a_tmpfs_are_carried_and_put_back(tmp_path):
         p.kill()
         p.wait()
         sh.rmtree(d)
+
+
+def test_a_fifo_on_a_tmpfs_is_made_again(tmp_path):
+    """logind's session FIFO, as an ssh session's sshd holds it: carried, made again (empty)."""
+    import shutil as sh
+    import stat
+    d = Path(f"/dev/shm/kupgrade-fifo-{os.getpid()}")
+    d.mkdir(mode=0o755)
+    fifo = d / "3.ref"
+    os.mkfifo(fifo, 0o600)
+    p = subprocess.Popen([sys.executable, "-c", f"import os, time; fd = os.open({str(fifo)!r}, os.O_RDWR); "
+                          "print(1, flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        p.stdout.readline()
+        assert volatile.blockers([p.pid], emptied=[]) == []
+        images = tmp_path / "images"
+        images.mkdir()
+        assert volatile.save([p.pid], images) == 1
+        root = tmp_path / "newboot"
+        (root / "dev/shm").mkdir(parents=True)
+        assert volatile.put_back(images, root) == [str(fifo)]
+        assert stat.S_ISFIFO((root / str(fifo).lstrip("/")).stat().st_mode)
+    finally:
+        p.kill()
+        p.wait()
+        sh.rmtree(d)

@@ -294,6 +294,21 @@ def test_a_terminal_that_is_not_carried_is_named(monkeypatch):
     monkeypatch.setattr(wl.os, "getsid", lambda pid: os.getpid())
     note = wl.own_terminal([Workload("pid:5", 5, (5, 6))])
     assert note.startswith("this terminal (/dev/pts/3, the session of PID") and "kupgrade report" in note
-    assert wl.own_terminal([Workload("pid:5", 5, (5, os.getpid()))]) == ""
+    assert "is carried with pid:5" in wl.own_terminal([Workload("pid:5", 5, (5, os.getpid()))])
     monkeypatch.setattr(wl.os, "isatty", lambda fd: False)
     assert wl.own_terminal([]) == ""
+
+
+def test_a_terminal_the_tree_holds_both_ends_of_is_carried(tmp_path):
+    from kupgrade import workloads as wl
+    assert wl.pts_index(136 << 8 | 3) == 3 and wl.pts_index(4 << 8 | 1) is None      # pts/3; tty1
+    assert wl.pts_index((137 << 8) | 2) == 258
+    proc = fake_proc(tmp_path)
+    task(proc, 20, comm="sshd")
+    task(proc, 21, ppid=20, comm="bash")
+    os.symlink("/dev/ptmx", proc / "20" / "fd" / "9")
+    (proc / "20" / "fdinfo" / "9").write_text("pos:\t0\nflags:\t02\nmnt_id:\t24\ntty-index:\t3\n")
+    assert wl.pty_masters([20, 21], proc) == {3}
+    (proc / "21" / "stat").write_text(f"21 (bash) S 20 21 21 {136 << 8 | 3} -1 4194304 0 0\n")
+    assert wl.process_blockers(21, proc=proc, inner_ptys={3}) == []
+    assert "controlling terminal" in wl.process_blockers(21, proc=proc)[0].message

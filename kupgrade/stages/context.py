@@ -50,6 +50,7 @@ class Context:
     kexec_loaded: bool = False
     progress: Report | None = None       # the live view's progress callback, if any
     rehearsal: bool = False              # restore on this kernel instead of switching
+    step_out_ok: bool = False            # `kupgrade run` without --step: may step out of a carried tree
     unpacked: bool = False               # rehearsal: the snapshot was unpacked into restore_dir
     replaced: bool = False               # rehearsal: the original tasks were ended (no rollback)
     hooks: list | None = None            # the loaded device hooks (None: not loaded yet; see hookpoints.py)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
-from .. import pmem, systemd, workloads
+from .. import pmem, stepout, systemd, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -139,8 +139,12 @@ def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
     that start fresh instead (selection.py: workloads.on_blocked). Extends blockers with what
     still blocks; returns each service's fate and the boot-PID prediction."""
     cfg = ctx.config
-    found, boot = selection.candidates(cfg.start_fresh, cfg.units) if cfg.all_services else ([], [])
-    ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found))
+    step_out = ctx.step_out_ok and not ctx.rehearsal
+    mine = selection.own_units(ancestors=not step_out)
+    if step_out:        # the unit kupgrade runs in, unless it can leave its cgroup (stepout.py)
+        mine = {u: p for u, p in mine.items() if not stepout.can_leave(u)}
+    found, boot = selection.candidates(cfg.start_fresh, cfg.units, mine=mine) if cfg.all_services else ([], [])
+    ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found), step_out=step_out)
     boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, found_blockers)
     ctx.workloads, fresh, still = selection.settle(ctx.workloads, found_blockers, cfg.on_blocked, set(found))
     blockers += still

@@ -71,12 +71,14 @@ SMP = 2     # guest CPUs
 
 
 def nic_argv(nic: str, pcap: Path | None = None) -> list[str]:
-    """"none", or "user:HOSTPORT-GUESTPORT" (QEMU user networking, one TCP port forwarded).
-    pcap: record the NIC's traffic there (KUPGRADE_VM_PCAP=1; evidence for network scenarios)."""
+    """"none", or "user:HOSTPORT-GUESTPORT[,HOSTPORT-GUESTPORT...]" (QEMU user networking, TCP
+    ports forwarded). pcap: record the NIC's traffic there (KUPGRADE_VM_PCAP=1; evidence for
+    network scenarios)."""
     if nic == "none":
         return ["-nic", "none"]
-    host, guest = nic.removeprefix("user:").split("-")
-    argv = ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{host}-:{guest}",
+    fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in
+                   (pair.split("-") for pair in nic.removeprefix("user:").split(",")))
+    argv = ["-netdev", f"user,id=n0,{fwd}",
             "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"]
     if pcap is not None:
         argv += ["-object", f"filter-dump,id=dump0,netdev=n0,file={pcap}"]

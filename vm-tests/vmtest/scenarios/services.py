@@ -12,6 +12,10 @@ workload is named: `workloads.all_services = true`.
    when carried); every service that starts fresh was stopped cleanly and is active again
    (a new main PID, its state as a fresh start has it); none is missing; the record lists the
    fresh ones with their reasons.
+3. The admin runs `kupgrade run` over ssh from the host (a pty, through QEMU's port forwarding),
+   with a counter after it in the same shell: kupgrade steps out of the session (carried with
+   ssh.service), the session freezes at the switch and goes on in 6.12, same connection, every
+   tick once.
 Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
 port forwarding), whatever nginx's fate."""
 
@@ -19,20 +23,24 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
 import threading
 import time
 
 from ..image import SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
-                        unit_props, upgrade, write_config)
+                        unit_props, write_config)
 from .tcp import configure_nic
 
 NAME = "services"
 DESCRIPTION = "Debian's servers as installed (started at boot, sandboxed units) carried or started fresh, --all-services"
 INIT = "systemd"
 HOST_PORT = 5557
-NIC = f"user:{HOST_PORT}-80"
+SSH_PORT = 5558
+NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22"
+# the admin's session: kupgrade run in it, then a counter that must go on across the switch
+SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
 MACHINE = Machine(append=SERVICES_GATE)
 MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))\n"
              "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
@@ -67,6 +75,54 @@ class Poller:
         self.thread.join(5)
 
 
+class AdminSession:
+    """An admin on the host runs `kupgrade run` over ssh (a pty: ssh -tt) through QEMU's port
+    forwarding, then a counter in the same shell; the host keeps every line with its time."""
+
+    def __init__(self, vm) -> None:
+        key = vm.workdir / "admin-key"
+        key.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        vm.sh("sh", "-c", "mkdir -p -m 0700 /root/.ssh && cat >> /root/.ssh/authorized_keys",
+              input=(key.with_suffix(".pub")).read_text())
+        self.lines: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(
+            ["ssh", "-tt", "-i", str(key), "-p", str(SSH_PORT), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "ServerAliveInterval=0", "root@127.0.0.1", SESSION],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:
+            self.lines.append((time.time(), raw.decode(errors="replace").rstrip()))
+
+    def ticks(self, since: float = 0.0) -> list[int]:
+        return [int(t.split()[1]) for at, t in self.lines if at >= since and t.startswith("tick ")]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def admin_session_went_on(vm, res: Result, admin: AdminSession, t_switch: float) -> None:
+    """The admin's terminal: the same ssh connection (its client never ended), kupgrade stepped
+    out of it, and the counter went on in the new kernel with every tick once."""
+    deadline = time.time() + 60
+    while len(admin.ticks(t_switch)) < 5 and time.time() < deadline:
+        time.sleep(0.2)
+    ticks = admin.ticks()
+    res.data["admin_session"] = {"lines": [t for _, t in admin.lines][-40:], "client_alive": admin.proc.poll() is None,
+                                 "ticks": len(ticks)}
+    (vm.workdir / "admin-session.txt").write_text("\n".join(f"{at:.3f} {t}" for at, t in admin.lines) + "\n")
+    res.check(admin.proc.poll() is None and len(admin.ticks(t_switch)) >= 5 and ticks == list(range(1, len(ticks) + 1)),
+              "the admin's ssh session went on in 6.12: same connection, the counter continued with every tick once",
+              json.dumps(res.data["admin_session"])[-2000:])
+    res.check(any("steps out of this terminal" in t for _, t in admin.lines),
+              "kupgrade said on the admin's terminal that it steps out and goes on in the background",
+              json.dumps(res.data["admin_session"])[-1500:])
+
+
 def show(vm, unit: str) -> dict:
     props = unit_props(vm, unit, "MainPID,ActiveState,ControlGroup")
     cg = props.get("ControlGroup", "")
@@ -99,7 +155,7 @@ def check_fates(vm, res: Result) -> dict[str, str]:
     res.check(r["rc"] == 0, "kupgrade check --all-services: no blocker", json.dumps(res.data["check"])[:3000])
     res.check(all(u in fates for u in SERVICE_UNITS) and fates.get("vmtest-agent.service") == "boot"
               and fates.get("systemd-journald.service") == "boot",
-              "check gives every running service its fate (the agent kupgrade runs in and journald: the boot)",
+              "check gives every running service its fate (the test's agent and journald: the boot)",
               json.dumps(fates))
     res.check(any(f == "carried" for f in fates.values()), "at least one of Debian's servers is carried",
               json.dumps(fates))
@@ -111,9 +167,13 @@ def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state
     fresh = [u for u in SERVICE_UNITS if fates.get(u) == "fresh"]
     res.check(all(after[u]["ActiveState"] == "active" for u in SERVICE_UNITS),
               "nothing lost: every one of Debian's servers is active in 6.12", json.dumps(after))
-    same = all(after[u]["MainPID"] == before[u]["MainPID"] and after[u]["pids"] == before[u]["pids"] for u in carried)
-    res.data["pids_preserved"] = same
-    res.check(same, f"carried ({', '.join(carried)}): same main PID, same PIDs in the unit's cgroup",
+    same = all(after[u]["MainPID"] == before[u]["MainPID"] and set(before[u]["pids"]) <= set(after[u]["pids"])
+               for u in carried)
+    extra = {u: sorted(set(after[u]["pids"]) - set(before[u]["pids"])) for u in carried}
+    only_session = all(not pids for u, pids in extra.items() if u != "ssh.service")
+    res.data["pids_preserved"] = same and only_session
+    res.check(same and only_session, f"carried ({', '.join(carried)}): same main PID, same PIDs in the unit's cgroup "
+              "(ssh.service: plus the admin's session, which runs in it: the guest has no pam_systemd)",
               json.dumps({u: (before[u], after[u]) for u in carried}))
     res.check(all(after[u]["MainPID"] != before[u]["MainPID"] for u in fresh),
               f"started fresh ({', '.join(fresh) or 'none'}): active again, with a new main PID",
@@ -121,6 +181,17 @@ def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state
     kept = {u: state[u] for u in state if fates.get(u) == "carried"}
     res.data["state_preserved"] = all(kept.values())
     res.check(all(kept.values()), "the carried key-value stores kept their keys", json.dumps(state))
+
+
+def session_in_ssh(vm, res: Result, before: dict, after: dict) -> None:
+    """The processes ssh.service has now and did not have at boot are the admin's session, carried
+    in the unit's cgroup: sshd's session processes, the shell, its counter (sleep)."""
+    extra = sorted(set(after["pids"]) - set(before["pids"]))
+    comms = {p: vm.sh("cat", f"/proc/{p}/comm", check=False)["stdout"].strip() for p in extra}
+    comms = {p: c for p, c in comms.items() if c}        # a sleep of the counter may have ended
+    res.check(bool(comms) and set(comms.values()) <= {"sshd", "bash", "sleep"},
+              "ssh.service's other processes in 6.12 are the admin's session (sshd, its shell, the counter)",
+              json.dumps(comms))
 
 
 def sshd_logs(vm, res: Result) -> None:
@@ -142,6 +213,7 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     keep_journal(vm, tail=30000)
     compare(res, fates, before, after, res.data["state"])
     if fates.get("ssh.service") == "carried":
+        session_in_ssh(vm, res, before["ssh.service"], after["ssh.service"])
         sshd_logs(vm, res)
     if fates.get("nginx.service") == "carried":
         r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
@@ -164,17 +236,25 @@ def run(vm, image, res: Result) -> None:
     res.check(all(b["ActiveState"] == "active" for b in before.values()), "Debian's servers started at boot",
               json.dumps(before))
     put_state(vm)
-    write_config(vm, kupgrade_config(image.kernel_to))      # the target; --all-services on the command line
+    # the agent that drives the test starts fresh, like an admin's monitoring agent would be told to
+    config = kupgrade_config(image.kernel_to).replace("[workloads]", '[workloads]\nstart_fresh = ["vmtest-agent.service"]')
+    write_config(vm, config)      # the target; --all-services on the command line
     fates = check_fates(vm, res)
-    write_config(vm, kupgrade_config(image.kernel_to).replace("[workloads]", "[workloads]\nall_services = true"))
+    write_config(vm, config.replace("[workloads]", "[workloads]\nall_services = true"))
     poller = Poller()
+    admin = AdminSession(vm)      # the admin runs kupgrade over ssh
     try:
         t_switch = time.time()
-        if upgrade(vm, res, to=image.kernel_to) is None:
-            return
+        there = vm.event("ready", 900, where=lambda e: e.get("kernel") == image.kernel_to)
+        res.data["kernel_after"] = there["kernel"]
         systemd_up(vm)
-        in_new_kernel(vm, res, fates, before, final_record(vm))
+        rec = final_record(vm)
+        in_new_kernel(vm, res, fates, before, rec)
+        res.check(any(s["name"] == "step-out" for s in rec["stages"]), "the record has kupgrade's step out of the "
+                  "session", json.dumps([s["name"] for s in rec["stages"]]))
+        admin_session_went_on(vm, res, admin, t_switch)
         res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
     finally:
         poller.close()
+        admin.close()

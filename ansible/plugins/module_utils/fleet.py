@@ -93,7 +93,7 @@ def entry(host: str, h: dict) -> dict:
             "kernel_target": check.get("kernel_to") or run.get("kernel_to") or None,
             "downtime_s": run.get("downtime_s"), "carried": run.get("carried", []), "fresh": run.get("fresh", []),
             "failed_workloads": run.get("failed", []), "record_id": run.get("record_id") or None,
-            "outcome": run.get("outcome"), "reason": reason}
+            "outcome": run.get("outcome"), "health": steps.get("health", {}).get("detail"), "reason": reason}
 
 
 def counts(entries: list[dict]) -> dict[str, int]:

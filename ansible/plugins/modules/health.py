@@ -11,7 +11,7 @@ description:
   - Runs a command (exit 0 is healthy) or asks a URL (the expected status, and a text in the
     body if given) until it passes or the timeout is over. A failed gate fails the host, so a
     rollout with C(serial) and C(max_fail_percentage) stops before the next batch.
-  - It runs where the task runs: on the host, or on the controller with C(delegate_to).
+  - It runs where the task runs, on the host or (with C(delegate_to)) on the controller.
 options:
   command:
     description: The command (an argv list, or a string split like a shell would, without one).

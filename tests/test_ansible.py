@@ -38,7 +38,8 @@ def ansible(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
 
 def installed(tmp_path: Path) -> None:
     """Built into a tarball and installed from it, as a release would be."""
-    r = ansible(tmp_path, "ansible-galaxy", "collection", "build", str(REPO / "ansible"), "--output-path", str(tmp_path))
+    r = ansible(tmp_path, "ansible-galaxy", "collection", "build", str(REPO / "ansible"),
+                "--output-path", str(tmp_path))
     assert r.returncode == 0, r.stderr
     tarball = next(tmp_path.glob("kupgrade-fleet-*.tar.gz"))
     r = ansible(tmp_path, "ansible-galaxy", "collection", "install", str(tarball), "-p", str(tmp_path / "collections"))
@@ -75,6 +76,7 @@ def test_rollout_stops_at_a_failed_batch_and_reports_every_host(tmp_path):
     assert rows["blocked"]["reason"] == "job.service is a transient unit"
     assert "would replace the controller's own kernel" in rows["local"]["reason"]
     assert doc["counts"] == {"current": 1, "blocked": 1, "failed": 1, "not reached": 1}
-    assert "KUPGRADE FLEET REPORT" in r.stdout and "4 host(s): 1 current, 1 blocked, 1 failed, 1 not reached" in r.stdout
+    assert "KUPGRADE FLEET REPORT" in r.stdout
+    assert "4 host(s): 1 current, 1 blocked, 1 failed, 1 not reached" in r.stdout
     assert (tmp_path / "fleet.txt").read_text().startswith("HOST")
     assert (tmp_path / "prom" / "blocked" / "kupgrade-check.prom").exists()         # the check's metrics

@@ -93,7 +93,8 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_failed(self, result, ignore_errors: bool = False) -> None:
         r = self._saw(result)
         if not ignore_errors:
-            self.fleet.failed(_host(result), _task(result).name or "", str(r.get("msg", "failed")).splitlines()[0][:500])
+            msg = str(r.get("msg", "failed")).splitlines()[0][:500]
+            self.fleet.failed(_host(result), _task(result).name or "", msg)
 
     def v2_runner_on_unreachable(self, result) -> None:
         self.fleet.unreachable(_host(result), str(_result(result).get("msg", "unreachable"))[:500])

@@ -38,7 +38,8 @@ NIC = f"user:{PORTS['carrier']}-22"
 MAC = "52:54:00:12:34:56"
 TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 HEALTH = "systemctl is-active heartbeat.service"
-HEARTBEAT = {"heartbeat.service": f"[Unit]\nDescription=test workload (heartbeat)\n[Service]\nExecStart={GUEST_WORKLOAD}\n"}
+HEARTBEAT = {"heartbeat.service": "[Unit]\nDescription=test workload (heartbeat)\n"
+                                   f"[Service]\nExecStart={GUEST_WORKLOAD}\n"}
 # A server's network configuration, in the old boot and the new one: the NIC found by its MAC.
 NET_SCRIPT = f"""#!/bin/sh
 for i in $(seq 100); do
@@ -122,7 +123,8 @@ def untouched_state(vm) -> dict:
     exists = lambda path: vm.sh("test", "-e", path, check=False)["rc"] == 0      # noqa: E731
     return {"boot_id": vm.read("/proc/sys/kernel/random/boot_id").strip(),
             "kernel": vm.sh("uname", "-r")["stdout"].strip(), "job": unit_props(vm, "batch-job.service"),
-            "record": exists("/var/lib/kupgrade/records/last"), "upgrade_metrics": exists(f"{TEXTFILE_DIR}/kupgrade.prom")}
+            "record": exists("/var/lib/kupgrade/records/last"),
+            "upgrade_metrics": exists(f"{TEXTFILE_DIR}/kupgrade.prom")}
 
 
 def fleet_report(res: Result, workdir: Path, r: subprocess.CompletedProcess, image) -> dict:

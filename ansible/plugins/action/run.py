@@ -69,11 +69,16 @@ class ActionModule(ActionBase):
         error = ""
         if state == "switched":
             kernel, doc = self._wait_for_record(prev_id, deadline)
-        else:
-            error = self._unit_error() if state == "ended" else f"no switch and no end within the timeout ({state})"
+        elif state == "ended":          # before the switch: kupgrade put everything back
+            error = self._unit_error()
             kernel, doc = self._report()
             doc = doc if doc.get("id") not in ("", prev_id) else {}
             self._sh(f"systemctl stop {self._unit}; systemctl reset-failed {self._unit}")
+        else:                           # still running: left alone (stopping it is the admin's call)
+            error = (f"kupgrade run neither switched kernels nor ended within the timeout; it goes on as "
+                     f"{self._unit} (hint: `journalctl -u {self._unit}` on the host; `kupgrade report` once it ends)")
+            kernel, doc = self._report()
+            doc = doc if doc.get("id") not in ("", prev_id) else {}
         if prometheus and doc:
             self._report(prometheus)
         summary = run_summary(doc, state == "switched", kernel, error)

@@ -133,3 +133,10 @@ def test_fleet_document_and_table():
     assert f"{OLD} (unchanged)" in lines[2] and lines[2].endswith("x is a transient unit; y is traced")
     assert lines[-1] == "5 host(s): 1 upgraded, 1 blocked, 1 rolled-back, 1 unhealthy, 1 not reached"
     assert len({ln.find(e["status"]) for ln, e in zip(lines[1:], entries)}) == 1     # one column
+
+
+def test_a_switch_without_a_readable_record_is_unknown():
+    s = records.run_summary({}, switched=True, kernel_now="", error="switched kernels, but the record was not final")
+    assert (s["outcome"], s["error"]) == ("unknown", "switched kernels, but the record was not final")
+    row = fleet.entry("h", {"steps": {"run": s}, "failure": "", "unreachable": ""})
+    assert row["status"] == "failed" and row["kernel_after"] is None

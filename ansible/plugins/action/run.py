@@ -69,6 +69,9 @@ class ActionModule(ActionBase):
         error = ""
         if state == "switched":
             kernel, doc = self._wait_for_record(prev_id, deadline)
+            if not final(doc, prev_id):
+                error = (f"switched kernels, but the record was not final within the timeout (outcome "
+                         f"{doc.get('outcome', 'unknown')}; hint: `kupgrade report` on the host)")
         elif state == "ended":          # before the switch: kupgrade put everything back
             error = self._unit_error()
             kernel, doc = self._report()

@@ -47,11 +47,12 @@ def run_summary(doc: dict, switched: bool, kernel_now: str, error: str = "") -> 
     failed = summary.get("error") or error
     if not failed and doc and doc.get("outcome") != SUCCESS:
         failed = f"outcome {doc.get('outcome')}"
-    return {"step": "run", "record_id": doc.get("id", ""), "outcome": doc.get("outcome", "not-started"),
+    outcome = doc.get("outcome") or ("unknown" if switched else "not-started")
+    return {"step": "run", "record_id": doc.get("id", ""), "outcome": outcome,
             "kernel_from": doc.get("kernel_from", ""), "kernel_to": doc.get("kernel_to", ""),
             "kernel_now": kernel_now, "switched": switched, "downtime_s": summary.get("downtime_s"),
             "carried": fates.get("carried", []), "failed": fates.get("failed", []), "fresh": fates.get("fresh", []),
-            "error": failed if doc.get("outcome") != SUCCESS else "", "hint": summary.get("hint", "")}
+            "error": failed if outcome != SUCCESS else "", "hint": summary.get("hint", "")}
 
 
 def run_message(s: dict) -> str:

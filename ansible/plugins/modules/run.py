@@ -67,7 +67,7 @@ switched:
   returned: always
 outcome:
   description: The record's outcome (restored, restore-failed, rolled-back, aborted, ...), or
-    not-started when the run left no record.
+    not-started when the run left no record, unknown when it switched and no record was readable.
   type: str
   returned: always
 kernel_before:

@@ -80,3 +80,11 @@ def test_rollout_stops_at_a_failed_batch_and_reports_every_host(tmp_path):
     assert "4 host(s): 1 current, 1 blocked, 1 failed, 1 not reached" in r.stdout
     assert (tmp_path / "fleet.txt").read_text().startswith("HOST")
     assert (tmp_path / "prom" / "blocked" / "kupgrade-check.prom").exists()         # the check's metrics
+
+    # the admin's other choice: a blocked host fails, and with serial 1 the rollout stops there
+    r = ansible(tmp_path, "ansible-playbook", "-i", "hosts.ini", "kupgrade.fleet.upgrade", "-e",
+                "kupgrade_on_blocked=fail")
+    assert r.returncode == 2, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "fleet.json").read_text())
+    assert [e["status"] for e in doc["hosts"]] == ["blocked", "not reached", "not reached", "not reached"]
+    assert "kupgrade check found blockers: job.service is a transient unit" in r.stdout

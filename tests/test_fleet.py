@@ -140,3 +140,10 @@ def test_a_switch_without_a_readable_record_is_unknown():
     assert (s["outcome"], s["error"]) == ("unknown", "switched kernels, but the record was not final")
     row = fleet.entry("h", {"steps": {"run": s}, "failure": "", "unreachable": ""})
     assert row["status"] == "failed" and row["kernel_after"] is None
+
+
+def test_a_blocked_host_failed_on_purpose_is_still_blocked():
+    f = fleet.Fleet()
+    f.step("b", records.check_summary(check_doc(["x is a transient unit"], outcome="aborted")))
+    f.failed("b", "Blocked, and blocked hosts fail", "kupgrade check found blockers: x is a transient unit")
+    assert [(e["status"], e["reason"]) for e in f.entries()] == [("blocked", "x is a transient unit")]

@@ -11,7 +11,8 @@ A host's status, from the first that applies:
   unhealthy    upgraded, but the health gate did not pass
   upgraded     runs the target kernel, the workloads restored, healthy
   current      already ran the target kernel (nothing to do)
-  blocked      `kupgrade check` found blockers: nothing was changed
+  blocked      `kupgrade check` found blockers: nothing was changed (the host skipped, or failed
+               as kupgrade_on_blocked says)
   checked      checked and not upgraded (check mode, or no upgrade task ran)
   not reached  none of the collection's steps ran on it (the play stopped before its batch)
 """
@@ -64,17 +65,16 @@ def _status(h: dict) -> tuple[str, str]:
             return "rolled-back", run["error"]
         if run["outcome"] != "restored":
             return "failed", run["error"] or f"outcome {run['outcome']}"
-    if health and not health.get("ok"):
-        return "unhealthy", health.get("detail", "")
+        if health and not health.get("ok"):
+            return "unhealthy", health.get("detail", "")
+        return ("failed", h["failure"]) if h["failure"] else ("upgraded", "")
+    if check and check.get("current"):
+        return "current", f"already runs {check['kernel_to']}"
+    if check and check.get("blocked"):     # skipped, or failed as kupgrade_on_blocked says: blocked either way
+        return "blocked", "; ".join(b["message"] for b in check.get("blockers", [])) or "blocked"
     if h["failure"]:
         return "failed", h["failure"]
-    if run:
-        return "upgraded", ""
     if check:
-        if check.get("current"):
-            return "current", f"already runs {check['kernel_to']}"
-        if check.get("blocked"):
-            return "blocked", "; ".join(b["message"] for b in check.get("blockers", [])) or "blocked"
         return "checked", ""
     return "not reached", "none of kupgrade's steps ran on it (the play stopped before its batch)"
 

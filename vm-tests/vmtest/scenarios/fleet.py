@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from kupgrade.run import run as run_cmd
+
 from ..image import REPO
 from ..qemu import Guest, LostVMError
 from ..scenario import (Result, final_record, heartbeat_downtime, kupgrade_config, restore_log, stage_durations,
@@ -88,8 +90,8 @@ def controller(workdir: Path, key: Path) -> dict[str, str]:
         f"[callback_fleet_report]\nreport_path = {workdir / 'fleet.json'}\n")
     env = {"PATH": f"{venv}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8",
            "ANSIBLE_CONFIG": str(workdir / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    subprocess.run([str(venv / "ansible-galaxy"), "collection", "install", "--force", str(REPO / "ansible"),
-                    "-p", str(workdir / "collections")], env=env, check=True, capture_output=True, timeout=120)
+    run_cmd([venv / "ansible-galaxy", "collection", "install", "--force", REPO / "ansible",
+             "-p", workdir / "collections"], env=env, timeout=120, hint="scripts/setup installs ansible-core into .venv")
     return env
 
 
@@ -217,7 +219,7 @@ def run(vm, image, res: Result) -> None:
     with other:                       # both boot at once
         key = vm.workdir / "admin-key"
         key.unlink(missing_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        run_cmd(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], hint="apt-get install openssh-client")
         env = controller(vm.workdir, key)
         res.data["kernel_before"] = vm.event("ready", 300)["kernel"]
         other.event("ready", 300)

@@ -91,7 +91,8 @@ def controller(workdir: Path, key: Path) -> dict[str, str]:
     env = {"PATH": f"{venv}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8",
            "ANSIBLE_CONFIG": str(workdir / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     run_cmd([venv / "ansible-galaxy", "collection", "install", "--force", REPO / "ansible",
-             "-p", workdir / "collections"], env=env, timeout=120, hint="scripts/setup installs ansible-core into .venv")
+             "-p", workdir / "collections"], env=env, timeout=120,
+            hint="scripts/setup installs ansible-core into .venv")
     return env
 
 

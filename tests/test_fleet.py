@@ -57,6 +57,9 @@ def test_run_summary_and_message():
     assert bad["error"] == "freeze: the cgroup did not freeze"
     assert records.run_message(bad) == (f"kupgrade run: aborted (now on {OLD}): freeze: the cgroup did not freeze "
                                         "(hint: see the log)")
+    own = records.run_summary(report_doc("aborted", "preflight: blocked: x"), False, OLD,
+                              error="kupgrade: blocked: x; hint: fix x")
+    assert (own["error"], own["hint"]) == ("kupgrade: blocked: x; hint: fix x", "")
     none = records.run_summary({}, False, OLD, error="kupgrade: no target kernel configured")
     assert none["outcome"] == "not-started" and none["error"] == "kupgrade: no target kernel configured"
     back = records.run_summary({**report_doc("rolled-back"), "summary": {}}, True, OLD)

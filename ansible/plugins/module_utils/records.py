@@ -41,10 +41,12 @@ def check_summary(doc: dict) -> dict:
 
 def run_summary(doc: dict, switched: bool, kernel_now: str, error: str = "") -> dict:
     """What the fleet report keeps of an upgrade: `doc` is `kupgrade report --json` of the run's
-    record ({} if the run left none: it failed before it began, `error` says why)."""
+    record ({} if the run left none); `error`: what the action knows went wrong (kupgrade's own
+    error line from the run's journal, a timeout), which says it best."""
     summary = doc.get("summary", {})
     fates = summary.get("workloads", {})
-    failed = summary.get("error") or error
+    # kupgrade's own one-line error and hint (the unit's journal) before the record's first failed stage
+    failed, hint = (error, "") if error else (summary.get("error", ""), summary.get("hint", ""))
     if not failed and doc and doc.get("outcome") != SUCCESS:
         failed = f"outcome {doc.get('outcome')}"
     outcome = doc.get("outcome") or ("unknown" if switched else "not-started")
@@ -52,7 +54,7 @@ def run_summary(doc: dict, switched: bool, kernel_now: str, error: str = "") -> 
             "kernel_from": doc.get("kernel_from", ""), "kernel_to": doc.get("kernel_to", ""),
             "kernel_now": kernel_now, "switched": switched, "downtime_s": summary.get("downtime_s"),
             "carried": fates.get("carried", []), "failed": fates.get("failed", []), "fresh": fates.get("fresh", []),
-            "error": failed if outcome != SUCCESS else "", "hint": summary.get("hint", "")}
+            "error": failed if outcome != SUCCESS else "", "hint": hint if outcome != SUCCESS else ""}
 
 
 def run_message(s: dict) -> str:

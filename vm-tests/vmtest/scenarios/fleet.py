@@ -14,6 +14,8 @@ with serial 1, the health gate `systemctl is-active heartbeat.service` and the f
 3. The playbook ends with 0; its fleet report (JSON and the table) says all of it.
 4. node_exporter's textfile directory on each guest has the metrics: the check's on both
    (upgradable 0, 1 blocker / upgradable 1), the upgrade's on carrier (success, restored).
+5. kupgrade.fleet.run on its own against blocked: kupgrade run stops at its preflight; the task
+   fails with kupgrade's error (outcome aborted, no switch), the host left as kupgrade left it.
 Downtime: the largest gap in carrier's heartbeats (host clock; they are followed again as soon as
 the new kernel's agent is up, while the play goes on)."""
 
@@ -29,8 +31,9 @@ from kupgrade.run import run as run_cmd
 
 from ..image import REPO
 from ..qemu import Guest, LostVMError
-from ..scenario import (Result, final_record, heartbeat_downtime, kupgrade_config, restore_log, stage_durations,
-                        systemd_up, unit_props, units_installed, units_started, workload_kept, write_config)
+from ..scenario import (Result, final_record, heartbeat_downtime, kupgrade_config, leftovers, restore_log,
+                        stage_durations, systemd_up, unit_props, units_installed, units_started, workload_kept,
+                        write_config)
 from ..workload import GUEST_WORKLOAD, Workload
 
 NAME = "fleet"
@@ -215,6 +218,33 @@ def blocked_after(other, res: Result, before: dict) -> None:
     metrics(other, res, "blocked", {"kupgrade-check.prom": ("kupgrade_upgradable 0", "kupgrade_check_blockers 1")})
 
 
+def run_refused(other, res: Result, env: dict[str, str], before: dict) -> None:
+    """kupgrade.fleet.run on its own (ad hoc) against the blocked guest: kupgrade run stops at its
+    preflight, in the same boot; the action says so with kupgrade's error and the record, and
+    leaves the host as kupgrade left it (the job running, nothing of the run left, its unit gone)."""
+    workdir = other.workdir.parent
+    argv = [str(Path(sys.executable).parent / "ansible"), "-o", "-i", str(workdir / "inventory.ini"), "blocked",
+            "-m", "kupgrade.fleet.run", "-a", "poll_interval=1"]
+    r = run_cmd(argv, env=env, cwd=workdir, check=False, timeout=600)
+    out = r.stdout.decode(errors="replace")
+    (workdir / "ansible-run-blocked.txt").write_text(out + r.stderr.decode(errors="replace"))
+    try:
+        got = json.loads(out.split("=> ", 1)[1])
+    except (IndexError, ValueError):
+        got = {}
+    res.data["run_refused"] = {k: got.get(k) for k in ("failed", "switched", "outcome", "msg", "unit")}
+    res.check(r.returncode != 0 and got.get("failed") and got.get("switched") is False and
+              got.get("outcome") == "aborted" and "kupgrade: blocked: batch-job.service is a transient unit"
+              in got.get("msg", ""), "kupgrade.fleet.run on the blocked guest fails with kupgrade's own error, "
+              "no switch, outcome aborted", out[-2000:])
+    now = untouched_state(other)
+    units = other.sh("systemctl", "list-units", "--all", "--no-legend", "kupgrade-ansible-*")["stdout"].strip()
+    left = leftovers(other)
+    res.check(now["boot_id"] == before["boot_id"] and now["job"] == before["job"] and not units and not left,
+              "... and leaves it as kupgrade left it: same boot, the job running, nothing of the run left, its "
+              "unit gone", json.dumps({"now": now, "units": units, "leftovers": left}))
+
+
 def run(vm, image, res: Result) -> None:
     other = Guest(image, vm.workdir / "blocked", init="systemd", nic=f"user:{PORTS['blocked']}-22")
     with other:                       # both boot at once
@@ -234,3 +264,4 @@ def run(vm, image, res: Result) -> None:
         fleet_report(res, vm.workdir, r, image)
         carrier_after(vm, image, res, wl, wl_before, last_before)
         blocked_after(other, res, untouched)
+        run_refused(other, res, env, untouched)

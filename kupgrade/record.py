@@ -262,14 +262,23 @@ def load(state_dir: Path, record_id: str | None = None) -> UpgradeRecord | None:
 
 def latest(state_dir: Path, outcome: str, where=lambda rec: True) -> UpgradeRecord | None:
     """The newest record with this outcome (ids sort by time) for which where(record) holds."""
+    return next(iter(recent(state_dir, (outcome,), where, 1)), None)
+
+
+def recent(state_dir: Path, outcomes: tuple[str, ...], where=lambda rec: True, n: int = 6) -> list[UpgradeRecord]:
+    """Up to n records, newest first (ids sort by time), with one of these outcomes and for
+    which where(record) holds; unreadable files are skipped."""
+    out: list[UpgradeRecord] = []
     for path in sorted((state_dir / "records").glob("*.json"), reverse=True):
+        if len(out) >= n:
+            break
         try:
             rec = load_file(path)
         except (OSError, ValueError, KeyError):
             continue
-        if rec.outcome == outcome and where(rec):
-            return rec
-    return None
+        if rec.outcome in outcomes and where(rec):
+            out.append(rec)
+    return out
 
 
 def load_file(path: Path) -> UpgradeRecord:

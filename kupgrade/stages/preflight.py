@@ -182,20 +182,19 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
 
 
 def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple[float, str, dict]:
-    """The downtime estimate, its basis, and (before the first upgrade of this transport here)
-    what this machine measured of itself for it."""
+    """The downtime estimate, its basis, and what this machine measured of itself (always: the
+    upgrades of one size leave the cost per byte to it; before the first, it is all there is)."""
     def same(rec) -> bool:
         return estimate.transport_of(rec) == transport
-    upgrade = record.latest(ctx.state_dir, record.RESTORED, same)
-    rehearsal = record.latest(ctx.state_dir, record.REHEARSED, same)
-    first, machine = estimate.DEFAULTS, {}
-    if upgrade is None:
-        copy_bps, hash_bps = estimate.calibrate()
-        point = estimate.restore_point(systemd.sysinit_reached_us())
-        first = estimate.first_rates(copy_bps, hash_bps, point)
-        machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
-                   "restore_point_basis": point[1]}
-    downtime, basis = estimate.downtime(est, initrd_size, estimate.rates_from(upgrade, rehearsal, first), transport)
+    recs = [r for outcome in (record.RESTORED, record.REHEARSED)
+            for r in record.recent(ctx.state_dir, (outcome,), same, estimate.RECENT)]
+    copy_bps, hash_bps = estimate.calibrate()
+    point = estimate.restore_point(systemd.sysinit_reached_us())
+    first = estimate.first_rates(copy_bps, hash_bps, point)
+    machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
+               "restore_point_basis": point[1]}
+    rates = estimate.rates_from(recs, first, transport)
+    downtime, basis = estimate.downtime(est, initrd_size, rates, transport)
     return downtime, basis, machine
 
 

@@ -232,8 +232,8 @@ def run_refused(other, res: Result, env: dict[str, str], before: dict) -> None:
         got = json.loads(out.split("=> ", 1)[1])
     except (IndexError, ValueError):
         got = {}
-    res.data["run_refused"] = {k: got.get(k) for k in ("failed", "switched", "outcome", "msg", "unit")}
-    res.check(r.returncode != 0 and got.get("failed") and got.get("switched") is False and
+    res.data["run_refused"] = {"rc": r.returncode, **{k: got.get(k) for k in ("switched", "outcome", "msg", "unit")}}
+    res.check(r.returncode != 0 and "| FAILED! =>" in out and got.get("switched") is False and
               got.get("outcome") == "aborted" and "kupgrade: blocked: batch-job.service is a transient unit"
               in got.get("msg", ""), "kupgrade.fleet.run on the blocked guest fails with kupgrade's own error, "
               "no switch, outcome aborted", out[-2000:])

@@ -259,7 +259,8 @@ def report(config: Optional[Path] = CONFIG_OPT,
            svg: Optional[Path] = typer.Option(None, "--svg", help="Also write the report as an SVG file."),
            prometheus: Optional[Path] = PROM_OPT) -> None:
     """Show the last (or --id) upgrade record: stages, timeline, downtime, each workload's outcome.
-    Changes nothing (except writing --svg FILE, --prometheus FILE)."""
+    --json: the record with a `summary` (downtime, workloads by fate, the first error: what a fleet
+    report shows). Changes nothing (except writing --svg FILE, --prometheus FILE)."""
     cfg = config_mod.load(config)
     rec = _record(Path(cfg.state_dir), id)
     if rec is None:
@@ -268,7 +269,7 @@ def report(config: Optional[Path] = CONFIG_OPT,
     if prometheus:
         metrics.write(prometheus, metrics.upgrade(rec))
     if json:
-        stdout_json(rec.to_json())
+        stdout_json({**rec.to_json(), "summary": metrics.summary(rec)})
         return
     ui = Ui(record_svg=bool(svg))
     from .kexec import boot_id

@@ -25,14 +25,27 @@ def _metric(name: str, help_: str, samples: list[tuple[str, float]], kind: str =
     return [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *(f"{name}{labels} {value:g}" for labels, value in samples)]
 
 
-def workload_counts(rec: UpgradeRecord) -> dict[str, int]:
-    """carried (restored in the new kernel, or back on the old one), failed, fresh (stopped and
-    started by the new boot instead)."""
+def workload_fates(rec: UpgradeRecord) -> dict[str, list[str]]:
+    """The workloads' selectors by what became of them: carried (restored in the new kernel, or
+    back on the old one), failed (not restored; none before a restore was attempted), fresh (the
+    units stopped and started by the new boot instead)."""
     attempts = [s for s in rec.stages if s.name in ("restore", "restore-unit")]
     results = commit.results(attempts)
-    carried = sum(1 for r in results.values() if r.get("ok"))
-    return {"carried": carried, "failed": len(rec.workloads) - carried if attempts else 0,
-            "fresh": sum(1 for f in rec.fresh if f.stop)}
+    carried = [w.selector for w in rec.workloads if results.get(w.key, {}).get("ok")]
+    failed = [w.selector for w in rec.workloads if attempts and w.selector not in carried]
+    return {"carried": carried, "failed": failed, "fresh": [f.unit for f in rec.fresh if f.stop]}
+
+
+def workload_counts(rec: UpgradeRecord) -> dict[str, int]:
+    return {k: len(v) for k, v in workload_fates(rec).items()}
+
+
+def summary(rec: UpgradeRecord) -> dict:
+    """What a fleet report shows of one upgrade (`kupgrade report --json` adds it as `summary`):
+    the downtime, the workloads by fate, the first failed stage's error and hint."""
+    failed = next((s for s in rec.stages if s.status == record.FAILED), None)
+    return {"downtime_s": timeline.downtime(rec), "workloads": workload_fates(rec),
+            "error": f"{failed.name}: {failed.error}" if failed else "", "hint": failed.hint if failed else ""}
 
 
 def upgrade(rec: UpgradeRecord) -> str:

@@ -165,3 +165,15 @@ def test_markup_in_a_cgroup_name_is_printed_literally(tmp_path, capsys):
         assert err.startswith("kupgrade: blocked: ") and "Traceback" not in err
         assert main(["plan", "--config", str(cfg), "--kernel", "x", "--cgroup", cg]) == 0
         assert f"cgroup {cg} does not exist" in capsys.readouterr().out
+
+
+def test_report_json_is_the_record_with_a_summary(tmp_path, capsys):
+    from kupgrade import record
+    cfg = state_config(tmp_path)
+    rec = record.UpgradeRecord(record.new_id(), "run", "6.1", kernel_to="6.12", outcome=record.ABORTED,
+                               stages=(record.StageResult("freeze", "failed", 1.0, 0.2, error="no", hint="yes"),))
+    record.save(rec, tmp_path / "state")
+    assert main(["report", "--config", str(cfg), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert record.UpgradeRecord.from_json(doc) == rec
+    assert doc["summary"]["error"] == "freeze: no" and doc["summary"]["downtime_s"] is None

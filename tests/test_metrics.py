@@ -36,3 +36,21 @@ def test_check_metrics_say_whether_upgradable():
                        stages=(StageResult("preflight", "ok", 1.0, 1.0, details={"blockers": []}),))
     assert "kupgrade_upgradable 1" in metrics.check(ok)
     assert metrics._labels(k='a"b\\c\nd') == '{k="a\\"b\\\\c\\nd"}'
+
+
+def test_summary_names_the_workloads_by_fate_and_the_first_error():
+    stages = (StageResult("freeze", "ok", 100.0, 0.5, details={"frozen_cgroups": ["/w"]}),
+              StageResult("snapshot", "ok", 100.5, 2.0),
+              StageResult("restore", "failed", 120.0, 5.0, error="criu restore of tree-7 failed", hint="see the log",
+                          details={"workloads": {"tree-5": {"ok": True}, "tree-7": {"ok": False}}}))
+    rec = UpgradeRecord("R1", "run", "6.1", kernel_to="6.12", outcome=record.RESTORE_FAILED, stages=stages,
+                        workloads=W, fresh=(Fresh("m.service", "own mount namespace", stop=True),
+                                            Fresh("journald.service", "left to the boot")))
+    assert metrics.summary(rec) == {"downtime_s": 25.0, "error": "restore: criu restore of tree-7 failed",
+                                    "hint": "see the log", "workloads": {"carried": ["pid:5"],
+                                                                         "failed": ["unit:a.service"],
+                                                                         "fresh": ["m.service"]}}
+    before_restore = UpgradeRecord("R2", "run", "6.1", outcome=record.ABORTED, workloads=W,
+                                   stages=(StageResult("preflight", "ok", 1.0, 1.0),))
+    assert metrics.summary(before_restore) == {"downtime_s": None, "error": "", "hint": "",
+                                               "workloads": {"carried": [], "failed": [], "fresh": []}}

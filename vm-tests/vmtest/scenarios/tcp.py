@@ -292,7 +292,6 @@ def new_connection(vm, res: Result, peer: Peer, first: dict) -> None:
               vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
 
-
 def both_kept(res: Result, server: dict, heartbeat: dict) -> None:
     """The results' pids_preserved and state_preserved: the server's and the heartbeat workload's."""
     res.data.update({k: server[k] and heartbeat[k] for k in ("pids_preserved", "state_preserved")})

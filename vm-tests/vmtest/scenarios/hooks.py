@@ -1,4 +1,5 @@
-"""hooks: the device hooks in a real upgrade, with a NIC.
+"""hooks: the device hooks' steps with a NIC, which the `tcp` scenario runs on its guest (one
+guest, one upgrade: the hooks' checks and the TCP connection's share the switch). Not a scenario.
 
 1. The guest's virtio NIC (found by MAC: names change) gets 10.0.2.15/24, an extra 192.0.2.7/32,
    a default route and one extra route. `kupgrade hooks list` (text, --json, --json --all)
@@ -8,20 +9,17 @@
    the tmpfs unmounted.
 3. Without it, `kupgrade run` to 6.12: the workload survives, the network hook puts the
    addresses and routes back on the NIC (by MAC) before the restore, the record's restore
-   stage has its restore and verify results, `kupgrade report` shows them."""
+   stage has its restore and verify results, `kupgrade report` shows them.
+
+ALL_DEVICES (every device pyudev can enumerate) is shared with the md and watchdog scenarios."""
 
 from __future__ import annotations
 
 import json
 
-from ..scenario import (Result, booted, heartbeat_downtime, heartbeats_back, hook_calls, kupgrade_config,
-                        restored_record, rolled_back, run_with_hook, stage_of, upgrade, workload_kept, workload_running,
-                        write_config)
+from ..scenario import Result, hook_calls, rolled_back, run_with_hook, stage_of, workload_kept
 from ..workload import Workload
 
-NAME = "hooks"
-DESCRIPTION = "network hook across 6.1 -> 6.12 (addresses, routes by MAC), a failing save hook rolls back (exit 7)"
-NIC = "user:5555-5555"
 MAC = "52:54:00:12:34:56"
 ADDRS = ("10.0.2.15/24", "192.0.2.7/32")
 GATEWAY = "10.0.2.2"
@@ -163,20 +161,3 @@ def check_hook_calls(vm, res: Result, rec: dict) -> None:
               and any("verify" in l and " ok " in l for l in hook_lines),
               "kupgrade report shows the network hook's restore and verify, ok", report[-2500:])
 
-
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    before_net = configured(vm, res)
-    check_listing(vm, res, before_net["dev"])
-    wl, before = workload_running(vm, cgroup="/workload")
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
-    failing_save(vm, res, wl, before)
-
-    if upgrade(vm, res, show=True, to=image.kernel_to) is None:
-        return
-    last_before = heartbeats_back(vm, res, wl)
-    res.data.update(workload_kept(res, wl, before))
-    net_back(vm, res, before_net)
-    rec = restored_record(vm, res)
-    check_hook_calls(vm, res, rec)
-    heartbeat_downtime(vm, res, image.kernel_to, wl, last_before, since=last_before - 1)

@@ -1,15 +1,29 @@
-"""tcp: a TCP connection with a peer that keeps talking survives the kernel switch.
+"""tcp: a TCP connection with a peer that keeps talking survives the kernel switch, and the
+device hooks (network above all) do their part; one guest, one upgrade for both.
 
-The guest boots systemd; tcpserver.service (guest/tcpserver.py) listens on port 7000 and is the
-selected workload (a unit). The host connects through QEMU user networking and, on one
-connection, both sides send a numbered line every 50 ms during the whole test.
+The guest boots systemd; its virtio NIC (found by MAC: names change) gets 10.0.2.15/24, an extra
+192.0.2.7/32, a default route and one extra route. tcpserver.service (guest/tcpserver.py)
+listens on port 7000 and is a selected workload (a unit); the heartbeat workload in cgroup
+/workload is the other. The host connects through QEMU user networking and, on one connection,
+both sides send a numbered line every 50 ms during the whole test.
 
-1. A failure after the snapshot (KUPGRADE_FAULT=kexec-load): the rollback deletes criu's lock
+1. `kupgrade hooks list` (text, --json, --json --all) shows every device of the VM with its
+   coverage, the NIC and lo covered by the network hook; `kupgrade plan` lists the connection.
+2. A hooks.d executable whose `save` fails: `kupgrade run` exits 7 with one line naming the hook
+   and its stderr; the rollback leaves the heartbeat workload running unharmed (same PIDs, every
+   beat once, buffer intact), nothing loaded, the tmpfs unmounted, the record aborted with the
+   failed save; the conversation goes on.
+3. A failure after the snapshot (KUPGRADE_FAULT=kexec-load): the rollback deletes criu's lock
    table and takes the socket out of repair mode; the conversation goes on.
-2. `kupgrade run` to 6.12: the same connection (no reconnect, the server accepted one), no
-   line lost, duplicated or reordered in either direction; the drop table held the peer's
-   packets until the restore and is gone afterwards; a new connection works.
-Downtime: the largest gap between the server's lines as the host received them."""
+4. `kupgrade run` to 6.12: the same connection (no reconnect, the server accepted one), no line
+   lost, duplicated or reordered in either direction, the same server PID; the drop table held
+   the peer's packets until the restore and is gone afterwards; a new connection works. The
+   network hook put the addresses and routes back on the NIC (by MAC) before the restore; the
+   record has its save, restore and verify, ok, and `kupgrade report` shows them. The heartbeat
+   workload is back with its PIDs, every beat once, its buffer intact; its largest gap is the
+   switch.
+Downtime: the largest gap between the server's lines as the host received them (the heartbeat
+workload's gap, with the console breakdown, is kept as heartbeat_downtime_s)."""
 
 from __future__ import annotations
 
@@ -19,11 +33,14 @@ import socket
 import threading
 import time
 
-from ..scenario import (Result, booted, keep_journal, kupgrade_config, last_record, restored_record, run_failing,
-                        stage_of, systemd_up, unit_props, units_installed, units_started, upgrade, write_config)
+from ..scenario import (Result, booted, heartbeat_downtime, heartbeats_back, keep_journal, kupgrade_config, last_record,
+                        restored_record, run_failing, stage_of, systemd_up, unit_props, units_installed, units_started,
+                        upgrade, workload_kept, workload_running, write_config)
+from . import hooks
 
 NAME = "tcp"
-DESCRIPTION = "a TCP connection, both peers talking every 50 ms, survives a failed attempt and 6.1 -> 6.12"
+DESCRIPTION = ("a TCP connection, both peers talking every 50 ms, survives a failing save hook (exit 7), a failed kexec "
+               "load and 6.1 -> 6.12; hooks list, the network hook puts addresses and routes back (by MAC)")
 INIT = "systemd"
 HOST_PORT, GUEST_PORT = 5556, 7000
 NIC = f"user:{HOST_PORT}-{GUEST_PORT}"
@@ -138,6 +155,8 @@ class Peer:
 
 
 def configure_nic(vm) -> str:
+    """10.0.2.15/24 and the default route on the NIC (found by MAC); its name (the services
+    scenario's; this one configures the hooks' addresses and routes, hooks.configured)."""
     links = json.loads(vm.sh("ip", "-j", "link", "show")["stdout"])
     dev = next(l["ifname"] for l in links if l.get("address") == MAC)
     vm.sh("ip", "link", "set", "dev", dev, "up")
@@ -169,14 +188,16 @@ def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
     return st
 
 
-def start_server(vm, res: Result) -> dict:
-    """Once systemd is up: the NIC configured, tcpserver.service started (PIDs above 30000);
-    returns its MainPID and ActiveState."""
+def start_server(vm, res: Result) -> tuple[dict, dict]:
+    """Once systemd is up: the NIC configured (both addresses, the default and an extra route),
+    tcpserver.service started (PIDs above 30000); returns its MainPID and ActiveState, and the
+    NIC's state."""
     systemd_up(vm)
-    res.data["nic"] = configure_nic(vm)
+    net = hooks.configured(vm, res)
+    res.data["nic"] = net["dev"]
     units_installed(vm, {UNIT: UNIT_TEXT})
     units_started(vm, UNIT)
-    return unit_props(vm, UNIT)
+    return unit_props(vm, UNIT), net
 
 
 def check_plan(vm, res: Result) -> None:
@@ -222,15 +243,16 @@ def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
     return st
 
 
-def server_kept(vm, res: Result, peer: Peer, first: dict, before: dict, st: dict) -> None:
-    """The same server process, active, and its state, the conversation, intact."""
+def server_kept(vm, res: Result, peer: Peer, first: dict, before: dict, st: dict) -> dict:
+    """The same server process, active, and its state, the conversation, intact; returns
+    pids_preserved and state_preserved (the server's)."""
     after = unit_props(vm, UNIT)
     res.check(after["MainPID"] == before["MainPID"] and after["ActiveState"] == "active",
               f"{UNIT} is active with the same main PID", json.dumps(after))
-    res.data["pids_preserved"] = after["MainPID"] == before["MainPID"]
     # the server's state is the conversation: every line both ways once, in order, same connection
-    res.data["state_preserved"] = (not peer.error and not peer.problems and st["last"] == st["asked_after"]
-                                   and not st["problems"] and st["accepted"] == first["accepted"])
+    return {"pids_preserved": after["MainPID"] == before["MainPID"],
+            "state_preserved": (not peer.error and not peer.problems and st["last"] == st["asked_after"]
+                                and not st["problems"] and st["accepted"] == first["accepted"])}
 
 
 def released(vm, res: Result) -> dict:
@@ -270,10 +292,28 @@ def new_connection(vm, res: Result, peer: Peer, first: dict) -> None:
               vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
 
+def both_kept(res: Result, server: dict, heartbeat: dict) -> None:
+    """The results' pids_preserved and state_preserved: the server's and the heartbeat workload's."""
+    res.data.update({k: server[k] and heartbeat[k] for k in ("pids_preserved", "state_preserved")})
+
+
+def downtime(vm, res: Result, to: str, wl, last_before: int, peer: Peer, t_switch: float) -> None:
+    """The heartbeat's gap checked as the switch's (heartbeat_downtime_s, with the breakdown); the
+    downtime is the largest gap in the server's lines since the switch began."""
+    heartbeat_downtime(vm, res, to, wl, last_before, since=last_before - 1)
+    gap, at = peer.largest_gap(since=t_switch)
+    res.data.update(heartbeat_downtime_s=res.data["downtime_s"], downtime_s=round(gap, 3), gap_after_line=at,
+                    downtime_source="largest gap in tcpserver's lines as the host received them "
+                                    "(downtime_breakdown: the heartbeat gap's)",
+                    lines={"from_server": peer.got[-1][1], "from_host": peer.sent})
+
+
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
-    before = start_server(vm, res)
-    write_config(vm, kupgrade_config(image.kernel_to, units=[UNIT]))
+    before, net = start_server(vm, res)
+    hooks.check_listing(vm, res, net["dev"])
+    wl, wl_before = workload_running(vm, cgroup="/workload")
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"], units=[UNIT]))
     peer = Peer()
     try:
         peer.lines(20)
@@ -281,22 +321,24 @@ def run(vm, image, res: Result) -> None:
         res.data["server_pid"] = before["MainPID"]
         check_plan(vm, res)
 
-        # 1. a failure after the snapshot: rolled back, the conversation goes on
+        # 1. failures before the switch: rolled back, the workload and the conversation go on
+        hooks.failing_save(vm, res, wl, wl_before)
+        check_conversation(res, peer, "after the failing save hook", first)
         failed_attempt(vm, res, peer, first)
 
         # 2. the real upgrade
         evidence(vm, "before the switch")
         t_switch = time.time()
-        if upgrade(vm, res, to=image.kernel_to) is None:
+        if upgrade(vm, res, show=True, to=image.kernel_to) is None:
             return
+        last_before = heartbeats_back(vm, res, wl)
+        heartbeat = workload_kept(res, wl, wl_before)
+        hooks.net_back(vm, res, net)
         st = conversation_goes_on(vm, res, peer, first)
-        server_kept(vm, res, peer, first, before, st)
-        released(vm, res)
+        both_kept(res, server_kept(vm, res, peer, first, before, st), heartbeat)
+        rec = released(vm, res)
+        hooks.check_hook_calls(vm, res, rec)
         new_connection(vm, res, peer, first)
-
-        gap, at = peer.largest_gap(since=t_switch)
-        res.data["downtime_s"] = round(gap, 3)
-        res.data["gap_after_line"] = at
-        res.data["lines"] = {"from_server": peer.got[-1][1], "from_host": peer.sent}
+        downtime(vm, res, image.kernel_to, wl, last_before, peer, t_switch)
     finally:
         peer.close()

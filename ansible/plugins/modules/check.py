@@ -14,23 +14,13 @@ description:
     play decides (the role kupgrade.fleet.upgrade skips the host or fails it, as
     C(kupgrade_on_blocked) says).
 options:
-  args:
-    description: kupgrade's selection arguments (C(--unit), C(--cgroup), C(--pid),
-      C(--all-services), C(--kernel)); none means what the host's /etc/kupgrade/kupgrade.toml says.
-    type: list
-    elements: str
-    default: []
-  config:
-    description: kupgrade's configuration file on the host (C(--config)).
-    type: path
   prometheus:
     description: Also write the check's metrics there (C(--prometheus), for node_exporter's
       textfile collector, e.g. /var/lib/prometheus/node-exporter/kupgrade-check.prom).
     type: path
-  executable:
-    description: The kupgrade command on the host.
-    type: str
-    default: kupgrade
+extends_documentation_fragment:
+  - kupgrade.fleet.common
+  - kupgrade.fleet.common.selection
 author: kupgrade developers
 """
 

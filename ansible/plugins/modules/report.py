@@ -17,17 +17,12 @@ options:
   id:
     description: The record's id (C(--id)); default the last one.
     type: str
-  config:
-    description: kupgrade's configuration file on the host (C(--config)).
-    type: path
   prometheus:
     description: Also write the upgrade's metrics there (C(--prometheus), for node_exporter's
       textfile collector, e.g. /var/lib/prometheus/node-exporter/kupgrade.prom).
     type: path
-  executable:
-    description: The kupgrade command on the host.
-    type: str
-    default: kupgrade
+extends_documentation_fragment:
+  - kupgrade.fleet.common
 author: kupgrade developers
 """
 

@@ -19,15 +19,6 @@ description:
   - ssh connections get keepalives for the task (a connection the switch cut is given up in
     seconds).
 options:
-  args:
-    description: kupgrade's selection arguments (C(--unit), C(--cgroup), C(--pid),
-      C(--all-services), C(--kernel)); none means what the host's /etc/kupgrade/kupgrade.toml says.
-    type: list
-    elements: str
-    default: []
-  config:
-    description: kupgrade's configuration file on the host (C(--config)).
-    type: path
   prometheus:
     description: Write the upgrade's metrics there once it is done (C(kupgrade report --prometheus)).
     type: path
@@ -43,12 +34,11 @@ options:
     description: The transient unit's name prefix (a timestamp and .service are added).
     type: str
     default: kupgrade-ansible
-  executable:
-    description: The kupgrade command on the host.
-    type: str
-    default: kupgrade
 notes:
   - Needs systemd on the host. Check mode starts nothing.
+extends_documentation_fragment:
+  - kupgrade.fleet.common
+  - kupgrade.fleet.common.selection
 author: kupgrade developers
 """
 

@@ -1,6 +1,10 @@
 #!/usr/bin/python3
 """Test helper for the boot after the switch: take a given PID before kupgrade restores the
 process that had it (to prove the restore detects it). Usage: squat.py FILE-WITH-PID.
+While another process holds that PID it waits (up to 20 s) and then takes it: the CI run of
+2026-12-04 found a short-lived udevadm holding it at squat's start, squat gave up, and the PID
+was free again when the restore came (a boot process below the snapshot's highest PID: to be
+explained, see the stop 21 note).
 Afterwards new PIDs start where they did before (above the snapshot's highest, as the init-top
 script set them): left at the squatted PID, the boot's next processes would take the PIDs of the
 other restored processes too."""
@@ -20,9 +24,15 @@ def done(message: str, code: int = 0) -> None:
     sys.exit(code)
 
 
-for attempt in range(200):
-    if os.path.exists(f"/proc/{want}"):
-        done(f"squat: PID {want} is taken already ({open(f'/proc/{want}/comm').read().strip()})")
+seen = ""
+for attempt in range(400):
+    if os.path.exists(f"/proc/{want}"):     # a short-lived process of the boot may hold it: wait
+        try:
+            seen = open(f"/proc/{want}/comm").read().strip()
+        except OSError:
+            pass
+        time.sleep(0.05)
+        continue
     with open(LAST, "w") as f:
         f.write(str(want - 1))
     pid = os.fork()
@@ -30,8 +40,10 @@ for attempt in range(200):
         os.setsid()
         os.execv("/bin/sleep", ["sleep", "infinity"])
     if pid == want:
-        done(f"squat: took PID {want}")
+        done(f"squat: took PID {want}" + (f" (held a while before by {seen})" if seen else ""))
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     time.sleep(0.01)
+if os.path.exists(f"/proc/{want}"):         # held all along (20 s): it stays taken
+    done(f"squat: PID {want} is taken already ({seen})")
 done(f"squat: could not take PID {want}", 1)

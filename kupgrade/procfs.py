@@ -54,6 +54,14 @@ def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
     return out
 
 
+def cgroup(pid: int, proc: Path = PROC) -> str:
+    """The task's cgroup v2 path ("" where it has none: a v1-only system). Raises OSError."""
+    for line in (proc / str(pid) / "cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return ""
+
+
 def status(pid: int, proc: Path = PROC) -> dict[str, str]:
     out = {}
     for line in (proc / str(pid) / "status").read_text().splitlines():

@@ -50,15 +50,13 @@ def own_units(pid: int | None = None, proc: Path = PROC, ancestors: bool = True)
     out: dict[str, int] = {}
     while pid > 1:
         try:
-            cgroup = (proc / str(pid) / "cgroup").read_text()
+            cgroup = procfs.cgroup(pid, proc)
             ppid = procfs.stat(pid, proc).ppid
         except (OSError, ValueError, IndexError):
             break
-        for line in cgroup.splitlines():
-            if line.startswith("0::"):
-                for part in line[3:].split("/"):
-                    if part.endswith(".service"):
-                        out.setdefault(part, pid)
+        for part in cgroup.split("/"):
+            if part.endswith(".service"):
+                out.setdefault(part, pid)
         if not ancestors:
             break
         pid = ppid

@@ -21,11 +21,10 @@ import logging
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import psutil
 
-from . import systemd
+from . import procfs, systemd
 from .errors import KupgradeError
 from .record import Workload
 
@@ -35,7 +34,7 @@ log = logging.getLogger("kupgrade.stepout")
 
 def _cgroup(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cgroup").read_text().strip().split("::", 1)[-1]
+        return procfs.cgroup(pid)
     except OSError:
         return ""
 

@@ -16,7 +16,7 @@ from . import carry, procfs, sandbox, stepout, systemd, unixsk, volatile
 from .procfs import PROC
 from .record import Blocker, Workload
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_ROOT = systemd.CGROUP_ROOT      # where cgroup v2 is mounted: one definition, in systemd.py
 
 
 def _tree(root: int) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 import os
 
-from kupgrade.procfs import mounts
+from kupgrade.procfs import cgroup, mounts
 
 
 def test_mounts_reads_every_field_kupgrade_uses(tmp_path):
@@ -15,3 +15,11 @@ def test_mounts_reads_every_field_kupgrade_uses(tmp_path):
         ("22", "/", "ext4", "/dev/vda", False), ("31", "/run/my dir", "tmpfs", "tmpfs", False),
         ("40", "/run/kupgrade", "ext4", "/dev/pmem0", True)]
     assert m[2].st_dev == os.makedev(259, 0) and m[1].dev == "0:26"
+
+
+def test_cgroup_is_the_v2_line(tmp_path):
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "cgroup").write_text("1:name=systemd:/old\n0::/system.slice/ssh.service\n")
+    assert cgroup(7, tmp_path) == "/system.slice/ssh.service"
+    (tmp_path / "7" / "cgroup").write_text("1:name=systemd:/old\n")
+    assert cgroup(7, tmp_path) == ""

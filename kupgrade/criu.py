@@ -38,10 +38,11 @@ def pre_dump_argv(w: Workload, images: Path, n: int, cgroup_root: Path = Path("/
 
 
 def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup"),
-              external: list[str] = (), ext_unix: bool = False, pre: int = 0) -> list[str]:
+              external: list[str] = (), ext_unix: bool = False, pre: int = 0, extra=()) -> list[str]:
     """Final dump of one tree. The tasks are left stopped (not killed) so that any failure up to
     `kexec -e` can resume them untouched; kexec ends them. pre: the last pre-dump iteration
-    (the dump then writes only the pages dirtied since; criu links images/parent to it)."""
+    (the dump then writes only the pages dirtied since; criu links images/parent to it). extra:
+    what else criu must be told (a mount namespace's externals: mountns.Plan.dump_args)."""
     argv = [program(CRIU), "dump", "--tree", str(w.root_pid), "--images-dir", str(images),
             "--log-file", DUMP_LOG, "-v4", "--leave-stopped", "--file-locks",
             # established connections are dumped (and locked) instead of failing the dump; a
@@ -57,12 +58,12 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
         argv.append("--ext-unix-sk")
     if pre:
         argv += ["--track-mem", "--prev-images-dir", PRE_DIR.format(n=pre)]
-    return argv
+    return argv + list(extra)
 
 
 def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = None,
                  tcp: bool = False, action_script: str = "", stopped: bool = False,
-                 no_new_privs: bool = False, ext_unix: bool = False) -> list[str]:
+                 no_new_privs: bool = False, ext_unix: bool = False, extra=()) -> list[str]:
     """inherit: external resource ("socket:[INODE]") -> fd of ours that replaces it. tcp: the
     images hold established connections (criu refuses them without --tcp-established).
     stopped: the tasks are left stopped (SIGSTOP), to be continued by kupgrade (commit.py).
@@ -82,7 +83,7 @@ def restore_argv(images: Path, pidfile: Path, inherit: dict[str, int] | None = N
         argv += ["--action-script", action_script]
     for res, fd in sorted((inherit or {}).items()):
         argv += ["--inherit-fd", f"fd[{fd}]:{res}"]
-    return argv
+    return argv + list(extra)
 
 
 STDIO = "kupgrade-stdio.json"    # next to the images: external stdio sockets to hand over at restore

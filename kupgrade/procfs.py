@@ -35,6 +35,13 @@ class Mount:
     ro: bool            # (6) per-mount options include ro
     fstype: str         # after " - "
     source: str         # after the type: the device or "none"
+    root: str = "/"     # (4) the directory of its file system mounted here (a bind mount's source)
+    tags: tuple[str, ...] = ()     # (7) optional fields: shared:N, master:N, propagate_from:N, unbindable
+    parent_id: str = ""             # (2) the mount it is mounted on
+
+    def tag(self, name: str) -> str:
+        """The peer group of an optional field ("shared", "master"), or ""."""
+        return next((t.split(":", 1)[1] for t in self.tags if t.startswith(name + ":")), "")
 
     @property
     def st_dev(self) -> int:
@@ -50,8 +57,14 @@ def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
         head, _, tail = line.partition(" - ")
         f, t = head.split(), tail.split()
         if len(f) >= 6 and len(t) >= 2:
-            out.append(Mount(f[0], f[2], f[4].replace("\\040", " "), "ro" in f[5].split(","), t[0], t[1]))
+            out.append(Mount(f[0], f[2], _unescape(f[4]), "ro" in f[5].split(","), t[0], t[1], _unescape(f[3]),
+                             tuple(f[6:]), f[1]))
     return out
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
 def cgroup(pid: int, proc: Path = PROC) -> str:

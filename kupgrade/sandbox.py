@@ -49,7 +49,7 @@ import os
 import shutil
 from pathlib import Path
 
-from . import criu
+from . import criu, mountns
 from .procfs import PROC, status
 from .record import Blocker, Workload
 
@@ -106,12 +106,15 @@ def blockers(w: Workload, props: dict[str, str] | None = None, proc: Path = PROC
     name = w.unit or w.selector
     out = []
     if own_namespace(w.root_pid, "mnt", proc):
-        opts = set_options(props, MOUNT_OPTIONS)
-        out.append(Blocker(
-            f"{name} runs in a mount namespace of its own ({', '.join(opts) or 'not set up by kupgrade'}): criu 3.17 "
-            "cannot dump a service's private mount namespace (its mounts are slaves of the host's: \"has unreachable "
-            "sharing\")", _off_hint(w, opts, "start it in kupgrade's mount namespace (the host's)" if not w.unit else
-                                      f"see `systemctl cat {w.unit}` for what gives it a mount namespace")))
+        try:
+            mountns.plan(w.root_pid, w.pids, proc=proc)
+        except (mountns.NotCarried, OSError) as e:
+            opts = set_options(props, MOUNT_OPTIONS)
+            out.append(Blocker(
+                f"{name} runs in a mount namespace of its own ({', '.join(opts) or 'not set up by kupgrade'}) that "
+                f"cannot be carried: {e}", _off_hint(w, opts, "start it in kupgrade's mount namespace (the host's)"
+                                                     if not w.unit else f"see `systemctl cat {w.unit}` for what "
+                                                     "gives it a mount namespace")))
     if own_namespace(w.root_pid, "user", proc):
         out.append(Blocker(
             f"{name} runs in a user namespace of its own{' (PrivateUsers=yes)' if w.unit else ''}: criu 3.17 cannot "

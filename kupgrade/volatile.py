@@ -29,7 +29,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from . import procfs
+from . import mountns, procfs
 from .procfs import PROC, who
 from .record import Blocker
 
@@ -65,8 +65,14 @@ def emptied_at_boot(dirs=TMPFILES_DIRS, systemd: Path = Path("/run/systemd/syste
 
 
 def _mounts(pid: int, proc: Path) -> dict[str, tuple[str, str]]:
-    """mount id -> (mount point, filesystem type), from the task's mountinfo."""
-    return {m.mount_id: (m.point, m.fstype) for m in procfs.mounts(proc / str(pid) / "mountinfo")}
+    """mount id -> (mount point, filesystem type), from the task's mountinfo. A unit's private
+    /tmp or /var/tmp (a bind of a systemd-private-* directory) is carried with its namespace
+    (mountns.py): its type is given as PRIVATE."""
+    return {m.mount_id: (m.point, PRIVATE if mountns.PRIVATE_MARK in m.root else m.fstype)
+            for m in procfs.mounts(proc / str(pid) / "mountinfo")}
+
+
+PRIVATE = "private"
 
 
 def _mount_of(path: str, mounts: dict[str, tuple[str, str]]) -> tuple[str, str]:
@@ -116,6 +122,8 @@ def _volatile(pids, proc: Path, emptied: list[str], own: tuple[str, ...]):
         except OSError:
             continue            # exited meanwhile
         for what, path, (point, fstype) in paths:
+            if fstype == PRIVATE:
+                continue
             why = (f"it is on a {fstype} ({point})" if fstype in FILESYSTEMS and not _device(pid, what, path, proc)
                    else next((f"{d} is emptied at boot (systemd-tmpfiles)" for d in emptied
                               if path.startswith(d.rstrip("/") + "/")), ""))

@@ -63,23 +63,39 @@ def test_set_options_reads_systemctl_show_values():
     assert sandbox.set_options({}, sandbox.MOUNT_OPTIONS) == []       # an older systemd: nothing named
 
 
-def test_mount_namespace_names_the_unit_and_the_options(tmp_path):
+def jailed(proc):
+    """PID 500's mount namespace has a root that is not the host's / (RootDirectory=)."""
+    (proc / "self" / "mountinfo").write_text("21 1 254:1 / / rw shared:1 - ext4 /dev/vda1 rw\n")
+    (proc / "500" / "mountinfo").write_text("120 100 254:1 /srv/jail / ro shared:49 master:1 - ext4 /dev/vda1 rw\n")
+    return proc
+
+
+def test_a_carried_mount_namespace_is_no_blocker(tmp_path):
+    """PrivateTmp, ProtectSystem, DynamicUser...: carried (mountns.py)."""
     proc = proc_with(tmp_path, mnt=OWN_MNT)
+    (proc / "self" / "mountinfo").write_text("21 1 254:1 / / rw shared:1 - ext4 /dev/vda1 rw\n")
+    (proc / "500" / "mountinfo").write_text("120 100 254:1 / / ro shared:49 master:1 - ext4 /dev/vda1 rw\n"
+                                            "130 120 254:1 /tmp/systemd-private-x/tmp /tmp rw master:1 - ext4 x rw\n")
+    assert sandbox.blockers(WEB, show(PrivateTmp="yes", ProtectSystem="strict"), proc) == []
+
+
+def test_mount_namespace_names_the_unit_and_the_options(tmp_path):
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT))
     [b] = sandbox.blockers(WEB, show(PrivateTmp="yes", ProtectHome="yes"), proc)
-    assert b.message.startswith("web.service runs in a mount namespace of its own (PrivateTmp, ProtectHome)")
-    assert "unreachable sharing" in b.message
+    assert b.message.startswith("web.service runs in a mount namespace of its own (PrivateTmp, ProtectHome) "
+                                "that cannot be carried: its root is not the host's /")
     assert "systemctl edit web.service" in b.hint and "PrivateTmp=no ProtectHome=no" in b.hint
 
 
 def test_mount_namespace_hint_clears_path_options(tmp_path):
-    proc = proc_with(tmp_path, mnt=OWN_MNT)
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT))
     [b] = sandbox.blockers(WEB, show(ReadOnlyPaths="/srv", ProtectProc="invisible"), proc)
     assert "ProtectProc=default ReadOnlyPaths=" in b.hint
 
 
 def test_mount_namespace_without_a_named_option(tmp_path):
     """The namespace is what counts; an option kupgrade does not know still blocks."""
-    proc = proc_with(tmp_path, mnt=OWN_MNT)
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT))
     [b] = sandbox.blockers(WEB, show(), proc)
     assert "mount namespace of its own" in b.message and "systemctl cat web.service" in b.hint
 
@@ -93,7 +109,7 @@ def test_options_without_the_namespace_do_not_block(tmp_path):
 def test_dynamic_user_is_named(tmp_path):
     """DynamicUser implies PrivateTmp, ProtectSystem=strict, ProtectHome=read-only,
     NoNewPrivileges (systemctl show prints them so); its no_new_privs alone would be carried."""
-    proc = proc_with(tmp_path, mnt=OWN_MNT, nnp="1")
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT, nnp="1"))
     props = show(DynamicUser="yes", PrivateTmp="yes", ProtectSystem="strict", ProtectHome="read-only")
     [mnt] = sandbox.blockers(WEB, props, proc)
     assert "(PrivateTmp, ProtectSystem, ProtectHome, DynamicUser)" in mnt.message
@@ -126,7 +142,7 @@ def test_no_new_privs_below_a_root_without_it(tmp_path):
 
 
 def test_everything_combined(tmp_path):
-    proc = proc_with(tmp_path, mnt=OWN_MNT, user=OWN_USER, nnp="1")
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT, user=OWN_USER, nnp="1"))
     props = show(PrivateUsers="yes", PrivateTmp="yes", ProtectSystem="strict", ProtectHome="yes",
                  ProtectHostname="yes", PrivateDevices="yes", DynamicUser="yes", NoNewPrivileges="yes",
                  RestrictNamespaces="yes", MemoryDenyWriteExecute="yes", SystemCallFilter="_llseek")
@@ -137,7 +153,7 @@ def test_everything_combined(tmp_path):
 
 
 def test_a_pid_workload_is_checked_too(tmp_path):
-    proc = proc_with(tmp_path, mnt=OWN_MNT, child_nnp="1")
+    proc = jailed(proc_with(tmp_path, mnt=OWN_MNT, child_nnp="1"))
     w = Workload("pid:500", 500, (500, 501))
     mnt, nnp = sandbox.blockers(w, None, proc)
     assert mnt.message.startswith("pid:500 runs in a mount namespace of its own (not set up by kupgrade)")

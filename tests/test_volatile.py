@@ -40,6 +40,19 @@ def test_files_on_a_tmpfs_or_emptied_at_boot_are_named(tmp_path):
     assert volatile.blockers([99], proc, emptied=[]) == []       # exited meanwhile
 
 
+def test_a_units_private_tmp_is_carried_with_its_namespace(tmp_path):
+    """PrivateTmp: the task's /tmp is a bind of /tmp/systemd-private-*/tmp, which mountns.py
+    copies into the snapshot and puts back: neither emptied at boot nor a tmpfs file to save."""
+    proc = tmp_path / "proc"
+    fake_task(proc, 10, fds=[("/tmp/notes", "24"), ("/var/tmp/cache", "25")])
+    (proc / "10" / "mountinfo").write_text(
+        "21 1 254:1 / / rw master:1 - ext4 /dev/vda rw\n"
+        "24 21 254:1 /tmp/systemd-private-ab-web.service-X/tmp /tmp rw master:1 - ext4 /dev/vda rw\n"
+        "25 21 0:40 /systemd-private-ab-web.service-Y/tmp /var/tmp rw master:7 - tmpfs tmpfs rw\n")
+    assert volatile.blockers([10], proc, emptied=["/tmp", "/var/tmp"]) == []
+    assert volatile.carried([10], proc) == {}
+
+
 def test_tmpfiles_lines_that_empty_a_directory_at_boot(tmp_path):
     lib, etc, systemd = tmp_path / "lib", tmp_path / "etc", tmp_path / "systemd"
     for d in (lib, etc, systemd):

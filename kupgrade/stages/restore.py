@@ -14,7 +14,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, pmem, prewarm, switchback, tcp, unixsk, volatile
+from .. import commit, contract, criu, early, faults, manifest, mountns, pmem, prewarm, switchback, tcp, unixsk, volatile
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -76,22 +76,27 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
         return {"selector": w.selector, "ok": False, "error": why, "images": str(images)}
     pidfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pidfile.unlink(missing_ok=True)     # criu creates it exclusively: one left by an earlier attempt fails it
-    ours = -1
+    opened: list[int] = []
     try:
         inherit = {}
         if (images / criu.STDIO).exists():
             # the tree's stdio sockets (to the old boot's journald) become our stdout: when a
             # unit's start restores it, that is the unit's journal stream in this boot
-            ours = os.dup(1)
-            inherit = {res: ours for res in json.loads((images / criu.STDIO).read_text())}
+            opened.append(os.dup(1))
+            inherit = {res: opened[0] for res in json.loads((images / criu.STDIO).read_text())}
+        ns = mountns.load(images)       # a unit's own mount namespace: what this boot lacks is made
+        if ns:
+            files = mountns.prepare(ns, images)
+            opened += files.values()
+            inherit.update(files)
         conns = [s for s in socks if s.connected]
         put_back = volatile.put_back(images)     # its files on tmpfs this boot does not have
         faults.point("restore", f"criu restore of {w.selector} failed")
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
                                   action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else "",
                                   stopped=hold, no_new_privs=(images / criu.NO_NEW_PRIVS).exists(),
-                                  ext_unix=(images / unixsk.EXT_UNIX).exists()),
-                timeout=600, cwd=str(images), pass_fds=(ours,) if ours >= 0 else ())
+                                  ext_unix=(images / unixsk.EXT_UNIX).exists(), extra=ns.restore_args() if ns else ()),
+                timeout=600, cwd=str(images), pass_fds=tuple(opened))
         pid = int(pidfile.read_text())
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
         if put_back:
@@ -102,8 +107,8 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
         cause = criu.first_error(images, criu.RESTORE_LOG)
         result = {"selector": w.selector, "ok": False, "error": cause or str(e), "images": str(images)}
     finally:
-        if ours >= 0:
-            os.close(ours)
+        for fd in opened:
+            os.close(fd)
     return result
 
 

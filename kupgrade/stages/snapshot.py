@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import contract, criu, early, faults, inflight, initrd, manifest, oom, packing, pmem, prewarm, tcp, unixsk
-from .. import volatile, workloads
+from .. import mountns, sandbox, volatile, workloads
 from ..hooks import HOOKS_SUBDIR
 from ..progress import file_bytes, tree_bytes, watch
 from ..errors import CommandError, HookError, StageError
@@ -117,7 +117,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     size = mount(ctx)
     t0 = time.monotonic()
     images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
-    todo = [(w, *_markers(w, images_root(ctx) / w.key)) for w in list(ctx.workloads)]
+    todo = [(w, *_markers(w, images_root(ctx) / w.key, own=(str(ctx.snapshot_dir),))) for w in list(ctx.workloads)]
     failed = _dump_all(ctx, todo)
     for w, images, _socks in todo:
         if w.key in failed:
@@ -178,10 +178,16 @@ def _pack(ctx: Context, make, warm: bytes) -> tuple[manifest.Manifest, dict]:
     return made[0], {"transport": "initrd", **sizes}
 
 
-def _markers(w, images: Path) -> tuple[Path, list[str]]:
+def _markers(w, images: Path, own: tuple[str, ...] = ()) -> tuple[Path, list[str]]:
     """A tree's images dir (with its pre-dumps, if any) and what the restore must know besides
-    criu's images; returns it and the tree's unit stdio sockets."""
+    criu's images; returns it and the tree's unit stdio sockets. The tasks are frozen."""
     images.mkdir(parents=True, mode=0o700, exist_ok=True)
+    if sandbox.own_namespace(w.root_pid, "mnt"):   # a unit's sandbox: its mounts and private /tmp
+        try:
+            mountns.save(mountns.plan(w.root_pid, w.pids, own), images)
+        except mountns.NotCarried as e:
+            raise StageError(f"{w.selector}: its mount namespace cannot be carried: {e}",
+                             "`kupgrade check` names it; leave it out of the workloads") from e
     socks = criu.stdio_sockets(w.pids) if w.unit else []
     if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
         (images / criu.STDIO).write_text(json.dumps(socks) + "\n")
@@ -211,8 +217,10 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
     def one(item) -> CommandError | None:
         w, images, socks = item
         try:
+            ns = mountns.load(images)
             run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
-                                   pre=ctx.pre_dumped.get(w.key, 0)), timeout=600, cwd=str(images), new_session=True)
+                                   pre=ctx.pre_dumped.get(w.key, 0), extra=ns.dump_args() if ns else ()),
+                    timeout=600, cwd=str(images), new_session=True)
         except CommandError as e:
             return e
         return None

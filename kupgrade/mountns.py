@@ -1,0 +1,245 @@
+"""A service's own mount namespace, carried: what the dump tells criu, what the restore rebuilds.
+
+systemd gives a unit a mount namespace of its own for PrivateTmp, ProtectSystem, ProtectHome,
+PrivateDevices, DynamicUser and most other sandboxing options. Every mount in it is a bind of
+something on the host (a slave of the host's mount: "master:N" in its mountinfo line) or one
+the namespace made for itself (PrivateDevices' /dev, a new /proc). Measured with criu 3.17 on
+Debian bookworm (explore-sandbox: a unit with PrivateTmp + ProtectSystem=strict + DynamicUser,
+and Debian's memcached.service as shipped, dumped, killed and restored by the unit's start:
+same main PID, same DynamicUser UID, the counter and memcached's keys continued):
+
+- the dump succeeds when every mount that is a slave of the host's is `--external mnt[POINT]:cN`
+  and every file the tree opened on a host mount the namespace does not have (systemd opens
+  the unit's stdio /dev/null before it enters the namespace) is `--external file[MNT:INO]`;
+- the restore binds each cN from a host path and then gives it its master back with
+  MOVE_MOUNT_SET_GROUP from the host mount that path is on. The kernel refuses that ("Failed to
+  copy sharing ...: Invalid argument") unless every mount of one master group comes from the
+  file system of that group's host mount: so a source is always the host mount of the master
+  group plus the mount's root within it, never a copy elsewhere, and never bound onto itself;
+- what the new boot does not have is made before criu runs: the unit's private /tmp and
+  /var/tmp directories (systemd-tmpfiles removes every systemd-private-* at boot: their content
+  is copied into the snapshot, the tree frozen, and put back at the same path), systemd's
+  per-unit directories (/run/systemd/propagate/UNIT: made empty), and kupgrade's own snapshot
+  mount, which propagated into the namespace (an empty directory instead).
+
+Not carried (`NotCarried`, named by check): a namespace whose root is not the host's / (RootDirectory,
+RootImage), a mount whose host counterpart is gone, tasks of one tree in different mount
+namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import procfs
+from .procfs import PROC
+from .run import run
+
+NAME = "kupgrade-mountns.json"     # next to the images: the plan below
+PRIVATE = "private"                 # images/TREE/private/cN: a private /tmp's content
+EMPTY = "/run/kupgrade-empty"       # the source of kupgrade's own mounts seen in the namespace
+PRIVATE_MARK = "/systemd-private-"  # systemd's PrivateTmp directories: /tmp/systemd-private-BOOT-UNIT-X/tmp
+
+HOST, PRIVATE_DIR, MADE, EMPTY_DIR = "host", "private", "made", "empty"
+
+
+class NotCarried(Exception):
+    """This namespace cannot be carried; the message says why (check shows it)."""
+
+
+@dataclass(frozen=True)
+class ExtMount:
+    key: str        # criu's name for it: cN
+    point: str      # where it is mounted inside the namespace
+    source: str     # the host path it is bound from, in both boots
+    kind: str       # HOST: there in the new boot too; PRIVATE_DIR: copied with the snapshot;
+                    # MADE: a directory made empty if missing; EMPTY_DIR: kupgrade's own mount
+    is_dir: bool = True
+
+
+@dataclass(frozen=True)
+class ExtFile:
+    key: str        # file[MNT:INO], hex, as criu names a file outside the namespace
+    path: str       # its path on the host, opened again at restore
+    flags: int      # O_RDONLY / O_WRONLY / O_RDWR
+
+
+@dataclass(frozen=True)
+class Point:
+    path: str       # a host path that a mount of the namespace is mounted on (inside an external)
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    mounts: tuple[ExtMount, ...]
+    files: tuple[ExtFile, ...]
+    points: tuple[Point, ...] = ()
+
+    def dump_args(self) -> list[str]:
+        argv = []
+        for m in self.mounts:
+            argv += ["--external", f"mnt[{m.point}]:{m.key}"]
+        for f in self.files:
+            argv += ["--external", f.key]
+        return argv
+
+    def restore_args(self) -> list[str]:
+        argv = ["--root", "/"]
+        for m in self.mounts:
+            argv += ["--external", f"mnt[{m.key}]:{m.source}"]
+        return argv
+
+    def to_json(self) -> dict:
+        return {"mounts": [asdict(m) for m in self.mounts], "files": [asdict(f) for f in self.files],
+                "points": [asdict(p) for p in self.points]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Plan:
+        return cls(tuple(ExtMount(**m) for m in d["mounts"]), tuple(ExtFile(**f) for f in d["files"]),
+                   tuple(Point(**p) for p in d.get("points", ())))
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _source(m: procfs.Mount, host: list[procfs.Mount]) -> procfs.Mount | None:
+    """The host mount of m's master peer group that holds m's root (the widest such)."""
+    peers = [h for h in host if h.tag("shared") == m.tag("master") and _under(m.root, h.root)]
+    return min(peers, key=lambda h: len(h.root), default=None)
+
+
+def plan(root_pid: int, pids=(), own: tuple[str, ...] = (), proc: Path = PROC) -> Plan:
+    """What criu must be told of the tree's mount namespace. own: kupgrade's own mount points
+    (the snapshot's), whose copies in the namespace are restored as empty directories. Raises
+    NotCarried."""
+    ns = procfs.mounts(proc / str(root_pid) / "mountinfo")
+    host = procfs.mounts(proc / "self" / "mountinfo")
+    mine = os.readlink(proc / str(root_pid) / "ns" / "mnt")
+    for pid in pids:
+        try:
+            theirs = os.readlink(proc / str(pid) / "ns" / "mnt")
+        except OSError:
+            continue
+        if theirs != mine:
+            raise NotCarried(f"PID {pid} is in another mount namespace than its tree root {root_pid}")
+    top = next((m for m in reversed(ns) if m.point == "/"), None)
+    host_top = next((m for m in reversed(host) if m.point == "/"), None)
+    if top is None or host_top is None or top.root != "/" or top.tag("master") != host_top.tag("shared"):
+        raise NotCarried("its root is not the host's / (RootDirectory= or RootImage=)")
+    bound: dict[str, ExtMount] = {}     # mount id -> how it is restored
+    for m in ns:
+        if m is top or not m.tag("master"):
+            continue        # the namespace's own (a private /dev, a new /proc): criu makes them
+        base = _source(m, host)
+        if base is None:
+            raise NotCarried(f"{m.point} in it is bound from a host mount that is gone")
+        key = f"c{len(bound) + 1}"
+        path = os.path.normpath(os.path.join(base.point, os.path.relpath(m.root, base.root)))
+        if any(_under(base.point, o) for o in own):
+            bound[m.mount_id] = ExtMount(key, m.point, EMPTY, EMPTY_DIR)
+            continue
+        kind = PRIVATE_DIR if PRIVATE_MARK in path else HOST
+        bound[m.mount_id] = ExtMount(key, m.point, path, kind, os.path.isdir(path) or not os.path.exists(path))
+    return Plan(tuple(bound.values()), tuple(_files(pids or (root_pid,), {m.mount_id for m in ns}, proc)),
+                _points(ns, top, bound))
+
+
+def _points(ns: list[procfs.Mount], top: procfs.Mount, bound: dict[str, ExtMount]) -> tuple[Point, ...]:
+    """Where a mount sits inside one bound from the host, criu needs its mount point there, in
+    the new boot's file systems too: /run/kupgrade-snapshot inside the namespace's /run (a bind of
+    the host's /run, where the new boot has no such directory)."""
+    sources = {top.mount_id: ExtMount("", "/", "/", HOST)} | bound
+    out = []
+    for m in ns:
+        parent = sources.get(m.parent_id)
+        if m is top or parent is None:
+            continue
+        path = os.path.normpath(os.path.join(parent.source, os.path.relpath(m.point, parent.point)))
+        mine = bound.get(m.mount_id)
+        out.append(Point(path, mine.is_dir if mine else True))
+    return tuple(dict.fromkeys(out))
+
+
+def _files(pids, ns_ids: set[str], proc: Path) -> list[ExtFile]:
+    """The files the tree has open on mounts its namespace does not have."""
+    found: dict[str, ExtFile] = {}
+    for pid in pids:
+        fds = proc / str(pid) / "fd"
+        try:
+            names = os.listdir(fds)
+        except OSError:
+            continue
+        for fd in names:
+            try:
+                link = os.readlink(fds / fd)
+                info = dict(line.split(":", 1) for line in (proc / str(pid) / "fdinfo" / fd).read_text().splitlines()
+                            if ":" in line)
+                if not link.startswith("/"):
+                    continue            # socket:[..], pipe:[..], anon_inode:..
+                mnt = info.get("mnt_id", "").strip()
+                if not mnt or mnt in ns_ids:
+                    continue
+                ino = os.stat(fds / fd).st_ino
+                flags = int(info.get("flags", "0").strip(), 8) & os.O_ACCMODE
+            except (OSError, ValueError):
+                continue
+            key = f"file[{int(mnt):x}:{ino:x}]"
+            if key in found and found[key].flags != flags:
+                flags = os.O_RDWR         # opened twice, differently: one fd that can do both
+            found[key] = ExtFile(key, link, flags)
+    return list(found.values())
+
+
+def save(p: Plan, images: Path) -> int:
+    """Write the plan next to the images and copy the private directories' content (the tree
+    frozen). Returns the bytes copied."""
+    copied = 0
+    for m in p.mounts:
+        if m.kind == PRIVATE_DIR:
+            dest = images / PRIVATE / m.key
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            run(["cp", "-a", "--", m.source, str(dest)], timeout=600,
+                hint=f"the private directory {m.source} could not be copied into the snapshot")
+            copied += sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and not f.is_symlink())
+    (images / NAME).write_text(json.dumps(p.to_json(), indent=1) + "\n")
+    return copied
+
+
+def load(images: Path) -> Plan | None:
+    f = images / NAME
+    return Plan.from_json(json.loads(f.read_text())) if f.exists() else None
+
+
+def prepare(p: Plan, images: Path) -> dict[str, int]:
+    """Before criu restores the tree: make what the new boot lacks, open the files that were
+    outside the namespace. Returns criu's --inherit-fd map (key -> our fd; the caller closes them)."""
+    for m in p.mounts:
+        if os.path.lexists(m.source):
+            continue
+        if m.kind == PRIVATE_DIR:
+            parent = os.path.dirname(m.source)      # systemd makes it root-only
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            run(["cp", "-a", "--", str(images / PRIVATE / m.key), m.source], timeout=600,
+                hint=f"the private directory {m.source} could not be put back from the snapshot")
+        elif m.is_dir:          # systemd's per-unit directories, the empty stand-in
+            os.makedirs(m.source, mode=0o755, exist_ok=True)
+    for point in p.points:
+        if not os.path.lexists(point.path):
+            if point.is_dir:
+                os.makedirs(point.path, mode=0o755, exist_ok=True)
+            else:
+                Path(point.path).touch(mode=0o644)
+    fds: dict[str, int] = {}
+    try:
+        for f in p.files:
+            fds[f.key] = os.open(f.path, f.flags | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds

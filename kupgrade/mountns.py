@@ -195,24 +195,48 @@ def _files(pids, ns_ids: set[str], proc: Path) -> list[ExtFile]:
     return list(found.values())
 
 
+def _owners(top: str) -> list[list]:
+    """[relative path, mode, uid, gid] of a directory and everything in it: the snapshot's archive
+    keeps neither (every file in it is root's, 0600), the restored tasks need them."""
+    paths = [top] + [os.path.join(d, name) for d, dirs, files in os.walk(top) for name in dirs + files]
+    out = []
+    for path in paths:
+        st = os.lstat(path)
+        out.append(["" if path == top else os.path.relpath(path, top), st.st_mode & 0o7777, st.st_uid, st.st_gid])
+    return out
+
+
+def _chown_back(top: str, owners: list[list]) -> None:
+    for rel, mode, uid, gid in owners:
+        path = os.path.join(top, rel) if rel else top
+        os.lchown(path, uid, gid)
+        if not os.path.islink(path):
+            os.chmod(path, mode)
+
+
 def save(p: Plan, images: Path) -> int:
     """Write the plan next to the images and copy the private directories' content (the tree
-    frozen). Returns the bytes copied."""
-    copied = 0
+    frozen), with their owners and modes. Returns the bytes copied."""
+    copied, owners = 0, {}
     for m in p.mounts:
         if m.kind == PRIVATE_DIR:
             dest = images / PRIVATE / m.key
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             run(["cp", "-a", "--", m.source, str(dest)], timeout=600,
                 hint=f"the private directory {m.source} could not be copied into the snapshot")
+            owners[m.key] = _owners(m.source)
             copied += sum(f.stat().st_size for f in dest.rglob("*") if f.is_file() and not f.is_symlink())
-    (images / NAME).write_text(json.dumps(p.to_json(), indent=1) + "\n")
+    (images / NAME).write_text(json.dumps({**p.to_json(), "owners": owners}, indent=1) + "\n")
     return copied
 
 
 def load(images: Path) -> Plan | None:
     f = images / NAME
     return Plan.from_json(json.loads(f.read_text())) if f.exists() else None
+
+
+def _owners_saved(images: Path) -> dict[str, list[list]]:
+    return json.loads((images / NAME).read_text()).get("owners", {})
 
 
 def prepare(p: Plan, images: Path) -> dict[str, int]:
@@ -226,6 +250,7 @@ def prepare(p: Plan, images: Path) -> dict[str, int]:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             run(["cp", "-a", "--", str(images / PRIVATE / m.key), m.source], timeout=600,
                 hint=f"the private directory {m.source} could not be put back from the snapshot")
+            _chown_back(m.source, _owners_saved(images).get(m.key, []))
         elif m.is_dir:          # systemd's per-unit directories, the empty stand-in
             os.makedirs(m.source, mode=0o755, exist_ok=True)
     for point in p.points:

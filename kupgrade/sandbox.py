@@ -19,20 +19,10 @@ Carried (dumped and restored, same PID, same unit):
 Not carried (`blockers`):
 - a mount namespace of its own (PrivateTmp, ProtectSystem, ProtectHome, PrivateDevices,
   DynamicUser and every other option that gives the service its own view of the file
-  systems): criu 3.17's dump fails on the first mount that is a slave of the host's ("mnt:
-  Mount 133 ./run/systemd/incoming (master_id: 5 shared_id: 0) has unreachable sharing"),
-  with or without --enable-external-masters / --external mnt[]:sm; with every mount marked
-  external it fails on the stdio that systemd opened before entering the namespace ("Can't
-  lookup mount=23 for fd=0 path=/dev/null"). Measured since (the way to carry them, not built
-  yet): the dump succeeds — for PrivateTmp; PrivateTmp + ProtectSystem=strict + DynamicUser;
-  Debian's memcached.service as shipped — when every mount that is a slave of the host's
-  ("master:" in mountinfo) is `--external mnt[MP]:cN`, the mounts private to the namespace
-  (PrivateDevices' /dev, a new /proc) are left to criu, and that stdio is `--external
-  file[MNTID:INO]` (hex; restored with `--inherit-fd fd[N]:file[...]`). The restore, with cN
-  mapped to the host paths, mounts them all and then fails where a source is a plain directory
-  rather than a mount point (mount-v2: "Failed to copy sharing from -1:SRC ...: Invalid
-  argument"); it also needs the unit's private /tmp and /var/tmp directories, which the next
-  boot's systemd-tmpfiles removes (`R! /tmp/systemd-private-*`), and /run/systemd/propagate/UNIT;
+  systems) is carried by mountns.py; what it cannot carry (RootDirectory, a mount bound from a
+  host mount that is gone) blocks. Before it, criu 3.17's dump failed on the first mount that
+  is a slave of the host's ("mnt: Mount 133 ./run/systemd/incoming (master_id: 5 shared_id: 0)
+  has unreachable sharing"), with or without --enable-external-masters;
 - a user namespace of its own (PrivateUsers): the dump succeeds, the restore fails ("Unable
   to open the proc file system: Operation not permitted"); with ProtectHostname as well the
   dump fails ("Can't setns 7/uts: Operation not permitted", then criu crashes);

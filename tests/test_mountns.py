@@ -109,6 +109,8 @@ def test_save_load_and_prepare_in_the_new_boot(tmp_path):
     private = tmp_path / "tmp" / "systemd-private-1fcb-web.service-X" / "tmp"
     private.mkdir(parents=True)
     (private / "sock.pid").write_text("42\n")
+    (private / "sock.pid").chmod(0o640)
+    os.chown(private / "sock.pid", 1234, 1234) if os.getuid() == 0 else None
     made, kept = tmp_path / "run" / "systemd" / "propagate" / "web.service", tmp_path / "etc"
     kept.mkdir()
     p = mountns.Plan((mountns.ExtMount("c1", "/tmp", str(private), PRIVATE_DIR),
@@ -119,6 +121,9 @@ def test_save_load_and_prepare_in_the_new_boot(tmp_path):
     images.mkdir()
     mountns.save(p, images)
     assert json.loads((images / mountns.NAME).read_text())["mounts"][0]["kind"] == PRIVATE_DIR
+    # the snapshot's archive carries every file as root's, 0600
+    for f in (images / mountns.PRIVATE).rglob("*"):
+        f.chmod(0o600) if f.is_file() else None
     assert (images / mountns.PRIVATE / "c1" / "sock.pid").read_text() == "42\n"
     # the next boot: systemd-tmpfiles removed every systemd-private-*
     (private / "sock.pid").unlink()
@@ -129,6 +134,8 @@ def test_save_load_and_prepare_in_the_new_boot(tmp_path):
     fds = mountns.prepare(loaded, images)
     try:
         assert (private / "sock.pid").read_text() == "42\n"
+        st = (private / "sock.pid").stat()
+        assert oct(st.st_mode & 0o777) == "0o640" and (os.getuid() != 0 or st.st_uid == 1234)
         assert oct(private.parent.stat().st_mode & 0o777) == "0o700" and made.is_dir()
         assert list(fds) == ["file[16:5]"] and os.readlink(f"/proc/self/fd/{fds['file[16:5]']}") == "/dev/null"
     finally:

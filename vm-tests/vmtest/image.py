@@ -43,6 +43,7 @@ KERNEL_PACKAGES = [f"linux-image-{KERNEL_FROM}", f"linux-image-{KERNEL_TO}"]
 SERVICE_PACKAGES = ["openssh-server", "cron", "nginx", "memcached", "redis-server"]
 SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.service", "redis-server.service"]
 SERVICES_GATE = "vmtest.services"
+SANDBOXED_UNIT = "vmtest-sandboxed.service"     # ours: DynamicUser, PrivateTmp, ProtectSystem=strict (guest/)
 # A small initrd: what a tuned server would list. MODULES=most makes 31 MB initrds that take
 # ~16 s each to build under TCG; this list makes ~6 MB in ~1.5 s.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4",
@@ -179,6 +180,12 @@ def install_guest_files(tree: Path) -> None:
     wants.mkdir(parents=True, exist_ok=True)
     (wants / "vmtest-agent.service").unlink(missing_ok=True)
     (wants / "vmtest-agent.service").symlink_to("/etc/systemd/system/vmtest-agent.service")
+    # The services scenario's own sandboxed server, started at boot behind the same gate as Debian's.
+    shutil.copy2(GUEST_DIR / SANDBOXED_UNIT, units / SANDBOXED_UNIT)
+    wants = units / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / SANDBOXED_UNIT).unlink(missing_ok=True)
+    (wants / SANDBOXED_UNIT).symlink_to(f"/etc/systemd/system/{SANDBOXED_UNIT}")
     for getty in ("serial-getty@ttyS0.service", "getty@tty1.service"):
         (units / getty).unlink(missing_ok=True)
         (units / getty).symlink_to("/dev/null")

@@ -21,13 +21,13 @@ port forwarding), whatever nginx's fate."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import threading
 import time
 
-from ..image import SERVICE_UNITS, SERVICES_GATE
+from ..clients import Notes, Poller, largest_gap
+from ..image import SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
                         unit_props, write_config)
@@ -38,41 +38,14 @@ DESCRIPTION = "Debian's servers as installed (started at boot, sandboxed units) 
 INIT = "systemd"
 HOST_PORT = 5557
 SSH_PORT = 5558
-NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22"
+NOTES_PORT = 5559         # the note server of vmtest-sandboxed.service (guest/notes.py)
+NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070"
+UNITS = [*SERVICE_UNITS, SANDBOXED_UNIT]
 # the admin's session: kupgrade run in it, then a counter that must go on across the switch
 SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
 MACHINE = Machine(append=SERVICES_GATE)
 MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))\n"
              "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
-
-
-class Poller:
-    """The host asks nginx for / every 100 ms; the answers' times give the service's downtime."""
-
-    def __init__(self) -> None:
-        self.ok: list[float] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", HOST_PORT, timeout=1)
-                c.request("GET", "/")
-                if c.getresponse().status == 200:
-                    self.ok.append(time.time())
-                c.close()
-            except (OSError, http.client.HTTPException):
-                pass
-
-    def largest_gap(self, since: float) -> float:
-        pts = [t for t in self.ok if t >= since]
-        return max((b - a for a, b in zip(pts, pts[1:])), default=0.0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
 
 
 class AdminSession:
@@ -153,7 +126,7 @@ def check_fates(vm, res: Result) -> dict[str, str]:
                                                 timeout=300)["stdout"])
     fates = {s["unit"]: s["fate"] for s in services}
     res.check(r["rc"] == 0, "kupgrade check --all-services: no blocker", json.dumps(res.data["check"])[:3000])
-    res.check(all(u in fates for u in SERVICE_UNITS) and fates.get("vmtest-agent.service") == "boot"
+    res.check(all(u in fates for u in UNITS) and fates.get("vmtest-agent.service") == "boot"
               and fates.get("systemd-journald.service") == "boot",
               "check gives every running service its fate (the test's agent and journald: the boot)",
               json.dumps(fates))
@@ -163,9 +136,9 @@ def check_fates(vm, res: Result) -> dict[str, str]:
 
 
 def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state: dict) -> None:
-    carried = [u for u in SERVICE_UNITS if fates.get(u) == "carried"]
-    fresh = [u for u in SERVICE_UNITS if fates.get(u) == "fresh"]
-    res.check(all(after[u]["ActiveState"] == "active" for u in SERVICE_UNITS),
+    carried = [u for u in UNITS if fates.get(u) == "carried"]
+    fresh = [u for u in UNITS if fates.get(u) == "fresh"]
+    res.check(all(after[u]["ActiveState"] == "active" for u in UNITS),
               "nothing lost: every one of Debian's servers is active in 6.12", json.dumps(after))
     same = all(after[u]["MainPID"] == before[u]["MainPID"] and set(before[u]["pids"]) <= set(after[u]["pids"])
                for u in carried)
@@ -208,7 +181,7 @@ def sshd_logs(vm, res: Result) -> None:
 
 def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dict) -> None:
     """Every service where check said it would be, working."""
-    after = {u: show(vm, u) for u in SERVICE_UNITS}
+    after = {u: show(vm, u) for u in UNITS}
     res.data.update(after=after, state=get_state(vm), record=rec)
     keep_journal(vm, tail=30000)
     compare(res, fates, before, after, res.data["state"])
@@ -231,7 +204,7 @@ def run(vm, image, res: Result) -> None:
     booted(vm, res)
     systemd_up(vm)
     configure_nic(vm)
-    before = {u: show(vm, u) for u in SERVICE_UNITS}
+    before = {u: show(vm, u) for u in UNITS}
     res.data["before"] = before
     res.check(all(b["ActiveState"] == "active" for b in before.values()), "Debian's servers started at boot",
               json.dumps(before))
@@ -241,7 +214,9 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, config)      # the target; --all-services on the command line
     fates = check_fates(vm, res)
     write_config(vm, config.replace("[workloads]", "[workloads]\nall_services = true"))
-    poller = Poller()
+    poller, notes = Poller(HOST_PORT), Notes(NOTES_PORT)
+    notes.wait_acks(0, 5, 120)
+    notes_before = notes.stat()
     admin = AdminSession(vm)      # the admin runs kupgrade over ssh
     try:
         t_switch = time.time()
@@ -255,6 +230,47 @@ def run(vm, image, res: Result) -> None:
         admin_session_went_on(vm, res, admin, t_switch)
         res.check(poller.ok and poller.ok[-1] > t_switch, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
+        lost = sandboxed(res, fates, notes, notes_before, t_switch)
+        res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
     finally:
         poller.close()
+        notes.close()
         admin.close()
+
+
+def sandboxed(res: Result, fates: dict[str, str], notes: Notes, before: dict, t_switch: float) -> int:
+    """Our own server with DynamicUser, PrivateTmp and ProtectSystem=strict: carried, the same
+    process (its start token), the same dynamic UID, every acknowledged note kept, its private
+    /tmp and its StateDirectory written on, the host's connection never lost."""
+    notes.wait_acks(t_switch, 5, 120)
+    after = notes.stat()
+    acked = sorted(notes.acked)
+    held = set(after.get("notes", []))
+    lost = [n for n in acked if n not in held]
+    res.data["notes"] = {"before": {k: v for k, v in before.items() if k != "notes"},
+                         "after": {k: v for k, v in after.items() if k != "notes"}, "acked": len(acked),
+                         "held": len(held), "lost": lost[:20], "errors": notes.errors, "reconnects": notes.reconnects}
+    res.check(fates.get(SANDBOXED_UNIT) == "carried", f"check: {SANDBOXED_UNIT} (DynamicUser, PrivateTmp, "
+              "ProtectSystem=strict) is carried", json.dumps(fates))
+    res.check(after.get("token") == before.get("token") and after.get("pid") == before.get("pid")
+              and after.get("uid") == before.get("uid"),
+              "the sandboxed server is the same process (start token, PID, dynamic UID)", json.dumps(res.data["notes"]))
+    res.check(not lost and acked and len(held) == after.get("tmp_lines") == after.get("state_lines"),
+              "every note it acknowledged is kept, in memory, in its private /tmp and its StateDirectory",
+              json.dumps(res.data["notes"]))
+    res.check(notes.errors == 0 and notes.reconnects == 0, "the host's connection to it never failed",
+              json.dumps(res.data["notes"]))
+    return len(lost)
+
+
+def units(fates: dict[str, str], before: dict, after: dict, poller: Poller, notes: Notes, lost: int,
+          t_switch: float) -> dict:
+    """Per unit, what the result JSON promises: same main PID, restarted, and what its client saw."""
+    out = {}
+    for u in UNITS:
+        same = after[u]["MainPID"] == before[u]["MainPID"]
+        out[u] = {"fate": fates.get(u), "same_main_pid": same, "restarted": not same}
+    out["nginx.service"].update(errors=poller.errors, downtime_s=round(poller.largest_gap(t_switch), 3))
+    out[SANDBOXED_UNIT].update(lost_writes=lost, errors=notes.errors, reconnects=notes.reconnects,
+                               downtime_s=round(largest_gap(sorted(notes.acked.values()), t_switch), 3))
+    return out

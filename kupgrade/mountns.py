@@ -165,6 +165,26 @@ def _points(ns: list[procfs.Mount], top: procfs.Mount, bound: dict[str, ExtMount
     return tuple(dict.fromkeys(out))
 
 
+def private_bytes(root_pid: int, proc: Path = PROC) -> int:
+    """What the snapshot carries of a unit's private /tmp and /var/tmp (0 for a tree in the
+    host's mount namespace, or one that cannot be carried)."""
+    try:
+        if os.readlink(proc / str(root_pid) / "ns" / "mnt") == os.readlink(proc / "self" / "ns" / "mnt"):
+            return 0
+        p = plan(root_pid, proc=proc)
+    except (OSError, NotCarried):
+        return 0
+    total = 0
+    for m in p.mounts:
+        for d, _, files in os.walk(m.source) if m.kind == PRIVATE_DIR else ():
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(d, f)).st_size
+                except OSError:
+                    continue        # removed meanwhile
+    return total
+
+
 def _files(pids, ns_ids: set[str], proc: Path) -> list[ExtFile]:
     """The files the tree has open on mounts its namespace does not have."""
     found: dict[str, ExtFile] = {}

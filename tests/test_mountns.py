@@ -151,3 +151,15 @@ def test_mount_points_inside_what_is_bound_from_the_host(tmp_path):
     assert mountns.Point("/run/kupgrade-snapshot", True) in p.points
     assert mountns.Point("/run/systemd/incoming", True) in p.points and mountns.Point("/etc", True) in p.points
     assert not any(pt.path.startswith("/proc/") for pt in p.points)     # inside its own /proc: criu makes them
+
+
+def test_the_private_tmp_counts_in_the_snapshot_size(tmp_path):
+    private = tmp_path / "tmp" / "systemd-private-1fcb-web.service-X" / "tmp"
+    (private / "sub").mkdir(parents=True)
+    (private / "a").write_bytes(b"x" * 1000)
+    (private / "sub" / "b").write_bytes(b"y" * 24)
+    proc = fake(tmp_path, NS_INFO.replace(PRIVATE, str(private)))
+    assert mountns.private_bytes(500, proc) == 1024
+    os.unlink(proc / "500" / "ns" / "mnt")
+    os.symlink(HOST_MNT, proc / "500" / "ns" / "mnt")
+    assert mountns.private_bytes(500, proc) == 0        # the host's namespace: nothing of its own

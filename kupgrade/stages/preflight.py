@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
-from .. import pmem, stepout, systemd, workloads
+from .. import mountns, pmem, stepout, systemd, workloads
 from .. import hooks as hk
 from ..errors import BlockedError, CommandError, HookError
 from ..record import Blocker
@@ -98,7 +98,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     services, boot_pids = _select(ctx, blockers)
 
     conns = _tcp(ctx, blockers)
-    per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) for w in ctx.workloads}
+    # their memory, and a unit's private /tmp and /var/tmp, copied with its mount namespace
+    per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) + mountns.private_bytes(w.root_pid)
+                for w in ctx.workloads}
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,6 +66,11 @@ class ExtFile:
     key: str        # file[MNT:INO], hex, as criu names a file outside the namespace
     path: str       # its path on the host, opened again at restore
     flags: int      # O_RDONLY / O_WRONLY / O_RDWR
+    device: bool = True     # a device node (every boot has it: /dev/null)
+
+    @property
+    def mount_id(self) -> str:
+        return str(int(self.key[len("file["):].split(":")[0], 16))
 
 
 @dataclass(frozen=True)
@@ -145,8 +151,13 @@ def plan(root_pid: int, pids=(), own: tuple[str, ...] = (), proc: Path = PROC) -
             continue
         kind = PRIVATE_DIR if PRIVATE_MARK in path else HOST
         bound[m.mount_id] = ExtMount(key, m.point, path, kind, os.path.isdir(path) or not os.path.exists(path))
-    return Plan(tuple(bound.values()), tuple(_files(pids or (root_pid,), {m.mount_id for m in ns}, proc)),
-                _points(ns, top, bound))
+    files = _files(pids or (root_pid,), {m.mount_id for m in ns}, proc)
+    volatile = {h.mount_id: h for h in host if h.fstype in ("tmpfs", "ramfs")}
+    for f in files:
+        if f.mount_id in volatile and not f.device:
+            raise NotCarried(f"it has {f.path} open from outside its namespace, on a {volatile[f.mount_id].fstype} "
+                             f"({volatile[f.mount_id].point}) that the new boot does not have")
+    return Plan(tuple(bound.values()), tuple(files), _points(ns, top, bound))
 
 
 def _points(ns: list[procfs.Mount], top: procfs.Mount, bound: dict[str, ExtMount]) -> tuple[Point, ...]:
@@ -204,14 +215,15 @@ def _files(pids, ns_ids: set[str], proc: Path) -> list[ExtFile]:
                 mnt = info.get("mnt_id", "").strip()
                 if not mnt or mnt in ns_ids:
                     continue
-                ino = os.stat(fds / fd).st_ino
+                st = os.stat(fds / fd)
+                ino, device = st.st_ino, stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 flags = int(info.get("flags", "0").strip(), 8) & os.O_ACCMODE
             except (OSError, ValueError):
                 continue
             key = f"file[{int(mnt):x}:{ino:x}]"
             if key in found and found[key].flags != flags:
                 flags = os.O_RDWR         # opened twice, differently: one fd that can do both
-            found[key] = ExtFile(key, link, flags)
+            found[key] = ExtFile(key, link, flags, device)
     return list(found.values())
 
 

@@ -163,3 +163,12 @@ def test_the_private_tmp_counts_in_the_snapshot_size(tmp_path):
     os.unlink(proc / "500" / "ns" / "mnt")
     os.symlink(HOST_MNT, proc / "500" / "ns" / "mnt")
     assert mountns.private_bytes(500, proc) == 0        # the host's namespace: nothing of its own
+
+
+def test_a_file_from_outside_on_a_tmpfs_is_not_carried(tmp_path):
+    """A regular file the tree opened on the host's /run (a tmpfs): the new boot has no such file."""
+    f = tmp_path / "state"
+    f.write_text("x")
+    with pytest.raises(mountns.NotCarried, match="open from outside its namespace, on a tmpfs"):
+        mountns.plan(500, (500,), proc=fake(tmp_path, fds=[(str(f), 25, "0100002")]))
+    assert mountns.plan(500, (500,), proc=fake(tmp_path / "b", fds=[("/dev/null", 25, "02")])).files

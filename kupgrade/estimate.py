@@ -65,14 +65,21 @@ def mark_restore_point(path: Path = Path(contract.RESTORE_POINT), uptime: Path =
         pass
 
 
+# Where the restore runs, as systemd's targets show it in this boot: the restore unit before
+# sysinit.target; carried units when systemd starts them, in their order (multi-user.target
+# waits for them), so with units among the workloads the pause lasts until about there.
+SYSINIT = ("sysinit.target", "this boot reached sysinit.target (where the restore unit runs)")
+MULTI_USER = ("multi-user.target", "this boot reached multi-user.target (the carried units are restored as systemd "
+                                   "starts them, in their order)")
+
+
 def restore_point(systemd_us: str = "", marked: Path = Path(contract.RESTORE_POINT),
-                  early: Path = Path(contract.EARLY_PIDS)) -> tuple[float | None, str]:
+                  early: Path = Path(contract.EARLY_PIDS), target: tuple[str, str] = SYSINIT) -> tuple[float | None, str]:
     """Seconds from this boot's kernel start to where the restore runs, and how it is known:
-    systemd reached sysinit.target (the restore unit runs before it: `systemd_us`, its
-    ActiveEnterTimestampMonotonic), kupgrade-restore marked it, or init-top's time + a stated
-    allowance for the rest of the initramfs."""
-    if systemd_us.strip().isdigit() and int(systemd_us) > 0:
-        return int(systemd_us) / 1e6, "this boot reached sysinit.target (where the restore unit runs)"
+    systemd reached `target` (`systemd_us`, its ActiveEnterTimestampMonotonic), kupgrade-restore
+    marked it, or init-top's time + a stated allowance for the rest of the initramfs."""
+    if systemd_us.strip().isdigit() and 0 < int(systemd_us) <= LATEST_RESTORE_POINT_S * 1e6:
+        return int(systemd_us) / 1e6, target[1]
     try:
         seconds = float(marked.read_text().split()[0])
         if seconds <= LATEST_RESTORE_POINT_S:       # else: a first call by hand, long after the boot

@@ -51,12 +51,13 @@ def show(unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def sysinit_reached_us() -> str:
-    """When this boot reached sysinit.target (µs of CLOCK_MONOTONIC; "" without systemd as init)."""
+def reached_us(target: str = "sysinit.target") -> str:
+    """When this boot reached a target (µs of CLOCK_MONOTONIC; "" without systemd as init, "0"
+    while it is not reached)."""
     if not Path("/run/systemd/system").is_dir():
         return ""
     try:
-        return run(["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", "--value", "sysinit.target"],
+        return run(["systemctl", "show", "--property=ActiveEnterTimestampMonotonic", "--value", target],
                    timeout=30).stdout.decode().strip()
     except CommandError:
         return ""

@@ -169,6 +169,17 @@ def test_the_restore_point_of_this_boot(tmp_path):
     assert estimate.restore_point("", marked, early)[0] == 9.75
 
 
+def test_with_units_the_restore_point_is_where_systemd_starts_them(tmp_path):
+    """Carried units are restored by their own start, in systemd's order: multi-user.target."""
+    marked, early = tmp_path / "point", tmp_path / "early"
+    seconds, how = estimate.restore_point("31500000", marked, early, target=estimate.MULTI_USER)
+    assert seconds == 31.5 and "multi-user.target" in how
+    # not reached in this boot (0), or long after its start (a target reached by hand): not used
+    assert estimate.restore_point("0", marked, early, target=estimate.MULTI_USER) == (None, "")
+    assert estimate.restore_point(str(int(estimate.LATEST_RESTORE_POINT_S + 1) * 10**6), marked, early,
+                                  target=estimate.MULTI_USER) == (None, "")
+
+
 def test_first_estimate_from_what_this_machine_measures():
     copy, sha = estimate.calibrate(2 << 20)
     assert copy > 0 and sha > 0

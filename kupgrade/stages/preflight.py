@@ -195,7 +195,8 @@ def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple
     recs = [r for outcome in (record.RESTORED, record.REHEARSED)
             for r in record.recent(ctx.state_dir, (outcome,), same, estimate.RECENT)]
     copy_bps, hash_bps = estimate.calibrate()
-    point = estimate.restore_point(systemd.sysinit_reached_us())
+    target = estimate.MULTI_USER if any(w.unit for w in ctx.workloads) else estimate.SYSINIT
+    point = estimate.restore_point(systemd.reached_us(target[0]), target=target)
     first = estimate.first_rates(copy_bps, hash_bps, point)
     machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
                "restore_point_basis": point[1]}

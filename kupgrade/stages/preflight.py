@@ -27,7 +27,7 @@ def plan(ctx: Context) -> list[str]:
             "resolve each selected PID/cgroup/unit to a process tree; look for traced and D-state tasks, "
             "controlling terminals, a main thread that exited, and what the snapshot would not carry "
             "(host SysV IPC, sessions and process groups reaching outside the tree, locks held outside it, "
-            "a mount or user namespace of its own: a unit's PrivateTmp, ProtectSystem, PrivateUsers...)",
+            "a user namespace of its own (PrivateUsers), a mount namespace that cannot be carried)",
             "estimate the snapshot size against free memory",
             "device hooks: load them, run their preflight; an unsafe device in use that no hook covers blocks",
             *hookpoints.plan_line(ctx, "preflight")]

@@ -5,7 +5,7 @@ boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed
 workload is named: `workloads.all_services = true`.
 
 1. `kupgrade check --all-services` passes and gives every running service its fate: carried,
-   started fresh (why: the unit's own mount or user namespace, a file on tmpfs, ...) or left to
+   started fresh (why: the unit's own user namespace, a file on tmpfs, ...) or left to
    the boot (journald, udevd, the agent kupgrade runs in).
 2. `kupgrade run` to 6.12 does what check said: every carried service is active with the same
    main PID and the same PIDs in its cgroup, its state continued (redis's and memcached's keys,
@@ -16,6 +16,10 @@ workload is named: `workloads.all_services = true`.
    with a counter after it in the same shell: kupgrade steps out of the session (carried with
    ssh.service), the session freezes at the switch and goes on in 6.12, same connection, every
    tick once.
+4. Our own vmtest-sandboxed.service (DynamicUser, PrivateTmp, ProtectSystem=strict: a note server,
+   guest/notes.py) takes a write every 100 ms from the host on one connection during the upgrade:
+   carried (same process, same dynamic UID), every acknowledged write kept, no error, no
+   reconnect. `units` in the result: per unit what it went through and what its client saw.
 Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
 port forwarding), whatever nginx's fate."""
 

@@ -3,6 +3,6 @@
 (extra QEMU devices, disks, kernel arguments: qemu.Machine). hooks.py is not one: it holds the
 device hooks' steps that the tcp scenario runs on its guest (and ALL_DEVICES, shared)."""
 
-from . import explore_sandbox, basic, dirty_data, faults, fleet, md, pmem, rehearse, rollback, services, systemd_service, tcp, tui, watchdog
+from . import explore_sandbox, basic, basic_dracut, dirty_data, faults, fleet, md, pmem, rehearse, rollback, services, systemd_service, tcp, tui, watchdog
 
-SCENARIOS = {m.NAME: m for m in (basic, rehearse, tui, faults, rollback, pmem, dirty_data, systemd_service, tcp, watchdog, md, services, fleet, explore_sandbox)}
+SCENARIOS = {m.NAME: m for m in (basic, basic_dracut, rehearse, tui, faults, rollback, pmem, dirty_data, systemd_service, tcp, watchdog, md, services, fleet, explore_sandbox)}

@@ -29,7 +29,6 @@ early_microcode="no"
 
 def to_dracut(vm, image, res: Result) -> None:
     """dracut in, initramfs-tools out, offline; install-boot builds both initrds with dracut."""
-    vm.sh("tee", "/etc/dracut.conf.d/vmtest.conf", input=DRACUT_CONF)
     debs = vm.sh("find", vmimage.DRACUT_DEBS, "-name", "*.deb")["stdout"].split()
     # INITRD=No: the package's own trigger does not build every kernel's initrd; install-boot does
     r = vm.sh("env", "INITRD=No", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
@@ -38,6 +37,7 @@ def to_dracut(vm, image, res: Result) -> None:
     res.check(r["rc"] == 0 and "dracut install ok installed" in status and "initramfs-tools install ok" not in status,
               "dracut installed from the image's .debs without network, initramfs-tools removed",
               (r["stdout"] + r["stderr"])[-1500:] + status)
+    vm.sh("tee", "/etc/dracut.conf.d/vmtest.conf", input=DRACUT_CONF)
     t = vm.sh("cat", "/proc/uptime")["stdout"].split()[0]
     out = vm.sh("kupgrade", "install-boot", "--kernel", image.kernel_to, "--kernel", image.kernel_from, timeout=900)["stdout"]
     res.data["install_boot_s"] = round(float(vm.sh("cat", "/proc/uptime")["stdout"].split()[0]) - float(t), 1)

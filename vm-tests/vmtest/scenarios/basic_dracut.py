@@ -29,10 +29,13 @@ early_microcode="no"
 
 def to_dracut(vm, image, res: Result) -> None:
     """dracut in, initramfs-tools out, offline; install-boot builds both initrds with dracut."""
-    debs = vm.sh("find", vmimage.DRACUT_DEBS, "-name", "*.deb")["stdout"].split()
-    # INITRD=No: the package's own trigger does not build every kernel's initrd; install-boot does
+    # apt takes the .debs from the directory the image downloaded them into (its archive cache
+    # for this command: nothing to fetch). INITRD=No: the package's own trigger does not build
+    # every kernel's initrd; install-boot does
+    vm.sh("mkdir", "-p", f"{vmimage.DRACUT_DEBS}/partial")
     r = vm.sh("env", "INITRD=No", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-              "--no-install-recommends", "--no-download", *debs, check=False, timeout=300)
+              "--no-install-recommends", "--no-download", "-o", f"Dir::Cache::archives={vmimage.DRACUT_DEBS}",
+              *vmimage.DRACUT_PACKAGES, check=False, timeout=300)
     status = vm.sh("dpkg-query", "-W", "-f", "${Package} ${Status}\\n", "dracut", "initramfs-tools", check=False)["stdout"]
     res.check(r["rc"] == 0 and "dracut install ok installed" in status and "initramfs-tools install ok" not in status,
               "dracut installed from the image's .debs without network, initramfs-tools removed",

@@ -1,9 +1,11 @@
 """basic-dracut: basic on a guest that builds its initrds with dracut. Debian's dracut package
 replaces initramfs-tools (installed offline from the .debs the image carries: the guest has no
 network), `kupgrade install-boot` finds dracut, installs kupgrade's dracut module and rebuilds
-both kernels' initrds with it; then basic's upgrade 6.1 -> 6.12 and all its checks. Debian's
+the target's initrd with it; then basic's upgrade 6.1 -> 6.12 and all its checks. Debian's
 dracut puts systemd into the initrd: the module's hooks run from dracut-cmdline.service and
-dracut-pre-pivot.service in the new kernel."""
+dracut-pre-pivot.service in the new kernel. The way back's initrd (6.1) stays the one
+initramfs-tools built with kupgrade's scripts: preflight lists both with lsinitrd and accepts it
+(a dracut build costs a minute under TCG)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ early_microcode="no"
 
 
 def to_dracut(vm, image, res: Result) -> None:
-    """dracut in, initramfs-tools out, offline; install-boot builds both initrds with dracut."""
+    """dracut in, initramfs-tools out, offline; install-boot builds the target's initrd with dracut."""
     # apt takes the .debs from the directory the image downloaded them into (its archive cache
     # for this command: nothing to fetch). INITRD=No: the package's own trigger does not build
     # every kernel's initrd; install-boot does
@@ -42,12 +44,11 @@ def to_dracut(vm, image, res: Result) -> None:
               (r["stdout"] + r["stderr"])[-1500:] + status)
     vm.sh("tee", "/etc/dracut.conf.d/vmtest.conf", input=DRACUT_CONF)
     t = vm.sh("cat", "/proc/uptime")["stdout"].split()[0]
-    out = vm.sh("kupgrade", "install-boot", "--kernel", image.kernel_to, "--kernel", image.kernel_from, timeout=900)["stdout"]
+    out = vm.sh("kupgrade", "install-boot", "--kernel", image.kernel_to, timeout=900)["stdout"]
     res.data["install_boot_s"] = round(float(vm.sh("cat", "/proc/uptime")["stdout"].split()[0]) - float(t), 1)
     res.say(out)
-    res.check("initrd builder: dracut" in out and all(f"rebuilt the initrd of {k} (dracut)" in out
-                                                      for k in (image.kernel_to, image.kernel_from)),
-              "install-boot found dracut and rebuilt both initrds with it", out[-1500:])
+    res.check("initrd builder: dracut" in out and f"rebuilt the initrd of {image.kernel_to} (dracut)" in out,
+              "install-boot found dracut, wrote its module and rebuilt the target's initrd with it", out[-1500:])
     listing = vm.sh("lsinitrd", f"/boot/initrd.img-{image.kernel_to}", timeout=300)["stdout"]
     res.check(all(f in listing for f in ("dracut/hooks/cmdline/00-kupgrade-top.sh", "usr/lib/kupgrade/init-top",
                                          "dracut/hooks/pre-pivot/90-kupgrade-bottom.sh", "usr/bin/busybox",
@@ -65,8 +66,9 @@ def restored_through_dracut(vm, res: Result) -> None:
               "the new kernel's initramfs was dracut's with systemd; its cmdline hook moved ns_last_pid and its "
               "pre-pivot hook made the snapshot ready", "\n".join(lines)[-1500:])
     listed = [c["argv"] for c in last_record(vm).get("commands", []) if c["argv"][0].startswith("lsinitr")]
-    res.check(listed != [] and all(a[0] == "lsinitrd" for a in listed),
-              "preflight checked the initrds with lsinitrd", str(listed))
+    res.check(len(listed) == 2 and all(a[0] == "lsinitrd" for a in listed),
+              "preflight checked the target's initrd and the way back's (initramfs-tools built it) with lsinitrd",
+              str(listed))
 
 
 def run(vm, image, res: Result) -> None:

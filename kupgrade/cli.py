@@ -306,9 +306,10 @@ def install_boot(config: Optional[Path] = CONFIG_OPT,
                                                        "(e.g. 1G) of RAM from the next boot on for the snapshot to "
                                                        "cross the kernel switch in (snapshot.transport); 0 removes "
                                                        "it.")) -> None:
-    """Install the initramfs-tools hook and script and the kupgrade-restore.service unit, then
-    rebuild the target initrd(s). Changes: files in /etc/initramfs-tools and /etc/systemd/system,
-    initrds in /boot."""
+    """Install kupgrade's part of the initrd for the machine's initrd builder (initramfs-tools'
+    hook and scripts, or a dracut module) and the kupgrade-restore.service unit, then rebuild the
+    target initrd(s). Changes: files in /etc/initramfs-tools or /usr/lib/dracut/modules.d/90kupgrade
+    and /etc/systemd/system, initrds in /boot."""
     cfg = config_mod.load(config)
     kernels = list(kernel or ([cfg.kernel] if cfg.kernel else []))
     for k in kernels:

@@ -43,6 +43,14 @@ UNIT_PIDFILES = "units"                    # RESTORE_DIR/units/UNIT.pid: a resto
 BOOT_MARKER = f"etc/kupgrade-boot.{VERSION}"   # in the initrd: it carries this contract's scripts
 
 # --- every boot through kupgrade's initrd ------------------------------------------------------
+# The kernel modules the initrd carries (initramfs-tools' hook, dracut's module) and init-top loads:
+# kupgrade's memory region (pmem.py), mounted before udev runs; and, in the background once a
+# snapshot came, what the restore asks for (criu's socket-diag probes; nf_tables for the table
+# that holds the peers' packets of carried TCP connections: 1.3 s inside the pause when the
+# restore loaded it itself, 42 s once on a busy host)
+PMEM_MODULES = "nd_e820 nd_pmem ext4"
+RESTORE_MODULES = "unix_diag inet_diag tcp_diag udp_diag netlink_diag packet_diag nf_tables"
+
 EARLY_PIDS = "/run/kupgrade-early-pids"   # init-top: the PIDs in use before userspace (bootpids.py)
 RESTORE_POINT = "/run/kupgrade-restore-point"  # kupgrade-restore, every call: seconds since the kernel started
 
@@ -68,6 +76,8 @@ BOOT_VALUES: dict[str, str] = {
     "BOOT_MARKER": BOOT_MARKER,
     "STATE_DIR": STATE_DIR,
     "EARLY_PIDS": EARLY_PIDS,
+    "PMEM_MODULES": PMEM_MODULES,
+    "RESTORE_MODULES": RESTORE_MODULES,
     "CONTRACT": str(VERSION),
 }
 

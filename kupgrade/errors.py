@@ -42,7 +42,9 @@ def explain(e: KupgradeError) -> str:
 
 
 class ConfigError(KupgradeError):
-    """The configuration file, a command-line value or another input file (an upgrade record) is wrong."""
+    """The configuration file, a command-line value or another input file (an upgrade record) is
+    wrong, or this machine lacks what the command needs set up (`install-boot`: no initrd builder,
+    no busybox)."""
 
     exit_code = 2
 

@@ -10,7 +10,7 @@ from kupgrade import boot, contract, early, hooks, initrd, kexec, manifest, syst
 from kupgrade.stages import restore
 
 DATA = Path(boot.__file__).parent / "data"
-BOOT_FILES = [name for _, name, _ in boot.BOOT_FILES]
+BOOT_FILES = list(boot.BOOT_FILES)
 # values long and specific enough that a file spelling them out is repeating the contract
 SPECIFIC = [v for k, v in contract.BOOT_VALUES.items() if k not in ("HOOKS", "EARLY_RUNNER", "CONTRACT")]
 

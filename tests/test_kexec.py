@@ -134,13 +134,17 @@ def test_criu_unit_dump_and_inherited_stdio(tmp_path):
     assert criu.stdio_sockets((300, 301), proc) == ["socket:[77]"]
 
 
-def test_a_missing_lsinitramfs_blocks_instead_of_skipping_the_boot_script_check(tmp_path, monkeypatch):
-    """Without lsinitramfs nothing shows that the target initrd has the boot script; without it
-    the new kernel would not restore anything (the workloads would be lost): a blocker."""
+def test_a_missing_lister_blocks_instead_of_skipping_the_boot_script_check(tmp_path, monkeypatch):
+    """Without the initrd builder's lister nothing shows that the target initrd has the boot
+    script; without it the new kernel would not restore anything (the workloads would be lost):
+    a blocker, naming what is missing for the builder this machine has (or that it has none)."""
     import shutil
     from kupgrade.stages import preflight
     from kupgrade.stages.context import Target
-    monkeypatch.setattr(shutil, "which", lambda name: None)
     t = Target("6.12", tmp_path / "vmlinuz", tmp_path / "initrd.img")
-    [b] = preflight._initrd_blockers(t)
-    assert "lsinitramfs is missing" in b.message and "initramfs-tools" in b.hint
+    for have, missing, hint in ((set(), "no initrd builder", "dracut"),
+                                ({"update-initramfs"}, "lsinitramfs is missing", "apt-get install initramfs-tools"),
+                                ({"dracut"}, "lsinitrd is missing", "install dracut")):
+        monkeypatch.setattr(shutil, "which", lambda name, have=have: f"/usr/bin/{name}" if name in have else None)
+        [b] = preflight._initrd_blockers(t)
+        assert missing in b.message and hint in b.hint, (have, b)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
 from .. import mountns, pmem, stepout, systemd, workloads
 from .. import hooks as hk
-from ..errors import BlockedError, CommandError, HookError
+from ..errors import BlockedError, CommandError, ConfigError, HookError
 from ..record import Blocker
 from ..run import program
 from . import hookpoints
@@ -246,6 +246,8 @@ def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:
                         f"(`kupgrade install-boot --kernel {release}` adds them)")
         except CommandError:
             return f"cannot list {initrd} to see that it carries {', '.join(modules)}"
+        except ConfigError as e:
+            return f"cannot list {initrd} to see that it carries {', '.join(modules)}: {e.message}"
     return ""
 
 
@@ -289,12 +291,14 @@ def _target(t: Target, blockers: list[Blocker], role: str = "target") -> Target:
 
 
 def _initrd_blockers(t: Target) -> list[Blocker]:
-    """The target initrd must carry the boot scripts of this kupgrade's contract."""
-    if not shutil.which("lsinitramfs"):
-        return [Blocker(f"cannot check that {t.initrd} carries the kupgrade boot script: lsinitramfs is missing",
-                        "apt-get install initramfs-tools")]
+    """The target initrd must carry the boot scripts of this kupgrade's contract (listed with the
+    lister of this machine's initrd builder: lsinitramfs or lsinitrd)."""
     try:
-        if boot.initrd_has_hook(t.initrd):
+        lister = boot.builder(listing=True)
+    except ConfigError as e:
+        return [Blocker(f"cannot check that {t.initrd} carries the kupgrade boot script: {e.message}", e.hint)]
+    try:
+        if boot.initrd_has_hook(t.initrd, lister):
             return []
     except CommandError as e:
         return [Blocker(f"cannot list {t.initrd}: {e.message}", "check that the initrd is intact")]

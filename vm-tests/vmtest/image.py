@@ -2,8 +2,8 @@
 
 Two cached layers, each keyed by a hash of its inputs:
 
-1. base tree: debootstrap + both kernels (slow, ~2 min; rebuilt only when the package list
-   or this recipe changes);
+1. base tree: debootstrap + both kernels + the dracut .debs (slow, ~2 min; rebuilt only when
+   the package list or this recipe changes);
 2. disk image: the base tree + kupgrade from this checkout + the guest agent, its boot
    integration installed with ``kupgrade install-boot``, written as a raw ext4 image with
    ``mkfs.ext4 -d`` (no loop mounts). Rebuilt whenever the checkout changes (~20 s).
@@ -48,7 +48,12 @@ SANDBOXED_UNIT = "vmtest-sandboxed.service"     # ours: DynamicUser, PrivateTmp,
 # ~16 s each to build under TCG; this list makes ~6 MB in ~1.5 s.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4",
                   "crc32c_generic", "crc32c_intel"]
-BASE_RECIPE_VERSION = "6"
+# Debian's dracut, for the basic-dracut scenario: its .debs (and what they need that the image
+# lacks) downloaded into the image, installed offline in that scenario's guest, which replaces
+# initramfs-tools with it. Every other scenario boots the image as it is.
+DRACUT_PACKAGES = ["dracut"]
+DRACUT_DEBS = "/var/cache/kupgrade-debs/dracut"
+BASE_RECIPE_VERSION = "7"
 IMAGE_SIZE = "3G"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +94,8 @@ def _tree_hash(*roots: Path) -> str:
 
 def base_key() -> str:
     return _hash(BASE_RECIPE_VERSION, SUITE, MIRROR, " ".join(BASE_PACKAGES),
-                 " ".join(KERNEL_PACKAGES), " ".join(INITRD_MODULES), " ".join(SERVICE_PACKAGES), SERVICES_GATE)
+                 " ".join(KERNEL_PACKAGES), " ".join(INITRD_MODULES), " ".join(SERVICE_PACKAGES), SERVICES_GATE,
+                 " ".join(DRACUT_PACKAGES), DRACUT_DEBS)
 
 
 def _chroot(tree: Path, *argv: str, timeout: float = 900) -> None:
@@ -140,6 +146,13 @@ def build_base(force: bool = False) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         (d / "vmtest-gate.conf").write_text(f"# vm-tests: started at boot only in the services scenario\n"
                                             f"[Unit]\nConditionKernelCommandLine={SERVICES_GATE}\n")
+    log.info("downloading %s into %s", " ".join(DRACUT_PACKAGES), DRACUT_DEBS)
+    debs = tree / DRACUT_DEBS.lstrip("/")
+    (debs / "partial").mkdir(parents=True, exist_ok=True)
+    _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", "--download-only",
+            "-o", f"Dir::Cache::archives={DRACUT_DEBS}", *DRACUT_PACKAGES)
+    shutil.rmtree(debs / "partial")
+    (debs / "lock").unlink(missing_ok=True)
     _chroot(tree, "apt-get", "clean")
     (tree / "etc/hostname").write_text("kupgrade-guest\n")
     (tree / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")

@@ -3,10 +3,10 @@
 (extra QEMU devices, disks, kernel arguments: qemu.Machine). hooks.py is not one: it holds the
 device hooks' steps that the tcp scenario runs on its guest (and ALL_DEVICES, shared)."""
 
-from . import explore_sandbox, basic, dirty_data, faults, fleet, md, pmem, rehearse, rollback, services, systemd_service, tcp, tui, watchdog
+from . import explore_sandbox, basic, basic_dracut, dirty_data, faults, fleet, md, pmem, rehearse, rollback, services, systemd_service, tcp, tui, watchdog
 
 # The suite (scripts/test runs them all).
-SCENARIOS = {m.NAME: m for m in (basic, rehearse, tui, faults, rollback, pmem, dirty_data, systemd_service, tcp, watchdog, md, services, fleet)}
+SCENARIOS = {m.NAME: m for m in (basic, basic_dracut, rehearse, tui, faults, rollback, pmem, dirty_data, systemd_service, tcp, watchdog, md, services, fleet)}
 # Run by name only: they measure criu itself, not kupgrade (what kupgrade builds on them is proven
 # by the suite: `services` carries sandboxed units end to end).
 EXPLORATIONS = {m.NAME: m for m in (explore_sandbox,)}

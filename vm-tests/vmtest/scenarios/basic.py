@@ -55,6 +55,13 @@ def check_report(vm, res: Result) -> None:
 
 def run(vm, image, res: Result) -> None:
     wl, before = started(vm, res, cgroup="/workload")
+    upgraded(vm, image, res, wl, before)
+
+
+def upgraded(vm, image, res: Result, wl, before: dict) -> None:
+    """The upgrade of the running workload `wl` (in cgroup /workload; `before`: its state) and
+    every check of it: plan, check, run, the same processes with their memory, the record, the
+    next estimate, the report, the heartbeat gap (basic-dracut runs it on its dracut guest)."""
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/workload"]))
     plan_and_check(vm, res)
 

@@ -179,9 +179,9 @@ def _points(ns: list[procfs.Mount], top: procfs.Mount, bound: dict[str, ExtMount
 def private_bytes(root_pid: int, proc: Path = PROC) -> int:
     """What the snapshot carries of a unit's private /tmp and /var/tmp (0 for a tree in the
     host's mount namespace, or one that cannot be carried)."""
+    if not procfs.own_namespace(root_pid, "mnt", proc):
+        return 0
     try:
-        if os.readlink(proc / str(root_pid) / "ns" / "mnt") == os.readlink(proc / "self" / "ns" / "mnt"):
-            return 0
         p = plan(root_pid, proc=proc)
     except (OSError, NotCarried):
         return 0

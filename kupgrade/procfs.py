@@ -67,6 +67,18 @@ def _unescape(field: str) -> str:
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
+def own_namespace(pid: int, kind: str, proc: Path = PROC) -> bool:
+    """The task is in another namespace of this kind ("mnt", "user", ...) than kupgrade (and
+    criu, its child); False when either link cannot be read."""
+    def ns(task: str) -> str:
+        try:
+            return os.readlink(proc / task / "ns" / kind)
+        except OSError:
+            return ""
+    theirs, mine = ns(str(pid)), ns("self")
+    return bool(theirs and mine) and theirs != mine
+
+
 def cgroup(pid: int, proc: Path = PROC) -> str:
     """The task's cgroup v2 path ("" where it has none: a v1-only system). Raises OSError."""
     for line in (proc / str(pid) / "cgroup").read_text().splitlines():

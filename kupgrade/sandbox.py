@@ -35,11 +35,11 @@ options that cause it.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from . import criu, mountns
+from . import procfs
 from .procfs import PROC, status
 from .record import Blocker, Workload
 
@@ -62,17 +62,7 @@ def set_options(props: dict[str, str], options: dict[str, tuple[str, ...]]) -> l
     return [k for k, off in options.items() if k in props and props[k].strip() not in off]
 
 
-def _ns(task: str, kind: str, proc: Path) -> str:
-    try:
-        return os.readlink(proc / task / "ns" / kind)
-    except OSError:
-        return ""
-
-
-def own_namespace(pid: int, kind: str, proc: Path = PROC) -> bool:
-    """The task is in another namespace of this kind than kupgrade (and criu, its child)."""
-    theirs, mine = _ns(str(pid), kind, proc), _ns("self", kind, proc)
-    return bool(theirs and mine) and theirs != mine
+own_namespace = procfs.own_namespace
 
 
 _CLEARED = {k for k, off in MOUNT_OPTIONS.items() if "" in off}     # turned off by an empty assignment

@@ -25,6 +25,15 @@ PRE_DIR = "pre-{n}"              # images/TREE/pre-N/: pre-dump iteration N (the
 PRE_LOG = "pre-dump-{n}.log"
 
 
+def freezer_args(w: Workload, cgroup_root: Path) -> list[str]:
+    """criu's freezer mode for a tree in one cgroup (criu freezes it, or finds it frozen, and
+    seizes its tasks). A tree selected by PID, or whose tasks are also in other cgroups (an ssh
+    session's scope: workloads.other_cgroups), is seized task by task."""
+    if not w.frozen:
+        return []
+    return ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
+
+
 def pre_dump_argv(w: Workload, images: Path, n: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> list[str]:
     """Pre-dump iteration n (1, 2, ...) of one tree into images/pre-N, while it runs: its memory
     (the first), or what it dirtied since iteration n-1 (soft-dirty tracking). The tasks go on."""
@@ -32,9 +41,7 @@ def pre_dump_argv(w: Workload, images: Path, n: int, cgroup_root: Path = Path("/
             "--log-file", str(images / PRE_LOG.format(n=n)), "-v4", "--track-mem"]
     if n > 1:   # relative to the images dir: the link criu leaves there stays valid wherever the tree goes
         argv += ["--prev-images-dir", "../" + PRE_DIR.format(n=n - 1)]
-    if w.cgroup:
-        argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
-    return argv
+    return argv + freezer_args(w, cgroup_root)
 
 
 def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgroup"),
@@ -50,8 +57,7 @@ def dump_argv(w: Workload, images: Path, cgroup_root: Path = Path("/sys/fs/cgrou
             # The lock is an nftables table inet CRIU-ROOTPID: criu's unlock at restore is
             # then a library call, not two forks of iptables per connection (~2 s under TCG)
             "--tcp-established", "--skip-in-flight", "--network-lock", "nftables"]
-    if w.cgroup:
-        argv += ["--freeze-cgroup", str(cgroup_root / w.cgroup.lstrip("/"))]
+    argv += freezer_args(w, cgroup_root)
     for res in external:    # "socket:[INO]": a stream socket whose peer is outside (journald)
         argv += ["--external", "unix[" + res.removeprefix("socket:[").rstrip("]") + "]"]
     if ext_unix:            # a datagram socket connected to a named one outside (syslog): see unixsk.py

@@ -22,9 +22,17 @@ same main PID, same DynamicUser UID, the counter and memcached's keys continued)
   per-unit directories (/run/systemd/propagate/UNIT: made empty), and kupgrade's own snapshot
   mount, which propagated into the namespace (an empty directory instead).
 
+A tree in the host's namespace can hold files from a namespace it is not in, too: logind, a
+sandboxed unit, passes an ssh session's sshd the write end of its session FIFO
+(/run/systemd/sessions/N.ref) over the system bus, and criu cannot dump a file whose mount it
+cannot see ("Can't lookup mount=268 for fd=8", measured). `foreign` makes such files externals
+the same way. A FIFO from another namespace is restored as one end of a pipe of kupgrade's own:
+its other end was held by a process of that namespace, which is not carried (the new boot's
+logind does not know the session), so nothing would ever come through it.
+
 Not carried (`NotCarried`, named by check): a namespace whose root is not the host's / (RootDirectory,
 RootImage), a mount whose host counterpart is gone, tasks of one tree in different mount
-namespaces.
+namespaces, a regular file from outside on a tmpfs.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ class ExtFile:
     path: str       # its path on the host, opened again at restore
     flags: int      # O_RDONLY / O_WRONLY / O_RDWR
     device: bool = True     # a device node (every boot has it: /dev/null)
+    fifo: bool = False      # a FIFO whose other end is outside the tree: /dev/null at restore
 
     @property
     def mount_id(self) -> str:
@@ -94,7 +103,7 @@ class Plan:
         return argv
 
     def restore_args(self) -> list[str]:
-        argv = ["--root", "/"]
+        argv = ["--root", "/"] if self.mounts else []
         for m in self.mounts:
             argv += ["--external", f"mnt[{m.key}]:{m.source}"]
         return argv
@@ -154,10 +163,26 @@ def plan(root_pid: int, pids=(), own: tuple[str, ...] = (), proc: Path = PROC) -
     files = _files(pids or (root_pid,), {m.mount_id for m in ns}, proc)
     volatile = {h.mount_id: h for h in host if h.fstype in ("tmpfs", "ramfs")}
     for f in files:
-        if f.mount_id in volatile and not f.device:
+        if f.mount_id in volatile and not f.device and not f.fifo:
             raise NotCarried(f"it has {f.path} open from outside its namespace, on a {volatile[f.mount_id].fstype} "
                              f"({volatile[f.mount_id].point}) that the new boot does not have")
     return Plan(tuple(bound.values()), tuple(files), _points(ns, top, bound))
+
+
+def foreign(pids, proc: Path = PROC) -> Plan | None:
+    """For a tree in the host's mount namespace: the files it holds from mounts that namespace
+    does not have (logind's session FIFO in an ssh session's sshd), as externals; None when there
+    are none. Raises NotCarried for a regular file among them on a tmpfs the new boot lacks."""
+    pids = tuple(pids)
+    try:
+        ns = procfs.mounts(proc / str(pids[0]) / "mountinfo")
+    except (OSError, IndexError):
+        return None
+    files = tuple(_files(pids, {m.mount_id for m in ns}, proc))
+    for f in files:
+        if not f.fifo and not f.device:
+            raise NotCarried(f"it has {f.path} open from another mount namespace (passed to it by a process there)")
+    return Plan((), files) if files else None
 
 
 def _points(ns: list[procfs.Mount], top: procfs.Mount, bound: dict[str, ExtMount]) -> tuple[Point, ...]:
@@ -200,30 +225,24 @@ def _files(pids, ns_ids: set[str], proc: Path) -> list[ExtFile]:
     """The files the tree has open on mounts its namespace does not have."""
     found: dict[str, ExtFile] = {}
     for pid in pids:
-        fds = proc / str(pid) / "fd"
-        try:
-            names = os.listdir(fds)
-        except OSError:
-            continue
-        for fd in names:
+        for fd, link in sorted(procfs.fds(pid, proc).items()):
+            if not link.startswith("/"):
+                continue                # socket:[..], pipe:[..], anon_inode:..
             try:
-                link = os.readlink(fds / fd)
-                info = dict(line.split(":", 1) for line in (proc / str(pid) / "fdinfo" / fd).read_text().splitlines()
-                            if ":" in line)
-                if not link.startswith("/"):
-                    continue            # socket:[..], pipe:[..], anon_inode:..
-                mnt = info.get("mnt_id", "").strip()
+                info = procfs.fdinfo(pid, fd, proc)
+                mnt = info.get("mnt_id", "")
                 if not mnt or mnt in ns_ids:
                     continue
-                st = os.stat(fds / fd)
+                st = os.stat(proc / str(pid) / "fd" / str(fd))
                 ino, device = st.st_ino, stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                flags = int(info.get("flags", "0").strip(), 8) & os.O_ACCMODE
+                fifo = stat.S_ISFIFO(st.st_mode)
+                flags = int(info.get("flags", "0"), 8) & os.O_ACCMODE
             except (OSError, ValueError):
                 continue
             key = f"file[{int(mnt):x}:{ino:x}]"
             if key in found and found[key].flags != flags:
                 flags = os.O_RDWR         # opened twice, differently: one fd that can do both
-            found[key] = ExtFile(key, link, flags, device)
+            found[key] = ExtFile(key, link, flags, device, fifo)
     return list(found.values())
 
 
@@ -271,6 +290,16 @@ def _owners_saved(images: Path) -> dict[str, list[list]]:
     return json.loads((images / NAME).read_text()).get("owners", {})
 
 
+def _stand_in(f: ExtFile) -> int:
+    """A FIFO from another namespace, its other end not carried: one end of a pipe of our own
+    (criu wants a FIFO there, mode 0600 as the session FIFO's: "bad mode 020666" for /dev/null,
+    measured); the other end is closed, nothing comes through it."""
+    r, w = os.pipe()
+    keep, drop = (r, w) if f.flags == os.O_RDONLY else (w, r)
+    os.close(drop)
+    return keep
+
+
 def prepare(p: Plan, images: Path) -> dict[str, int]:
     """Before criu restores the tree: make what the new boot lacks, open the files that were
     outside the namespace. Returns criu's --inherit-fd map (key -> our fd; the caller closes them)."""
@@ -294,7 +323,7 @@ def prepare(p: Plan, images: Path) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
         for f in p.files:
-            fds[f.key] = os.open(f.path, f.flags | os.O_NOCTTY | os.O_CLOEXEC)
+            fds[f.key] = _stand_in(f) if f.fifo else os.open(f.path, f.flags | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         for fd in fds.values():
             os.close(fd)

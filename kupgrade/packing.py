@@ -38,8 +38,8 @@ def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Calla
 def read_first(m: manifest.Manifest, workloads, record_text: str, prewarm: bytes,
                size_kib: bytes = b"") -> list[tuple[str, bytes]]:
     """The small files the restoring side reads first, in the order they are written: the highest
-    PID, the tmpfs size (the initrd transport), the files to read ahead, the manifest, the record."""
-    out = [(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.pids)}\n".encode())]
+    PID (threads' IDs included), the tmpfs size (the initrd transport), the files to read ahead, the manifest, the record."""
+    out = [(contract.MAX_PID, f"{max(p for wl in workloads for p in wl.ids)}\n".encode())]
     out += [(contract.SIZE_KIB, size_kib)] if size_kib else []
     out += [(contract.PREWARM, prewarm)] if prewarm else []
     return out + [(manifest.NAME, manifest.dumps(m)), (contract.RECORD, record_text.encode())]

@@ -128,6 +128,14 @@ def threads(pid: int, proc: Path = PROC) -> int:
         return 1
 
 
+def tids(pid: int, proc: Path = PROC) -> tuple[int, ...]:
+    """The IDs of a process's threads, its own PID among them (() when it is gone)."""
+    try:
+        return tuple(sorted(int(t) for t in os.listdir(proc / str(pid) / "task")))
+    except (OSError, ValueError):
+        return ()
+
+
 def fds(pid: int, proc: Path = PROC) -> dict[int, str]:
     """fd -> what it points to (readlink of /proc/PID/fd/N); {} when the task is gone."""
     out = {}

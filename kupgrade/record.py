@@ -114,6 +114,19 @@ class Workload:
     unit: str = ""                  # systemd service when selected by unit
     stopped_before: tuple[int, ...] = ()   # tasks stopped by job control before kupgrade: left stopped
     pidfile: str = ""               # the unit's own PIDFile= (in /run: the new boot lacks it; written back)
+    other_cgroups: tuple[str, ...] = ()  # its tasks' cgroups outside its own (an ssh session's scope)
+    tids: tuple[int, ...] = ()      # its threads' IDs other than the processes' (PIDs too: criu restores them)
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """Every PID the tree needs back: its processes' and its threads'."""
+        return tuple(sorted(set(self.pids) | set(self.tids)))
+
+    @property
+    def frozen(self) -> bool:
+        """Its cgroup is frozen with the cgroup freezer; else criu seizes the tree task by task
+        (selected by PID, or its tasks are in other cgroups too: workloads.other_cgroups)."""
+        return bool(self.cgroup) and not self.other_cgroups
 
     @property
     def key(self) -> str:
@@ -122,14 +135,17 @@ class Workload:
     def to_json(self) -> dict:
         return {"selector": self.selector, "root_pid": self.root_pid, "pids": list(self.pids),
                 "cgroup": self.cgroup, "name": self.name, "unit": self.unit,
-                "stopped_before": list(self.stopped_before)} | ({"pidfile": self.pidfile} if self.pidfile else {})
+                "stopped_before": list(self.stopped_before)} | ({"pidfile": self.pidfile} if self.pidfile else {}) \
+            | ({"other_cgroups": list(self.other_cgroups)} if self.other_cgroups else {}) \
+            | ({"tids": list(self.tids)} if self.tids else {})
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
         shape(d, {"selector": str, "root_pid": int, "pids": list, "cgroup": str, "name": str, "unit": str},
                "a workload")
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
-                   d.get("unit", ""), tuple(d.get("stopped_before", ())), str(d.get("pidfile", "")))
+                   d.get("unit", ""), tuple(d.get("stopped_before", ())), str(d.get("pidfile", "")),
+                   tuple(str(c) for c in d.get("other_cgroups", ())), tuple(int(t) for t in d.get("tids", ())))
 
 
 def valid_id(record_id: str) -> bool:

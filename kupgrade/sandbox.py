@@ -95,6 +95,12 @@ def blockers(w: Workload, props: dict[str, str] | None = None, proc: Path = PROC
                 f"cannot be carried: {e}", _off_hint(w, opts, "start it in kupgrade's mount namespace (the host's)"
                                                      if not w.unit else f"see `systemctl cat {w.unit}` for what "
                                                      "gives it a mount namespace")))
+    else:
+        try:
+            mountns.foreign(w.pids, proc=proc)
+        except mountns.NotCarried as e:
+            out.append(Blocker(f"{name}: {e}: criu cannot dump a file whose mount its namespace does not have",
+                               "have the program close it, or leave it out of the selection"))
     if own_namespace(w.root_pid, "user", proc):
         out.append(Blocker(
             f"{name} runs in a user namespace of its own{' (PrivateUsers=yes)' if w.unit else ''}: criu 3.17 cannot "

@@ -49,8 +49,12 @@ def mine(me: int | None = None) -> set[int]:
 
 
 def inside(w: Workload, me: int | None = None, cgroup_of=_cgroup) -> bool:
-    """kupgrade runs in the workload's cgroup (its freezer would freeze kupgrade)."""
-    return bool(w.cgroup) and (cgroup_of(me or os.getpid()) + "/").startswith(w.cgroup.rstrip("/") + "/")
+    """kupgrade runs in a cgroup of the workload's tasks: its own (its freezer would freeze
+    kupgrade), or an ssh session's scope in its tree (workloads.other_cgroups). criu, kupgrade's
+    child, must not share one either: criu leaves its own cgroup out of the images ("Set 1 is
+    criu one"), and the restore of the tasks in it fails ("cg: No set 1 found", measured)."""
+    mine = cgroup_of(me or os.getpid()) + "/"
+    return any(mine.startswith(cg.rstrip("/") + "/") for cg in (w.cgroup, *w.other_cgroups) if cg)
 
 
 def why_not(w: Workload, me: int | None = None, cgroup_of=_cgroup, scopes=systemd.has_scopes) -> str:
@@ -74,7 +78,8 @@ def can_leave(unit: str, me: int | None = None, show=systemd.show, scopes=system
 def trimmed(w: Workload, me: int | None = None) -> Workload:
     """The tree as it will be dumped: without kupgrade and its children."""
     gone = mine(me)
-    return replace(w, pids=tuple(p for p in w.pids if p not in gone))
+    threads = {t for p in gone for t in procfs.tids(p)}
+    return replace(w, pids=tuple(p for p in w.pids if p not in gone), tids=tuple(t for t in w.tids if t not in threads))
 
 
 def step_out(trees: list[Workload], say) -> int:

@@ -115,23 +115,60 @@ SYSTEM_BUS = Path("/run/dbus/system_bus_socket")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def _scope(name: str, pids, why: str, slice_: str = "") -> None:
+    """A transient scope unit of these PIDs (StartTransientUnit with PIDs=, as logind does for a
+    session), through the system bus."""
+    props = [("PIDs", "au", str(len(pids)), *map(str, pids)), ("Description", "s", why),
+             ("CollectMode", "s", "inactive-or-failed")] + ([("Slice", "s", slice_)] if slice_ else [])
+    run(["busctl", "--timeout=60", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+         "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail",
+         str(len(props)), *(x for p in props for x in p), "0"], timeout=90, hint="is the system bus up (busctl status)?")
+
+
 def own_scope(pid: int, why: str, bus: Path = SYSTEM_BUS, root: Path = CGROUP_ROOT) -> str:
     """Move PID out of the unit whose cgroup it is in: into a transient scope of its own
-    (`kupgrade-PID.scope`, StartTransientUnit with PIDs=, as logind does for a session) when the
-    system bus is there; without dbus (busctl cannot talk to systemd's private socket: it says
-    Hello to a bus) into a cgroup of its own at the root, `kupgrade-PID`, which systemd leaves
-    alone (`sweep_own` removes it once empty). Returns where it went."""
+    (`kupgrade-PID.scope`) when the system bus is there; without dbus (busctl cannot talk to
+    systemd's private socket: it says Hello to a bus) into a cgroup of its own at the root,
+    `kupgrade-PID`, which systemd leaves alone (`sweep_own` removes it once empty). Returns
+    where it went."""
     name = f"kupgrade-{pid}"
     if bus.exists():
-        run(["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-             "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", f"{name}.scope", "fail",
-             "3", "PIDs", "au", "1", str(pid), "Description", "s", why, "CollectMode", "s", "inactive-or-failed",
-             "0"], timeout=60, hint="is the system bus up (busctl status)?")
+        _scope(f"{name}.scope", [pid], why)
         return f"{name}.scope"
     own = root / name
     own.mkdir(exist_ok=True)
     (own / "cgroup.procs").write_text(f"{pid}\n")
     return f"/{name}"
+
+
+def adopt(cgroup: str, bus: Path = SYSTEM_BUS, root: Path = CGROUP_ROOT, scope=_scope) -> str:
+    """The new boot: restored tasks that criu put back into a cgroup no unit of this boot owns
+    (an ssh session's scope, user.slice/user-0.slice/session-3.scope, which the old boot's logind
+    made) become a transient scope of their own in the same slice, `kupgrade-session-3.scope`:
+    systemd tracks them (`systemctl status`), and a login of this boot that gets the same
+    session number does not take them into its scope. The cgroup criu made goes once empty.
+    Returns the scope, or why they stay where criu put them (no system bus, systemd refused)."""
+    base = cgroup.rstrip("/").rsplit("/", 1)[-1]
+    parent = cgroup.rstrip("/").rsplit("/", 1)[0].rsplit("/", 1)[-1]
+    name = base if base.startswith("kupgrade-") else f"kupgrade-{base.removesuffix('.scope')}.scope"
+    try:
+        pids = [int(x) for x in (root / cgroup.lstrip("/") / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        pids = []
+    if not pids:
+        return f"no task in {cgroup}"
+    if not bus.exists():
+        return f"stay in {cgroup}: no system bus to ask systemd for a scope"
+    try:
+        scope(name, sorted(pids), f"kupgrade: carried from {cgroup} of the old boot",
+              parent if parent.endswith(".slice") else "")
+    except CommandError as e:
+        return f"stay in {cgroup}: {e.message}"
+    try:
+        (root / cgroup.lstrip("/")).rmdir()
+    except OSError:
+        pass
+    return name
 
 
 def sweep_own(root: Path = CGROUP_ROOT, rmdir=os.rmdir) -> None:

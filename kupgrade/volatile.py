@@ -13,8 +13,9 @@ After the dump (the tasks are stopped: nothing changes them any more) `save` cop
 tree's images with their owner and mode and those of the directories above them up to the mount
 point; before criu restores the tree, `put_back` recreates whatever is missing (the new kernel
 and the way back alike); criu then opens them and takes their locks again (--file-locks).
-FIFOs too (made again, empty: criu carries the data in the pipe; an ssh session's sshd holds
-logind's session FIFO). Named by preflight instead (`blockers`): larger ones, files in a directory
+FIFOs too (made again, empty: criu carries the data in the pipe). A file from a mount the task's
+namespace does not have (logind's session FIFO in an ssh session's sshd, passed over the bus from
+logind's own namespace) is mountns.foreign's. Named by preflight instead (`blockers`): larger ones, files in a directory
 emptied at boot (the boot would delete them after they were put back), anything else on a tmpfs.
 
 Open files (fdinfo mnt_id → the task's mountinfo), the working directory and mapped files are
@@ -99,7 +100,8 @@ def _paths(pid: int, proc: Path, mounts: dict[str, tuple[str, str]]) -> list[tup
         pass
     found += [("mapping", path, "") for path in sorted(procfs.mapped_files(pid, proc))]
     return [(what, path, mounts[mnt] if mnt in mounts else _mount_of(path, mounts))
-            for what, path, mnt in found if path.startswith("/") and not path.endswith(" (deleted)")]
+            for what, path, mnt in found if path.startswith("/") and not path.endswith(" (deleted)")
+            and (not mnt or mnt in mounts)]     # a file from another namespace: mountns.foreign
 
 
 def _device(pid: int, what: str, path: str, proc: Path) -> bool:

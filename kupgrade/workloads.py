@@ -38,10 +38,9 @@ def pty_masters(pids, proc: Path = PROC) -> set[int]:
         for fd, target in procfs.fds(pid, proc).items():
             if target in ("/dev/ptmx", "/dev/pts/ptmx"):
                 try:
-                    info = (proc / str(pid) / "fdinfo" / str(fd)).read_text()
-                except OSError:
+                    out.add(int(procfs.fdinfo(pid, fd, proc)["tty-index"]))
+                except (OSError, KeyError, ValueError):
                     continue
-                out |= {int(line.split()[1]) for line in info.splitlines() if line.startswith("tty-index:")}
     return out
 
 
@@ -116,15 +115,44 @@ def cgroup_procs(cgroup: str, root: Path = CGROUP_ROOT) -> list[int]:
     return sorted(int(x) for x in path.read_text().split())
 
 
+def under(cgroup: str, parent: str) -> bool:
+    return cgroup == parent or cgroup.startswith(parent.rstrip("/") + "/")
+
+
+def other_cgroups(w: Workload, cgroup_of=procfs.cgroup) -> tuple[str, ...]:
+    """The cgroups outside the tree's own that tasks of the tree are in. An ssh session's
+    processes are descendants of the sshd listener, but logind (pam_systemd, Debian's default)
+    moves each session into a scope of its own (user.slice/user-0.slice/session-3.scope). Such a
+    tree is not frozen with the cgroup freezer: criu's freezer mode seizes only the one cgroup's
+    tasks ("Unseizable non-zombie … state S" for the others), and tasks kupgrade froze itself
+    cannot run criu's parasite (the dump waits forever, measured). criu seizes it task by task,
+    as a tree selected by PID."""
+    out: set[str] = set()
+    for pid in w.pids:
+        try:
+            cg = cgroup_of(pid)
+        except OSError:
+            continue        # gone meanwhile
+        if not under(cg, w.cgroup):
+            out.add(cg)
+    return tuple(sorted(out))
+
+
 def tree_roots(pids: list[int], parent_of) -> list[int]:
     """The members whose parent is not a member: each starts one tree."""
     members = set(pids)
     return sorted(p for p in pids if parent_of(p) not in members)
 
 
+def _tids(pids) -> tuple[int, ...]:
+    """The IDs of these processes' threads, but the processes' own."""
+    return tuple(sorted({t for p in pids for t in procfs.tids(p)} - set(pids)))
+
+
 def _workload(selector: str, root: int, **kw) -> Workload:
     pids = _tree(root)
-    return Workload(selector, root, pids, name=psutil.Process(root).name(), stopped_before=stopped(pids), **kw)
+    return Workload(selector, root, pids, name=psutil.Process(root).name(), stopped_before=stopped(pids),
+                    tids=_tids(pids), **kw)
 
 
 def _from_units(units, describe_unit, blockers: list[Blocker], unit_props: dict[str, dict]) -> list[Workload]:
@@ -199,6 +227,7 @@ def resolve(pids: tuple[int, ...], cgroups: tuple[str, ...], units: tuple[str, .
     leaving = {w.key for w in workloads if w.key in holding and not why[w.key]}     # kupgrade steps out of these
     workloads = [stepout.trimmed(w, me) if w.key in leaving else w for w in workloads]
     mine = frozenset(stepout.mine(me)) if leaving else frozenset()
+    workloads = [replace(w, other_cgroups=other_cgroups(w)) if w.cgroup else w for w in workloads]
     seen: dict[int, str] = {}
     for w in workloads:
         found: list[Blocker] = []
@@ -265,8 +294,11 @@ def ancestors(pid: int) -> set[int]:
 
 def retree(w: Workload) -> Workload:
     """The same workload with its tree read again: once its tasks are frozen or stopped, the
-    tree is exactly what criu dumps, children forked since preflight included."""
+    tree is exactly what criu dumps, children forked since preflight included, and its threads'
+    IDs, which the restore needs back too (a memcached started at boot has worker threads whose
+    IDs are above every process PID of the snapshot)."""
     try:
-        return replace(w, pids=_tree(w.root_pid))
+        pids = _tree(w.root_pid)
     except psutil.Error:
         return w
+    return replace(w, pids=pids, tids=_tids(pids))

@@ -45,6 +45,10 @@ def test_criu_argv():
     assert "--file-locks" in argv       # carry.py relies on it: the tree's own locks are carried
     assert argv[argv.index("--freeze-cgroup") + 1] == "/sys/fs/cgroup/w"
     assert "--freeze-cgroup" not in criu.dump_argv(Workload("pid:300", 300, (300,)), Path("/x"))
+    # an ssh session's scope in the tree: criu seizes task by task (its freezer mode would not)
+    session = Workload("unit:ssh.service", 300, (300, 301), cgroup="/w", other_cgroups=("/user.slice/s.scope",))
+    assert "--freeze-cgroup" not in criu.dump_argv(session, Path("/x"))
+    assert "--freeze-cgroup" not in criu.pre_dump_argv(session, Path("/x"), 1)
     r = criu.restore_argv(Path("/run/kupgrade/images/tree-300"), Path("/p"))
     assert r[:2] == ["criu", "restore"] and "--restore-detached" in r and r[r.index("--pidfile") + 1] == "/p"
     assert r[r.index("--images-dir") + 1] == "/run/kupgrade/images/tree-300" and "-v4" in r

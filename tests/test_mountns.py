@@ -172,3 +172,33 @@ def test_a_file_from_outside_on_a_tmpfs_is_not_carried(tmp_path):
     with pytest.raises(mountns.NotCarried, match="open from outside its namespace, on a tmpfs"):
         mountns.plan(500, (500,), proc=fake(tmp_path, fds=[(str(f), 25, "0100002")]))
     assert mountns.plan(500, (500,), proc=fake(tmp_path / "b", fds=[("/dev/null", 25, "02")])).files
+
+
+def test_logind_s_session_fifo_in_an_ssh_session_is_a_foreign_file(tmp_path):
+    """sshd (the host's namespace, NS_INFO standing for it) holds the write end of logind's
+    session FIFO, passed over the bus from logind's own namespace (mount 268): an external,
+    restored as a pipe's end; a regular file passed the same way is not carried."""
+    fifo = tmp_path / "1.ref"
+    os.mkfifo(fifo)
+    proc = fake(tmp_path, fds=[(str(fifo), 268, "0104001"), ("/etc/hostname", 131, "0100000")])
+    p = mountns.foreign((500,), proc=proc)
+    ino = os.stat(fifo).st_ino
+    assert p.mounts == () and p.files == (mountns.ExtFile(f"file[10c:{ino:x}]", str(fifo), os.O_WRONLY, False, True),)
+    assert p.dump_args() == ["--external", f"file[10c:{ino:x}]"] and p.restore_args() == []
+    images = tmp_path / "images"
+    images.mkdir()
+    mountns.save(p, images)
+    fifo.unlink()               # the new boot has no such FIFO
+    fds = mountns.prepare(mountns.load(images), images)
+    try:
+        st = os.fstat(fds[p.files[0].key])        # a FIFO, mode 0600, as criu checks
+        assert oct(st.st_mode) == "0o10600" and os.readlink(f"/proc/self/fd/{fds[p.files[0].key]}").startswith("pipe:")
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    f = tmp_path / "b" / "state"
+    f.parent.mkdir()
+    f.write_text("x")
+    with pytest.raises(mountns.NotCarried, match="from another mount namespace"):
+        mountns.foreign((500,), proc=fake(tmp_path / "b", fds=[(str(f), 268, "0100002")]))
+    assert mountns.foreign((500,), proc=fake(tmp_path / "c", fds=[("/etc/hostname", 131, "0100000")])) is None

@@ -102,6 +102,10 @@ def test_seal_writes_what_the_restoring_side_reads_first(tmp_path):
     m = packing.seal(tmp_path, w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}")
     assert set(m.files) == {"images/tree-5/pages-1.img", "hooks/net/state.json"}
     assert (tmp_path / contract.MAX_PID).read_text() == "9\n"
+    # a thread's ID above every process PID (memcached's workers): new PIDs must start above it too
+    w = (Workload("pid:5", 5, (5, 9), tids=(12, 14)),)
+    packing.seal(tmp_path, w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}")
+    assert (tmp_path / contract.MAX_PID).read_text() == "14\n"
     assert (tmp_path / contract.MAX_PID).stat().st_mode & 0o777 == 0o600
     again, problems = manifest.verify(tmp_path, "6.12")
     assert problems == [] and again.id == "U1"

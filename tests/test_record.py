@@ -45,3 +45,10 @@ def test_a_workload_recorded_before_stopped_before_existed_loads():
     old = {"selector": "pid:300", "root_pid": 300, "pids": [300, 301], "cgroup": "", "name": "w", "unit": ""}
     assert Workload.from_json(old).stopped_before == ()
     assert Workload.from_json(Workload.from_json(old).to_json()) == Workload("pid:300", 300, (300, 301), name="w")
+
+
+def test_a_workloads_other_cgroups_cross_the_record():
+    w = Workload("unit:ssh.service", 10, (10, 20), cgroup="/system.slice/ssh.service",
+                 other_cgroups=("/user.slice/user-0.slice/session-3.scope",))
+    assert Workload.from_json(w.to_json()) == w and not w.frozen
+    assert "other_cgroups" not in Workload("pid:5", 5, (5,)).to_json()

@@ -82,3 +82,14 @@ def test_without_dbus_kupgrade_takes_a_cgroup_of_its_own(tmp_path):
     removed = []
     stepout.systemd.sweep_own(root, rmdir=lambda d: removed.append(d.name))
     assert removed == ["kupgrade-524"]
+
+
+
+def test_kupgrade_leaves_the_session_scope_of_a_tree_it_dumps():
+    """criu (kupgrade's child) leaves its own cgroup out of the images: it must not share the
+    session's scope, or that session cannot be restored ("cg: No set 1 found")."""
+    w = Workload("unit:ssh.service", 10, (10, 11, 12), cgroup="/system.slice/ssh.service",
+                 other_cgroups=("/user.slice/user-0.slice/session-3.scope",))
+    assert stepout.inside(w, 13, lambda pid: "/user.slice/user-0.slice/session-3.scope")
+    assert not stepout.inside(w, 13, lambda pid: "/user.slice/user-0.slice/session-30.scope")
+    assert stepout.inside(w, 13, lambda pid: "/system.slice/ssh.service")

@@ -70,6 +70,8 @@ def test_pid_taken_is_detected_before_criu(tmp_path):
     r = restore.restore_one(tmp_path, w)
     assert r["ok"] is False and f"PID {os.getpid()} of unit:web.service is taken in this boot" in r["error"]
     assert r["images"] == str(tmp_path / "images" / w.key)
+    thread = Workload("unit:web.service", 999999999, (999999999,), unit="web.service", tids=(os.getpid(),))
+    assert f"PID {os.getpid()} of unit:web.service is taken" in restore.restore_one(tmp_path, thread)["error"]
 
 
 def test_outcome_waits_for_every_unit():
@@ -107,3 +109,20 @@ def test_the_units_own_pid_file_is_written_back(tmp_path):
     assert (tmp_path / "run/nginx.pid").read_text() == "812\n"
     assert systemd.restore_pidfile(Workload("unit:a.service", 5, (5,), unit="a.service"), 5) == ""
     assert Workload.from_json(w.to_json()) == w
+
+
+def test_a_carried_session_scope_is_adopted_by_systemd_in_the_new_boot(tmp_path):
+    cg = "/user.slice/user-0.slice/session-3.scope"
+    (tmp_path / cg.lstrip("/")).mkdir(parents=True)
+    (tmp_path / cg.lstrip("/") / "cgroup.procs").write_text("648\n650\n")
+    bus = tmp_path / "bus"
+    assert "no system bus" in systemd.adopt(cg, bus=bus, root=tmp_path)
+    bus.touch()
+    asked = []
+    assert systemd.adopt(cg, bus=bus, root=tmp_path, scope=lambda *a: asked.append(a)) == "kupgrade-session-3.scope"
+    assert asked == [("kupgrade-session-3.scope", [648, 650], f"kupgrade: carried from {cg} of the old boot",
+                      "user-0.slice")]
+    again = "/user.slice/user-0.slice/kupgrade-session-3.scope"     # carried twice: the name stays
+    (tmp_path / again.lstrip("/")).mkdir()
+    (tmp_path / again.lstrip("/") / "cgroup.procs").write_text("648\n")
+    assert systemd.adopt(again, bus=bus, root=tmp_path, scope=lambda *a: None) == "kupgrade-session-3.scope"

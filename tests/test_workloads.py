@@ -11,6 +11,8 @@ import pytest
 from procfake import fake_proc, task
 
 from kupgrade import procfs, workloads
+from kupgrade.record import Workload
+from dataclasses import replace
 
 
 def ours(blockers):
@@ -312,3 +314,30 @@ def test_a_terminal_the_tree_holds_both_ends_of_is_carried(tmp_path):
     (proc / "21" / "stat").write_text(f"21 (bash) S 20 21 21 {136 << 8 | 3} -1 4194304 0 0\n")
     assert wl.process_blockers(21, proc=proc, inner_ptys={3}) == []
     assert "controlling terminal" in wl.process_blockers(21, proc=proc)[0].message
+
+
+SESSION = "/user.slice/user-1000.slice/session-3.scope"
+
+
+def test_an_ssh_sessions_scope_leaves_the_tree_to_crius_seize():
+    # pam_systemd moved the session (sshd [priv] 20, its bash 21) out of ssh.service's cgroup
+    w = Workload("unit:ssh.service", 10, (10, 20, 21), cgroup="/system.slice/ssh.service")
+    where = {10: "/system.slice/ssh.service", 20: SESSION, 21: SESSION}
+    assert workloads.other_cgroups(w, cgroup_of=where.__getitem__) == (SESSION,)
+    assert not replace(w, other_cgroups=(SESSION,)).frozen and w.frozen
+    below = {10: w.cgroup, 20: w.cgroup + "/sub", 21: w.cgroup}     # below its own: frozen with it
+    assert workloads.other_cgroups(w, cgroup_of=below.__getitem__) == ()
+
+
+def test_a_trees_thread_ids_are_read_with_it():
+    import threading
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        w = workloads.retree(Workload("pid:x", os.getpid(), (os.getpid(),)))
+        assert t.native_id in w.tids and os.getpid() not in w.tids and t.native_id in w.ids
+        assert Workload.from_json(w.to_json()).tids == w.tids
+    finally:
+        stop.set()
+        t.join()

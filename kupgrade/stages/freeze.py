@@ -27,9 +27,12 @@ def plan(ctx: Context) -> list[str]:
     out = [f"systemctl stop {f.unit} (cannot be carried: it starts fresh in the new boot)"
            for f in ctx.record.fresh if f.stop]
     for w in ctx.workloads:         # resolved by preflight
-        if w.cgroup:
+        if w.frozen:
             out.append(f"{w.selector}: write 1 to {CGROUP_ROOT}{w.cgroup}/cgroup.freeze and wait for "
                        "`frozen 1` in cgroup.events")
+        elif w.other_cgroups:
+            out.append(f"{w.selector}: criu seizes the tree task by task during the snapshot (its tasks are in "
+                       f"{', '.join(w.other_cgroups)} too: an ssh session's scope; no cgroup freezer)")
         else:
             out.append(f"{w.selector}: criu seizes the tree during the snapshot (no cgroup of its own)")
     if not ctx.workloads:
@@ -104,12 +107,12 @@ def run(ctx: Context) -> tuple[str, dict]:
     stopped = stop_fresh(ctx)
     took = {}
     for w in ctx.workloads:
-        if w.cgroup:
+        if w.frozen:
             ctx.frozen_cgroups.append(w.cgroup)     # before: a freeze that times out is undone too
             ctx.note()
             took[w.cgroup] = round(set_frozen(w.cgroup, True), 4)
-    _check_frozen_trees(ctx)
-    seized = [w.selector for w in ctx.workloads if not w.cgroup]
+    _check_frozen_trees(ctx, took)
+    seized = [w.selector for w in ctx.workloads if not w.frozen]
     summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
     details = {"frozen_cgroups": took, "criu_seizes": seized, **stopped}
     if stopped:
@@ -123,14 +126,22 @@ def run(ctx: Context) -> tuple[str, dict]:
     return summary, details
 
 
-def _check_frozen_trees(ctx: Context) -> None:
+def _check_frozen_trees(ctx: Context, took: dict) -> None:
     """Frozen, a cgroup's tasks cannot fork any more: read its trees again. A task that came
     since preflight and is not in the tree (a daemon that double-forked) would be frozen, not
-    dumped, and lost: stop here, the rollback thaws it."""
+    dumped, and lost: stop here, the rollback thaws it. A tree with a task in another cgroup now
+    (an ssh login since preflight: its session scope) is thawed and left to criu's seize."""
     for i, w in enumerate(ctx.workloads):
-        if not w.cgroup:
+        if not w.frozen:
             continue
         now = workloads.retree(w)
+        if other := workloads.other_cgroups(now):
+            set_frozen(w.cgroup, False)
+            ctx.frozen_cgroups.remove(w.cgroup)
+            took.pop(w.cgroup, None)
+            ctx.workloads[i] = replace(now, other_cgroups=other)
+            ctx.note()
+            continue
         strays = sorted(set(workloads.cgroup_procs(w.cgroup)) - set(now.pids))
         if strays:
             raise StageError(f"{w.selector}: PIDs {strays} joined its cgroup since preflight and are not "

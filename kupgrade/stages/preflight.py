@@ -64,7 +64,7 @@ def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
         return {"unknown": "no boot recorded the PIDs its kernel's threads take (an initrd without kupgrade's "
                            "init-top script): a workload with a low PID may not get it back"}
     for w in ctx.workloads:
-        if low := [p for p in w.pids if p <= guess.upto]:
+        if low := [p for p in w.ids if p <= guess.upto]:
             blockers.append(Blocker(
                 f"{w.selector}: PID(s) {low[:8]}{' …' if len(low) > 8 else ''} would be taken in {ctx.target.version}'s "
                 f"boot before the restore ({guess.basis})",

@@ -14,7 +14,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from .. import commit, contract, criu, early, faults, manifest, mountns, pmem, prewarm, switchback, tcp, unixsk, volatile
+from .. import (commit, contract, criu, early, faults, manifest, mountns, pmem, prewarm, switchback, systemd, tcp, unixsk,
+               volatile)
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
 from . import hookpoints
@@ -46,8 +47,8 @@ def pending(restore_dir: Path) -> bool:
 
 
 def _taken(w) -> str:
-    """Why this tree cannot get its PIDs back in this boot ("" if it can)."""
-    for pid in w.pids:
+    """Why this tree cannot get its PIDs back in this boot ("" if it can): its threads' too."""
+    for pid in w.ids:
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except FileNotFoundError:
@@ -101,6 +102,8 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
         result = {"selector": w.selector, "ok": True, "root_pid": pid, "same_pid": pid == w.root_pid}
         if put_back:
             result["files_put_back"] = put_back
+        if w.other_cgroups:     # an ssh session's scope: criu made its cgroup again; systemd adopts it
+            result["scopes"] = {cg: systemd.adopt(cg) for cg in w.other_cgroups}
         if hold:
             result["held"] = True
     except (KupgradeError, OSError, ValueError) as e:

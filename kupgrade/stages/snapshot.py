@@ -182,12 +182,14 @@ def _markers(w, images: Path, own: tuple[str, ...] = ()) -> tuple[Path, list[str
     """A tree's images dir (with its pre-dumps, if any) and what the restore must know besides
     criu's images; returns it and the tree's unit stdio sockets. The tasks are frozen."""
     images.mkdir(parents=True, mode=0o700, exist_ok=True)
-    if sandbox.own_namespace(w.root_pid, "mnt"):   # a unit's sandbox: its mounts and private /tmp
-        try:
+    try:
+        if sandbox.own_namespace(w.root_pid, "mnt"):   # a unit's sandbox: its mounts and private /tmp
             mountns.save(mountns.plan(w.root_pid, w.pids, own), images)
-        except mountns.NotCarried as e:
-            raise StageError(f"{w.selector}: its mount namespace cannot be carried: {e}",
-                             "`kupgrade check` names it; leave it out of the workloads") from e
+        elif foreign := mountns.foreign(w.pids):    # logind's session FIFO in an ssh session's sshd
+            mountns.save(foreign, images)
+    except mountns.NotCarried as e:
+        raise StageError(f"{w.selector}: its mount namespace cannot be carried: {e}",
+                         "`kupgrade check` names it; leave it out of the workloads") from e
     socks = criu.stdio_sockets(w.pids) if w.unit else []
     if socks:   # in the new boot the unit's own journal stream takes their place (--inherit-fd)
         (images / criu.STDIO).write_text(json.dumps(socks) + "\n")

@@ -1,8 +1,9 @@
 """services: the servers a Debian admin runs, as Debian installs them, carried with --all-services.
 
 The guest boots systemd with openssh-server, cron, nginx, memcached and redis-server started at
-boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed as shipped). No
-workload is named: `workloads.all_services = true`.
+boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed as shipped), and
+logind with the system bus (Debian's default: ssh logins in session scopes). No workload is
+named: `workloads.all_services = true`.
 
 1. `kupgrade check --all-services` passes and gives every running service its fate: carried,
    started fresh (why: the unit's own user namespace, a file on tmpfs, ...) or left to
@@ -14,8 +15,8 @@ workload is named: `workloads.all_services = true`.
    fresh ones with their reasons.
 3. The admin runs `kupgrade run` over ssh from the host (a pty, through QEMU's port forwarding),
    with a counter after it in the same shell: kupgrade steps out of the session (carried with
-   ssh.service), the session freezes at the switch and goes on in 6.12, same connection, every
-   tick once.
+   ssh.service, its logind scope frozen with it), the session freezes at the switch and goes on
+   in 6.12, same connection, same PIDs, every tick once.
 4. Our own vmtest-sandboxed.service (DynamicUser, PrivateTmp, ProtectSystem=strict: a note server,
    guest/notes.py) takes a write every 100 ms from the host on one connection during the upgrade:
    carried (same process, same dynamic UID), every acknowledged write kept, no error, no
@@ -147,10 +148,9 @@ def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state
     same = all(after[u]["MainPID"] == before[u]["MainPID"] and set(before[u]["pids"]) <= set(after[u]["pids"])
                for u in carried)
     extra = {u: sorted(set(after[u]["pids"]) - set(before[u]["pids"])) for u in carried}
-    only_session = all(not pids for u, pids in extra.items() if u != "ssh.service")
-    res.data["pids_preserved"] = same and only_session
-    res.check(same and only_session, f"carried ({', '.join(carried)}): same main PID, same PIDs in the unit's cgroup "
-              "(ssh.service: plus the admin's session, which runs in it: the guest has no pam_systemd)",
+    res.data["pids_preserved"] = same and not any(extra.values())
+    res.check(res.data["pids_preserved"], f"carried ({', '.join(carried)}): same main PID, the same PIDs in the "
+              "unit's cgroup (the admin's ssh session is in a scope of its own: logind)",
               json.dumps({u: (before[u], after[u]) for u in carried}))
     res.check(all(after[u]["MainPID"] != before[u]["MainPID"] for u in fresh),
               f"started fresh ({', '.join(fresh) or 'none'}): active again, with a new main PID",
@@ -160,15 +160,27 @@ def compare(res: Result, fates: dict[str, str], before: dict, after: dict, state
     res.check(all(kept.values()), "the carried key-value stores kept their keys", json.dumps(state))
 
 
-def session_in_ssh(vm, res: Result, before: dict, after: dict) -> None:
-    """The processes ssh.service has now and did not have at boot are the admin's session, carried
-    in the unit's cgroup: sshd's session processes, the shell, its counter (sleep)."""
-    extra = sorted(set(after["pids"]) - set(before["pids"]))
-    comms = {p: vm.sh("cat", f"/proc/{p}/comm", check=False)["stdout"].strip() for p in extra}
-    comms = {p: c for p, c in comms.items() if c}        # a sleep of the counter may have ended
-    res.check(bool(comms) and set(comms.values()) <= {"sshd", "bash", "sleep"},
-              "ssh.service's other processes in 6.12 are the admin's session (sshd, its shell, the counter)",
-              json.dumps(comms))
+def session_carried(vm, res: Result, rec: dict) -> None:
+    """logind (pam_systemd) had put the admin's ssh session into a scope of its own: kupgrade
+    carried it with ssh.service, whose tree the session is (criu seized it task by task). In 6.12
+    the session's processes (sshd, the shell; a `sleep` of the counter may have ended) are back
+    with their PIDs, outside ssh.service's cgroup, in a scope systemd adopted for them."""
+    ssh = next((w for w in rec.get("workloads", []) if w.get("unit") == "ssh.service"), {})
+    scopes = ssh.get("other_cgroups", [])
+    res.check(any("/session-" in s for s in scopes), "logind had the admin's session in a scope of its own, and "
+              "kupgrade carried that scope's tasks with ssh.service", json.dumps(ssh))
+    pids = [p for p in ssh.get("pids", []) if p != ssh.get("root_pid")]
+    now = {p: (vm.sh("cat", f"/proc/{p}/comm", check=False)["stdout"].strip(),
+               vm.sh("cat", f"/proc/{p}/cgroup", check=False)["stdout"].strip()) for p in pids}
+    alive = {p: c for p, c in now.items() if c[0]}
+    res.data["session"] = {"other_cgroups": scopes, "pids": {str(p): c for p, c in now.items()},
+                           "units": vm.sh("sh", "-c", "systemctl list-units --no-legend --plain 'kupgrade-session*' "
+                                                "'session-*'", check=False)["stdout"][-1000:]}
+    res.check(len(alive) >= len(pids) - 1 and alive and {c for c, _ in alive.values()} <= {"sshd", "bash", "sleep"}
+              and all("/kupgrade-session-" in cg for _, cg in alive.values()) and "kupgrade-session-" in res.data[
+                  "session"]["units"] and " active " in res.data["session"]["units"],
+              "the session's processes are in 6.12 with their PIDs (sshd, the shell), in a scope systemd adopted "
+              "for them (kupgrade-session-N.scope, active), not in ssh.service's cgroup", json.dumps(res.data["session"]))
 
 
 def sshd_logs(vm, res: Result) -> None:
@@ -190,7 +202,7 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     keep_journal(vm, tail=30000)
     compare(res, fates, before, after, res.data["state"])
     if fates.get("ssh.service") == "carried":
-        session_in_ssh(vm, res, before["ssh.service"], after["ssh.service"])
+        session_carried(vm, res, rec)
         sshd_logs(vm, res)
     if fates.get("nginx.service") == "carried":
         r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)

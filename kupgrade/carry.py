@@ -181,12 +181,22 @@ def sysv(w: Workload, proc: Path = PROC, sempids: SemPids = last_semops, zombies
     if not host_users:
         return out
     tables = {name: sysv_table(proc / "sysvipc" / name) for name in ("shm", "msg", "sem")}
+    users: dict[str, dict[str, list[int]]] = {}     # object -> how it is used -> by which PIDs
     for pid in host_users:
-        out += _sysv_of(pid, tables, proc, sempids)
+        for obj, how in _sysv_of(pid, tables, proc, sempids):
+            users.setdefault(obj, {}).setdefault(how, []).append(pid)
+    for obj, hows in users.items():     # one blocker per object (PostgreSQL: 6 processes, 2 segments)
+        (how, pids), *more = hows.items()
+        also = "; ".join(f"PID{'s' if len(p) > 1 else ''} {', '.join(map(str, p))} of its tree too ({h})"
+                         for h, p in [(how, pids[1:])] + more if p)
+        out.append(Blocker(f"{who(pids[0], proc)} uses {obj}; {how})" + (f", and {also}" if also else "")
+                           + " in the host IPC namespace: it is not in the snapshot and would not exist after the "
+                           "switch", SYSV_HINT))
     return out
 
 
-def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, sempids: SemPids) -> list[Blocker]:
+def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, sempids: SemPids) -> list[tuple[str, str]]:
+    """(the object, how this task uses it) for every SysV object of the table it uses."""
     try:
         attached = attached_shm(pid, proc)
     except OSError:
@@ -196,17 +206,16 @@ def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, semp
         how = (["attached"] if int(row["shmid"]) in attached else []) + _uses(
             pid, row, {"cpid": "created by it", "lpid": "last attached or detached by it"})
         if how:
-            found.append(f"SysV shared memory segment shmid {row['shmid']} ({_key(row)}, {row.get('size', '?')} "
-                         f"bytes; {', '.join(how)})")
+            found.append((f"SysV shared memory segment shmid {row['shmid']} ({_key(row)}, {row.get('size', '?')} "
+                          "bytes", ", ".join(how)))
     for row in tables["msg"]:
         if how := _uses(pid, row, {"lspid": "last sent to by it", "lrpid": "last received from by it"}):
-            found.append(f"SysV message queue msqid {row['msqid']} ({_key(row)}, {row.get('qnum', '?')} "
-                         f"message(s) queued; {', '.join(how)})")
+            found.append((f"SysV message queue msqid {row['msqid']} ({_key(row)}, {row.get('qnum', '?')} "
+                          "message(s) queued", ", ".join(how)))
     for row in tables["sem"]:
         if pid in sempids(int(row["semid"]), int(row.get("nsems", "0"))):
-            found.append(f"SysV semaphore set semid {row['semid']} ({_key(row)}; last operated on by it)")
-    return [Blocker(f"{who(pid, proc)} uses {obj} in the host IPC namespace: it is not in the snapshot and "
-                    "would not exist after the switch", SYSV_HINT) for obj in found]
+            found.append((f"SysV semaphore set semid {row['semid']} ({_key(row)}", "last operated on by it"))
+    return found
 
 
 # --- file locks --------------------------------------------------------------------------------

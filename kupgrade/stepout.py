@@ -29,6 +29,7 @@ from .errors import KupgradeError
 from .record import Workload
 
 ADOPTED_WAIT_S = 5.0
+MOVED_WAIT_S = 30.0     # measured: the move came after the check at once, with PostgreSQL starting
 log = logging.getLogger("kupgrade.stepout")
 
 
@@ -121,6 +122,10 @@ def _leave_cgroups(trees: list[Workload], cgroup_of=_cgroup) -> None:
         return
     systemd.sweep_own()
     where = systemd.own_scope(os.getpid(), f"kupgrade run, stepped out of {', '.join(w.selector for w in holding)}")
+    # systemd moves the PID when the scope's start job runs, after StartTransientUnit answered
+    deadline = time.monotonic() + MOVED_WAIT_S
+    while any(inside(w, None, cgroup_of) for w in holding) and time.monotonic() < deadline:
+        time.sleep(0.02)
     log.info("kupgrade left the cgroup of %s for %s", ", ".join(w.selector for w in holding), where)
     if still := [w.selector for w in holding if inside(w, None, cgroup_of)]:
         raise KupgradeError(f"stepping out of {', '.join(still)} failed: kupgrade is still in its cgroup "

@@ -139,3 +139,18 @@ def test_posix_lock_held_outside_the_tree(tmp_path):
         "neither that process nor its lock is carried"]
     (proc / "10" / "fdinfo" / "1").unlink()
     assert blockers(proc, 10, [10]) == []
+
+
+def test_one_sysv_object_used_by_many_tasks_is_one_blocker(tmp_path):
+    """PostgreSQL as Debian installs it: the postmaster created its interlock segment, every
+    backend has it attached (measured: 6 processes, 2 segments, 12 lines before)."""
+    proc = fake_proc(tmp_path)
+    (proc / "sysvipc" / "shm").write_text("key shmid size cpid lpid\n29693 0 56 10 12\n")
+    maps = "7f00-7f01 rw-s 00000000 00:01 0 /SYSV000073fd (deleted)\n"
+    task(proc, 10, maps=maps)
+    task(proc, 11, ppid=10, session=10, pgrp=10, maps=maps)
+    task(proc, 12, ppid=10, session=10, pgrp=10, maps=maps)
+    assert blockers(proc, 10, [10, 11, 12]) == [
+        "PID 10 (w) uses SysV shared memory segment shmid 0 (key 0x000073fd, 56 bytes; attached, created by it), "
+        "and PID 11 of its tree too (attached); PID 12 of its tree too (attached, last attached or detached by it) "
+        "in the host IPC namespace: it is not in the snapshot and would not exist after the switch"]

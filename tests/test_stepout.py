@@ -62,7 +62,16 @@ def test_leaving_the_cgroup_asks_systemd_for_a_scope(monkeypatch):
     ssh = Workload("unit:ssh.service", 10, (10, 11), cgroup="/system.slice/ssh.service")
     stepout._leave_cgroups([ssh, Workload("pid:20", 20, (20,))], lambda pid: cgroup["now"])
     assert asked == ["kupgrade run, stepped out of unit:ssh.service"]
-    monkeypatch.setattr(stepout.systemd, "own_scope", lambda pid, why: None)      # systemd did not move it
+    # systemd answers StartTransientUnit before its job moved the PID (measured): kupgrade waits
+    cgroup["now"], calls = "/system.slice/ssh.service", []
+
+    def later(pid):
+        calls.append(pid)
+        return "/system.slice/ssh.service" if len(calls) < 4 else "/system.slice/kupgrade-9.scope"
+    monkeypatch.setattr(stepout.systemd, "own_scope", lambda pid, why: None)
+    stepout._leave_cgroups([ssh], later)
+    assert len(calls) >= 4
+    monkeypatch.setattr(stepout, "MOVED_WAIT_S", 0.1)     # systemd did not move it
     cgroup["now"] = "/system.slice/ssh.service"
     try:
         stepout._leave_cgroups([ssh], lambda pid: cgroup["now"])

@@ -113,3 +113,62 @@ class Notes:
         self.thread.join(10)
         if self.sock is not None:
             self.sock.close()
+
+
+class Sql:
+    """One connection to PostgreSQL (pg8000, pure Python) kept open: every 100 ms an INSERT in a
+    transaction of its own, acknowledged by its COMMIT. A connection that fails is counted
+    (errors) and made again (reconnects); an insert whose COMMIT got no answer is not counted as
+    written. `rows` reads back, on a connection of its own, what the table holds."""
+
+    def __init__(self, port: int, password: str, table: str = "vmtest") -> None:
+        self.port, self.password, self.table = port, password, table
+        self.acked: dict[int, float] = {}
+        self.errors = self.reconnects = 0
+        self.con = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _connect(self):
+        import pg8000.native
+        return pg8000.native.Connection("postgres", host="127.0.0.1", port=self.port, password=self.password,
+                                        timeout=600)
+
+    def _loop(self) -> None:
+        import pg8000.exceptions
+        n = 0
+        while not self._stop.wait(0.1):
+            try:
+                if self.con is None:
+                    self.con = self._connect()
+                n += 1
+                self.con.run("BEGIN")
+                self.con.run(f"INSERT INTO {self.table} (n) VALUES (:n)", n=n)
+                self.con.run("COMMIT")
+                self.acked[n] = time.time()
+            except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError):
+                self.errors += 1
+                if self.con is not None:
+                    try:
+                        self.con.close()
+                    except (pg8000.exceptions.InterfaceError, OSError):
+                        pass
+                    self.con = None
+                    self.reconnects += 1
+
+    def wait_acks(self, since: float, count: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while sum(1 for t in self.acked.values() if t >= since) < count and time.time() < deadline:
+            time.sleep(0.1)
+
+    def rows(self) -> set[int]:
+        con = self._connect()
+        try:
+            return {r[0] for r in con.run(f"SELECT n FROM {self.table}")}
+        finally:
+            con.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(10)

@@ -40,8 +40,13 @@ KERNEL_PACKAGES = [f"linux-image-{KERNEL_FROM}", f"linux-image-{KERNEL_TO}"]
 # units start at boot only when the kernel command line has SERVICES_GATE (a drop-in, the only
 # change to them): the other scenarios boot as before, and the services scenario's guest starts
 # them at boot, with boot-time PIDs, as a server does. The new kernel inherits the command line.
-SERVICE_PACKAGES = ["openssh-server", "cron", "nginx", "memcached", "redis-server"]
-SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.service", "redis-server.service"]
+SERVICE_PACKAGES = ["openssh-server", "cron", "nginx", "memcached", "redis-server", "postgresql"]
+SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.service", "redis-server.service",
+                 "postgresql@15-main.service"]
+# PostgreSQL answers the host (QEMU's port forwarding) with a password: listen_addresses and a
+# pg_hba.conf line, what an admin sets for remote clients; the rest as Debian installs it.
+POSTGRES_CONF = "/etc/postgresql/15/main"
+POSTGRES_PASSWORD = "vmtest"
 SERVICES_GATE = "vmtest.services"
 # logind and the system bus, Debian's default (systemd Recommends libpam-systemd): an ssh login
 # then runs in a scope of its own (user.slice/user-0.slice/session-N.scope), not in ssh.service.
@@ -58,7 +63,7 @@ INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "e
 # initramfs-tools with it. Every other scenario boots the image as it is.
 DRACUT_PACKAGES = ["dracut"]
 DRACUT_DEBS = "/var/cache/kupgrade-debs/dracut"
-BASE_RECIPE_VERSION = "8"
+BASE_RECIPE_VERSION = "9"
 IMAGE_SIZE = "3G"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,6 +153,11 @@ def build_base(force: bool = False) -> Path:
                 *LOGIND_PACKAGES)
     finally:
         policy.unlink()
+    conf = tree / POSTGRES_CONF.lstrip("/")
+    with open(conf / "postgresql.conf", "a") as f:
+        f.write("# vm-tests: the host's client comes through QEMU's port forwarding\nlisten_addresses = '*'\n")
+    with open(conf / "pg_hba.conf", "a") as f:
+        f.write("# vm-tests: the host's client\nhost all all 0.0.0.0/0 scram-sha-256\n")
     for unit in (*SERVICE_UNITS, *LOGIND_UNITS):
         d = tree / "etc/systemd/system" / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """services: the servers a Debian admin runs, as Debian installs them, carried with --all-services.
 
-The guest boots systemd with openssh-server, cron, nginx, memcached and redis-server started at
-boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed as shipped), and
+The guest boots systemd with openssh-server, cron, nginx, memcached, redis-server and
+postgresql started at boot by their own units (boot-time PIDs; memcached's and redis's units sandboxed as shipped), and
 logind with the system bus (Debian's default: ssh logins in session scopes). No workload is
 named: `workloads.all_services = true`.
 
@@ -21,6 +21,10 @@ named: `workloads.all_services = true`.
    guest/notes.py) takes a write every 100 ms from the host on one connection during the upgrade:
    carried (same process, same dynamic UID), every acknowledged write kept, no error, no
    reconnect. `units` in the result: per unit what it went through and what its client saw.
+5. PostgreSQL takes an INSERT in a transaction of its own every 100 ms from the host (pg8000):
+   check says whether it is carried or starts fresh and why (its System V interlock segment in
+   the host's IPC namespace: criu does not carry it); every committed row is there after the
+   upgrade, and the client's errors and reconnects are in `units`.
 Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
 port forwarding), whatever nginx's fate."""
 
@@ -31,8 +35,8 @@ import subprocess
 import threading
 import time
 
-from ..clients import Notes, Poller, largest_gap
-from ..image import SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
+from ..clients import Notes, Poller, Sql, largest_gap
+from ..image import POSTGRES_PASSWORD, SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
                         unit_props, write_config)
@@ -44,7 +48,9 @@ INIT = "systemd"
 HOST_PORT = 5557
 SSH_PORT = 5558
 NOTES_PORT = 5559         # the note server of vmtest-sandboxed.service (guest/notes.py)
-NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070"
+SQL_PORT = 5560           # PostgreSQL
+POSTGRES = "postgresql@15-main.service"
+NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070,{SQL_PORT}-5432"
 UNITS = [*SERVICE_UNITS, SANDBOXED_UNIT]
 # the admin's session: kupgrade run in it, then a counter that must go on across the switch
 SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
@@ -109,6 +115,8 @@ def show(vm, unit: str) -> dict:
 
 
 def put_state(vm) -> None:
+    vm.sh("runuser", "-u", "postgres", "--", "psql", "-q", "-c", f"ALTER USER postgres PASSWORD '{POSTGRES_PASSWORD}'",
+          "-c", "CREATE TABLE vmtest (n integer PRIMARY KEY)")
     vm.sh("redis-cli", "SET", "vmtest", "kept-across-the-upgrade")
     vm.sh("python3", "-c", MEMCACHED, "set vmtest 0 0 23|kept-across-the-upgrade|")
 
@@ -230,8 +238,9 @@ def run(vm, image, res: Result) -> None:
     write_config(vm, config)      # the target; --all-services on the command line
     fates = check_fates(vm, res)
     write_config(vm, config.replace("[workloads]", "[workloads]\nall_services = true"))
-    poller, notes = Poller(HOST_PORT), Notes(NOTES_PORT)
+    poller, notes, sql = Poller(HOST_PORT), Notes(NOTES_PORT), Sql(SQL_PORT, POSTGRES_PASSWORD)
     notes.wait_acks(0, 5, 120)
+    sql.wait_acks(0, 5, 120)
     notes_before = notes.stat()
     admin = AdminSession(vm)      # the admin runs kupgrade over ssh
     try:
@@ -248,10 +257,14 @@ def run(vm, image, res: Result) -> None:
         res.check(poller.ok and poller.ok[-1] > t_up, "nginx answers the host after the upgrade")
         res.data["downtime_s"] = round(poller.largest_gap(t_switch), 3)
         lost = sandboxed(res, fates, notes, notes_before, t_switch)
+        sql_lost = postgres(res, fates, sql, t_switch)
         res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
+        res.data["units"][POSTGRES].update(lost_writes=sql_lost, errors=sql.errors, reconnects=sql.reconnects,
+                                          downtime_s=round(largest_gap(sorted(sql.acked.values()), t_switch), 3))
     finally:
         poller.close()
         notes.close()
+        sql.close()
         admin.close()
 
 
@@ -277,6 +290,27 @@ def sandboxed(res: Result, fates: dict[str, str], notes: Notes, before: dict, t_
               json.dumps(res.data["notes"]))
     res.check(notes.errors == 0 and notes.reconnects == 0, "the host's connection to it never failed",
               json.dumps(res.data["notes"]))
+    return len(lost)
+
+
+def postgres(res: Result, fates: dict[str, str], sql: Sql, t_switch: float) -> int:
+    """PostgreSQL as Debian installs it keeps a System V shared memory segment in the host's IPC
+    namespace (its interlock), which criu does not carry: check says so (with the hint
+    PrivateIPC=yes) and it starts fresh. Its clients lose the connection, not a committed write."""
+    sql.wait_acks(t_switch, 5, 180)
+    rows = sql.rows()
+    acked = sorted(sql.acked)
+    lost = [n for n in acked if n not in rows]
+    res.data["sql"] = {"acked": len(acked), "rows": len(rows), "lost": lost[:20], "errors": sql.errors,
+                       "reconnects": sql.reconnects, "fate": fates.get(POSTGRES)}
+    reason = next((s.get("reason", "") for s in res.data["check"]["services"] if s["unit"] == POSTGRES), "")
+    res.data["sql"]["reason"] = reason
+    res.check(fates.get(POSTGRES) == "carried" or (fates.get(POSTGRES) == "fresh" and "SysV" in reason),
+              f"check: {POSTGRES} is carried, or starts fresh because of its System V shared memory (named)",
+              json.dumps(res.data["sql"]))
+    res.check(acked and not lost and any(t > t_switch for t in sql.acked.values()),
+              "every INSERT PostgreSQL committed is in its table after the upgrade, and it takes new ones",
+              json.dumps(res.data["sql"]))
     return len(lost)
 
 

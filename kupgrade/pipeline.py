@@ -91,6 +91,10 @@ def upgrade(ctx: Context, ui, gate: Gate) -> None:
         raise KupgradeError("kexec --exec returned without switching kernels", "see dmesg")
     except BaseException as e:
         rollback(ctx, ui, e)
+        if any(s.name == "step-out" for s in ctx.record.stages):
+            why = e.message if isinstance(e, KupgradeError) else (str(e) or type(e).__name__)
+            stepout.tell(f"kupgrade (PID {os.getpid()}): the upgrade stopped before the kernel switch: {why}. "
+                         "The workloads were resumed; `kupgrade report` says more.")
         raise
 
 

@@ -31,6 +31,7 @@ from .record import Workload
 ADOPTED_WAIT_S = 5.0
 MOVED_WAIT_S = 30.0     # measured: the move came after the check at once, with PostgreSQL starting
 log = logging.getLogger("kupgrade.stepout")
+_terminal = ""      # the admin's terminal, kept by the child that stepped out of it (tell)
 
 
 def _cgroup(pid: int) -> str:
@@ -94,6 +95,8 @@ def step_out(trees: list[Workload], say) -> int:
             f"goes on as PID {child}, logging to /var/log/kupgrade/. This terminal freezes at the switch and "
             "continues in the new kernel: `kupgrade report` there says how it went.")
         os._exit(0)
+    global _terminal
+    _terminal = next((os.ttyname(fd) for fd in (0, 1, 2) if os.isatty(fd)), "")
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -113,6 +116,26 @@ def step_out(trees: list[Workload], say) -> int:
             raise KupgradeError(f"stepping out of {w.selector} failed: PID {adopter} of that tree adopted kupgrade",
                                 "run kupgrade from outside the workload (the console, or a terminal not carried)")
     return os.getpid()
+
+
+def tell(line: str, terminal: str | None = None) -> bool:
+    """One line on the admin's terminal after kupgrade stepped out of it: an upgrade that stops
+    before the switch gives the terminal back running, and its admin must not wait for a switch
+    that will not come. As `write` does: opened without becoming its controlling terminal."""
+    terminal = _terminal if terminal is None else terminal
+    if not terminal:
+        return False
+    try:
+        fd = os.open(terminal, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        os.write(fd, f"\r\n{line}\r\n".encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _leave_cgroups(trees: list[Workload], cgroup_of=_cgroup) -> None:

@@ -102,3 +102,11 @@ def test_kupgrade_leaves_the_session_scope_of_a_tree_it_dumps():
     assert stepout.inside(w, 13, lambda pid: "/user.slice/user-0.slice/session-3.scope")
     assert not stepout.inside(w, 13, lambda pid: "/user.slice/user-0.slice/session-30.scope")
     assert stepout.inside(w, 13, lambda pid: "/system.slice/ssh.service")
+
+
+def test_a_stop_before_the_switch_is_told_on_the_admins_terminal(tmp_path):
+    term = tmp_path / "pts-0"
+    term.write_text("")
+    assert stepout.tell("kupgrade: the upgrade stopped", str(term))
+    assert term.read_bytes() == b"\r\nkupgrade: the upgrade stopped\r\n"
+    assert not stepout.tell("x", "") and not stepout.tell("x", str(tmp_path / "gone"))

@@ -75,7 +75,7 @@ class ExtFile:
     path: str       # its path on the host, opened again at restore
     flags: int      # O_RDONLY / O_WRONLY / O_RDWR
     device: bool = True     # a device node (every boot has it: /dev/null)
-    fifo: bool = False      # a FIFO whose other end is outside the tree: /dev/null at restore
+    fifo: bool = False      # a FIFO whose other end is outside the tree: a pipe's end at restore (_stand_in)
 
     @property
     def mount_id(self) -> str:

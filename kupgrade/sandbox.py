@@ -38,8 +38,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import criu, mountns
-from . import procfs
+from . import criu, mountns, procfs
 from .procfs import PROC, status
 from .record import Blocker, Workload
 

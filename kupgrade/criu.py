@@ -4,6 +4,7 @@ line names the criu paths.criu chooses (run.program)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,13 +13,71 @@ from .run import program, run
 
 CRIU = "criu"
 SETPRIV = "setpriv"     # util-linux
-LOCK_TABLE = "CRIU-{root_pid}"     # nft table inet CRIU-ROOTPID: criu 3.17's connection lock
+LOCK_TABLE = "CRIU-{root_pid}"     # nft table inet CRIU-ROOTPID: criu 3.x's connection lock
+LOCK_TABLE_RUN = "CRIU-{run_id}"   # criu 4.x names it after the dump's run id (a UUID, in its log)
+RUN_ID = re.compile(r"CRIU run id = ([0-9a-f-]{36})")
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
 
 
 def check_argv() -> list[str]:
     return [program(CRIU), "check"]
+
+
+# --- which criu can run on which kernel ---
+# The same criu dumps on the old kernel and restores on the new one (paths.criu, on the shared
+# root): it must run on both. Known limits: (kernel from which, criu needed, why).
+KERNEL_NEEDS = (
+    ((6, 13), (4, 1), "from 6.13 the kernel maps its vDSO data in two parts (vvar_vclock), which criu "
+                      "handles from 4.1 on (measured: criu 3.17 cannot even start on 7.3.4: "
+                      "\"vdso: Unexpected rt vDSO area bounds\")"),
+)
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """(3, 17, 1) from `criu --version`'s "Version: 3.17.1" (or from "3.17.1"); () if none."""
+    m = re.search(r"(?:Version:\s*)?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in m.groups() if g is not None) if m else ()
+
+
+def version() -> str:
+    """The criu that runs (paths.criu): "3.17.1"; "" if it does not say."""
+    out = run([program(CRIU), "--version"], check=False, timeout=30).stdout.decode(errors="replace")
+    v = parse_version(out)
+    return ".".join(map(str, v))
+
+
+def unfit(criu_version: str, kernel: str) -> str:
+    """Why this criu cannot run on that kernel ("" = no known reason)."""
+    have, k = parse_version(criu_version), parse_version(kernel)
+    for since, needs, why in KERNEL_NEEDS:
+        if have and k and k[:2] >= since and have[:2] < needs:
+            return (f"criu {criu_version} cannot run on {kernel}: {why}")
+    return ""
+
+
+def restores(dumped_by: str, restoring: str) -> str:
+    """Why images dumped by criu `dumped_by` cannot be restored by criu `restoring` ("" = they can:
+    criu reads the images of its own and older versions, not of newer ones)."""
+    old, new = parse_version(dumped_by), parse_version(restoring)
+    if old and new and new < old:
+        return f"the snapshot was dumped by criu {dumped_by}, this criu is {restoring} (older: it may not read them)"
+    return ""
+
+
+def lock_tables(images: Path, root_pid: int) -> list[str]:
+    """The names criu's connection lock of one tree may have (nft table inet NAME): criu 4.x's,
+    named after the dump's run id (its log says it), and criu 3.x's, after the tree's root."""
+    names = []
+    try:
+        with (images / DUMP_LOG).open(errors="replace") as f:
+            for line in f:
+                if m := RUN_ID.search(line):
+                    names.append(LOCK_TABLE_RUN.format(run_id=m.group(1)))
+                    break
+    except OSError:
+        pass
+    return names + [LOCK_TABLE.format(root_pid=root_pid)]
 
 
 PRE_DIR = "pre-{n}"              # images/TREE/pre-N/: pre-dump iteration N (the final dump's parent)

@@ -42,6 +42,7 @@ class Manifest:
     back: dict = field(default_factory=dict)    # how to return to the old kernel ({} = keep: no rollback)
     rollback: bool = False                      # this snapshot goes back to the old kernel (no second one)
     start: tuple[str, ...] = ()                 # services stopped before the switch: the boot starts them
+    criu: dict = field(default_factory=dict)    # the criu that dumped: {"program", "version"} (criu.restores)
 
     @property
     def total_bytes(self) -> int:
@@ -52,7 +53,7 @@ class Manifest:
                 "kernel_to": self.kernel_to, "created": self.created,
                 "workloads": [w.to_json() for w in self.workloads],
                 "files": self.files, "total_bytes": self.total_bytes, "back": self.back, "rollback": self.rollback,
-                "start": list(self.start)}
+                "start": list(self.start), "criu": self.criu}
 
     @classmethod
     def from_json(cls, d: dict) -> "Manifest":
@@ -80,14 +81,15 @@ class Manifest:
             raise BadShape("the manifest's `start` is not a list of service names")
         return cls(d["id"], d["kernel_from"], d["kernel_to"], d["created"], workloads, d["files"],
                    shape(d.get("back", {}), {}, "the manifest's way back"), bool(d.get("rollback", False)),
-                   tuple(start))
+                   tuple(start), shape(d.get("criu", {}), {"program": str, "version": str}, "the manifest's criu"))
 
 
 def make(id: str, kernel_from: str, kernel_to: str, workloads: tuple[Workload, ...], files: dict,
-         back: dict | None = None, rollback: bool = False, start: tuple[str, ...] = ()) -> Manifest:
+         back: dict | None = None, rollback: bool = False, start: tuple[str, ...] = (),
+         criu: dict | None = None) -> Manifest:
     """files: {relative path: {"size", "sha256"}}, as hashed while the snapshot was packed."""
     return Manifest(id, kernel_from, kernel_to, time.time(), workloads, dict(sorted(files.items())),
-                    dict(back or {}), rollback, tuple(start))
+                    dict(back or {}), rollback, tuple(start), dict(criu or {}))
 
 
 def dumps(m: Manifest) -> bytes:

@@ -53,7 +53,8 @@ def _back_manifest(snap: Path, m: manifest.Manifest):
         if changed := [rel for rel, f in files.items() if rel in m.files and f != m.files[rel]]:
             raise KupgradeError(f"{changed[0]} is not what the old kernel packed: going back would restore "
                                 "damaged memory", f"the snapshot stays in {snap}")
-        return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True, start=m.start)
+        return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True, start=m.start,
+                         criu=m.criu)
     return make
 
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import procfs, tcpfix
-from .criu import LOCK_TABLE
 from .errors import CommandError
 from .run import run
 from .tcpfix import TCP_REPAIR, TCPI_OPT_WSCALE, getfd as _getfd, tcp_info as _tcp_info
@@ -272,14 +271,16 @@ def action_script(state_dir: Path) -> str:
 
 # --- old kernel: undo criu's lock when the upgrade is rolled back ---
 
-def unlock(socks: list[Sock], pids, root_pid: int) -> list[str]:
-    """Rollback: delete the lock criu left (table inet CRIU-ROOTPID) and take the sockets out
-    of repair mode (the kernel then sends a window probe; the peers' retransmits are
-    answered). Raises OSError or CommandError on the first socket that cannot be released."""
+def unlock(socks: list[Sock], pids, tables: list[str]) -> list[str]:
+    """Rollback: delete the lock criu left (table inet NAME, one of `tables`: criu.lock_tables)
+    and take the sockets out of repair mode (the kernel then sends a window probe; the peers'
+    retransmits are answered). Raises OSError or CommandError on the first socket that cannot
+    be released."""
     connected = [s for s in socks if s.connected]
-    table = LOCK_TABLE.format(root_pid=root_pid)
     # criu may create its (empty) table for a tree without connections too: delete it quietly
-    unlocked = bool(shutil.which(NFT)) and _nft(f"delete table inet {table}\n", check=False).returncode == 0
+    have = bool(shutil.which(NFT))
+    deleted = [t for t in tables if have and _nft(f"delete table inet {t}\n", check=False).returncode == 0]
+    table = deleted[0] if deleted else " or ".join(tables)
     if not connected:
         return []
     where = owned(pids)
@@ -293,4 +294,4 @@ def unlock(socks: list[Sock], pids, root_pid: int) -> list[str]:
                 sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
                 repaired += 1
     return [f"TCP: {repaired} of {len(connected)} connection(s) taken out of repair mode, criu's lock "
-            + (f"(table inet {table}) deleted" if unlocked else f"table inet {table} not found")]
+            + (f"(table inet {table}) deleted" if deleted else f"table inet {table} not found")]

@@ -131,10 +131,10 @@ def test_unlock_deletes_criu_lock_table(monkeypatch):
     monkeypatch.setattr(tcp, "run", fake)
     monkeypatch.setattr(tcp, "owned", lambda pids: {})
     monkeypatch.setattr(tcp.shutil, "which", lambda name: "/usr/sbin/" + name)
-    done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], 10)
+    done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], ["CRIU-10"])
     assert fake.calls == [(["nft", "-f", "-"], "delete table inet CRIU-10\n")]
     assert done == ["TCP: 0 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-10) deleted"]
-    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10], 10) == []        # a listener: nothing to report
+    assert tcp.unlock(tcp.parse_table(TCP4)[:1], [10], ["CRIU-10"]) == []        # a listener: nothing to report
     assert fake.calls[-1] == (["nft", "-f", "-"], "delete table inet CRIU-10\n")   # an empty lock table goes too
 
 
@@ -173,3 +173,27 @@ def test_fix_main_never_fails_the_restore():
     assert tcpfix.main(["not-a-pid"]) == 0
     r = subprocess.run([sys.executable, "-I", "-S", tcpfix.__file__, "999999999"], capture_output=True)
     assert r.returncode == 0 and r.stderr == b""            # no such tree: nothing to fix, stdlib only
+
+
+class NftDeletes(FakeRun):
+    """nft that has only the tables in `have`."""
+    def __init__(self, have):
+        super().__init__()
+        self.have = have
+
+    def __call__(self, argv, input=None, timeout=None, check=True, hint=""):
+        super().__call__(argv, input, timeout, check, hint)
+        name = input.decode().split()[-1]
+        return subprocess.CompletedProcess(argv, 0 if name in self.have else 1, b"", b"")
+
+
+def test_unlock_finds_criu4_table_by_run_id(monkeypatch):
+    run_id = "0b6f5c8e-2b61-4d5e-9a57-3e0f8f4b2c11"
+    monkeypatch.setattr(tcp, "run", NftDeletes({f"CRIU-{run_id}"}))
+    monkeypatch.setattr(tcp, "owned", lambda pids: {})
+    monkeypatch.setattr(tcp.shutil, "which", lambda name: "/usr/sbin/" + name)
+    done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], [f"CRIU-{run_id}", "CRIU-10"])
+    assert done == [f"TCP: 0 of 1 connection(s) taken out of repair mode, criu's lock (table inet CRIU-{run_id}) deleted"]
+    monkeypatch.setattr(tcp, "run", NftDeletes(set()))
+    done = tcp.unlock([tcp.parse_table(TCP4)[1]], [10], [f"CRIU-{run_id}", "CRIU-10"])
+    assert done[0].endswith(f"table inet CRIU-{run_id} or CRIU-10 not found")

@@ -63,6 +63,7 @@ class Context:
     restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
     dumping: list[Workload] = field(default_factory=list)    # trees criu is dumping now (stopped, or resumed by criu)
     oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
+    criu: dict = field(default_factory=dict)                  # the criu that runs: program, version (preflight)
     back: dict = field(default_factory=dict)                  # the way back to this kernel (preflight; {}: none)
     journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)
     stopped_units: list[str] = field(default_factory=list)    # services stopped to start fresh (rollback: start)

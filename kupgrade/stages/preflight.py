@@ -23,7 +23,8 @@ MARGIN = 64 << 20
 def plan(ctx: Context) -> list[str]:
     return ["check the target kernel and its initrd (carries the kupgrade boot script?)",
             "check that kexec is possible (kexec_load_disabled, lockdown) and choose the load method",
-            "`criu check`",
+            "`criu check`; the criu that runs (paths.criu) dumps here and restores in the new kernel: can it run "
+            "on the target kernel?",
             "resolve each selected PID/cgroup/unit to a process tree; look for traced and D-state tasks, "
             "controlling terminals, a main thread that exited, and what the snapshot would not carry "
             "(host SysV IPC, sessions and process groups reaching outside the tree, locks held outside it, "
@@ -86,6 +87,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     if t.version == ctx.kernel_from:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
     blockers += _tool_blockers(cfg.health_check)
+    ctx.criu = _criu(t.version, blockers)
     lockdown = kexec.lockdown_mode()
     if not cfg.pids and not cfg.cgroups and not cfg.units and not cfg.all_services:
         blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups`, "
@@ -123,7 +125,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                "downtime_estimate_s": downtime, "downtime_basis": basis, **({"machine": machine} if machine else {}),
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
                "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices), "tcp": conns, "way_back": ctx.back, "boot_pids": boot_pids,
+               "devices": len(ctx.devices), "tcp": conns, "criu": ctx.criu, "way_back": ctx.back, "boot_pids": boot_pids,
                **({"services": services} if services else {}),
                **({"notes": [note]} if (note := workloads.own_terminal(ctx.workloads)) else {})}
     if hook_error is not None:
@@ -133,7 +135,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     fresh = sum(1 for f in ctx.record.fresh if f.stop)
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot"
             + (f", {fresh} service(s) start fresh" if fresh else "")
-            + f", {ctx.kernel_from} -> {t.version}, estimated downtime {downtime} s"), details
+            + f", {ctx.kernel_from} -> {t.version}, criu {ctx.criu.get('version') or '?'} on both, "
+            f"estimated downtime {downtime} s"), details
 
 
 def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
@@ -185,6 +188,19 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
         tail = e.stderr_tail.strip()
         out.append(Blocker(f"`criu check` failed: {tail.splitlines()[-1] if tail else e.message}", e.hint))
     return out
+
+
+def _criu(target: str, blockers: list[Blocker]) -> dict:
+    """The criu that runs (paths.criu): it dumps on this kernel and restores on the target (the
+    same program, on the shared root), so it must know both."""
+    path = shutil.which(program(criu.CRIU))
+    if not path:
+        return {}           # _tool_blockers said so
+    version = criu.version()
+    if why := criu.unfit(version, target):
+        blockers.append(Blocker(why, "install a criu that knows both kernels (it must pass `criu check` here "
+                                "too) and point paths.criu at it"))
+    return {"program": path, "version": version}
 
 
 def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple[float, str, dict]:

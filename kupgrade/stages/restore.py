@@ -193,11 +193,21 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
         if (tree := TREE_FILE.match(p)) and m is not None:
             corrupt.setdefault(tree.group(1), p)
     problems = [p for p in problems if not TREE_FILE.match(p) or m is None]
+    if m is not None and m.criu.get("version") and (why := criu.restores(m.criu["version"], _criu_here(ctx))):
+        problems.append(why)
     if problems:
         raise RestoreError(f"snapshot in {snap} failed verification: {problems[0]}"
                            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
                            f"nothing was restored; the snapshot is kept in {snap}")
     return m, corrupt
+
+
+def _criu_here(ctx: Context) -> str:
+    """The version of the criu that restores here (paths.criu), asked once per restore."""
+    if not ctx.criu:
+        ctx.criu = {"program": shutil.which(criu.program(criu.CRIU)) or criu.program(criu.CRIU),
+                    "version": criu.version()}
+    return ctx.criu["version"]
 
 
 HEALTH_TIMEOUT = 60.0
@@ -271,7 +281,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
-               "prewarm": warm}
+               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.criu}}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise

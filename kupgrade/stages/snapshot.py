@@ -138,7 +138,7 @@ def run(ctx: Context) -> tuple[str, dict]:
 
     def make(files: dict) -> manifest.Manifest:
         return manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files,
-                             back=ctx.back, start=tuple(f.unit for f in ctx.record.fresh if f.stop))
+                             back=ctx.back, start=tuple(f.unit for f in ctx.record.fresh if f.stop), criu=ctx.criu)
 
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")

@@ -2,8 +2,9 @@
 
 Two cached layers, each keyed by a hash of its inputs:
 
-1. base tree: debootstrap + both kernels + the dracut .debs (slow, ~2 min; rebuilt only when
-   the package list or this recipe changes);
+1. base tree: debootstrap + the kernels + the dracut .debs + the newest kernel and its criu
+   (newest.py) (slow, ~3 min, and ~2 min more once for criu; rebuilt only when the package list
+   or this recipe changes);
 2. disk image: the base tree + kupgrade from this checkout + the guest agent, its boot
    integration installed with ``kupgrade install-boot``, written as a raw ext4 image with
    ``mkfs.ext4 -d`` (no loop mounts). Rebuilt whenever the checkout changes (~20 s).
@@ -18,10 +19,12 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kupgrade.run import run
+
+from . import newest
 
 log = logging.getLogger("vmtest.image")
 
@@ -63,7 +66,7 @@ INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "e
 # initramfs-tools with it. Every other scenario boots the image as it is.
 DRACUT_PACKAGES = ["dracut"]
 DRACUT_DEBS = "/var/cache/kupgrade-debs/dracut"
-BASE_RECIPE_VERSION = "9"
+BASE_RECIPE_VERSION = "10"
 IMAGE_SIZE = "3G"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,10 +80,16 @@ def cache_root() -> Path:
 @dataclass(frozen=True)
 class Image:
     disk: Path          # raw ext4 root image (read-only for scenarios)
-    kernel: Path        # vmlinuz of KERNEL_FROM (QEMU boots it directly)
+    kernel: Path        # vmlinuz of kernel_from (QEMU boots it directly)
     initrd: Path
     kernel_from: str = KERNEL_FROM
     kernel_to: str = KERNEL_TO
+
+    def second_jump(self) -> "Image":
+        """The same disk, booting KERNEL_TO, for the upgrade to the newest kernel (newest.py)."""
+        return replace(self, kernel=self.kernel.with_name(f"vmlinuz-{KERNEL_TO}"),
+                       initrd=self.initrd.with_name(f"initrd.img-{KERNEL_TO}"), kernel_from=KERNEL_TO,
+                       kernel_to=newest.KERNEL_NEWEST)
 
 
 def _hash(*parts: str | bytes) -> str:
@@ -106,7 +115,7 @@ def base_key() -> str:
     return _hash(BASE_RECIPE_VERSION, SUITE, MIRROR, " ".join(BASE_PACKAGES),
                  " ".join(KERNEL_PACKAGES), " ".join(INITRD_MODULES), " ".join(SERVICE_PACKAGES), SERVICES_GATE,
                  " ".join(LOGIND_PACKAGES), " ".join(LOGIND_UNITS),
-                 " ".join(DRACUT_PACKAGES), DRACUT_DEBS)
+                 " ".join(DRACUT_PACKAGES), DRACUT_DEBS, newest.recipe())
 
 
 def _chroot(tree: Path, *argv: str, timeout: float = 900) -> None:
@@ -143,6 +152,7 @@ def build_base(force: bool = False) -> Path:
     log.info("installing kernels %s", " ".join(KERNEL_PACKAGES))
     _chroot(tree, "apt-get", "update", "-q")
     _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *KERNEL_PACKAGES)
+    newest.install(tree, cache_root(), SUITE, MIRROR, _chroot)
     log.info("installing services %s", " ".join(SERVICE_PACKAGES))
     # without systemd running in the chroot, invoke-rc.d would start their init scripts on the host
     policy = tree / "usr/sbin/policy-rc.d"
@@ -241,9 +251,11 @@ def build_image(force: bool = False) -> Image:
     install_kupgrade(work)
     install_guest_files(work)
     # The boot integration goes in the way an admin installs it.
-    _chroot(work, "kupgrade", "install-boot", "--kernel", KERNEL_TO, "--kernel", KERNEL_FROM, timeout=600)
-    shutil.copy2(work / f"boot/vmlinuz-{KERNEL_FROM}", img.kernel)
-    shutil.copy2(work / f"boot/initrd.img-{KERNEL_FROM}", img.initrd)
+    _chroot(work, "kupgrade", "install-boot", "--kernel", KERNEL_TO, "--kernel", KERNEL_FROM,
+            "--kernel", newest.KERNEL_NEWEST, timeout=600)
+    for boots in (img, img.second_jump()):
+        shutil.copy2(work / f"boot/vmlinuz-{boots.kernel_from}", boots.kernel)
+        shutil.copy2(work / f"boot/initrd.img-{boots.kernel_from}", boots.initrd)
     (work / ".complete").unlink(missing_ok=True)
     run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(work), str(img.disk), IMAGE_SIZE], timeout=600)
     shutil.rmtree(work)

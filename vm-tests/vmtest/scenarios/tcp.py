@@ -308,6 +308,23 @@ def downtime(vm, res: Result, to: str, wl, last_before: int, peer: Peer, t_switc
                     lines={"from_server": peer.got[-1][1], "from_host": peer.sent})
 
 
+def switched(vm, image, res: Result, peer: Peer, first: dict, heartbeat: tuple, server: tuple):
+    """`kupgrade run` to image.kernel_to, and what it carried checked: the heartbeat workload
+    (heartbeat: it and its state), the server (server: its unit's properties and the NIC's state),
+    the conversation, the network hook's addresses and routes, the drop table released. Returns
+    the record, when the switch began and the heartbeat's last beat before it (None: no switch)."""
+    (wl, wl_before), (before, net) = heartbeat, server
+    t_switch = time.time()
+    if upgrade(vm, res, show=True, to=image.kernel_to) is None:
+        return None
+    last_before = heartbeats_back(vm, res, wl)
+    kept = workload_kept(res, wl, wl_before)
+    hooks.net_back(vm, res, net)
+    st = conversation_goes_on(vm, res, peer, first)
+    both_kept(res, server_kept(vm, res, peer, first, before, st), kept)
+    return released(vm, res), t_switch, last_before
+
+
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
     before, net = start_server(vm, res)
@@ -328,15 +345,9 @@ def run(vm, image, res: Result) -> None:
 
         # 2. the real upgrade
         evidence(vm, "before the switch")
-        t_switch = time.time()
-        if upgrade(vm, res, show=True, to=image.kernel_to) is None:
+        if (done := switched(vm, image, res, peer, first, (wl, wl_before), (before, net))) is None:
             return
-        last_before = heartbeats_back(vm, res, wl)
-        heartbeat = workload_kept(res, wl, wl_before)
-        hooks.net_back(vm, res, net)
-        st = conversation_goes_on(vm, res, peer, first)
-        both_kept(res, server_kept(vm, res, peer, first, before, st), heartbeat)
-        rec = released(vm, res)
+        rec, t_switch, last_before = done
         hooks.check_hook_calls(vm, res, rec)
         new_connection(vm, res, peer, first)
         downtime(vm, res, image.kernel_to, wl, last_before, peer, t_switch)

@@ -221,8 +221,8 @@ def _resume_stopped(ctx: Context) -> list[str]:
     ctx.dumping = []
     for w in reversed(ctx.stopped):
         try:
-            done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids,
-                               criu.lock_tables(snapshot.images_root(ctx) / w.key, w.root_pid))
+            tables = ctx.locks.get(w.key) or criu.lock_tables(snapshot.images_root(ctx) / w.key, w.root_pid)
+            done += tcp.unlock(ctx.tcp.get(w.key, []), w.pids, tables)
         except (OSError, CommandError) as e:
             failed.append(f"{w.selector}: its TCP connections could not be unlocked ({e}); they will stall")
         resume = [p for p in w.pids if p not in w.stopped_before]

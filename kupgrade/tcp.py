@@ -10,7 +10,7 @@ What criu does and what it leaves to us (criu 3.17, host network namespace):
   the connection would die.
 
 So kupgrade:
-0. dumps with --network-lock nftables: criu's lock is a table inet CRIU-ROOTPID;
+0. dumps with --network-lock nftables: criu's lock is a table inet CRIU-ROOTPID (criu 3) or CRIU-RUNID (criu 4);
 1. after each dump lists the tree's TCP sockets from /proc (the tasks are stopped: exactly what
    was dumped) into images/TREE/kupgrade-tcp.json;
 2. in the new kernel, before the network hook configures any address, installs an nftables

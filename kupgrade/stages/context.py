@@ -42,6 +42,7 @@ class Context:
     frozen_cgroups: list[str] = field(default_factory=list)
     stopped: list[Workload] = field(default_factory=list)     # trees criu left stopped
     tcp: dict = field(default_factory=dict)                    # tree key -> its TCP sockets (tcp.Sock), dumped
+    locks: dict = field(default_factory=dict)                  # tree key -> names criu's lock may have (criu.lock_tables)
     snapshot_mounted: bool = False
     region: Region | None = None         # the snapshot crosses in kupgrade's memory region (None: in the initrd)
     pre_dumped: dict = field(default_factory=dict)            # tree key -> its last pre-dump iteration

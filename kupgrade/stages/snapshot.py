@@ -129,6 +129,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         volatile.save(w.pids, images)      # its files on tmpfs, as the stopped tasks left them
         # the tasks are stopped now: exactly the sockets criu dumped (and locked)
         ctx.tcp[w.key] = socks_tcp = tcp.with_options(tcp.sockets(w.pids), w.pids)
+        ctx.locks[w.key] = criu.lock_tables(images, w.root_pid)     # its log is packed away next
         if socks_tcp:
             tcp.write(images, socks_tcp)
         ctx.oom.update(oom.protect(w.pids))

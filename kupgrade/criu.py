@@ -14,7 +14,8 @@ from .run import program, run
 CRIU = "criu"
 SETPRIV = "setpriv"     # util-linux
 LOCK_TABLE = "CRIU-{root_pid}"     # nft table inet CRIU-ROOTPID: criu 3.x's connection lock
-LOCK_TABLE_RUN = "CRIU-{run_id}"   # criu 4.x names it after the dump's run id (a UUID, in its log)
+LOCK_TABLE_RUN = "inet CRIU-{run_id}"   # criu 4.x names it after the dump's run id (a UUID, in its log),
+LOCK_TABLE_BUF = 32                       # written into a char[32] (criu/net.c): cut to 26 characters
 RUN_ID = re.compile(r"CRIU run id = ([0-9a-f-]{36})")
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
@@ -67,13 +68,15 @@ def restores(dumped_by: str, restoring: str) -> str:
 
 def lock_tables(images: Path, root_pid: int) -> list[str]:
     """The names criu's connection lock of one tree may have (nft table inet NAME): criu 4.x's,
-    named after the dump's run id (its log says it), and criu 3.x's, after the tree's root."""
+    named after the dump's run id (its log says it; measured on 4.1.1: "CRIU-0aeaf308-ac4c-4f72-a9"
+    for run id 0aeaf308-ac4c-4f72-a952-2de8b6da7486), and criu 3.x's, after the tree's root."""
     names = []
     try:
         with (images / DUMP_LOG).open(errors="replace") as f:
             for line in f:
                 if m := RUN_ID.search(line):
-                    names.append(LOCK_TABLE_RUN.format(run_id=m.group(1)))
+                    whole = LOCK_TABLE_RUN.format(run_id=m.group(1))[:LOCK_TABLE_BUF - 1]
+                    names.append(whole.removeprefix("inet "))
                     break
     except OSError:
         pass

@@ -30,7 +30,7 @@ def test_lock_tables(tmp_path):
     assert criu.lock_tables(tmp_path, 42) == ["CRIU-42"]           # no log: criu 3.x's name
     (tmp_path / criu.DUMP_LOG).write_text("(00.000000) Version: 4.1.1 (gitid 0)\n"
                                           "(00.000010) CRIU run id = 6f1c2d3e-aaaa-4bbb-8ccc-0123456789ab\n")
-    assert criu.lock_tables(tmp_path, 42) == ["CRIU-6f1c2d3e-aaaa-4bbb-8ccc-0123456789ab", "CRIU-42"]
+    assert criu.lock_tables(tmp_path, 42) == ["CRIU-6f1c2d3e-aaaa-4bbb-8c", "CRIU-42"]   # criu's char[32]
 
 
 def test_preflight_blocks_a_criu_that_cannot_run_on_the_target(monkeypatch):

@@ -79,7 +79,7 @@ def run(vm, image, res: Result) -> None:
         first = peer.stat()
         tcp.failed_attempt(vm, res, peer, first)
         summary = res.data["rollback"].get("summary", "")
-        res.check(re.search(r"criu's lock \(table inet CRIU-[0-9a-f-]{36}\) deleted", summary) is not None,
+        res.check(re.search(r"criu's lock \(table inet CRIU-[0-9a-f-]{21}\) deleted", summary) is not None,
                   "rollback: criu 4's lock table, named after the dump's run id, found and deleted", summary[-800:])
 
         if (done := tcp.switched(vm, image, res, peer, first, (wl, wl_before), (before, net))) is None:

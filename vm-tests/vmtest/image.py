@@ -194,7 +194,7 @@ def build_base(force: bool = False) -> Path:
 
 def image_key(base: Path) -> str:
     return _hash(base.name, _tree_hash(REPO / "kupgrade", REPO / "hooks", GUEST_DIR),
-                 (REPO / "pyproject.toml").read_text())
+                 (REPO / "pyproject.toml").read_text(), Path(__file__).read_bytes())   # this recipe, too
 
 
 def install_kupgrade(tree: Path) -> None:

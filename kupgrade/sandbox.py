@@ -102,9 +102,10 @@ def blockers(w: Workload, props: dict[str, str] | None = None, proc: Path = PROC
                                "have the program close it, or leave it out of the selection"))
     if own_namespace(w.root_pid, "user", proc):
         out.append(Blocker(
-            f"{name} runs in a user namespace of its own{' (PrivateUsers=yes)' if w.unit else ''}: criu 3.17 cannot "
-            "restore it (\"Unable to open the proc file system\"; with a UTS namespace too the dump fails: \"Can't "
-            "setns …/uts\")", _off_hint(w, ["PrivateUsers"] if w.unit else [], "start it without a user namespace")))
+            f"{name} runs in a user namespace of its own{' (PrivateUsers=yes)' if w.unit else ''}: criu cannot "
+            "restore it (it mounts /proc inside the new user namespace, which the kernel refuses to one that does "
+            "not own the PID namespace: \"Unable to open the proc file system\", criu 3.17 and 4.1.1; with a UTS "
+            "namespace too the dump fails: \"Can't setns …/uts\")", _off_hint(w, ["PrivateUsers"] if w.unit else [], "start it without a user namespace")))
     out += _no_new_privs(w, proc)
     return out
 

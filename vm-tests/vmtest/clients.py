@@ -45,63 +45,51 @@ def largest_gap(times: list[float], since: float) -> float:
     return max((b - a for a, b in zip(pts, pts[1:])), default=0.0)
 
 
-class Notes:
-    """One connection to the guest's note server (guest/notes.py), kept open: "put N" every
-    100 ms, each acknowledged with "ok N". A connection that fails is counted (errors) and made
-    again (reconnects); a put that got no "ok" is not counted as written."""
+class Writer:
+    """A client that writes every 100 ms on one connection it keeps open, each write acknowledged
+    by the server (`acked`: number -> when). A connection that fails is counted (errors) and made
+    again (reconnects); a write that got no acknowledgement is not counted as written."""
 
-    def __init__(self, port: int, answer_timeout: float = 600) -> None:
-        self.port, self.timeout = port, answer_timeout
+    FAILURES: tuple[type[BaseException], ...] = (OSError,)
+
+    def __init__(self) -> None:
         self.acked: dict[int, float] = {}
         self.errors = self.reconnects = 0
-        self.sock: socket.socket | None = None
+        self.con = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
-    def _connect(self) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        s.settimeout(self.timeout)
-        return s
+    def _connect(self):
+        raise NotImplementedError
 
-    def _ask(self, line: str) -> str:
-        assert self.sock is not None
-        self.sock.sendall((line + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the server closed the connection")
-            buf += chunk
-        return buf.decode().strip()
+    def _write(self, n: int) -> bool:
+        """Write number n on self.con; True once the server acknowledged it."""
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        try:
+            self.con.close()
+        except self.FAILURES:
+            pass
+        self.con = None
 
     def _loop(self) -> None:
         n = 0
         while not self._stop.wait(0.1):
             with self._lock:
                 try:
-                    if self.sock is None:
-                        self.sock = self._connect()
+                    if self.con is None:
+                        self.con = self._connect()
                     n += 1
-                    if self._ask(f"put {n}") == f"ok {n}":
+                    if self._write(n):
                         self.acked[n] = time.time()
-                except OSError:
+                except self.FAILURES:
                     self.errors += 1
-                    if self.sock is not None:
-                        self.sock.close()
-                        self.sock = None
+                    if self.con is not None:
+                        self._drop()
                         self.reconnects += 1
-
-    def stat(self) -> dict:
-        """The server's own account, on the same connection (or a new one if it is down)."""
-        with self._lock:
-            try:
-                if self.sock is None:
-                    self.sock = self._connect()
-                return json.loads(self._ask("stat"))
-            except (OSError, ValueError) as e:
-                return {"error": str(e)}
 
     def wait_acks(self, since: float, count: int, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -111,56 +99,108 @@ class Notes:
     def close(self) -> None:
         self._stop.set()
         self.thread.join(10)
-        if self.sock is not None:
-            self.sock.close()
+        if self.con is not None:
+            self._drop()
 
 
-class Sql:
-    """One connection to PostgreSQL (pg8000, pure Python) kept open: every 100 ms an INSERT in a
-    transaction of its own, acknowledged by its COMMIT. A connection that fails is counted
-    (errors) and made again (reconnects); an insert whose COMMIT got no answer is not counted as
-    written. `rows` reads back, on a connection of its own, what the table holds."""
+def _connect(port: int, timeout: float) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(timeout)
+    return s
+
+
+def _until(sock: socket.socket, end: bytes) -> bytes:
+    """What the server sends until (and with) `end`."""
+    buf = b""
+    while not buf.endswith(end):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buf += chunk
+    return buf
+
+
+class Notes(Writer):
+    """The guest's note server (guest/notes.py): "put N", acknowledged with "ok N"."""
+
+    def __init__(self, port: int, answer_timeout: float = 600) -> None:
+        self.port, self.timeout = port, answer_timeout
+        super().__init__()
+
+    def _connect(self) -> socket.socket:
+        return _connect(self.port, self.timeout)
+
+    def _ask(self, line: str) -> str:
+        self.con.sendall((line + "\n").encode())
+        return _until(self.con, b"\n").decode().strip()
+
+    def _write(self, n: int) -> bool:
+        return self._ask(f"put {n}") == f"ok {n}"
+
+    def stat(self) -> dict:
+        """The server's own account, on the same connection (or a new one if it is down)."""
+        with self._lock:
+            try:
+                if self.con is None:
+                    self.con = self._connect()
+                return json.loads(self._ask("stat"))
+            except (OSError, ValueError) as e:
+                return {"error": str(e)}
+
+
+class Memcached(Writer):
+    """memcached's text protocol: "set vmtest:N", acknowledged with STORED; `kept` reads them
+    back on a connection of its own."""
+
+    def __init__(self, port: int, answer_timeout: float = 600) -> None:
+        self.port, self.timeout = port, answer_timeout
+        super().__init__()
+
+    def _connect(self) -> socket.socket:
+        return _connect(self.port, self.timeout)
+
+    def _write(self, n: int) -> bool:
+        value = f"written {n}".encode()
+        self.con.sendall(b"set vmtest:%d 0 0 %d\r\n%s\r\n" % (n, len(value), value))
+        return _until(self.con, b"\r\n") == b"STORED\r\n"
+
+    def kept(self, numbers: list[int]) -> set[int]:
+        """Which of these sets memcached still has, with their values."""
+        sock, found = _connect(self.port, 60), set()
+        try:
+            for i in range(0, len(numbers), 100):
+                batch = numbers[i:i + 100]
+                sock.sendall(("get " + " ".join(f"vmtest:{n}" for n in batch) + "\r\n").encode())
+                lines = _until(sock, b"END\r\n").split(b"\r\n")
+                for head, value in zip(lines, lines[1:]):
+                    if head.startswith(b"VALUE vmtest:"):
+                        n = int(head.split()[1].split(b":")[1])
+                        found |= {n} if value == f"written {n}".encode() else set()
+        finally:
+            sock.close()
+        return found
+
+
+class Sql(Writer):
+    """PostgreSQL (pg8000, pure Python): an INSERT in a transaction of its own, acknowledged by its
+    COMMIT. `rows` reads back, on a connection of its own, what the table holds."""
 
     def __init__(self, port: int, password: str, table: str = "vmtest") -> None:
+        import pg8000.exceptions
         self.port, self.password, self.table = port, password, table
-        self.acked: dict[int, float] = {}
-        self.errors = self.reconnects = 0
-        self.con = None
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        self.FAILURES = (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError)
+        super().__init__()
 
     def _connect(self):
         import pg8000.native
         return pg8000.native.Connection("postgres", host="127.0.0.1", port=self.port, password=self.password,
                                         timeout=600)
 
-    def _loop(self) -> None:
-        import pg8000.exceptions
-        n = 0
-        while not self._stop.wait(0.1):
-            try:
-                if self.con is None:
-                    self.con = self._connect()
-                n += 1
-                self.con.run("BEGIN")
-                self.con.run(f"INSERT INTO {self.table} (n) VALUES (:n)", n=n)
-                self.con.run("COMMIT")
-                self.acked[n] = time.time()
-            except (pg8000.exceptions.InterfaceError, pg8000.exceptions.DatabaseError, OSError):
-                self.errors += 1
-                if self.con is not None:
-                    try:
-                        self.con.close()
-                    except (pg8000.exceptions.InterfaceError, OSError):
-                        pass
-                    self.con = None
-                    self.reconnects += 1
-
-    def wait_acks(self, since: float, count: int, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while sum(1 for t in self.acked.values() if t >= since) < count and time.time() < deadline:
-            time.sleep(0.1)
+    def _write(self, n: int) -> bool:
+        self.con.run("BEGIN")
+        self.con.run(f"INSERT INTO {self.table} (n) VALUES (:n)", n=n)
+        self.con.run("COMMIT")
+        return True
 
     def rows(self) -> set[int]:
         con = self._connect()
@@ -168,7 +208,3 @@ class Sql:
             return {r[0] for r in con.run(f"SELECT n FROM {self.table}")}
         finally:
             con.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(10)

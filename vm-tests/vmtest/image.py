@@ -228,6 +228,9 @@ def install_guest_files(tree: Path) -> None:
     d = units / f"{POSTGRES_UNIT}.d"
     d.mkdir(parents=True, exist_ok=True)
     (d / "vmtest-private-ipc.conf").write_text("# vm-tests: what kupgrade check's hint asks for\n" + POSTGRES_DROPIN)
+    # memcached answers the host's client (QEMU's port forwarding), what an admin sets for remote clients
+    conf = tree / "etc/memcached.conf"
+    conf.write_text(conf.read_text().replace("\n-l 127.0.0.1\n", "\n-l 0.0.0.0\n"))
     # The services scenario's own sandboxed server, started at boot behind the same gate as Debian's.
     shutil.copy2(GUEST_DIR / SANDBOXED_UNIT, units / SANDBOXED_UNIT)
     wants = units / "multi-user.target.wants"

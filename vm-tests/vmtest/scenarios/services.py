@@ -27,6 +27,8 @@ named: `workloads.all_services = true`.
    blocker); the image adds that one drop-in, so PostgreSQL is carried: same main PID, every task
    dumped back with its PID, every committed row there, the client's connection never failed
    (errors and reconnects in `units`).
+6. memcached (listening for the host: `-l 0.0.0.0`, the rest as shipped) takes a set every 100 ms
+   from the host on one connection: carried, every set it stored is there, no error, no reconnect.
 Downtime: the largest gap in nginx's answers to the host (polled every 100 ms through QEMU's
 port forwarding), whatever nginx's fate."""
 
@@ -37,7 +39,7 @@ import subprocess
 import threading
 import time
 
-from ..clients import Notes, Poller, Sql, largest_gap
+from ..clients import Memcached, Notes, Poller, Sql, largest_gap
 from ..image import POSTGRES_PASSWORD, POSTGRES_UNIT as POSTGRES, SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
@@ -51,10 +53,11 @@ HOST_PORT = 5557
 SSH_PORT = 5558
 NOTES_PORT = 5559         # the note server of vmtest-sandboxed.service (guest/notes.py)
 SQL_PORT = 5560           # PostgreSQL
+CACHE_PORT = 5561         # memcached
 # servers that fork on their own (PostgreSQL: a backend per connection, autovacuum workers): the
 # PIDs compared are those the snapshot held (the record's), not those the test saw at boot
 FORKING = {POSTGRES}
-NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070,{SQL_PORT}-5432"
+NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070,{SQL_PORT}-5432,{CACHE_PORT}-11211"
 UNITS = [*SERVICE_UNITS, SANDBOXED_UNIT]
 # the admin's session: kupgrade run in it, then a counter that must go on across the switch
 SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
@@ -245,6 +248,8 @@ def run(vm, image, res: Result) -> None:
     fates = check_fates(vm, res)
     write_config(vm, config.replace("[workloads]", "[workloads]\nall_services = true"))
     poller, notes, sql = Poller(HOST_PORT), Notes(NOTES_PORT), Sql(SQL_PORT, POSTGRES_PASSWORD)
+    cache = Memcached(CACHE_PORT)
+    cache.wait_acks(0, 5, 120)
     notes.wait_acks(0, 5, 120)
     sql.wait_acks(0, 5, 120)
     notes_before = notes.stat()
@@ -267,9 +272,11 @@ def run(vm, image, res: Result) -> None:
         res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
         res.data["units"][POSTGRES].update(lost_writes=sql_lost, errors=sql.errors, reconnects=sql.reconnects,
                                           downtime_s=round(largest_gap(sorted(sql.acked.values()), t_switch), 3))
+        res.data["units"]["memcached.service"].update(**memcached(res, fates, cache, t_switch))
     finally:
         poller.close()
         notes.close()
+        cache.close()
         sql.close()
         admin.close()
 
@@ -317,6 +324,25 @@ def postgres(res: Result, fates: dict[str, str], sql: Sql, t_switch: float) -> i
     res.check(sql.errors == 0 and sql.reconnects == 0, "the SQL client's connection never failed",
               json.dumps(res.data["sql"]))
     return len(lost)
+
+
+def memcached(res: Result, fates: dict[str, str], cache: Memcached, t_switch: float) -> dict:
+    """memcached (its unit sandboxed as shipped) takes a set every 100 ms from the host on one
+    connection: carried, every set it stored is there after the upgrade, the connection never
+    failed. Returns what `units` promises of it."""
+    cache.wait_acks(t_switch, 5, 180)
+    acked = sorted(cache.acked)
+    lost = sorted(set(acked) - cache.kept(acked))
+    seen = {"acked": len(acked), "lost": lost[:20], "errors": cache.errors, "reconnects": cache.reconnects}
+    res.data["memcached"] = seen
+    res.check(fates.get("memcached.service") == "carried" and acked and not lost
+              and any(t > t_switch for t in cache.acked.values()),
+              "memcached: carried, every set it stored is there after the upgrade, and it takes new ones",
+              json.dumps(seen))
+    res.check(cache.errors == 0 and cache.reconnects == 0, "memcached's client: the connection never failed",
+              json.dumps(seen))
+    return {"lost_writes": len(lost), "errors": cache.errors, "reconnects": cache.reconnects,
+            "downtime_s": round(largest_gap(sorted(cache.acked.values()), t_switch), 3)}
 
 
 def units(fates: dict[str, str], before: dict, after: dict, poller: Poller, notes: Notes, lost: int,

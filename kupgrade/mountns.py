@@ -118,13 +118,9 @@ class Plan:
                    tuple(Point(**p) for p in d.get("points", ())))
 
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _source(m: procfs.Mount, host: list[procfs.Mount]) -> procfs.Mount | None:
     """The host mount of m's master peer group that holds m's root (the widest such)."""
-    peers = [h for h in host if h.tag("shared") == m.tag("master") and _under(m.root, h.root)]
+    peers = [h for h in host if h.tag("shared") == m.tag("master") and procfs.under(m.root, h.root)]
     return min(peers, key=lambda h: len(h.root), default=None)
 
 
@@ -155,7 +151,7 @@ def plan(root_pid: int, pids=(), own: tuple[str, ...] = (), proc: Path = PROC) -
             raise NotCarried(f"{m.point} in it is bound from a host mount that is gone")
         key = f"c{len(bound) + 1}"
         path = os.path.normpath(os.path.join(base.point, os.path.relpath(m.root, base.root)))
-        if any(_under(base.point, o) for o in own):
+        if any(procfs.under(base.point, o) for o in own):
             bound[m.mount_id] = ExtMount(key, m.point, EMPTY, EMPTY_DIR)
             continue
         kind = PRIVATE_DIR if PRIVATE_MARK in path else HOST

@@ -49,6 +49,11 @@ class Mount:
         return os.makedev(major, minor)
 
 
+def under(path: str, top: str) -> bool:
+    """path (a cgroup, a mount point, a mount's root) is top or below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
     """Every mount of a mountinfo file (/proc/self/mountinfo, or a task's /proc/PID/mountinfo), in
     its order (a later mount on the same point hides the earlier). Raises OSError."""

@@ -55,8 +55,8 @@ def inside(w: Workload, me: int | None = None, cgroup_of=_cgroup) -> bool:
     kupgrade), or an ssh session's scope in its tree (workloads.other_cgroups). criu, kupgrade's
     child, must not share one either: criu leaves its own cgroup out of the images ("Set 1 is
     criu one"), and the restore of the tasks in it fails ("cg: No set 1 found", measured)."""
-    mine = cgroup_of(me or os.getpid()) + "/"
-    return any(mine.startswith(cg.rstrip("/") + "/") for cg in (w.cgroup, *w.other_cgroups) if cg)
+    mine = cgroup_of(me or os.getpid())
+    return any(procfs.under(mine, cg) for cg in (w.cgroup, *w.other_cgroups) if cg)
 
 
 def why_not(w: Workload, me: int | None = None, cgroup_of=_cgroup, scopes=systemd.has_scopes) -> str:

@@ -115,10 +115,6 @@ def cgroup_procs(cgroup: str, root: Path = CGROUP_ROOT) -> list[int]:
     return sorted(int(x) for x in path.read_text().split())
 
 
-def under(cgroup: str, parent: str) -> bool:
-    return cgroup == parent or cgroup.startswith(parent.rstrip("/") + "/")
-
-
 def other_cgroups(w: Workload, cgroup_of=procfs.cgroup) -> tuple[str, ...]:
     """The cgroups outside the tree's own that tasks of the tree are in. An ssh session's
     processes are descendants of the sshd listener, but logind (pam_systemd, Debian's default)
@@ -133,7 +129,7 @@ def other_cgroups(w: Workload, cgroup_of=procfs.cgroup) -> tuple[str, ...]:
             cg = cgroup_of(pid)
         except OSError:
             continue        # gone meanwhile
-        if not under(cg, w.cgroup):
+        if not procfs.under(cg, w.cgroup):
             out.add(cg)
     return tuple(sorted(out))
 

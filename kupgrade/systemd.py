@@ -30,6 +30,7 @@ ordering (After=network-online.target, mounts, ...) still applies to the restore
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from . import contract, sandbox
@@ -164,11 +165,30 @@ def adopt(cgroup: str, bus: Path = SYSTEM_BUS, root: Path = CGROUP_ROOT, scope=_
               parent if parent.endswith(".slice") else "")
     except CommandError as e:
         return f"stay in {cgroup}: {e.message}"
-    try:
-        (root / cgroup.lstrip("/")).rmdir()
-    except OSError:
-        pass
+    left = root / cgroup.lstrip("/")
+    if emptied(left, ADOPT_WAIT_S):    # systemd answers before its job has moved them
+        try:
+            left.rmdir()
+        except OSError:
+            pass
     return name
+
+
+ADOPT_WAIT_S = 10.0
+
+
+def emptied(cgroup_dir: Path, timeout: float) -> bool:
+    """Whether the cgroup has no task left within `timeout` seconds (gone counts as empty)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not (cgroup_dir / "cgroup.procs").read_text().strip():
+                return True
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def sweep_own(root: Path = CGROUP_ROOT, rmdir=os.rmdir) -> None:

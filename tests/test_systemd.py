@@ -111,18 +111,25 @@ def test_the_units_own_pid_file_is_written_back(tmp_path):
     assert Workload.from_json(w.to_json()) == w
 
 
-def test_a_carried_session_scope_is_adopted_by_systemd_in_the_new_boot(tmp_path):
+def test_a_carried_session_scope_is_adopted_by_systemd_in_the_new_boot(tmp_path, monkeypatch):
     cg = "/user.slice/user-0.slice/session-3.scope"
-    (tmp_path / cg.lstrip("/")).mkdir(parents=True)
-    (tmp_path / cg.lstrip("/") / "cgroup.procs").write_text("648\n650\n")
+    procs = tmp_path / cg.lstrip("/") / "cgroup.procs"
+    procs.parent.mkdir(parents=True)
+    procs.write_text("648\n650\n")
     bus = tmp_path / "bus"
     assert "no system bus" in systemd.adopt(cg, bus=bus, root=tmp_path)
     bus.touch()
     asked = []
-    assert systemd.adopt(cg, bus=bus, root=tmp_path, scope=lambda *a: asked.append(a)) == "kupgrade-session-3.scope"
+
+    def moved(*a):          # systemd's job moves the tasks (after it answered)
+        asked.append(a)
+        procs.write_text("")
+    assert systemd.adopt(cg, bus=bus, root=tmp_path, scope=moved) == "kupgrade-session-3.scope"
     assert asked == [("kupgrade-session-3.scope", [648, 650], f"kupgrade: carried from {cg} of the old boot",
                       "user-0.slice")]
     again = "/user.slice/user-0.slice/kupgrade-session-3.scope"     # carried twice: the name stays
     (tmp_path / again.lstrip("/")).mkdir()
     (tmp_path / again.lstrip("/") / "cgroup.procs").write_text("648\n")
+    monkeypatch.setattr(systemd, "ADOPT_WAIT_S", 0.05)             # never moved: waited for, left as it is
     assert systemd.adopt(again, bus=bus, root=tmp_path, scope=lambda *a: None) == "kupgrade-session-3.scope"
+    assert (tmp_path / again.lstrip("/") / "cgroup.procs").read_text() == "648\n"

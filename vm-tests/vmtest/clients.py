@@ -10,29 +10,7 @@ import threading
 import time
 
 
-class Poller:
-    """The host asks an HTTP server for / every 100 ms; the answers' times give its downtime."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-                c.request("GET", "/")
-                if c.getresponse().status == 200:
-                    self.ok.append(time.time())
-                c.close()
-            except (OSError, http.client.HTTPException):
-                self.errors += 1
-
-    def largest_gap(self, since: float) -> float:
+def largest_gap(self, since: float) -> float:
         return largest_gap(self.ok, since)
 
     def close(self) -> None:
@@ -179,6 +157,37 @@ class Memcached(Writer):
         finally:
             sock.close()
         return found
+
+
+class Http(Writer):
+    """An HTTP server asked for / every 100 ms on one keep-alive connection, as a browser or a
+    proxy keeps one; an answer 200 acknowledges. A connection the server closed after saying so
+    (`Connection: close`, nginx's keepalive_requests) is opened again without counting as a
+    reconnect; one that broke is counted."""
+
+    FAILURES = (OSError, http.client.HTTPException)
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        super().__init__()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        c.connect()
+        return c
+
+    def _write(self, n: int) -> bool:
+        self.con.request("GET", "/")
+        r = self.con.getresponse()
+        r.read()
+        if r.will_close:            # announced: the next request opens a new one, as any client does
+            self.con.close()
+            self.con = self._connect()
+        return r.status == 200
+
+    @property
+    def ok(self) -> list[float]:
+        return sorted(self.acked.values())
 
 
 class Sql(Writer):

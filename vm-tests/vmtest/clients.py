@@ -10,14 +10,6 @@ import threading
 import time
 
 
-def largest_gap(self, since: float) -> float:
-        return largest_gap(self.ok, since)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(5)
-
-
 def largest_gap(times: list[float], since: float) -> float:
     pts = [t for t in times if t >= since]
     return max((b - a for a, b in zip(pts, pts[1:])), default=0.0)

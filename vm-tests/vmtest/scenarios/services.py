@@ -115,7 +115,7 @@ def admin_session_went_on(vm, res: Result, admin: AdminSession, t_up: float) -> 
 
 
 def show(vm, unit: str) -> dict:
-    props = unit_props(vm, unit, "MainPID,ActiveState,ControlGroup")
+    props = unit_props(vm, unit, "MainPID,ActiveState,ControlGroup,NRestarts,ExecMainStartTimestamp")
     cg = props.get("ControlGroup", "")
     procs = vm.sh("cat", f"/sys/fs/cgroup{cg}/cgroup.procs", check=False)["stdout"].split() if cg else []
     return {**props, "pids": sorted(int(p) for p in procs)}
@@ -349,11 +349,17 @@ def memcached(res: Result, fates: dict[str, str], cache: Memcached, t_switch: fl
 
 def units(fates: dict[str, str], before: dict, after: dict, poller: Http, notes: Notes, lost: int,
           t_switch: float) -> dict:
-    """Per unit, what the result JSON promises: same main PID, restarted, and what its client saw."""
+    """Per unit, what the result JSON promises: same main PID, restarted, and what its client saw.
+    systemd's own view is there too: NRestarts (the new boot's systemd counts from its own start)
+    and ExecMainStartTimestamp, which for a carried unit is when the new boot's systemd took it
+    back (the restore is its start job), not when the process began; the same main PID, its
+    tasks and its clients' unbroken connections say that it was not restarted."""
     out = {}
     for u in UNITS:
         same = after[u]["MainPID"] == before[u]["MainPID"]
-        out[u] = {"fate": fates.get(u), "same_main_pid": same, "restarted": not same}
+        out[u] = {"fate": fates.get(u), "same_main_pid": same, "restarted": not same or after[u].get("NRestarts") != "0",
+                  "n_restarts": after[u].get("NRestarts"),
+                  "start_timestamp": [before[u].get("ExecMainStartTimestamp"), after[u].get("ExecMainStartTimestamp")]}
     out["nginx.service"].update(errors=poller.errors, reconnects=poller.reconnects,
                                 downtime_s=round(largest_gap(poller.ok, t_switch), 3))
     out[SANDBOXED_UNIT].update(lost_writes=lost, errors=notes.errors, reconnects=notes.reconnects,

@@ -25,6 +25,7 @@ class Writer:
     def __init__(self) -> None:
         self.acked: dict[int, float] = {}
         self.errors = self.reconnects = 0
+        self.failures: list[tuple[float, str]] = []    # (when, what) of each error, for the result
         self.con = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -55,8 +56,9 @@ class Writer:
                     n += 1
                     if self._write(n):
                         self.acked[n] = time.time()
-                except self.FAILURES:
+                except self.FAILURES as e:
                     self.errors += 1
+                    self.failures.append((time.time(), f"write {n}: {type(e).__name__}: {e}"))
                     if self.con is not None:
                         self._drop()
                         self.reconnects += 1

@@ -267,7 +267,8 @@ def run(vm, image, res: Result) -> None:
         admin_session_went_on(vm, res, admin, t_up)
         res.check(poller.ok and poller.ok[-1] > t_up, "nginx answers the host after the upgrade")
         res.check(poller.errors == 0 and poller.reconnects == 0, "nginx's client: its keep-alive connection never "
-                  "failed", json.dumps({"errors": poller.errors, "reconnects": poller.reconnects}))
+                  "failed", json.dumps({"errors": poller.errors, "reconnects": poller.reconnects, "t_switch": t_switch,
+                                        "t_up": t_up, "failures": poller.failures[:10]}))
         res.data["downtime_s"] = round(largest_gap(poller.ok, t_switch), 3)
         lost = sandboxed(res, fates, notes, notes_before, t_switch)
         sql_lost = postgres(res, fates, sql, t_switch)

@@ -231,6 +231,10 @@ def install_guest_files(tree: Path) -> None:
     # memcached answers the host's client (QEMU's port forwarding), what an admin sets for remote clients
     conf = tree / "etc/memcached.conf"
     conf.write_text(conf.read_text().replace("\n-l 127.0.0.1\n", "\n-l 0.0.0.0\n"))
+    # nginx keeps the host's one keep-alive connection for the whole test (its default closes it
+    # after 1000 requests: at 10 a second, a planned reconnect that could fall into the pause)
+    (tree / "etc/nginx/conf.d/vmtest-keepalive.conf").write_text(
+        "# vm-tests: the host's client keeps one connection\nkeepalive_requests 1000000;\nkeepalive_timeout 600s;\n")
     # The services scenario's own sandboxed server, started at boot behind the same gate as Debian's.
     shutil.copy2(GUEST_DIR / SANDBOXED_UNIT, units / SANDBOXED_UNIT)
     wants = units / "multi-user.target.wants"

@@ -170,14 +170,29 @@ class Http(Writer):
         c.connect()
         return c
 
+    server_closes = 0       # idle connections the server ended cleanly (FIN, no answer): asked again
+
     def _write(self, n: int) -> bool:
-        self.con.request("GET", "/")
-        r = self.con.getresponse()
-        r.read()
+        try:
+            r = self._get()
+        except http.client.RemoteDisconnected:
+            # a server may end an idle persistent connection at any time (nginx's old workers at a
+            # reload); a client asks again on a new one (RFC 9112, 9.3.1). A broken connection
+            # (reset, timeout) is an error.
+            self.server_closes += 1
+            self.con.close()
+            self.con = self._connect()
+            r = self._get()
         if r.will_close:            # announced: the next request opens a new one, as any client does
             self.con.close()
             self.con = self._connect()
         return r.status == 200
+
+    def _get(self) -> http.client.HTTPResponse:
+        self.con.request("GET", "/")
+        r = self.con.getresponse()
+        r.read()
+        return r
 
     @property
     def ok(self) -> list[float]:

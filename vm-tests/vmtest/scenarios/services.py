@@ -212,6 +212,16 @@ def sshd_logs(vm, res: Result) -> None:
               vm.sh("journalctl", "-b", "-u", "ssh.service", "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
 
+def nginx_reloads(vm, res: Result, fates: dict[str, str], before: dict) -> None:
+    """`systemctl reload nginx` works on the carried master: its PID file was written back. (After
+    the host's client is done: the old workers end their idle keep-alive connections.)"""
+    if fates.get("nginx.service") == "carried":
+        r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
+        res.check(r["rc"] == 0 and show(vm, "nginx.service")["MainPID"] == before["nginx.service"]["MainPID"],
+                  "`systemctl reload nginx` works on the carried master (its PID file written back)",
+                  r["stdout"] + r["stderr"])
+
+
 def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dict) -> None:
     """Every service where check said it would be, working."""
     after = {u: show(vm, u) for u in UNITS}
@@ -221,11 +231,6 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     if fates.get("ssh.service") == "carried":
         session_carried(vm, res, rec)
         sshd_logs(vm, res)
-    if fates.get("nginx.service") == "carried":
-        r = vm.sh("systemctl", "reload", "nginx.service", check=False, timeout=120)
-        res.check(r["rc"] == 0 and show(vm, "nginx.service")["MainPID"] == before["nginx.service"]["MainPID"],
-                  "`systemctl reload nginx` works on the carried master (its PID file written back)",
-                  r["stdout"] + r["stderr"])
     fresh = sorted(f["unit"] for f in rec.get("fresh", []) if f["stop"])
     res.check(fresh == sorted(u for u, f in fates.items() if f == "fresh") and rec["outcome"] == "restored",
               "the run did what check said (the record's fresh services), outcome restored",
@@ -268,7 +273,8 @@ def run(vm, image, res: Result) -> None:
         res.check(poller.ok and poller.ok[-1] > t_up, "nginx answers the host after the upgrade")
         res.check(poller.errors == 0 and poller.reconnects == 0, "nginx's client: its keep-alive connection never "
                   "failed", json.dumps({"errors": poller.errors, "reconnects": poller.reconnects, "t_switch": t_switch,
-                                        "t_up": t_up, "failures": poller.failures[:10]}))
+                                        "t_up": t_up, "failures": poller.failures[:10],
+                                        "server_closes": poller.server_closes}))
         res.data["downtime_s"] = round(largest_gap(poller.ok, t_switch), 3)
         lost = sandboxed(res, fates, notes, notes_before, t_switch)
         sql_lost = postgres(res, fates, sql, t_switch)
@@ -276,6 +282,8 @@ def run(vm, image, res: Result) -> None:
         res.data["units"][POSTGRES].update(lost_writes=sql_lost, errors=sql.errors, reconnects=sql.reconnects,
                                           downtime_s=round(largest_gap(sorted(sql.acked.values()), t_switch), 3))
         res.data["units"]["memcached.service"].update(**memcached(res, fates, cache, t_switch))
+        poller.close()
+        nginx_reloads(vm, res, fates, before)
     finally:
         poller.close()
         notes.close()
@@ -361,7 +369,7 @@ def units(fates: dict[str, str], before: dict, after: dict, poller: Http, notes:
         out[u] = {"fate": fates.get(u), "same_main_pid": same, "restarted": not same or after[u].get("NRestarts") != "0",
                   "n_restarts": after[u].get("NRestarts"),
                   "start_timestamp": [before[u].get("ExecMainStartTimestamp"), after[u].get("ExecMainStartTimestamp")]}
-    out["nginx.service"].update(errors=poller.errors, reconnects=poller.reconnects,
+    out["nginx.service"].update(errors=poller.errors, reconnects=poller.reconnects, server_closes=poller.server_closes,
                                 downtime_s=round(largest_gap(poller.ok, t_switch), 3))
     out[SANDBOXED_UNIT].update(lost_writes=lost, errors=notes.errors, reconnects=notes.reconnects,
                                downtime_s=round(largest_gap(sorted(notes.acked.values()), t_switch), 3))

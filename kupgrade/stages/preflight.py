@@ -74,7 +74,9 @@ def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
     return guess.to_json()
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def _basics(ctx: Context) -> list[Blocker]:
+    """Root, no other run, the target kernel (ctx.target) and its initrd, the tools and the criu
+    that runs on both kernels (ctx.criu), something selected."""
     cfg = ctx.config
     blockers: list[Blocker] = []
     if os.geteuid() != 0:
@@ -88,7 +90,6 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
     blockers += _tool_blockers(cfg.health_check)
     ctx.criu = _criu(t.version, blockers)
-    lockdown = kexec.lockdown_mode()
     if not cfg.pids and not cfg.cgroups and not cfg.units and not cfg.all_services:
         blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups`, "
                                 "`workloads.units` or `workloads.all_services`, or pass --pid/--cgroup/--unit/"
@@ -97,6 +98,14 @@ def run(ctx: Context) -> tuple[str, dict]:
         blockers.append(Blocker("a rehearsal cannot keep systemd units yet: systemd would see their main "
                                 "process end and restart or fail the unit",
                                 "rehearse without --unit/--all-services (`workloads.units`, `workloads.all_services`)"))
+    return blockers
+
+
+def run(ctx: Context) -> tuple[str, dict]:
+    cfg = ctx.config
+    blockers = _basics(ctx)
+    t = ctx.target
+    lockdown = kexec.lockdown_mode()
     services, boot_pids = _select(ctx, blockers)
 
     conns = _tcp(ctx, blockers)

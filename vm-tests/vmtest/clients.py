@@ -92,8 +92,8 @@ def _until(sock: socket.socket, end: bytes) -> bytes:
     return buf
 
 
-class Notes(Writer):
-    """The guest's note server (guest/notes.py): "put N", acknowledged with "ok N"."""
+class LineWriter(Writer):
+    """A Writer on a plain TCP connection to the guest's `port` (answers awaited `answer_timeout`)."""
 
     def __init__(self, port: int, answer_timeout: float = 600) -> None:
         self.port, self.timeout = port, answer_timeout
@@ -101,6 +101,10 @@ class Notes(Writer):
 
     def _connect(self) -> socket.socket:
         return _connect(self.port, self.timeout)
+
+
+class Notes(LineWriter):
+    """The guest's note server (guest/notes.py): "put N", acknowledged with "ok N"."""
 
     def _ask(self, line: str) -> str:
         self.con.sendall((line + "\n").encode())
@@ -120,16 +124,9 @@ class Notes(Writer):
                 return {"error": str(e)}
 
 
-class Memcached(Writer):
+class Memcached(LineWriter):
     """memcached's text protocol: "set vmtest:N", acknowledged with STORED; `kept` reads them
     back on a connection of its own."""
-
-    def __init__(self, port: int, answer_timeout: float = 600) -> None:
-        self.port, self.timeout = port, answer_timeout
-        super().__init__()
-
-    def _connect(self) -> socket.socket:
-        return _connect(self.port, self.timeout)
 
     def _write(self, n: int) -> bool:
         value = f"written {n}".encode()

@@ -129,6 +129,31 @@ def _chroot(tree: Path, *argv: str, timeout: float = 900) -> None:
     run(["chroot", str(tree), *argv], env=env, timeout=timeout)
 
 
+def _install_services(tree: Path) -> None:
+    """Debian's servers and logind, installed by apt (not started in the chroot), PostgreSQL
+    answering the host, every unit gated on SERVICES_GATE."""
+    log.info("installing services %s", " ".join(SERVICE_PACKAGES))
+    # without systemd running in the chroot, invoke-rc.d would start their init scripts on the host
+    policy = tree / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *SERVICE_PACKAGES,
+                *LOGIND_PACKAGES)
+    finally:
+        policy.unlink()
+    conf = tree / POSTGRES_CONF.lstrip("/")
+    with open(conf / "postgresql.conf", "a") as f:
+        f.write("# vm-tests: the host's client comes through QEMU's port forwarding\nlisten_addresses = '*'\n")
+    with open(conf / "pg_hba.conf", "a") as f:
+        f.write("# vm-tests: the host's client\nhost all all 0.0.0.0/0 scram-sha-256\n")
+    for unit in (*SERVICE_UNITS, *LOGIND_UNITS):
+        d = tree / "etc/systemd/system" / f"{unit}.d"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "vmtest-gate.conf").write_text(f"# vm-tests: started at boot only in the services scenario\n"
+                                            f"[Unit]\nConditionKernelCommandLine={SERVICES_GATE}\n")
+
+
 def build_base(force: bool = False) -> Path:
     tree = cache_root() / f"base-{base_key()}"
     if (tree / ".complete").exists() and not force:
@@ -158,26 +183,7 @@ def build_base(force: bool = False) -> Path:
     _chroot(tree, "apt-get", "update", "-q")
     _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *KERNEL_PACKAGES)
     newest.install(tree, cache_root(), SUITE, MIRROR, _chroot)
-    log.info("installing services %s", " ".join(SERVICE_PACKAGES))
-    # without systemd running in the chroot, invoke-rc.d would start their init scripts on the host
-    policy = tree / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\nexit 101\n")
-    policy.chmod(0o755)
-    try:
-        _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *SERVICE_PACKAGES,
-                *LOGIND_PACKAGES)
-    finally:
-        policy.unlink()
-    conf = tree / POSTGRES_CONF.lstrip("/")
-    with open(conf / "postgresql.conf", "a") as f:
-        f.write("# vm-tests: the host's client comes through QEMU's port forwarding\nlisten_addresses = '*'\n")
-    with open(conf / "pg_hba.conf", "a") as f:
-        f.write("# vm-tests: the host's client\nhost all all 0.0.0.0/0 scram-sha-256\n")
-    for unit in (*SERVICE_UNITS, *LOGIND_UNITS):
-        d = tree / "etc/systemd/system" / f"{unit}.d"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "vmtest-gate.conf").write_text(f"# vm-tests: started at boot only in the services scenario\n"
-                                            f"[Unit]\nConditionKernelCommandLine={SERVICES_GATE}\n")
+    _install_services(tree)
     log.info("downloading %s into %s", " ".join(DRACUT_PACKAGES), DRACUT_DEBS)
     debs = tree / DRACUT_DEBS.lstrip("/")
     (debs / "partial").mkdir(parents=True, exist_ok=True)

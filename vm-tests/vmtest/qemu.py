@@ -48,6 +48,13 @@ def emulator_race(console) -> str:
     return ""
 
 
+def _die_with_parent() -> None:
+    """In QEMU's child before exec: SIGKILL when the harness dies (killed, it leaves no guest
+    behind holding the forwarded ports)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9)       # PR_SET_PDEATHSIG, SIGKILL
+
+
 class LostVMError(Exception):
     """The VM said nothing in time, or QEMU ended."""
 
@@ -185,7 +192,8 @@ class Guest:
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self._qemu_log = open(self.workdir / "qemu.log", "wb")
         self.started_at = time.time()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log, stderr=self._qemu_log,
+                                     preexec_fn=_die_with_parent)
         for s in listeners:
             s.settimeout(30)
         con, _ = listeners[0].accept()

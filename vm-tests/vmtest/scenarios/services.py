@@ -39,7 +39,7 @@ import subprocess
 import threading
 import time
 
-from ..clients import Http, Memcached, Notes, Sql, largest_gap
+from ..clients import Http, Memcached, Notes, Sql, Writer, largest_gap
 from ..image import POSTGRES_PASSWORD, POSTGRES_UNIT as POSTGRES, SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
 from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
@@ -277,11 +277,12 @@ def run(vm, image, res: Result) -> None:
                                         "server_closes": poller.server_closes}))
         res.data["downtime_s"] = round(largest_gap(poller.ok, t_switch), 3)
         lost = sandboxed(res, fates, notes, notes_before, t_switch)
-        sql_lost = postgres(res, fates, sql, t_switch)
         res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
-        res.data["units"][POSTGRES].update(lost_writes=sql_lost, errors=sql.errors, reconnects=sql.reconnects,
-                                          downtime_s=round(largest_gap(sorted(sql.acked.values()), t_switch), 3))
-        res.data["units"]["memcached.service"].update(**memcached(res, fates, cache, t_switch))
+        # PostgreSQL with PrivateIPC=yes (check's hint for its System V segments); memcached as shipped
+        res.data["units"][POSTGRES].update(writes_kept(res, fates, POSTGRES, sql, lambda acked: sql.rows(), t_switch,
+                                                       "INSERT"))
+        res.data["units"]["memcached.service"].update(writes_kept(res, fates, "memcached.service", cache, cache.kept,
+                                                                  t_switch, "set"))
         poller.close()
         nginx_reloads(vm, res, fates, before)
     finally:
@@ -317,43 +318,25 @@ def sandboxed(res: Result, fates: dict[str, str], notes: Notes, before: dict, t_
     return len(lost)
 
 
-def postgres(res: Result, fates: dict[str, str], sql: Sql, t_switch: float) -> int:
-    """PostgreSQL with PrivateIPC=yes (check's hint for its System V segments): carried, every
-    committed row in its table after the upgrade, new ones taken, the client's connection (a
-    transaction every 100 ms) never failed."""
-    sql.wait_acks(t_switch, 5, 180)
-    rows = sql.rows()
-    acked = sorted(sql.acked)
-    lost = [n for n in acked if n not in rows]
-    res.data["sql"] = {"acked": len(acked), "rows": len(rows), "lost": lost[:20], "errors": sql.errors,
-                       "reconnects": sql.reconnects, "fate": fates.get(POSTGRES)}
-    res.check(fates.get(POSTGRES) == "carried", f"check: {POSTGRES} (PrivateIPC=yes) is carried",
-              json.dumps(res.data["check"]["services"]))
-    res.check(acked and not lost and any(t > t_switch for t in sql.acked.values()),
-              "every INSERT PostgreSQL committed is in its table after the upgrade, and it takes new ones",
-              json.dumps(res.data["sql"]))
-    res.check(sql.errors == 0 and sql.reconnects == 0, "the SQL client's connection never failed",
-              json.dumps(res.data["sql"]))
-    return len(lost)
-
-
-def memcached(res: Result, fates: dict[str, str], cache: Memcached, t_switch: float) -> dict:
-    """memcached (its unit sandboxed as shipped) takes a set every 100 ms from the host on one
-    connection: carried, every set it stored is there after the upgrade, the connection never
-    failed. Returns what `units` promises of it."""
-    cache.wait_acks(t_switch, 5, 180)
-    acked = sorted(cache.acked)
-    lost = sorted(set(acked) - cache.kept(acked))
-    seen = {"acked": len(acked), "lost": lost[:20], "errors": cache.errors, "reconnects": cache.reconnects}
-    res.data["memcached"] = seen
-    res.check(fates.get("memcached.service") == "carried" and acked and not lost
-              and any(t > t_switch for t in cache.acked.values()),
-              "memcached: carried, every set it stored is there after the upgrade, and it takes new ones",
+def writes_kept(res: Result, fates: dict[str, str], unit: str, client: Writer, kept, t_switch: float,
+                what: str) -> dict:
+    """A server the host wrote to during the upgrade, each write acknowledged (`what`: an INSERT
+    committed, a set stored): carried, every acknowledged write still there (kept: the
+    acknowledged numbers -> those the server has), new ones taken, the client's one connection
+    never failed. Puts what the client saw in the result; returns what `units` promises of it."""
+    client.wait_acks(t_switch, 5, 180)
+    acked = sorted(client.acked)
+    lost = sorted(set(acked) - kept(acked))
+    seen = {"acked": len(acked), "lost": lost[:20], "errors": client.errors, "reconnects": client.reconnects,
+            "fate": fates.get(unit), "failures": client.failures[:10]}
+    res.data.setdefault("clients", {})[unit] = seen
+    res.check(fates.get(unit) == "carried", f"check: {unit} is carried", json.dumps(res.data["check"]["services"]))
+    res.check(acked and not lost and any(t > t_switch for t in client.acked.values()),
+              f"every {what} {unit} acknowledged is there after the upgrade, and it takes new ones", json.dumps(seen))
+    res.check(client.errors == 0 and client.reconnects == 0, f"{unit}'s client: its connection never failed",
               json.dumps(seen))
-    res.check(cache.errors == 0 and cache.reconnects == 0, "memcached's client: the connection never failed",
-              json.dumps(seen))
-    return {"lost_writes": len(lost), "errors": cache.errors, "reconnects": cache.reconnects,
-            "downtime_s": round(largest_gap(sorted(cache.acked.values()), t_switch), 3)}
+    return {"lost_writes": len(lost), "errors": client.errors, "reconnects": client.reconnects,
+            "downtime_s": round(largest_gap(sorted(client.acked.values()), t_switch), 3)}
 
 
 def units(fates: dict[str, str], before: dict, after: dict, poller: Http, notes: Notes, lost: int,

@@ -76,7 +76,7 @@ def remember(state_dir: Path, path: Path = Path(contract.EARLY_PIDS)) -> EarlyPi
         known = json.loads(f.read_text()) if f.exists() else {}
         known[str(here.cpus)] = here.to_json()
         f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = f.with_suffix(".tmp")
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known, indent=1) + "\n")
         os.replace(tmp, f)
     except (OSError, ValueError):

@@ -243,7 +243,7 @@ class UpgradeRecord:
 def write_private(path: Path, text: str) -> None:
     """Write atomically, root-only (records name processes and command lines)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # one per writer: several may write at once
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -262,7 +262,7 @@ def action_script(state_dir: Path) -> str:
             '[ "$CRTOOLS_SCRIPT_ACTION" = post-restore ] || exit 0\n'
             f'exec {sys.executable} -I -S {tcpfix.__file__} "$CRTOOLS_INIT_PID"\n')
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # units restore at once: one each
         tmp.write_text(text)
         tmp.chmod(0o700)
         os.replace(tmp, path)

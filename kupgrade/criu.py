@@ -48,6 +48,12 @@ def version() -> str:
     return ".".join(map(str, v))
 
 
+def identity() -> dict:
+    """The criu that runs (paths.criu): {"program": its path, "version"}; {} if it is not there."""
+    path = shutil.which(program(CRIU))
+    return {"program": path, "version": version()} if path else {}
+
+
 def unfit(criu_version: str, kernel: str) -> str:
     """Why this criu cannot run on that kernel ("" = no known reason)."""
     have, k = parse_version(criu_version), parse_version(kernel)

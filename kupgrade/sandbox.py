@@ -105,7 +105,8 @@ def blockers(w: Workload, props: dict[str, str] | None = None, proc: Path = PROC
             f"{name} runs in a user namespace of its own{' (PrivateUsers=yes)' if w.unit else ''}: criu cannot "
             "restore it (it mounts /proc inside the new user namespace, which the kernel refuses to one that does "
             "not own the PID namespace: \"Unable to open the proc file system\", criu 3.17 and 4.1.1; with a UTS "
-            "namespace too the dump fails: \"Can't setns …/uts\")", _off_hint(w, ["PrivateUsers"] if w.unit else [], "start it without a user namespace")))
+            "namespace too the dump fails: \"Can't setns …/uts\")",
+            _off_hint(w, ["PrivateUsers"] if w.unit else [], "start it without a user namespace")))
     out += _no_new_privs(w, proc)
     return out
 

@@ -35,8 +35,8 @@ def test_lock_tables(tmp_path):
 
 def test_preflight_blocks_a_criu_that_cannot_run_on_the_target(monkeypatch):
     from kupgrade.stages import preflight
-    monkeypatch.setattr(preflight.shutil, "which", lambda name: "/usr/sbin/criu")
-    monkeypatch.setattr(preflight.criu, "version", lambda: "3.17.1")
+    monkeypatch.setattr(criu.shutil, "which", lambda name: "/usr/sbin/criu")
+    monkeypatch.setattr(criu, "version", lambda: "3.17.1")
     blockers = []
     assert preflight._criu("7.3.4+deb13-amd64", blockers) == {"program": "/usr/sbin/criu", "version": "3.17.1"}
     assert len(blockers) == 1 and blockers[0].message.startswith("criu 3.17.1 cannot run on 7.3.4+deb13-amd64")

@@ -202,14 +202,11 @@ def _tool_blockers(health_check: str = "") -> list[Blocker]:
 def _criu(target: str, blockers: list[Blocker]) -> dict:
     """The criu that runs (paths.criu): it dumps on this kernel and restores on the target (the
     same program, on the shared root), so it must know both."""
-    path = shutil.which(program(criu.CRIU))
-    if not path:
-        return {}           # _tool_blockers said so
-    version = criu.version()
-    if why := criu.unfit(version, target):
+    found = criu.identity()         # {}: not installed, _tool_blockers said so
+    if found and (why := criu.unfit(found["version"], target)):
         blockers.append(Blocker(why, "install a criu that knows both kernels (it must pass `criu check` here "
                                 "too) and point paths.criu at it"))
-    return {"program": path, "version": version}
+    return found
 
 
 def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple[float, str, dict]:

@@ -205,9 +205,8 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
 def _criu_here(ctx: Context) -> str:
     """The version of the criu that restores here (paths.criu), asked once per restore."""
     if not ctx.criu:
-        ctx.criu = {"program": shutil.which(criu.program(criu.CRIU)) or criu.program(criu.CRIU),
-                    "version": criu.version()}
-    return ctx.criu["version"]
+        ctx.criu = criu.identity()
+    return ctx.criu.get("version", "")
 
 
 HEALTH_TIMEOUT = 60.0

@@ -4,6 +4,8 @@ Wall clocks of two kernels are compared (the new one starts from the RTC): about
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .record import UpgradeRecord
@@ -55,3 +57,15 @@ def bars(rec: UpgradeRecord, width: int = 40) -> list[tuple[str, str, float, str
         a = min(a, width - n)
         rows.append((s.label, " " * a + "█" * n + " " * (width - a - n), s.seconds, s.status))
     return rows
+
+
+class Laps(dict):
+    """Seconds of the named steps of a stage, for its details (`with laps.lap("verify"): ...`)."""
+
+    @contextmanager
+    def lap(self, name: str):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self[name] = round(time.monotonic() - t0, 3)

@@ -42,3 +42,12 @@ def _durable_files_only_where_asked(request, monkeypatch):
         return
     from kupgrade import volatile
     monkeypatch.setattr(volatile, "blockers", lambda pids, *a, **kw: [])
+
+
+@pytest.fixture(autouse=True)
+def _no_warm_up_on_the_host(monkeypatch):
+    """The restore warms criu's kernel-feature cache and loads nf_tables: not on the machine
+    that runs the tests (tests/test_restore_retry.py checks what it asks for)."""
+    from kupgrade import criu, tcp
+    monkeypatch.setattr(criu, "warm", lambda: True)
+    monkeypatch.setattr(tcp, "load_module", lambda: None)

@@ -143,3 +143,25 @@ def test_health_check_must_be_a_command_with_an_absolute_program():
     for bad in ('"ping -c1 x"', '"/bin/sh -c \'unclosed"'):
         with pytest.raises(ConfigError, match="health_check"):
             parse(f"[restore]\nhealth_check = {bad}\n")
+
+
+def test_the_restore_warms_criu_and_loads_nf_tables_alongside_the_verification(tmp_path, monkeypatch):
+    """criu's probing of the new kernel and the module the TCP protection needs run while the
+    snapshot is verified, and before the first criu restore; the stage's steps are timed."""
+    from kupgrade import criu, tcp
+    from kupgrade.timeline import Laps
+    snapshot(tmp_path)
+    did = []
+    monkeypatch.setattr(criu, "warm", lambda: did.append("criu") or True)
+    monkeypatch.setattr(tcp, "load_module", lambda: did.append("nf_tables"))
+    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: did.append(w.key) or
+                        {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
+    details = restore.run(ctx(tmp_path))[1]
+    assert did == ["criu", A.key, B.key]            # no TCP connection in this snapshot: no module
+    assert {"verify", "protect", "hooks", "warm_up", f"criu {A.key}", f"criu {B.key}"} <= set(details["seconds"])
+    d = tmp_path / "run-kupgrade" / "images" / A.key
+    d.mkdir(parents=True, exist_ok=True)
+    tcp.write(d, [tcp.Sock("10.0.2.15", 7000, "10.0.2.2", 5555, "01", 77)])
+    did.clear()
+    restore._warm_up(tmp_path / "run-kupgrade", Laps()).join()
+    assert did == ["nf_tables", "criu"]

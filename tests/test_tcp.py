@@ -93,10 +93,14 @@ class FakeRun:
         return subprocess.CompletedProcess(argv, rc, out.encode(), b"")
 
 
+LOAD_MODULE = tcp.load_module      # conftest stubs it for every test; this one checks what it runs
+
+
 def test_install_and_release(monkeypatch):
     socks = tcp.parse_table(TCP4)
     fake = FakeRun()
     monkeypatch.setattr(tcp, "run", fake)
+    monkeypatch.setattr(tcp, "load_module", LOAD_MODULE)
     assert tcp.install(socks[:1]) == 0 and fake.calls == []          # a listener alone: nothing to hold
     assert tcp.install(socks) == 1
     assert fake.calls[0][0] == ["modprobe", "nf_tables"] and fake.calls[1][0] == ["nft", "-f", "-"]

@@ -12,12 +12,14 @@ import os
 import re
 import shlex
 import shutil
+import threading
 from pathlib import Path
 
 from .. import (commit, contract, criu, early, faults, manifest, mountns, pmem, prewarm, switchback, systemd, tcp, unixsk,
                volatile)
 from ..errors import CommandError, KupgradeError, RestoreError
 from ..run import run as run_cmd
+from ..timeline import Laps
 from . import hookpoints
 from .context import Context
 
@@ -248,47 +250,75 @@ def _protect(snap: Path, trees) -> int | str:
         return f"not protected: {e.message}"
 
 
+def _warm_up(snap: Path, laps: Laps) -> threading.Thread:
+    """Alongside the verification, what the restore would otherwise wait for in turn: criu's
+    probing of this kernel (criu.warm) and, with TCP connections in the snapshot, the module
+    their protection needs. Reads the images before they are verified only to decide that."""
+    def work():
+        with laps.lap("warm_up"):
+            try:
+                if any(s.connected for d in sorted((snap / "images").glob("tree-*")) for s in tcp.read(d)):
+                    tcp.load_module()
+            except (KupgradeError, OSError, ValueError):
+                pass                # the protection loads it again, and says what failed
+            criu.warm()
+    t = threading.Thread(target=work, name="kupgrade-warm-up", daemon=True)
+    t.start()
+    return t
+
+
 def run(ctx: Context) -> tuple[str, dict]:
     """Verify the snapshot, restore the trees that are not systemd units; units are restored by
     their own start (see kupgrade/systemd.py), after this. A retry (`kupgrade restore --retry`)
     restores what an earlier attempt did not, without running the device hooks again."""
     snap = ctx.restore_dir
     done = restored_keys(ctx.record)
+    laps = Laps()
     warm = prewarm.start(snap) if ctx.config.prewarm and not done else {}     # read ahead while verifying
+    warming = _warm_up(snap, laps)
     if not attempts(ctx.record) and (last := sorted((snap / "images").glob("tree-*"))[-1:]):
         faults.corrupt(last[0])         # the test fault: the last tree's copy damaged on the way
-    m, corrupt = _verified(ctx, snap, done)
+    with laps.lap("verify"):
+        m, corrupt = _verified(ctx, snap, done)
     todo = [w for w in m.workloads if w.key not in done]
-    protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
+    with laps.lap("protect"):
+        protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
     retry = any(s.name == NAME for s in attempts(ctx.record))
-    hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
+    with laps.lap("hooks"):
+        hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
     hold = not corrupt and not switchback.refused(m, ctx.record, ctx.rehearsal)    # all or nothing (commit.py)
     health = {} if hold else health_check(ctx, m)      # holding: when all are back, before any runs
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))
-    results: dict[str, dict] = {}
-    for w in todo:
-        if w.key in corrupt:
-            results[w.key] = {"selector": w.selector, "ok": False, "corrupt": True, "images": str(snap / "images" / w.key),
-                              "error": f"its images failed verification ({corrupt[w.key]}): the only copy is "
-                                       "damaged, it was not restored"}
-        elif w.unit:
-            results[w.key] = {"selector": w.selector, "ok": None, "unit": w.unit,
-                              "pending": f"restored when {w.unit} starts"}
-        else:
-            results[w.key] = restore_one(snap, w, state_dir=ctx.state_dir, hold=hold)
+    with laps.lap("warm_up_wait"):      # the units' restores, later, read criu's cache too
+        warming.join()
+    results = {w.key: _one(ctx, snap, w, corrupt, hold, laps) for w in todo}
     logs = finish_trees(ctx, snap, m.id, results)
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
-               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.criu}}
+               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.criu}, "seconds": laps}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
-        details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
+        with laps.lap(commit.STAGE):
+            details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)
     if all(r.get("ok") for r in results.values()):      # kept for `kupgrade restore --retry` otherwise
         mark_restored(snap)
-    verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
+    with laps.lap("verify_hooks"):
+        verify_err = hookpoints.verify(ctx, snap, details)     # before anything deletes snap/hooks
     if (err := failure(results, snap, details) or verify_err):
         raise err
     units = sum(1 for w in m.workloads if w.unit)
     return (f"restored {len(results) - units} workload(s) from snapshot {m.id}"
             + (f"; {units} unit(s) restore when systemd starts them" if units else "")
             + ("; all stay stopped until the last is back" if hold and units else "")), details
+
+
+def _one(ctx: Context, snap: Path, w, corrupt: dict[str, str], hold: bool, laps: Laps) -> dict:
+    """One tree's result: restored here, left to its unit's start, or not restored (damaged)."""
+    if w.key in corrupt:
+        return {"selector": w.selector, "ok": False, "corrupt": True, "images": str(snap / "images" / w.key),
+                "error": f"its images failed verification ({corrupt[w.key]}): the only copy is "
+                         "damaged, it was not restored"}
+    if w.unit:
+        return {"selector": w.selector, "ok": None, "unit": w.unit, "pending": f"restored when {w.unit} starts"}
+    with laps.lap(f"criu {w.key}"):
+        return restore_one(snap, w, state_dir=ctx.state_dir, hold=hold)

@@ -262,9 +262,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back (the old kernel is the fallback) nor "
             "in a rehearsal. 60 s at most.", check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("restore", "prewarm", "prewarm", bool,
-            "Read ahead, as the restore begins in the new kernel, the files the workloads had open or mapped (its "
-            "page cache starts empty): the reads overlap the snapshot's verification and criu's restore instead "
-            "of following them.", example="true"),
+            "As the restore begins in the new kernel (its page cache starts empty), look up the files the "
+            "workloads had open or mapped and read ahead the parts of them they had mapped in (not whole "
+            "files): the reads overlap the snapshot's verification and criu's restore instead of following them.",
+            example="true"),
     Setting("run", "answer_timeout", "answer_timeout", int,
             "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
             "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),

@@ -181,11 +181,18 @@ def used_files(pid: int, proc: Path = PROC) -> set[str]:
     return {p for p in fds(pid, proc).values() if p.startswith("/")} | mapped_files(pid, proc)
 
 
-def mapped_files(pid: int, proc: Path = PROC) -> set[str]:
-    """The files a task maps (the path column of /proc/PID/maps)."""
+def maps(pid: int, proc: Path = PROC):
+    """(start, end, file offset, path) of each mapping of a file (a path column starting with /)."""
     try:
         lines = (proc / str(pid) / "maps").read_text().splitlines()
     except OSError:
-        return set()
-    return {parts[5] for parts in (line.split(maxsplit=5) for line in lines)
-            if len(parts) == 6 and parts[5].startswith("/")}
+        return
+    for parts in (line.split(maxsplit=5) for line in lines):
+        if len(parts) == 6 and parts[5].startswith("/"):
+            a, b = parts[0].split("-")
+            yield int(a, 16), int(b, 16), int(parts[2], 16), parts[5]
+
+
+def mapped_files(pid: int, proc: Path = PROC) -> set[str]:
+    """The files a task maps (the path column of /proc/PID/maps)."""
+    return {path for *_, path in maps(pid, proc)}

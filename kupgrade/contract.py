@@ -23,7 +23,7 @@ CMDLINE_PMEM = "kupgrade.pmem"             # kupgrade.pmem=START: the memmap= re
 
 # --- the snapshot archive appended to the target initrd ----------------------------------------
 ARCHIVE_ROOT = "kupgrade-snapshot"         # the kernel unpacks it as /kupgrade-snapshot/ in the early rootfs
-MANIFEST = "manifest.json"                 # id, kernels, workloads, size + sha256 of every file
+MANIFEST = "manifest.json"                 # id, kernels, workloads, size + CRC-32 of every file (manifest.py)
 RECORD = "record.json"                     # the old kernel's upgrade record, continued by the restore
 MAX_PID = "max-pid"                        # the snapshot's highest PID: new PIDs start above it
 SIZE_KIB = "size-kib"                      # what the snapshot's tmpfs in the new kernel must hold

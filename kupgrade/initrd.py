@@ -7,13 +7,12 @@ between archives are skipped by the kernel's unpacker; we pad to 512 bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from . import contract
+from . import contract, manifest
 
 ARCHIVE_ROOT = contract.ARCHIVE_ROOT
 ALIGN = 512
@@ -51,10 +50,10 @@ class CpioWriter:
         self._entry(name, stat.S_IFDIR | (perm & 0o700), 2, mtime, 0)
 
     def file(self, name: str, path: Path) -> str:
-        """Copy a file into the archive; return its sha256 (computed in the same pass)."""
+        """Copy a file into the archive; return its checksum (manifest.CHECKSUM, in the same pass)."""
         st = path.stat()
         self._entry(name, stat.S_IFREG | (st.st_mode & 0o700), 1, int(st.st_mtime), st.st_size)
-        h = hashlib.sha256()
+        h = manifest.Crc32()
         copied = 0
         with path.open("rb") as f:
             while chunk := f.read(_CHUNK):
@@ -81,7 +80,7 @@ class CpioWriter:
 
     def tree(self, src: Path, prefix: str = "", only: Callable[[str], bool] | None = None) -> dict[str, dict]:
         """Add every directory and regular file under src (sorted, directories first), as
-        prefix/...; return {archive path: {"size", "sha256"}} for the files. only: which files
+        prefix/...; return {archive path: {"size", manifest.CHECKSUM}} for the files. only: which files
         (by archive path) to take; the rest are left out."""
         files: dict[str, dict] = {}
         if prefix:
@@ -97,7 +96,7 @@ class CpioWriter:
                     self.directory(arc, st.st_mode, int(st.st_mtime))
                 elif stat.S_ISREG(st.st_mode):
                     if only is None or only(arc):
-                        files[arc] = {"size": st.st_size, "sha256": self.file(arc, path)}
+                        files[arc] = {"size": st.st_size, manifest.CHECKSUM: self.file(arc, path)}
                 elif stat.S_ISLNK(st.st_mode):      # criu's `parent` link to a pre-dump
                     if only is None or only(arc):
                         files[arc] = {"size": 0, "link": self.link(arc, path)}

@@ -46,8 +46,8 @@ def read_first(m: manifest.Manifest, workloads, record_text: str, prewarm: bytes
 
 
 def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | None = None) -> dict[str, dict]:
-    """{path under root: {"size", "sha256"}} of every file under root/images and root/hooks,
-    hashed in parallel (hashlib lets go of the GIL); a symlink (criu's `parent` of a pre-dump) as
+    """{path under root: {"size", manifest.CHECKSUM}} of every file under root/images and root/hooks,
+    summed in parallel (zlib lets go of the GIL); a symlink (criu's `parent` of a pre-dump) as
     {"size": 0, "link": target}. only: which files to take; known: hashes taken earlier of files
     that have not changed since (the pre-dumps), used when the size still matches."""
     paths, out = [], {}
@@ -68,8 +68,8 @@ def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | 
                 else:
                     paths.append(p)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        sums = list(pool.map(manifest.sha256_file, paths))
-    out.update({p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": h} for p, h in zip(paths, sums)})
+        sums = list(pool.map(manifest.checksum_file, paths))
+    out.update({p.relative_to(root).as_posix(): {"size": p.stat().st_size, manifest.CHECKSUM: h} for p, h in zip(paths, sums)})
     return out
 
 

@@ -50,7 +50,8 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
 def _back_manifest(snap: Path, m: manifest.Manifest):
     """The manifest the way back carries: the same files, unchanged, marked `rollback`."""
     def make(files: dict) -> manifest.Manifest:
-        if changed := [rel for rel, f in files.items() if rel in m.files and f != m.files[rel]]:
+        if changed := [rel for rel, f in files.items() if rel in m.files and f != m.files[rel]
+                       and not manifest.matches(snap, rel, m.files[rel])]:     # (a sum of another kind)
             raise KupgradeError(f"{changed[0]} is not what the old kernel packed: going back would restore "
                                 "damaged memory", f"the snapshot stays in {snap}")
         return manifest.make(m.id, m.kernel_to, m.kernel_from, m.workloads, files, rollback=True, start=m.start,

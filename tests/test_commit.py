@@ -27,7 +27,7 @@ def snapshot(tmp_path, workloads=(A, B), back=True):
         d = snap / "images" / w.key
         d.mkdir(parents=True)
         (d / "pages-1.img").write_bytes(w.key.encode())
-        files[f"images/{w.key}/pages-1.img"] = {"size": len(w.key), "sha256": manifest.sha256_file(d / "pages-1.img")}
+        files[f"images/{w.key}/pages-1.img"] = {"size": len(w.key), manifest.CHECKSUM: manifest.checksum_file(d / "pages-1.img")}
     (tmp_path / "old-vmlinuz").write_bytes(b"x")
     way = {"kernel": "6.1", "vmlinuz": str(tmp_path / "old-vmlinuz"), "initrd": str(tmp_path / "old-vmlinuz"),
            "cmdline": "", "method": "classic"} if back else {}

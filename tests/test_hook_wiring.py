@@ -190,7 +190,7 @@ def packed_snapshot(tmp_path, hooks) -> Path:
     old.snapshot_dir.mkdir()
     snapshot._save_hooks(old)
     snap = old.snapshot_dir
-    files = {str(p.relative_to(snap)): {"size": p.stat().st_size, "sha256": manifest.sha256_file(p)}
+    files = {str(p.relative_to(snap)): {"size": p.stat().st_size, manifest.CHECKSUM: manifest.checksum_file(p)}
              for p in snap.rglob("*") if p.is_file()}
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U1", "6.1", KERNEL, (), files)))
     return snap

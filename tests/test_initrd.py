@@ -1,9 +1,10 @@
 import io
 import os
+import zlib
 
 import pytest
 
-from kupgrade import initrd
+from kupgrade import manifest, initrd
 
 
 def make_snapshot(tmp_path):
@@ -90,7 +91,7 @@ def test_assemble_pads_appends_and_hashes(tmp_path):
     page = (snap / "images/tree-1/pages-1.img").read_bytes()
     assert entries["kupgrade-snapshot/images/tree-1/pages-1.img"] == page
     assert entries["kupgrade-snapshot/manifest.json"] == b'{"id": "X"}\n'
-    assert hashed == {"images/tree-1/pages-1.img": {"size": len(page), "sha256": hashlib.sha256(page).hexdigest()}}
+    assert hashed == {"images/tree-1/pages-1.img": {"size": len(page), manifest.CHECKSUM: f"{zlib.crc32(page):08x}"}}
     assert len(data) == sizes["total_bytes"]
     assert out.stat().st_mode & 0o777 == 0o600
 

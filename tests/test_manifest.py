@@ -49,7 +49,15 @@ def test_verify_finds_tampering(tmp_path):
     snap, _ = build(tmp_path)
     (snap / "images/tree-100/pages-1.img").write_bytes(b"b" * 5000)
     _, problems = manifest.verify(snap, "6.12.117+deb12-amd64")
-    assert problems == ["images/tree-100/pages-1.img: sha256 mismatch"]
+    assert problems == ["images/tree-100/pages-1.img: crc32 mismatch"]
+
+
+def test_a_manifest_with_sha256_entries_is_verified_with_sha256(tmp_path):
+    """record.json is listed with sha256 (as kupgrade wrote every entry before CRC-32)."""
+    snap, m = build(tmp_path)
+    assert "sha256" in m.files["record.json"] and manifest.verify(snap, "6.12.117+deb12-amd64")[1] == []
+    (snap / "record.json").write_bytes(b"[]")
+    assert manifest.verify(snap, "6.12.117+deb12-amd64")[1] == ["record.json: sha256 mismatch"]
 
 
 def test_verify_finds_truncation_missing_and_wrong_kernel(tmp_path):
@@ -84,7 +92,7 @@ def test_unknown_format_is_refused(tmp_path):
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
      '"files": {"images/x": {"size": "1", "sha256": "00"}}}', "entry 'images/x': `size` is a str"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
-     '"files": {"images/x": {}}}', "needs `size` and `sha256`"),
+     '"files": {"images/x": {}}}', "needs `size` and `crc32`"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [{}], "files": {}}',
      "a workload in the manifest"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [3], "files": {}}',
@@ -110,8 +118,8 @@ def test_paths_outside_the_snapshot_are_never_opened(tmp_path, monkeypatch):
     bad = {"../secret": meta, str(tmp_path / "secret"): meta, "images/link": meta, "": meta, "images/a\0b": meta}
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("ID1", "a", "b", W, {**m.files, **bad})))
     opened = []
-    real = manifest.sha256_file
-    monkeypatch.setattr(manifest, "sha256_file", lambda p: opened.append(p) or real(p))
+    for kind, real in list(manifest.SUMS.items()):
+        monkeypatch.setitem(manifest.SUMS, kind, lambda p, real=real: opened.append(p) or real(p))
     _, problems = manifest.verify(snap, "b")
     assert sorted(problems) == sorted(f"{rel!r}: not a path inside the snapshot (not opened)" for rel in bad)
     assert sorted(p.name for p in opened) == ["pages-1.img", "record.json"]

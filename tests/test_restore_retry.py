@@ -23,7 +23,7 @@ def snapshot(tmp_path):
         d = snap / "images" / w.key
         d.mkdir(parents=True)
         (d / "pages-1.img").write_bytes(w.key.encode())
-        files[f"images/{w.key}/pages-1.img"] = {"size": len(w.key), "sha256": manifest.sha256_file(d / "pages-1.img")}
+        files[f"images/{w.key}/pages-1.img"] = {"size": len(w.key), manifest.CHECKSUM: manifest.checksum_file(d / "pages-1.img")}
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U9", "6.1", os.uname().release, (A, B), files)))
     return snap
 
@@ -83,7 +83,7 @@ def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
     assert tried == [B.key]
     rec = record.load(tmp_path / "state", "U9")
     r = rec.stage("restore").details["workloads"][A.key]
-    assert r["corrupt"] and "sha256 mismatch" in r["error"] and "the only copy is damaged" in r["error"]
+    assert r["corrupt"] and "crc32 mismatch" in r["error"] and "the only copy is damaged" in r["error"]
     from dataclasses import replace
     m = replace(manifest.read(snap), back={"kernel": "6.1", "vmlinuz": str(snap / manifest.NAME),
                                            "initrd": str(snap / manifest.NAME), "cmdline": "", "method": "classic"})
@@ -112,7 +112,7 @@ def test_units_connections_are_protected_until_systemd_restores_them(tmp_path, m
     sock = tcp.Sock("10.0.2.15", 7000, "10.0.2.2", 5555, "01", 77)
     tcp.write(d, [sock])
     files = {f"images/{unit.key}/{tcp.FILE}": {"size": (d / tcp.FILE).stat().st_size,
-                                               "sha256": manifest.sha256_file(d / tcp.FILE)}}
+                                               manifest.CHECKSUM: manifest.checksum_file(d / tcp.FILE)}}
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U9", "6.1", os.uname().release, (unit,), files)))
     installed = []
     monkeypatch.setattr(tcp, "install", lambda socks: installed.extend(socks) or len(socks))

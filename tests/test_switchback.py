@@ -66,7 +66,7 @@ def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
     (snap / "images" / "tree-5").mkdir(parents=True)
     f = snap / "images" / "tree-5" / "pages-1.img"
     f.write_bytes(b"x")
-    files = {"images/tree-5/pages-1.img": {"size": 1, "sha256": manifest.sha256_file(f)}}
+    files = {"images/tree-5/pages-1.img": {"size": 1, manifest.CHECKSUM: manifest.checksum_file(f)}}
     import os
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U1", "6.12", os.uname().release, W, files,
                                                                     rollback=True)))
@@ -91,7 +91,7 @@ def test_the_way_back_packs_the_same_images_and_refuses_changed_ones(tmp_path):
     (snap / "images" / "tree-5").mkdir(parents=True)
     img = snap / "images" / "tree-5" / "pages-1.img"
     img.write_bytes(b"memory")
-    files = {"images/tree-5/pages-1.img": {"size": 6, "sha256": manifest.sha256_file(img)}}
+    files = {"images/tree-5/pages-1.img": {"size": 6, manifest.CHECKSUM: manifest.checksum_file(img)}}
     fwd = manifest.make("U1", "6.1", "6.12", W, files, back={"initrd": str(tmp_path / "old-initrd")})
     (tmp_path / "old-initrd").write_bytes(b"\x1f\x8b old initrd")
     out = tmp_path / "back.img"

@@ -46,7 +46,7 @@ class Context:
     snapshot_mounted: bool = False
     region: Region | None = None         # the snapshot crosses in kupgrade's memory region (None: in the initrd)
     pre_dumped: dict = field(default_factory=dict)            # tree key -> its last pre-dump iteration
-    prehashed: dict = field(default_factory=dict)             # image path -> size, sha256 (hashed in prepare)
+    prehashed: dict = field(default_factory=dict)             # image path -> size, checksum (summed in prepare)
     method: Method | None = None
     kexec_loaded: bool = False
     progress: Report | None = None       # the live view's progress callback, if any

@@ -34,7 +34,7 @@ def plan(ctx: Context) -> list[str]:
              f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}")
     return [where,
             "read ahead the files the workloads had open or mapped (restore.prewarm), while:",
-            f"verify {contract.MANIFEST}: target kernel, size and sha256 of every file",
+            f"verify {contract.MANIFEST}: target kernel, size and CRC-32 of every file",
             ("device hooks: collect their early-restore results, run restore (a critical failure: no "
              "workload is restored, the snapshot is kept)"),
             ("TCP connections in the snapshot: drop their peers' packets (nft table inet kupgrade) until "

@@ -70,11 +70,11 @@ def plan(ctx: Context) -> list[str]:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
     if ctx.region:
-        out.append(f"write {contract.MANIFEST} (kernels, workloads, PIDs, size and sha256 of every file) beside the "
+        out.append(f"write {contract.MANIFEST} (kernels, workloads, PIDs, size and CRC-32 of every file) beside the "
                    "images in the region: nothing is packed, the new kernel mounts the region")
         return out
     out.append(f"pack {ctx.config.snapshot_dir}/initrd.img = target initrd + padding + cpio of the images "
-               f"and the hooks' state, and {contract.MANIFEST} (kernels, workloads, PIDs, size and sha256 of every "
+               f"and the hooks' state, and {contract.MANIFEST} (kernels, workloads, PIDs, size and CRC-32 of every "
                "file, hashed while packing); then free the images")
     return out
 

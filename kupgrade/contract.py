@@ -20,6 +20,9 @@ VERSION = 3
 CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores
 CMDLINE_PMEM = "kupgrade.pmem"             # kupgrade.pmem=START: the memmap= region that is kupgrade's
                                            # (pmem.py); kept on every command line kexec passes on
+CMDLINE_MAXPID = "kupgrade.maxpid"         # kupgrade.maxpid=N: no PID of the snapshot is above N, so new
+                                           # PIDs start above it from init-top on, before the snapshot is
+                                           # at hand (the memory region is mounted in the background)
 
 # --- the snapshot archive appended to the target initrd ----------------------------------------
 ARCHIVE_ROOT = "kupgrade-snapshot"         # the kernel unpacks it as /kupgrade-snapshot/ in the early rootfs
@@ -52,6 +55,7 @@ PMEM_MODULES = "nd_e820 nd_pmem ext4"
 RESTORE_MODULES = "unix_diag inet_diag tcp_diag udp_diag netlink_diag packet_diag nf_tables"
 
 EARLY_PIDS = "/run/kupgrade-early-pids"   # init-top: the PIDs in use before userspace (bootpids.py)
+REGION_PENDING = "/run/kupgrade-region.pending"   # init-top: the region is being mounted (init-bottom waits)
 RESTORE_POINT = "/run/kupgrade-restore-point"  # kupgrade-restore, every call: seconds since the kernel started
 
 # --- on disk, both kernels ---------------------------------------------------------------------
@@ -62,6 +66,7 @@ SNAPSHOT_TMPFS = "/run/kupgrade-snapshot"  # the old kernel's private tmpfs (def
 BOOT_VALUES: dict[str, str] = {
     "CMDLINE_KEY": CMDLINE_KEY,
     "CMDLINE_PMEM": CMDLINE_PMEM,
+    "CMDLINE_MAXPID": CMDLINE_MAXPID,
     "ARCHIVE_ROOT": ARCHIVE_ROOT,
     "MANIFEST": MANIFEST,
     "MAX_PID": MAX_PID,
@@ -76,6 +81,7 @@ BOOT_VALUES: dict[str, str] = {
     "BOOT_MARKER": BOOT_MARKER,
     "STATE_DIR": STATE_DIR,
     "EARLY_PIDS": EARLY_PIDS,
+    "REGION_PENDING": REGION_PENDING,
     "PMEM_MODULES": PMEM_MODULES,
     "RESTORE_MODULES": RESTORE_MODULES,
     "CONTRACT": str(VERSION),

@@ -12,7 +12,7 @@ from .run import program
 
 KEXEC = "kexec"
 MARKER = contract.CMDLINE_KEY
-_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", f"{MARKER}=")     # kupgrade.pmem= stays: both kernels need it
+_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", f"{MARKER}=", f"{contract.CMDLINE_MAXPID}=")   # kupgrade.pmem= stays
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,23 @@ def boot_id() -> str:
         return ""
 
 
-def command_line(current: str, snapshot_id: str, append: str = "") -> str:
-    """The current command line, minus boot-loader words and an old snapshot marker, plus ours."""
+def command_line(current: str, snapshot_id: str, append: str = "", max_pid: int | None = None) -> str:
+    """The current command line, minus boot-loader words and an old snapshot's words, plus ours:
+    the snapshot's id and (max_pid) a PID no PID of the snapshot is above."""
     words = [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]
     words += append.split()
     words.append(f"{MARKER}={snapshot_id}")
+    if max_pid is not None:
+        words.append(f"{contract.CMDLINE_MAXPID}={max_pid}")
     return " ".join(words)
+
+
+def max_pid_word(cmdline: str) -> int | None:
+    """N of a kupgrade.maxpid=N word (None: none)."""
+    for w in cmdline.split():
+        if w.startswith(f"{contract.CMDLINE_MAXPID}=") and w.split("=", 1)[1].isdigit():
+            return int(w.split("=", 1)[1])
+    return None
 
 
 def load_argv(method: Method, kernel: Path, initrd: Path, cmdline: str) -> list[str]:

@@ -128,7 +128,7 @@ def _switch(ctx, m: manifest.Manifest, cause: KupgradeError, work: Path | None, 
         packed = work / "initrd.img"
         sent = _pack(snap, m, ctx.record.with_stage(note), packed)
     method = kexec.Method(back["method"], "chosen by preflight in the old kernel")
-    cmdline = kexec.command_line(back["cmdline"], m.id)
+    cmdline = kexec.command_line(back["cmdline"], m.id, max_pid=max((p for w in m.workloads for p in w.ids), default=1))
     run(kexec.load_argv(method, Path(back["vmlinuz"]), packed, cmdline), timeout=600,
         hint="the old kernel could not be loaded; the snapshot stays in " + str(snap))
     if work is not None:

@@ -152,3 +152,43 @@ def test_a_missing_lister_blocks_instead_of_skipping_the_boot_script_check(tmp_p
         monkeypatch.setattr(shutil, "which", lambda name, have=have: f"/usr/bin/{name}" if name in have else None)
         [b] = preflight._initrd_blockers(t)
         assert missing in b.message and hint in b.hint, (have, b)
+
+
+def test_the_command_line_says_which_pid_no_pid_of_the_snapshot_is_above():
+    line = kexec.command_line("root=/dev/vda kupgrade.snapshot=OLD kupgrade.maxpid=7", "NEW", max_pid=30005)
+    assert line == "root=/dev/vda kupgrade.snapshot=NEW kupgrade.maxpid=30005"
+    assert kexec.max_pid_word(line) == 30005 and kexec.max_pid_word("root=/dev/vda") is None
+
+
+def _ctx(*ids):
+    from types import SimpleNamespace
+    return SimpleNamespace(workloads=[Workload(f"pid:{ids[0]}", ids[0], ids)])
+
+
+def test_the_pid_bound_is_exact_once_dumped_and_leaves_room_before(tmp_path):
+    from kupgrade.stages import kexec as stage
+    (tmp_path / "ns_last_pid").write_text("31000\n")
+    (tmp_path / "pid_max").write_text("4194304\n")
+    assert stage.pid_bound(_ctx(30001, 30005), exact=True, sysctl=tmp_path) == 30005
+    assert stage.pid_bound(_ctx(30001, 30005), exact=False, sysctl=tmp_path) == 31000 + stage.PID_HEADROOM
+    (tmp_path / "pid_max").write_text("32768\n")        # the new kernel's PIDs would soon wrap around
+    assert stage.pid_bound(_ctx(30001, 30005), exact=False, sysctl=tmp_path) == 30005
+
+
+def test_a_target_loaded_before_the_freeze_is_loaded_again_when_a_pid_went_above_its_bound(monkeypatch):
+    from types import SimpleNamespace
+    from kupgrade.stages import kexec as stage
+    from kupgrade.record import StageResult, UpgradeRecord
+    loads = []
+    monkeypatch.setattr(stage, "load", lambda ctx: loads.append(1) or {"cmdline": "x kupgrade.maxpid=40000",
+                                                                       "initrd_bytes": 1 << 20, "method": "classic"})
+    monkeypatch.setattr(stage.fsfreeze, "targets", lambda pids: [])
+    for bound, again in ((35000, False), (30010, True)):
+        rec = UpgradeRecord("U", "run", "6.1").with_stage(StageResult(
+            "prepare", "ok", 0, 0, details={"kexec_load": {"cmdline": f"x kupgrade.maxpid={bound}",
+                                                           "initrd_bytes": 1 << 20, "method": "classic"}}))
+        ctx = SimpleNamespace(record=rec, kexec_loaded=True, region=None, workloads=_ctx(30001, 30020).workloads,
+                              target=SimpleNamespace(version="6.12"), method=SimpleNamespace(name="classic"))
+        details = stage.run(ctx)[1]
+        assert bool(loads) == again and ("reloaded" in details) == again
+        loads.clear()

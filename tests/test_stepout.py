@@ -22,8 +22,9 @@ from kupgrade.record import Workload
 root, before = os.getppid(), os.getpid()
 pid = stepout.step_out([Workload("pid:%d" % root, root, (root, before))],
                        lambda text: open({str(out)!r} + ".said", "w").write(text))
-open({str(out)!r}, "w").write(json.dumps({{"before": before, "root": root, "pid": pid, "ppid": os.getppid(),
-                                           "sid": os.getsid(0)}}))
+open({str(out)!r} + ".tmp", "w").write(json.dumps({{"before": before, "root": root, "pid": pid,
+                                                    "ppid": os.getppid(), "sid": os.getsid(0)}}))
+os.replace({str(out)!r} + ".tmp", {str(out)!r})      # the test reads it as soon as it exists
 """
     shell = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)"
     assert subprocess.run([sys.executable, "-c", shell], timeout=30).returncode == 0     # like bash: it goes on

@@ -38,7 +38,8 @@ def loaded_initrd(ctx: Context) -> Path:
 def load(ctx: Context) -> dict:
     """`kexec --load` of the target with its initrd (the packed one, or with the memory-region
     transport its own: then prepare loads it before the freeze, outside the pause)."""
-    cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append)
+    cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append,
+                              max_pid=pid_bound(ctx, exact=ctx.record.stage("snapshot") is not None))
     t0 = time.monotonic()
     faults.point("kexec-load", "kexec load failed")
     # the memory peak: should memory run out anyway, the OOM killer takes kexec (the load fails,
@@ -59,10 +60,34 @@ def load(ctx: Context) -> dict:
             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)}
 
 
+# PIDs the workloads may take between a load before their dump (prepare) and the dump
+PID_HEADROOM = 4096
+
+
+def pid_bound(ctx: Context, exact: bool, sysctl: Path = Path("/proc/sys/kernel")) -> int:
+    """What no PID of the snapshot will be above (the command line's kupgrade.maxpid): once
+    dumped, exactly its highest; before (the target loaded in prepare), the highest PID handed
+    out so far + PID_HEADROOM, unless that comes near pid_max (the new kernel's PIDs, starting
+    above it, would soon wrap around into the snapshot's)."""
+    top = max((p for w in ctx.workloads for p in w.ids), default=1)
+    if exact:
+        return top
+    try:
+        last, most = (int((sysctl / name).read_text()) for name in ("ns_last_pid", "pid_max"))
+    except (OSError, ValueError):
+        return top
+    bound = max(top, last) + PID_HEADROOM
+    return bound if bound + PID_HEADROOM < most else top
+
+
 def run(ctx: Context) -> tuple[str, dict]:
     early = ctx.record.stage("prepare")
     loaded = early.details.get("kexec_load") if early and ctx.kexec_loaded else None
-    details = {**(loaded or load(ctx)), "loaded_before_freeze": bool(loaded)}
+    again = ""
+    if loaded and (kx.max_pid_word(loaded["cmdline"]) or 0) < (top := pid_bound(ctx, exact=True)):
+        loaded, again = None, (f"loaded again: the snapshot has PID {top}, above the kupgrade.maxpid= "
+                               "it was loaded with before the freeze")
+    details = {**(loaded or load(ctx)), "loaded_before_freeze": bool(loaded), **({"reloaded": again} if again else {})}
     freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
     if ctx.region:      # frozen last: the file system in the region is consistent for the new kernel
         freeze.append(str(ctx.snapshot_dir))

@@ -46,7 +46,7 @@ class Config:
     snapshot_dir: str = contract.SNAPSHOT_TMPFS
     snapshot_size: str = "auto"
     transport: str = "auto"
-    pre_dump: int = 0
+    pre_dump: int | str = "auto"
     kexec_method: str = "auto"
     append: str = ""
     state_dir: str = contract.STATE_DIR
@@ -165,7 +165,9 @@ def _one_of(choices: tuple[str, ...]):
     return check
 
 
-def _pre_dump(v: int) -> str | None:
+def _pre_dump(v: int | str) -> str | None:
+    if isinstance(v, str):
+        return None if v == "auto" else f"must be \"auto\" or a number of iterations (got {_short.repr(v)})"
     return None if 0 <= v <= MAX_PRE_DUMP else f"must be 0 to {MAX_PRE_DUMP} iterations (got {v})"
 
 
@@ -174,7 +176,7 @@ class Setting:
     section: str
     key: str
     attr: str
-    type: type
+    type: type | tuple       # a tuple: one of these (pre_dump: a number or "auto")
     doc: str
     item: type | None = None
     check: Callable[[Any], str | None] | None = None
@@ -236,12 +238,14 @@ SETTINGS: tuple[Setting, ...] = (
             "`kupgrade install-boot --reserve SIZE` sets it up, one reboot activates it), or \"auto\" (pmem "
             "when that region is active and the snapshot fits in it, else initrd).",
             check=_one_of(TRANSPORTS), example='"auto"'),
-    Setting("snapshot", "pre_dump", "pre_dump", int,
+    Setting("snapshot", "pre_dump", "pre_dump", (int, str),
             "criu pre-dump iterations while the workloads still run (prepare): the first copies their memory, "
             "each next one what they dirtied since (soft-dirty tracking); the final dump in the pause then "
-            "copies only the pages dirtied after the last. Worth it for large, mostly idle memory; the "
-            "snapshot then holds those pages twice (preflight counts 1.5 x the estimate). 0: one dump, in the pause.",
-            check=_pre_dump, example="1"),
+            "copies only the pages dirtied after the last. The snapshot then holds those pages twice "
+            "(preflight counts 1.5 x the estimate). 0: one dump, in the pause. \"auto\": one iteration when the "
+            "snapshot crosses in kupgrade's memory region and fits there 1.5 times, else none (with the initrd "
+            "the pre-dumped pages are packed and loaded inside the pause all the same).",
+            check=_pre_dump, example="\"auto\""),
     Setting("kexec", "method", "kexec_method", str,
             "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
             "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
@@ -290,7 +294,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def _type_name(t: type, item: type | None) -> str:
+def _type_name(t, item: type | None) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_type_name(one, item) for one in t)
     if t is list:
         return f"list of {item.__name__ if item else 'values'}"
     return {str: "string", int: "integer", bool: "boolean"}[t]
@@ -299,7 +305,7 @@ def _type_name(t: type, item: type | None) -> str:
 def _check_type(value: Any, s: Setting) -> bool:
     if s.type is list:
         return isinstance(value, list) and all(isinstance(i, s.item) and not isinstance(i, bool) for i in value)
-    return isinstance(value, s.type) and not (s.type is int and isinstance(value, bool))
+    return isinstance(value, s.type) and (s.type is bool or not isinstance(value, bool))
 
 
 def parse(text: str, source: str = "<string>") -> Config:
@@ -324,7 +330,8 @@ def parse(text: str, source: str = "<string>") -> Config:
                 known = ", ".join(k for (sec, k) in by_key if sec == section)
                 raise ConfigError(f"{source}: unknown key `{section}.{key}`", f"keys of [{section}]: {known}")
             if not _check_type(value, s):
-                raise ConfigError(f"{source}: `{section}.{key}` must be a {_type_name(s.type, s.item)}, "
+                name = _type_name(s.type, s.item)
+                raise ConfigError(f"{source}: `{section}.{key}` must be {'an' if name[0] in 'aeiou' else 'a'} {name}, "
                                   f"got {type(value).__name__} {_short.repr(value)}", f"for example: {key} = {s.example}")
             if s.check and (problem := s.check(value)):
                 raise ConfigError(f"{source}: `{section}.{key}` {problem}", f"for example: {key} = {s.example}")

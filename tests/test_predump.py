@@ -78,3 +78,25 @@ def test_a_failed_pre_dump_leaves_one_full_dump(tmp_path, monkeypatch):
     out = prepare.pre_dump(c, 2)
     assert "no soft-dirty" in out["trees"]["tree-5"]["failed"] and c.pre_dumped == {}
     assert not (tmp_path / "snap" / "images" / "tree-5").exists()
+
+
+def test_auto_pre_dumps_once_when_the_region_holds_the_pages_twice():
+    from types import SimpleNamespace
+    from kupgrade.stages import preflight
+    region = SimpleNamespace(size=2 << 30)
+    assert preflight._pre_dumps("auto", region, 64 << 20) == preflight.AUTO_PRE_DUMP == 1
+    assert preflight._pre_dumps("auto", region, 1500 << 20) == 0        # fits once, not 1.5 times
+    assert preflight._pre_dumps("auto", None, 64 << 20) == 0            # the initrd: packed in the pause anyway
+    assert preflight._pre_dumps(3, None, 64 << 20) == 3 and preflight._pre_dumps(0, region, 1) == 0
+
+
+def test_pre_dump_setting_is_a_number_or_auto():
+    import pytest
+    from kupgrade import config
+    from kupgrade.errors import ConfigError
+    assert config.parse("").pre_dump == "auto"
+    assert config.parse("[snapshot]\npre_dump = 2\n").pre_dump == 2
+    for bad, words in (('"often"', 'must be "auto" or a number'), ("true", "must be an integer or string"),
+                       ("9", "must be 0 to")):
+        with pytest.raises(ConfigError, match=words):
+            config.parse(f"[snapshot]\npre_dump = {bad}\n")

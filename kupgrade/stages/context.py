@@ -45,6 +45,7 @@ class Context:
     locks: dict = field(default_factory=dict)                  # tree key -> names criu's lock may have (criu.lock_tables)
     snapshot_mounted: bool = False
     region: Region | None = None         # the snapshot crosses in kupgrade's memory region (None: in the initrd)
+    pre_dumps: int = 0                   # pre-dump iterations per tree: snapshot.pre_dump, "auto" resolved (preflight)
     pre_dumped: dict = field(default_factory=dict)            # tree key -> its last pre-dump iteration
     prehashed: dict = field(default_factory=dict)             # image path -> size, checksum (summed in prepare)
     method: Method | None = None

@@ -115,8 +115,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.estimate_bytes = est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
-    held = est * 3 // 2 if cfg.pre_dump else est    # pre-dumped pages dirtied again are held twice
-    transport = _transport(ctx, held, blockers, Path("/proc/cmdline").read_text())
+    asked = cfg.pre_dump if cfg.pre_dump != "auto" else 0
+    transport = _transport(ctx, est * 3 // 2 if asked else est, blockers, Path("/proc/cmdline").read_text())
+    ctx.pre_dumps = _pre_dumps(cfg.pre_dump, ctx.region, est)
+    held = est * 3 // 2 if ctx.pre_dumps else est    # pre-dumped pages dirtied again are held twice
     blockers += _method(ctx, lockdown, 0 if ctx.region else held, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
@@ -129,7 +131,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     hooks_done, hook_error = _hooks(ctx, blockers)
     details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
                "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
-               "transport": transport,
+               "transport": transport, "pre_dump_iterations": ctx.pre_dumps,
                "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
                "downtime_estimate_s": downtime, "downtime_basis": basis, **({"machine": machine} if machine else {}),
                "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
@@ -250,6 +252,17 @@ def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, bl
     ctx.region = region
     return {"name": "pmem", "why": "kupgrade's memory region is active and the snapshot fits in it: no packing, "
                                    "unpacking or moving", **region.to_json()}
+
+
+AUTO_PRE_DUMP = 1       # snapshot.pre_dump = "auto" with the memory region (bench: freeze 2.9 s -> 0.9 s, 64 MiB)
+
+
+def _pre_dumps(setting, region, est: int) -> int:
+    """snapshot.pre_dump resolved: "auto" is AUTO_PRE_DUMP when the snapshot crosses in the memory
+    region and fits there with its pre-dumped pages (1.5 x), else none."""
+    if setting != "auto":
+        return setting
+    return AUTO_PRE_DUMP if region is not None and pmem.needed(est * 3 // 2) <= region.size else 0
 
 
 def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:

@@ -1,9 +1,10 @@
 """prepare: work done while the workloads still run, so that the pause is shorter.
 
 Write back the dirty page cache (sync) before the freeze, so that the flush after the freeze
-only writes what was dirtied since; with `snapshot.pre_dump = N`, mount the snapshot's tmpfs or
-memory region now and copy each tree's memory with N `criu pre-dump` iterations while it runs, so
-that the final dump in the pause copies only the pages dirtied after the last one.
+only writes what was dirtied since; with N pre-dump iterations (`snapshot.pre_dump`, as preflight
+resolved it), mount the snapshot's tmpfs or memory region now and copy each tree's memory with N
+`criu pre-dump` iterations while it runs, so that the final dump in the pause copies only the
+pages dirtied after the last one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def plan(ctx: Context) -> list[str]:
     if ctx.region:
         out.append(f"kexec load {ctx.target.version if ctx.target else 'the target'} with its own initrd now (the "
                    "snapshot crosses in kupgrade's memory region): the load is not in the pause")
-    if n := ctx.config.pre_dump:
+    if n := ctx.pre_dumps:
         out.append(f"mount the snapshot's {'memory region' if ctx.region else 'tmpfs'} now; {n} criu pre-dump "
                    "iteration(s) per tree while it runs (--track-mem): the final dump in the pause copies only "
                    "the pages dirtied after the last")
@@ -44,8 +45,8 @@ def run(ctx: Context) -> tuple[str, dict]:
     if ctx.region:      # nothing of the snapshot is in the initrd: the kernel is loaded outside the pause
         details["kexec_load"] = kexec_stage.load(ctx)
         summary += f"; loaded {ctx.target.version} for kexec"
-    if ctx.config.pre_dump:
-        details["pre_dump"] = pre_dump(ctx, ctx.config.pre_dump)
+    if ctx.pre_dumps:
+        details["pre_dump"] = pre_dump(ctx, ctx.pre_dumps)
         copied = sum(it["bytes"] for t in details["pre_dump"]["trees"].values() for it in t["iterations"])
         summary += f"; pre-dumped {copied >> 20} MiB of memory"
     return summary, details

@@ -46,7 +46,7 @@ def tmpfs_size(ctx: Context) -> str:
     if ctx.config.snapshot_size != "auto":
         return ctx.config.snapshot_size
     initrd = ctx.target.initrd.stat().st_size if ctx.target and ctx.target.initrd.exists() else 0
-    held = ctx.estimate_bytes * (1.5 if ctx.config.pre_dump else 1)    # pre-dumped pages dirtied again: twice
+    held = ctx.estimate_bytes * (1.5 if ctx.pre_dumps else 1)    # pre-dumped pages dirtied again: twice
     want = max(MIN_TMPFS, int(held * 2.5) + initrd + (64 << 20))
     return f"{(want >> 20) + 1}M"
 

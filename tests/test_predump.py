@@ -82,12 +82,12 @@ def test_a_failed_pre_dump_leaves_one_full_dump(tmp_path, monkeypatch):
 
 def test_auto_pre_dumps_once_when_the_region_holds_the_pages_twice():
     from types import SimpleNamespace
-    from kupgrade.stages import preflight
+    from kupgrade.stages import prepare
     region = SimpleNamespace(size=2 << 30)
-    assert preflight._pre_dumps("auto", region, 64 << 20) == preflight.AUTO_PRE_DUMP == 1
-    assert preflight._pre_dumps("auto", region, 1500 << 20) == 0        # fits once, not 1.5 times
-    assert preflight._pre_dumps("auto", None, 64 << 20) == 0            # the initrd: packed in the pause anyway
-    assert preflight._pre_dumps(3, None, 64 << 20) == 3 and preflight._pre_dumps(0, region, 1) == 0
+    assert prepare.iterations("auto", region, 64 << 20) == prepare.AUTO_PRE_DUMP == 1
+    assert prepare.iterations("auto", region, 1500 << 20) == 0        # fits once, not 1.5 times
+    assert prepare.iterations("auto", None, 64 << 20) == 0            # the initrd: packed in the pause anyway
+    assert prepare.iterations(3, None, 64 << 20) == 3 and prepare.iterations(0, region, 1) == 0
 
 
 def test_pre_dump_setting_is_a_number_or_auto():

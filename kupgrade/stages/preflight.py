@@ -13,7 +13,7 @@ from .. import hooks as hk
 from ..errors import BlockedError, CommandError, ConfigError, HookError
 from ..record import Blocker
 from ..run import program
-from . import hookpoints
+from . import hookpoints, prepare
 from .context import Context, Target, resolve_target
 
 NAME = "preflight"
@@ -117,7 +117,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     avail = _mem_available()
     asked = cfg.pre_dump if cfg.pre_dump != "auto" else 0
     transport = _transport(ctx, est * 3 // 2 if asked else est, blockers, Path("/proc/cmdline").read_text())
-    ctx.pre_dumps = _pre_dumps(cfg.pre_dump, ctx.region, est)
+    ctx.pre_dumps = prepare.iterations(cfg.pre_dump, ctx.region, est)
     held = est * 3 // 2 if ctx.pre_dumps else est    # pre-dumped pages dirtied again are held twice
     blockers += _method(ctx, lockdown, 0 if ctx.region else held, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
@@ -252,17 +252,6 @@ def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, bl
     ctx.region = region
     return {"name": "pmem", "why": "kupgrade's memory region is active and the snapshot fits in it: no packing, "
                                    "unpacking or moving", **region.to_json()}
-
-
-AUTO_PRE_DUMP = 1       # snapshot.pre_dump = "auto" with the memory region (bench: freeze 2.9 s -> 0.9 s, 64 MiB)
-
-
-def _pre_dumps(setting, region, est: int) -> int:
-    """snapshot.pre_dump resolved: "auto" is AUTO_PRE_DUMP when the snapshot crosses in the memory
-    region and fits there with its pre-dumped pages (1.5 x), else none."""
-    if setting != "auto":
-        return setting
-    return AUTO_PRE_DUMP if region is not None and pmem.needed(est * 3 // 2) <= region.size else 0
 
 
 def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from .. import criu, faults, inflight, packing
+from .. import criu, faults, inflight, packing, pmem
 from ..errors import CommandError
 from ..progress import tree_bytes
 from ..run import run as run_cmd
@@ -22,6 +22,17 @@ from .flush import writeback
 
 NAME = "prepare"
 SKIPPABLE = "it only moves write-back out of the pause; the flush after the freeze writes everything anyway"
+
+
+AUTO_PRE_DUMP = 1       # snapshot.pre_dump = "auto" with the memory region (bench: freeze 2.9 s -> 0.9 s, 64 MiB)
+
+
+def iterations(setting: int | str, region, est: int) -> int:
+    """snapshot.pre_dump resolved (preflight): "auto" is AUTO_PRE_DUMP when the snapshot crosses
+    in the memory region and fits there with its pre-dumped pages (1.5 x), else none."""
+    if setting != "auto":
+        return int(setting)
+    return AUTO_PRE_DUMP if region is not None and pmem.needed(est * 3 // 2) <= region.size else 0
 
 
 def plan(ctx: Context) -> list[str]:

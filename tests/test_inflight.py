@@ -52,11 +52,14 @@ def test_an_interrupted_run_blocks_until_recovered(tmp_path):
 def test_journal_round_trip(tmp_path):
     c = Context(Config(state_dir=str(tmp_path), snapshot_dir=str(tmp_path / "snap")),
                 UpgradeRecord("R2", "run", "6.1"), frozen_cgroups=["/w"], snapshot_mounted=True,
-                stopped=[Workload("pid:10", 10, (10, 11))], oom={10: 200}, journal=tmp_path / "j.json")
+                stopped=[Workload("pid:10", 10, (10, 11))], oom={10: 200}, journal=tmp_path / "j.json",
+                locks={"tree-10": ["CRIU-0aeaf308-ac4c-4f72-a9", "CRIU-10"]})
     c.note()
     back = journal.context(json.loads((tmp_path / "j.json").read_text()))
     assert back.record.id == "R2" and back.frozen_cgroups == ["/w"] and back.snapshot_mounted
     assert back.stopped == c.stopped and back.oom == {10: 200} and back.snapshot_dir == c.snapshot_dir
+    # `kupgrade recover` after the packing freed criu 4's log: the lock's name is only here
+    assert back.locks == c.locks
 
 
 def _stopped_child():

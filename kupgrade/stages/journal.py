@@ -21,6 +21,7 @@ def state(ctx: Context) -> dict:
             "stopped": [w.to_json() for w in ctx.stopped],
             "dumping": [w.to_json() for w in ctx.dumping],
             "tcp": {k: [s.to_json() for s in v] for k, v in ctx.tcp.items()},
+            "locks": {k: list(v) for k, v in ctx.locks.items()},     # criu 4's lock is named after its run
             "oom": {str(pid): adj for pid, adj in ctx.oom.items()},
             "snapshot_mounted": ctx.snapshot_mounted, "snapshot_dir": str(ctx.snapshot_dir),
             "kexec_loaded": ctx.kexec_loaded,
@@ -38,6 +39,7 @@ def context(d: dict) -> Context:
                   stopped=[Workload.from_json(w) for w in d.get("stopped", [])],
                   dumping=[Workload.from_json(w) for w in _listed(d.get("dumping"))],
                   tcp={k: [tcp.Sock.from_json(s) for s in v] for k, v in d.get("tcp", {}).items()},
+                  locks={k: list(v) for k, v in d.get("locks", {}).items()},
                   oom={int(pid): adj for pid, adj in d.get("oom", {}).items()},
                   snapshot_mounted=d.get("snapshot_mounted", False),
                   kexec_loaded=d.get("kexec_loaded", False),

@@ -199,9 +199,11 @@ def _nft(script: str, check: bool = True):
                hint="nftables is needed to protect TCP connections during the restore (apt-get install nftables)")
 
 
-def load_module() -> None:
-    """nf_tables, which the protection's table needs (a new boot has not loaded it: 1.4 s under TCG)."""
-    run(["modprobe", "nf_tables"], timeout=30, check=False)
+def load_module(loaded: Path = Path("/sys/module/nf_tables")) -> None:
+    """nf_tables, which the protection's table needs (a new boot has not loaded it: 1.4 s under
+    TCG); nothing to run once it is there (the restore's warm-up loads it ahead)."""
+    if not loaded.exists():
+        run(["modprobe", "nf_tables"], timeout=30, check=False)
 
 
 def install(socks: list[Sock]) -> int:

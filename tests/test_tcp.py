@@ -96,11 +96,11 @@ class FakeRun:
 LOAD_MODULE = tcp.load_module      # conftest stubs it for every test; this one checks what it runs
 
 
-def test_install_and_release(monkeypatch):
+def test_install_and_release(monkeypatch, tmp_path):
     socks = tcp.parse_table(TCP4)
     fake = FakeRun()
     monkeypatch.setattr(tcp, "run", fake)
-    monkeypatch.setattr(tcp, "load_module", LOAD_MODULE)
+    monkeypatch.setattr(tcp, "load_module", lambda: LOAD_MODULE(loaded=tmp_path / "not-loaded"))
     assert tcp.install(socks[:1]) == 0 and fake.calls == []          # a listener alone: nothing to hold
     assert tcp.install(socks) == 1
     assert fake.calls[0][0] == ["modprobe", "nf_tables"] and fake.calls[1][0] == ["nft", "-f", "-"]
@@ -113,6 +113,13 @@ def test_install_and_release(monkeypatch):
     assert done == {"released": 1, "dropped_packets": 3, "table": "deleted"}
     assert fake.calls[0][1] == "delete element inet kupgrade conns4 { 10.0.2.2 . 41716 . 10.0.2.15 . 7000 }\n"
     assert fake.calls[-1][1] == "delete table inet kupgrade\n"
+
+
+def test_nf_tables_is_not_loaded_again(monkeypatch, tmp_path):
+    fake = FakeRun()
+    monkeypatch.setattr(tcp, "run", fake)
+    LOAD_MODULE(loaded=tmp_path)            # /sys/module/nf_tables is there
+    assert fake.calls == []
 
 
 def test_release_keeps_the_table_while_other_trees_wait(monkeypatch):

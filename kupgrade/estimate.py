@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import contract
+from . import contract, manifest
 from .record import REHEARSED, RESTORED, UpgradeRecord
 
 
@@ -105,7 +104,7 @@ def calibrate(size: int = CALIBRATE_BYTES) -> tuple[float, float]:
         os.lseek(fd, 0, os.SEEK_SET)
         data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
         t1 = time.perf_counter()
-        zlib.crc32(data)            # manifest.CHECKSUM
+        manifest.checksum(data)
         t2 = time.perf_counter()
     finally:
         os.close(fd)

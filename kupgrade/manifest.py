@@ -60,6 +60,13 @@ def checksum_file(path: Path) -> str:
     return _file_sum(path, Crc32())
 
 
+def checksum(data: bytes) -> str:
+    """CHECKSUM of bytes in memory (what the estimate's calibration times)."""
+    h = Crc32()
+    h.update(data)
+    return h.hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     return _file_sum(path, hashlib.sha256())
 

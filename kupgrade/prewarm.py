@@ -42,11 +42,13 @@ def _present(pagemap, start: int, end: int) -> list[int]:
     """Indexes of the pages of [start, end) that are in the task's page tables (none when
     pagemap cannot be read: then nothing of it is read ahead)."""
     found, first, n = [], start // PAGE, (end - start) // PAGE
+    if pagemap is None:
+        return found
     for at in range(0, n, CHUNK):
         try:
             pagemap.seek((first + at) * 8)
             data = pagemap.read(min(CHUNK, n - at) * 8)
-        except (OSError, AttributeError):
+        except OSError:
             return found
         found += [at + i for i in range(len(data) // 8)
                   if int.from_bytes(data[i * 8:i * 8 + 8], "little") & PRESENT]
@@ -69,7 +71,7 @@ def list_files(pids, proc: Path = procfs.PROC) -> dict[str, list[tuple[int, int]
     outside the pseudo and volatile file systems; an open, unmapped file has no range."""
     pages: dict[str, set[int]] = {}
     for pid in pids:
-        for p in procfs.used_files(pid, proc):
+        for p in procfs.open_files(pid, proc):
             pages.setdefault(p, set())
         try:
             pagemap = open(proc / str(pid) / "pagemap", "rb", buffering=0)

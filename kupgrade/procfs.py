@@ -176,9 +176,14 @@ def fdinfo(pid: int, fd: int | str, proc: Path = PROC) -> dict[str, str]:
     return out
 
 
+def open_files(pid: int, proc: Path = PROC) -> set[str]:
+    """The paths a task has open (sockets, pipes and anonymous files left out)."""
+    return {p for p in fds(pid, proc).values() if p.startswith("/")}
+
+
 def used_files(pid: int, proc: Path = PROC) -> set[str]:
-    """The paths a task has open or maps (sockets, pipes and anonymous files left out)."""
-    return {p for p in fds(pid, proc).values() if p.startswith("/")} | mapped_files(pid, proc)
+    """The paths a task has open or maps."""
+    return open_files(pid, proc) | mapped_files(pid, proc)
 
 
 def maps(pid: int, proc: Path = PROC):

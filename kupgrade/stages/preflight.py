@@ -13,7 +13,7 @@ from .. import hooks as hk
 from ..errors import BlockedError, CommandError, ConfigError, HookError
 from ..record import Blocker
 from ..run import program
-from . import hookpoints, prepare
+from . import hookpoints, prepare, snapshot
 from .context import Context, Target, resolve_target
 
 NAME = "preflight"
@@ -116,9 +116,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
     asked = cfg.pre_dump if cfg.pre_dump != "auto" else 0
-    transport = _transport(ctx, est * 3 // 2 if asked else est, blockers, Path("/proc/cmdline").read_text())
+    transport = _transport(ctx, snapshot.held(est, asked), blockers, Path("/proc/cmdline").read_text())
     ctx.pre_dumps = prepare.iterations(cfg.pre_dump, ctx.region, est)
-    held = est * 3 // 2 if ctx.pre_dumps else est    # pre-dumped pages dirtied again are held twice
+    held = snapshot.held(est, ctx.pre_dumps)
     blockers += _method(ctx, lockdown, 0 if ctx.region else held, initrd_size, avail)
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",

@@ -29,10 +29,10 @@ AUTO_PRE_DUMP = 1       # snapshot.pre_dump = "auto" with the memory region (ben
 
 def iterations(setting: int | str, region, est: int) -> int:
     """snapshot.pre_dump resolved (preflight): "auto" is AUTO_PRE_DUMP when the snapshot crosses
-    in the memory region and fits there with its pre-dumped pages (1.5 x), else none."""
+    in the memory region and fits there with its pre-dumped pages, else none."""
     if setting != "auto":
         return int(setting)
-    return AUTO_PRE_DUMP if region is not None and pmem.needed(est * 3 // 2) <= region.size else 0
+    return AUTO_PRE_DUMP if region is not None and pmem.needed(snapshot.held(est, AUTO_PRE_DUMP)) <= region.size else 0
 
 
 def plan(ctx: Context) -> list[str]:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from kupgrade.errors import CommandError
-from kupgrade.run import run
+from kupgrade.system.run import run
 
 SYS_BLOCK = Path("/sys/block")
 MOUNTINFO = Path("/proc/self/mountinfo")

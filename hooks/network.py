@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kupgrade.run import run
+from kupgrade.system.run import run
 
 WAIT_S = 10.0           # how long restore waits for the saved interfaces to appear
 ROUTE_TYPES = ("blackhole", "unreachable", "prohibit")

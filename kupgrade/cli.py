@@ -10,13 +10,16 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__, boot, cli_hooks, config as config_mod, contract, inflight, logfile, metrics, pipeline, pmem
-from . import record, timeline
-from .errors import ConfigError, KupgradeError, explain
-from .newkernel import discard as discard_pending, restore_pending
-from .stages.context import Context, resolve_target
-from .steps import new_record
-from .ui import LiveUi, PlainUi, Ui, stdout_json
+from kupgrade import __version__, cli_hooks, inflight, pipeline
+from kupgrade import config as config_mod
+from kupgrade.context import Context, resolve_target
+from kupgrade.errors import ConfigError, KupgradeError, explain
+from kupgrade.output import logfile, metrics, record, timeline
+from kupgrade.output.ui import LiveUi, PlainUi, Ui, stdout_json
+from kupgrade.steps import new_record
+from kupgrade.switch import boot, contract, pmem
+from kupgrade.switch.newkernel import discard as discard_pending
+from kupgrade.switch.newkernel import restore_pending
 
 app = typer.Typer(add_completion=True, no_args_is_help=True,
                   help="Replace the running kernel without losing the running programs (CRIU + kexec).")
@@ -272,8 +275,8 @@ def report(config: Optional[Path] = CONFIG_OPT,
         stdout_json({**rec.to_json(), "summary": metrics.summary(rec)})
         return
     ui = Ui(record_svg=bool(svg))
-    from .kexec import boot_id
-    from .stages.restore import pending
+    from kupgrade.stages.restore import pending
+    from kupgrade.system.kexec import boot_id
     ui.here = (boot_id(), pending(Path(contract.RESTORE_DIR)))
     ui.report(rec)
     if svg:

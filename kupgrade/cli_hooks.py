@@ -14,8 +14,10 @@ from typing import Optional
 
 import typer
 
-from . import config as config_mod
-from .coverage import (
+from kupgrade import config as config_mod
+from kupgrade.errors import StageError
+from kupgrade.hooks import Hook
+from kupgrade.hooks.coverage import (
     Coverage,
     coverage,
     format_holders,
@@ -23,13 +25,11 @@ from .coverage import (
     open_devnodes,
     unsafe_blockers,
 )
-from .devices import Device, enumerate_devices
-from .early import cannot_run_early
-from .errors import StageError
-from .hookload import Skipped, load_hooks
-from .hooks import Hook
-from .scaffold import new as scaffold_new
-from .ui import stdout_json
+from kupgrade.hooks.devices import Device, enumerate_devices
+from kupgrade.hooks.early import cannot_run_early
+from kupgrade.hooks.hookload import Skipped, load_hooks
+from kupgrade.hooks.scaffold import new as scaffold_new
+from kupgrade.output.ui import stdout_json
 
 app = typer.Typer(no_args_is_help=True, help="Device hooks: what saves and restores which device across "
                   "the kernel switch (docs/hooks.md).")

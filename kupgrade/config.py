@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from . import contract
-from .errors import ConfigError
-from .run import use_programs
+from kupgrade.errors import ConfigError
+from kupgrade.switch import contract
+from kupgrade.system.run import use_programs
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
 TRANSPORTS = ("auto", "initrd", "pmem")
@@ -393,5 +393,5 @@ def check_option(attr: str, value: Any) -> None:
 
 
 if __name__ == "__main__":      # python -m kupgrade.config > docs/config.md
-    from .configdoc import docs_markdown
+    from kupgrade.configdoc import docs_markdown
     print(docs_markdown(), end="")

@@ -3,7 +3,7 @@ a test keeps the file in step)."""
 
 from __future__ import annotations
 
-from .config import DEFAULT_PATH, SETTINGS, Config, _type_name
+from kupgrade.config import DEFAULT_PATH, SETTINGS, Config, _type_name
 
 
 def docs_markdown() -> str:

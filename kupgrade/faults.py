@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from .errors import StageError
+from kupgrade.errors import StageError
 
 POINTS = ("prepare", "dump", "pack", "kexec-load", "go", "exec", "restore", "corrupt")     # where they act
 MARKER = "/run/kupgrade-fault.{name}"

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BlockedError, KupgradeError
-from .record import Blocker, write_private
+from kupgrade.errors import BlockedError, KupgradeError
+from kupgrade.output.record import Blocker, write_private
 
 LOCK = Path("/run/kupgrade.lock")
 JOURNAL = Path("/run/kupgrade.journal.json")

@@ -9,14 +9,19 @@ import os
 import signal
 import time
 
-from . import criu, faults, inflight, oom, record, stepout, tcp, workloads
-from .errors import CommandError, KupgradeError
-from .record import FAILED, OK, SKIPPED, StageResult
-from .run import use_programs
-from .stages import flush, freeze, handover, hookpoints, kexec as kexec_stage, preflight, prepare, restore, snapshot
-from .stages.context import Context
-from .steps import execute_stage, finish
-from .ui import PlainUi
+from kupgrade import faults, inflight
+from kupgrade.context import Context
+from kupgrade.errors import CommandError, KupgradeError
+from kupgrade.hooks import hookpoints
+from kupgrade.output import record
+from kupgrade.output.record import FAILED, OK, SKIPPED, StageResult
+from kupgrade.output.ui import PlainUi
+from kupgrade.stages import flush, freeze, handover, preflight, prepare, restore, snapshot
+from kupgrade.stages import kexec as kexec_stage
+from kupgrade.steps import execute_stage, finish
+from kupgrade.system import criu, oom
+from kupgrade.system.run import use_programs
+from kupgrade.userspace import stepout, tcp, workloads
 
 UPGRADE = (preflight, prepare, freeze, flush, snapshot, kexec_stage)
 ALL = UPGRADE + (restore,)
@@ -190,7 +195,7 @@ CRIU_WAIT_S = 600.0
 def recover(state: dict, ui) -> Context:
     """`kupgrade recover`: the rollback of a run that was killed, from its journal. A criu dump
     it started may still be running (criu outlives its parent): wait for it first."""
-    from .stages import journal
+    from kupgrade import journal
     ctx = journal.context(state)
     ctx.journal = inflight.JOURNAL
     use_programs(ctx.config.programs)       # the run's own criu and kexec, not the config found now

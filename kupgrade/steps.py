@@ -7,12 +7,11 @@ import os
 import time
 from dataclasses import replace
 
-from . import record
-from .errors import KupgradeError, StageError
-from .record import FAILED, OK, StageResult, UpgradeRecord
-from .run import COMMAND_LOG
-from .stages.context import Context
-
+from kupgrade.context import Context
+from kupgrade.errors import KupgradeError, StageError
+from kupgrade.output import record
+from kupgrade.output.record import FAILED, OK, StageResult, UpgradeRecord
+from kupgrade.system.run import COMMAND_LOG
 
 log = logging.getLogger("kupgrade.stage")
 

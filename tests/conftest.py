@@ -40,7 +40,7 @@ def _durable_files_only_where_asked(request, monkeypatch):
     tmpfs on some runner: the files-the-new-boot-lacks blocker is tested in test_volatile.py."""
     if request.module.__name__.endswith("test_volatile"):
         return
-    from kupgrade import volatile
+    from kupgrade.userspace import volatile
     monkeypatch.setattr(volatile, "blockers", lambda pids, *a, **kw: [])
 
 
@@ -48,6 +48,7 @@ def _durable_files_only_where_asked(request, monkeypatch):
 def _no_warm_up_on_the_host(monkeypatch):
     """The restore warms criu's kernel-feature cache and loads nf_tables: not on the machine
     that runs the tests (tests/test_restore_retry.py checks what it asks for)."""
-    from kupgrade import criu, tcp
+    from kupgrade.system import criu
+    from kupgrade.userspace import tcp
     monkeypatch.setattr(criu, "warm", lambda: True)
     monkeypatch.setattr(tcp, "load_module", lambda: None)

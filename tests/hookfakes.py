@@ -5,8 +5,8 @@ import os
 import sys
 from pathlib import Path
 
-from kupgrade.devices import Device
 from kupgrade.hooks import Hook, parse_spec
+from kupgrade.hooks.devices import Device
 
 ETH0 = Device("/sys/devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "net", "eth0", "", "virtio_net",
               attributes={"address": "02:fc:00:00:00:01", "type": "1"})

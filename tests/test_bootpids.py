@@ -1,12 +1,13 @@
 """The PIDs a kernel's own threads take before userspace: recorded each boot, remembered per
 release and CPU count, and preflight's blocker for a workload PID the target's boot will take."""
 
-from kupgrade import bootpids, contract
-from kupgrade.config import Config
-from kupgrade.record import UpgradeRecord, Workload
-from kupgrade.stages import preflight
-from kupgrade.stages.context import Context, Target
 from pathlib import Path
+
+from kupgrade.config import Config
+from kupgrade.context import Context, Target
+from kupgrade.output.record import UpgradeRecord, Workload
+from kupgrade.stages import preflight
+from kupgrade.switch import bootpids, contract
 
 
 def early(tmp_path, release="6.1.0-47-amd64", cpus=2, pids="1 2 3 4 10 97 98 150"):

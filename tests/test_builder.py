@@ -1,4 +1,4 @@
-"""The initrd builders (kupgrade/boot.py `Builder`): which one a machine uses, what install-boot
+"""The initrd builders (kupgrade/switch/boot.py `Builder`): which one a machine uses, what install-boot
 writes for each, how their listings are read, and the dracut module run under a stand-in for
 dracut's own functions."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade import boot, contract
 from kupgrade.errors import ConfigError
+from kupgrade.switch import boot, contract
 
 # lsinitrd's output as Debian's dracut 059 prints it (header, dracut modules, cpio -tv lines)
 LSINITRD = f"""Image: /boot/initrd.img-6.12.117+deb12-amd64: 13M

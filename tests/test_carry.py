@@ -2,8 +2,9 @@
 
 from procfake import HOST, OWN, fake_proc, task
 
-from kupgrade import carry
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
+from kupgrade.userspace import carry
+
 
 def blockers(proc, root, pids, sempids=lambda semid, n: set()):
     return [b.message for b in carry.blockers(Workload(f"pid:{root}", root, tuple(pids)), proc, sempids)]

@@ -83,7 +83,7 @@ def state_config(tmp_path, body=""):
 
 
 def test_no_target_kernel_is_a_usage_error_and_leaves_nothing(tmp_path, capsys, monkeypatch):
-    from kupgrade import logfile
+    from kupgrade.output import logfile
     monkeypatch.setattr(logfile, "LOG_DIR", tmp_path / "log")
     cfg = state_config(tmp_path, "[workloads]\npids = [4242]\n")
     assert main(["check", "--config", str(cfg)]) == 2
@@ -137,7 +137,7 @@ def test_report_id_must_be_a_record_id(tmp_path, capsys):
 
 
 def test_corrupt_records_are_one_line(tmp_path, capsys):
-    from kupgrade import record
+    from kupgrade.output import record
     cfg = state_config(tmp_path)
     records = tmp_path / "state" / "records"
     records.mkdir(parents=True)
@@ -168,7 +168,7 @@ def test_markup_in_a_cgroup_name_is_printed_literally(tmp_path, capsys):
 
 
 def test_report_json_is_the_record_with_a_summary(tmp_path, capsys):
-    from kupgrade import record
+    from kupgrade.output import record
     cfg = state_config(tmp_path)
     rec = record.UpgradeRecord(record.new_id(), "run", "6.1", kernel_to="6.12", outcome=record.ABORTED,
                                stages=(record.StageResult("freeze", "failed", 1.0, 0.2, error="no", hint="yes"),))

@@ -11,9 +11,10 @@ import pytest
 from hookfakes import DEVICES, write_exec
 from typer.testing import CliRunner
 
-from kupgrade import cli_hooks, early
+from kupgrade import cli_hooks
 from kupgrade.cli import app, main
-from kupgrade.hookload import load_executables
+from kupgrade.hooks import early
+from kupgrade.hooks.hookload import load_executables
 
 REPO = Path(__file__).resolve().parents[1]
 

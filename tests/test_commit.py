@@ -1,4 +1,4 @@
-"""All or nothing in the new kernel (kupgrade/commit.py): with a way back, every tree is restored
+"""All or nothing in the new kernel (kupgrade/switch/commit.py): with a way back, every tree is restored
 stopped and they continue together once all are back; when one fails, the way back carries
 them all, since none has run; without a way back, each runs as soon as it is restored."""
 
@@ -7,13 +7,15 @@ import signal
 
 import pytest
 
-from kupgrade import commit, faults, manifest, newkernel, record, switchback
+from kupgrade import faults
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import KupgradeError, RestoreError
-from kupgrade.record import StageResult, UpgradeRecord, Workload
+from kupgrade.output import record
+from kupgrade.output.record import StageResult, UpgradeRecord, Workload
+from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore
-from kupgrade.stages.context import Context
-from kupgrade.ui import PlainUi
+from kupgrade.switch import commit, manifest, newkernel, switchback
 
 A = Workload("pid:100", 100, (100, 101), stopped_before=(101,))
 B = Workload("pid:200", 200, (200,))

@@ -144,8 +144,9 @@ def test_snapshot_dir_must_be_free_and_empty(tmp_path):
 
 
 def test_criu_and_kexec_are_settings_every_command_line_obeys(tmp_path):
-    from kupgrade import criu, kexec, oom, run as run_mod
-    from kupgrade.record import Workload
+    from kupgrade.output.record import Workload
+    from kupgrade.system import criu, kexec, oom
+    from kupgrade.system import run as run_mod
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\necho newer criu \"$@\"\n")
     fake.chmod(0o755)

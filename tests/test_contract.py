@@ -1,4 +1,4 @@
-"""The old kernel's side and the new kernel's side agree through kupgrade/contract.py only:
+"""The old kernel's side and the new kernel's side agree through kupgrade/switch/contract.py only:
 these fail when a boot file or a module spells out a value of the contract itself."""
 
 import re
@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade import boot, contract, early, hooks, initrd, kexec, manifest, systemd
+from kupgrade import hooks
+from kupgrade.hooks import early
 from kupgrade.stages import restore
+from kupgrade.switch import boot, contract, initrd, manifest
+from kupgrade.system import kexec
+from kupgrade.userspace import systemd
 
-DATA = Path(boot.__file__).parent / "data"
+DATA = Path(boot.__file__).parents[1] / "data"
 BOOT_FILES = list(boot.BOOT_FILES)
 # values long and specific enough that a file spelling them out is repeating the contract
 SPECIFIC = [v for k, v in contract.BOOT_VALUES.items() if k not in ("HOOKS", "EARLY_RUNNER", "CONTRACT")]
@@ -52,7 +56,7 @@ def test_python_side_uses_the_contract():
 def test_no_module_repeats_a_contract_path():
     """Docstrings may mention them; string literals in code may not (contract.py aside)."""
     import ast
-    root = Path(contract.__file__).parent
+    root = Path(contract.__file__).parents[1]
     values = {contract.RESTORE_DIR, contract.REJECTED_DIR, contract.MANIFEST, contract.MAX_PID, contract.SIZE_KIB,
               contract.MOVE_FAILED, contract.CMDLINE_KEY, contract.EARLY_BUNDLE, contract.STATE_DIR,
               contract.BOOT_MARKER, contract.RECORD, contract.DONE}

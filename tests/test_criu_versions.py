@@ -1,6 +1,6 @@
 """Which criu runs on which kernel, reads which images, and names its lock how (criu.py)."""
 
-from kupgrade import criu
+from kupgrade.system import criu
 
 
 def test_parse_version():
@@ -47,7 +47,7 @@ def test_preflight_blocks_a_criu_that_cannot_run_on_the_target(monkeypatch):
 
 
 def test_manifest_carries_the_criu_that_dumped():
-    from kupgrade import manifest
+    from kupgrade.switch import manifest
     m = manifest.make("20261204-1", "6.12.117+deb12-amd64", "7.3.4+deb13-amd64", (), {},
                       criu={"program": "/opt/criu-4.1.1/sbin/criu", "version": "4.1.1"})
     again = manifest.Manifest.from_json(m.to_json())

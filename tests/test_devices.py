@@ -4,7 +4,7 @@ import json
 
 from hookfakes import CARD0, DEVICES, DISK, ETH0, GPU, PyHook
 
-from kupgrade.coverage import (
+from kupgrade.hooks.coverage import (
     Coverage,
     coverage,
     device_nodes,
@@ -13,7 +13,7 @@ from kupgrade.coverage import (
     open_devnodes,
     unsafe_blockers,
 )
-from kupgrade.devices import Device, check_match, matches
+from kupgrade.hooks.devices import Device, check_match, matches
 
 
 def test_device_json_round_trip():

@@ -4,10 +4,10 @@ criu's first error while the others are dumped and left stopped (criu faked)."""
 import threading
 
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import CommandError
-from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.stages import snapshot
-from kupgrade.stages.context import Context
 
 
 def test_trees_are_dumped_together_and_a_failure_is_theirs_alone(tmp_path, monkeypatch):

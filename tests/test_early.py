@@ -6,9 +6,8 @@ import subprocess
 import pytest
 from hookfakes import ETH0, PyHook, write_exec
 
-from kupgrade import early
 from kupgrade.errors import HookError
-from kupgrade.hooks import Hook, parse_spec
+from kupgrade.hooks import Hook, early, parse_spec
 
 EXTRA = {"upgrade_id": "u1"}
 

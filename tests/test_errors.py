@@ -6,7 +6,7 @@ import pytest
 
 from kupgrade.errors import BlockedError, CommandError, ConfigError, HookError, RestoreError, StageError
 from kupgrade.inflight import Interrupted
-from kupgrade.record import Blocker
+from kupgrade.output.record import Blocker
 
 ERRORS = [
     ConfigError("bad", "fix it", details={"own": 1}),

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from kupgrade import estimate, record
-from kupgrade.record import StageResult, UpgradeRecord
+from kupgrade.output import estimate, record
+from kupgrade.output.record import StageResult, UpgradeRecord
 
 MB = 1_000_000
 MIB = 1 << 20

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
 from kupgrade.stages import freeze
 
 SESSION = "/user.slice/user-0.slice/session-4.scope"

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from kupgrade import fsfreeze
+from kupgrade.system import fsfreeze
 
 
 def test_targets_are_the_writable_freezable_file_systems_in_use(tmp_path):

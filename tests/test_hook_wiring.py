@@ -13,14 +13,15 @@ from types import SimpleNamespace
 import pytest
 from hookfakes import DEVICES, ETH0, PyHook, write_exec
 
-from kupgrade import coverage, early, hookload, manifest, pipeline
+from kupgrade import pipeline
 from kupgrade.config import Config
+from kupgrade.context import Context, Target
 from kupgrade.errors import HookError
-from kupgrade.hooks import Hook, parse_spec
-from kupgrade.record import FAILED, OK, UpgradeRecord
-from kupgrade.stages import freeze, hookpoints, preflight, restore, snapshot
-from kupgrade.stages.context import Context, Target
-from kupgrade.ui import Ui, hook_rows
+from kupgrade.hooks import Hook, coverage, early, hookload, hookpoints, parse_spec
+from kupgrade.output.record import FAILED, OK, UpgradeRecord
+from kupgrade.output.ui import Ui, hook_rows
+from kupgrade.stages import freeze, preflight, restore, snapshot
+from kupgrade.switch import manifest
 
 KERNEL = os.uname().release
 
@@ -134,7 +135,7 @@ def test_save_writes_state_and_the_early_bundle_into_the_snapshot(tmp_path):
 def test_requests_carry_the_downtime_estimate_and_the_workload_pids(tmp_path):
     from dataclasses import replace
 
-    from kupgrade.record import StageResult, Workload
+    from kupgrade.output.record import StageResult, Workload
     c = context(tmp_path)
     c.workloads = [Workload("cgroup:/w", 30001, (30001, 30002)), Workload("pid:7", 7, (7,))]
     c.downtime_estimate_s = 14.2
@@ -276,7 +277,7 @@ def test_subsystems_to_enumerate():
 
 
 def test_report_shows_the_hook_results():
-    from kupgrade.record import StageResult
+    from kupgrade.output.record import StageResult
     r = {"hook": "network", "point": "restore", "ok": True, "seconds": 0.25, "reply": {}, "error": ""}
     bad = {**r, "point": "verify", "ok": False, "error": "differs"}
     rec = UpgradeRecord("T", "run", "6.1", kernel_to="6.12", outcome="restored",
@@ -292,8 +293,8 @@ def test_report_shows_the_hook_results():
 
 def test_restore_path_imports_stay_lean():
     """The new kernel's restore path runs hooks: no typer, rich, psutil or pyudev on import."""
-    code = ("import sys, kupgrade.newkernel, kupgrade.stages.hookpoints, kupgrade.hooks, kupgrade.hookload, "
-            "kupgrade.early, kupgrade.coverage; "
+    code = ("import sys, kupgrade.switch.newkernel, kupgrade.hooks.hookpoints, kupgrade.hooks, kupgrade.hooks.hookload, "
+            "kupgrade.hooks.early, kupgrade.hooks.coverage; "
             "print(sorted(m for m in ('typer', 'rich', 'psutil', 'pyudev') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -5,8 +5,8 @@ from importlib import metadata
 
 from hookfakes import PyHook, write_exec
 
-from kupgrade import hookload
-from kupgrade.hookload import load_builtins, load_entry_points, load_executables, load_hooks
+from kupgrade.hooks import hookload
+from kupgrade.hooks.hookload import load_builtins, load_entry_points, load_executables, load_hooks
 
 
 def test_builtins_load_without_entry_points():

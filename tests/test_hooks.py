@@ -14,6 +14,7 @@ from kupgrade.hooks import (
     blockers,
     call_executable,
     load_saved,
+    store_saved,
     parse_spec,
     run_point,
 )
@@ -63,9 +64,9 @@ def test_request_carries_matched_devices_and_state_dir(tmp_path):
 
 def test_saved_state_comes_back_at_restore(tmp_path):
     fake = PyHook(save={"state": {"mtu": 1400}}, restore={"ok": 1})
-    run_point("save", [fake.hook()], DEVICES, EXTRA, snapshot_dir=tmp_path)
+    store_saved(tmp_path, run_point("save", [fake.hook()], DEVICES, EXTRA, snapshot_dir=tmp_path))
     assert load_saved(tmp_path)["fake"].state == {"mtu": 1400}
-    [r] = run_point("restore", [fake.hook()], DEVICES, EXTRA, snapshot_dir=tmp_path)
+    [r] = run_point("restore", [fake.hook()], DEVICES, EXTRA, snapshot_dir=tmp_path, saved=load_saved(tmp_path))
     assert r.ok and fake.requests[-1]["state"] == {"mtu": 1400}
 
 
@@ -78,8 +79,8 @@ def test_hooks_without_devices_do_not_run_machine_wide_ones_do():
 
 def test_after_save_a_hook_whose_device_vanished_still_runs(tmp_path):
     fake = PyHook(save={"state": {"a": 1}}, restore={})
-    run_point("save", [fake.hook()], [ETH0], EXTRA, snapshot_dir=tmp_path)
-    [r] = run_point("restore", [fake.hook()], [], EXTRA, snapshot_dir=tmp_path)
+    saved = {r.hook: r for r in run_point("save", [fake.hook()], [ETH0], EXTRA, snapshot_dir=tmp_path)}
+    [r] = run_point("restore", [fake.hook()], [], EXTRA, snapshot_dir=tmp_path, saved=saved)
     assert r.ok and fake.requests[-1]["devices"] == []
 
 

@@ -10,13 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from kupgrade import inflight, oom, pipeline
+from kupgrade import inflight, journal, pipeline
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import BlockedError
-from kupgrade.record import UpgradeRecord, Workload
-from kupgrade.stages import journal
-from kupgrade.stages.context import Context
-from kupgrade.ui import Ui
+from kupgrade.output.record import UpgradeRecord, Workload
+from kupgrade.output.ui import Ui
+from kupgrade.system import oom
 
 
 class QuietUi:
@@ -181,7 +181,7 @@ def test_a_signal_while_criu_works_is_answered_after_it(monkeypatch):
 def test_recover_runs_the_interrupted_runs_own_criu_and_kexec(tmp_path, monkeypatch):
     """paths.criu/paths.kexec of the run that was killed (its journal), not those of the config
     `kupgrade recover` finds now: its kexec unloads, its criu is the one waited for."""
-    from kupgrade import run as run_mod
+    from kupgrade.system import run as run_mod
     c = Context(Config(state_dir=str(tmp_path), criu="/opt/criu/sbin/criu", kexec="/opt/kexec/sbin/kexec"),
                 UpgradeRecord("R5", "run", "6.1"), journal=tmp_path / "j.json")
     c.note()
@@ -197,7 +197,9 @@ def test_recover_runs_the_interrupted_runs_own_criu_and_kexec(tmp_path, monkeypa
 
 def test_wait_gone_looks_for_the_configured_criu(tmp_path, monkeypatch):
     import psutil
-    from kupgrade import criu, run as run_mod
+
+    from kupgrade.system import criu
+    from kupgrade.system import run as run_mod
     procs = [SimpleNamespace(pid=1, info={"name": "criu", "cmdline": ["criu", "dump", str(tmp_path)]}),
              SimpleNamespace(pid=2, info={"name": "criu-4", "cmdline": ["/opt/criu-4", "dump", str(tmp_path)]})]
     waited = []

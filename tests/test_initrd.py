@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from kupgrade import manifest, initrd
+from kupgrade.switch import initrd, manifest
 
 
 def make_snapshot(tmp_path):
@@ -68,7 +68,6 @@ def test_cpio_carries_links_and_refuses_other_special_files(tmp_path):
 
 
 def test_assemble_pads_appends_and_hashes(tmp_path):
-    import hashlib
     snap = make_snapshot(tmp_path)
     base = tmp_path / "initrd.img"
     base.write_bytes(b"\x28\xb5\x2f\xfd" + b"x" * 1000)      # stands for a compressed archive

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from kupgrade import kexec, criu
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
+from kupgrade.system import criu, kexec
 
 
 def test_command_line_keeps_ours_drops_loader_words():
@@ -79,7 +79,7 @@ def test_bzimage_version_from_the_header_not_the_name(tmp_path):
 
 
 def test_preflight_target_release_from_the_image(tmp_path):
-    from kupgrade.stages.context import Target
+    from kupgrade.context import Target
     from kupgrade.stages.preflight import _target
     img = _bzimage(tmp_path / "vmlinuz", syssize=100, total=4 * 512 + 1600 + 64, version="6.12.117+deb12-amd64")
     initrd = tmp_path / "initrd.img"
@@ -117,7 +117,7 @@ def test_keep_criu_logs_private(tmp_path):
 
 
 def test_criu_first_error_is_the_cause(tmp_path):
-    from kupgrade import criu
+    from kupgrade.system import criu
     (tmp_path / "dump.log").write_text("(0.1) info\n(0.2) Error (criu/x.c:1): A session leader is outside\n"
                                        "(0.3) Error (criu/cr-dump.c:2053): Dumping FAILED.\n")
     assert criu.first_error(tmp_path, "dump.log") == "(0.2) Error (criu/x.c:1): A session leader is outside"
@@ -125,7 +125,7 @@ def test_criu_first_error_is_the_cause(tmp_path):
 
 
 def test_criu_unit_dump_and_inherited_stdio(tmp_path):
-    from kupgrade.record import Workload
+    from kupgrade.output.record import Workload
     w = Workload("unit:web.service", 300, (300,), cgroup="/system.slice/web.service", unit="web.service")
     assert criu.dump_argv(w, Path("/i"), external=["socket:[77]"])[-2:] == ["--external", "unix[77]"]
     argv = criu.restore_argv(Path("/i"), Path("/p"), {"socket:[77]": 9})
@@ -143,8 +143,9 @@ def test_a_missing_lister_blocks_instead_of_skipping_the_boot_script_check(tmp_p
     script; without it the new kernel would not restore anything (the workloads would be lost):
     a blocker, naming what is missing for the builder this machine has (or that it has none)."""
     import shutil
+
+    from kupgrade.context import Target
     from kupgrade.stages import preflight
-    from kupgrade.stages.context import Target
     t = Target("6.12", tmp_path / "vmlinuz", tmp_path / "initrd.img")
     for have, missing, hint in ((set(), "no initrd builder", "dracut"),
                                 ({"update-initramfs"}, "lsinitramfs is missing", "apt-get install initramfs-tools"),
@@ -177,8 +178,9 @@ def test_the_pid_bound_is_exact_once_dumped_and_leaves_room_before(tmp_path):
 
 def test_a_target_loaded_before_the_freeze_is_loaded_again_when_a_pid_went_above_its_bound(monkeypatch):
     from types import SimpleNamespace
+
+    from kupgrade.output.record import StageResult, UpgradeRecord
     from kupgrade.stages import kexec as stage
-    from kupgrade.record import StageResult, UpgradeRecord
     loads = []
     monkeypatch.setattr(stage, "load", lambda ctx: loads.append(1) or {"cmdline": "x kupgrade.maxpid=40000",
                                                                        "initrd_bytes": 1 << 20, "method": "classic"})

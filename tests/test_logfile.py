@@ -1,7 +1,7 @@
 import logging
 
-from kupgrade import logfile
-from kupgrade.run import run
+from kupgrade.output import logfile
+from kupgrade.system.run import run
 
 
 def test_log_file_has_every_command(tmp_path):

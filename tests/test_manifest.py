@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from kupgrade import manifest
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
+from kupgrade.switch import manifest
 
 W = (Workload("cgroup:/w", 100, (100, 101), cgroup="/w", name="python3"),)
 
@@ -12,7 +12,8 @@ W = (Workload("cgroup:/w", 100, (100, 101), cgroup="/w", name="python3"),)
 def build(tmp_path):
     """Pack a snapshot as kupgrade does and unpack it as the kernel would."""
     import io
-    from kupgrade import initrd
+
+    from kupgrade.switch import initrd
     src = tmp_path / "src"
     (src / "tree-100").mkdir(parents=True)
     (src / "tree-100" / "pages-1.img").write_bytes(b"a" * 5000)
@@ -138,7 +139,7 @@ def test_files_the_manifest_does_not_list_are_problems(tmp_path):
 
 
 def test_what_the_new_kernel_adds_before_the_verification_is_allowed(tmp_path):
-    from kupgrade import early
+    from kupgrade.hooks import early
     snap, _ = build(tmp_path)
     d = snap / "hooks" / "early-restore.d"
     d.mkdir(parents=True)
@@ -154,11 +155,11 @@ def test_what_the_new_kernel_adds_before_the_verification_is_allowed(tmp_path):
 
 
 def test_the_new_kernel_refuses_a_damaged_manifest_with_one_line(tmp_path):
-    from kupgrade import newkernel
     from kupgrade.config import Config
+    from kupgrade.context import Context
     from kupgrade.errors import RestoreError
-    from kupgrade.stages.context import Context
     from kupgrade.steps import new_record
+    from kupgrade.switch import newkernel
     (tmp_path / manifest.NAME).write_text("[]")
     (tmp_path / "verified").write_text("ID1\n")       # restore_unit: damaged after the verification
     ctx = Context(Config(state_dir=str(tmp_path / "state")), new_record("restore"), restore_dir=tmp_path)

@@ -1,7 +1,7 @@
 """`--prometheus FILE`: the last upgrade and the last check for node_exporter's textfile collector."""
 
-from kupgrade import metrics, record
-from kupgrade.record import Fresh, StageResult, UpgradeRecord, Workload
+from kupgrade.output import metrics, record
+from kupgrade.output.record import Fresh, StageResult, UpgradeRecord, Workload
 
 W = (Workload("pid:5", 5, (5,)), Workload("unit:a.service", 7, (7,), unit="a.service"))
 

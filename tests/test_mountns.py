@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade import mountns
-from kupgrade.mountns import EMPTY, EMPTY_DIR, HOST, PRIVATE_DIR
+from kupgrade.userspace import mountns
+from kupgrade.userspace.mountns import EMPTY, EMPTY_DIR, HOST, PRIVATE_DIR
 
 HOST_MNT, OWN_MNT = "mnt:[4026531841]", "mnt:[4026532301]"
 PRIVATE = "/tmp/systemd-private-1fcb-web.service-vHEaCW/tmp"

@@ -9,11 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from kupgrade import pipeline, procfs
+from kupgrade import pipeline
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import KupgradeError
-from kupgrade.record import OK, SKIPPED, UpgradeRecord, Workload
-from kupgrade.stages.context import Context
+from kupgrade.output.record import OK, SKIPPED, UpgradeRecord, Workload
+from kupgrade.system import procfs
 
 
 class FakeUi:
@@ -144,8 +145,8 @@ def test_an_os_error_in_a_stage_is_a_recorded_stage_failure_and_rolled_back(tmp_
     import errno
     import json
 
-    from kupgrade import logfile
     from kupgrade.cli import main
+    from kupgrade.output import logfile
 
     def full(ctx):
         raise OSError(errno.ENOSPC, "No space left on device", "/run/kupgrade-snapshot/images/tree-1/pages-1.img")

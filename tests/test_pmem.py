@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from kupgrade import boot, contract, kexec, manifest, packing, pmem, switchback
 from kupgrade.config import Config, ConfigError, load
-from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.context import Context
+from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.stages import preflight
-from kupgrade.stages.context import Context
+from kupgrade.switch import boot, contract, manifest, packing, pmem, switchback
+from kupgrade.system import kexec
 
 IOMEM = """00000000-00000fff : Reserved
 00001000-0009fbff : System RAM

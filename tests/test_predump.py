@@ -3,12 +3,13 @@ images, how they are hashed and verified, and prepare's loop (criu faked)."""
 
 import os
 
-from kupgrade import criu, manifest, packing
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import CommandError
-from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.stages import prepare
-from kupgrade.stages.context import Context
+from kupgrade.switch import manifest, packing
+from kupgrade.system import criu
 
 W = Workload("cgroup:/wl", 5, (5, 6), cgroup="/wl")
 
@@ -82,6 +83,7 @@ def test_a_failed_pre_dump_leaves_one_full_dump(tmp_path, monkeypatch):
 
 def test_auto_pre_dumps_once_when_the_region_holds_the_pages_twice():
     from types import SimpleNamespace
+
     from kupgrade.stages import prepare
     region = SimpleNamespace(size=2 << 30)
     assert prepare.iterations("auto", region, 64 << 20) == prepare.AUTO_PRE_DUMP == 1
@@ -92,6 +94,7 @@ def test_auto_pre_dumps_once_when_the_region_holds_the_pages_twice():
 
 def test_pre_dump_setting_is_a_number_or_auto():
     import pytest
+
     from kupgrade import config
     from kupgrade.errors import ConfigError
     assert config.parse("").pre_dump == "auto"

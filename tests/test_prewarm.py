@@ -3,8 +3,9 @@ listed by the old kernel, looked up and read ahead by the new one."""
 
 import os
 
-from kupgrade import contract, prewarm
 from procfake import fake_proc, task
+
+from kupgrade.switch import contract, prewarm
 
 P = prewarm.PAGE
 

@@ -2,7 +2,7 @@
 
 import os
 
-from kupgrade.procfs import cgroup, mounts
+from kupgrade.system.procfs import cgroup, mounts
 
 
 def test_mounts_reads_every_field_kupgrade_uses(tmp_path):

@@ -1,8 +1,8 @@
 import json
 
-from kupgrade import record
-from kupgrade.record import Blocker, StageResult, UpgradeRecord, Workload
-from kupgrade.run import CommandLog
+from kupgrade.output import record
+from kupgrade.output.record import Blocker, StageResult, UpgradeRecord, Workload
+from kupgrade.system.run import CommandLog
 
 
 def sample() -> UpgradeRecord:

@@ -5,13 +5,14 @@ import os
 
 import pytest
 
-from kupgrade import manifest, newkernel, record
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import RestoreError
-from kupgrade.record import UpgradeRecord, Workload
+from kupgrade.output import record
+from kupgrade.output.record import UpgradeRecord, Workload
+from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore
-from kupgrade.stages.context import Context
-from kupgrade.ui import PlainUi
+from kupgrade.switch import manifest, newkernel
 
 A, B = Workload("pid:100", 100, (100,)), Workload("pid:200", 200, (200,))
 
@@ -71,7 +72,7 @@ def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
 
 
 def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
-    from kupgrade import switchback
+    from kupgrade.switch import switchback
     snap = snapshot(tmp_path)
     (snap / "images" / A.key / "pages-1.img").write_bytes(b"tree-10X")      # same size, other bytes
     tried = []
@@ -91,8 +92,8 @@ def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
 
 
 def test_no_way_back_for_damaged_images(tmp_path):
-    from kupgrade import switchback
-    from kupgrade.record import StageResult
+    from kupgrade.output.record import StageResult
+    from kupgrade.switch import switchback
     (tmp_path / "v").write_bytes(b"x")
     m = manifest.make("U9", "6.1", "6.12", (A,), {}, back={"kernel": "6.1", "vmlinuz": str(tmp_path / "v"),
                                                             "initrd": str(tmp_path / "v"), "cmdline": "", "method": "classic"})
@@ -104,7 +105,7 @@ def test_no_way_back_for_damaged_images(tmp_path):
 def test_units_connections_are_protected_until_systemd_restores_them(tmp_path, monkeypatch):
     """A unit restores later (when systemd starts it): its peers' packets must be dropped from
     the start of the restore stage, or the new kernel resets the connections."""
-    from kupgrade import tcp
+    from kupgrade.userspace import tcp
     unit = Workload("unit:srv.service", 300, (300,), unit="srv.service")
     snap = tmp_path / "run-kupgrade"
     d = snap / "images" / unit.key
@@ -148,8 +149,9 @@ def test_health_check_must_be_a_command_with_an_absolute_program():
 def test_the_restore_warms_criu_and_loads_nf_tables_alongside_the_verification(tmp_path, monkeypatch):
     """criu's probing of the new kernel and the module the TCP protection needs run while the
     snapshot is verified, and before the first criu restore; the stage's steps are timed."""
-    from kupgrade import criu, tcp
-    from kupgrade.timeline import Laps
+    from kupgrade.output.timeline import Laps
+    from kupgrade.system import criu
+    from kupgrade.userspace import tcp
     snapshot(tmp_path)
     did = []
     monkeypatch.setattr(criu, "warm", lambda: did.append("criu") or True)

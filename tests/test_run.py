@@ -5,7 +5,7 @@ import time
 import pytest
 
 from kupgrade.errors import CommandError
-from kupgrade.run import STDERR_KEEP, run
+from kupgrade.system.run import STDERR_KEEP, run
 
 
 def test_bounded_capture_keeps_the_head_of_stdout_and_the_tail_of_stderr():

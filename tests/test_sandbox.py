@@ -6,9 +6,10 @@ from pathlib import Path
 
 from procfake import fake_proc, task
 
-from kupgrade import criu, sandbox, systemd, workloads
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
 from kupgrade.stages import restore
+from kupgrade.system import criu
+from kupgrade.userspace import sandbox, systemd, workloads
 
 HOST_MNT, OWN_MNT = "mnt:[4026531841]", "mnt:[4026532301]"
 HOST_USER, OWN_USER = "user:[4026531837]", "user:[4026532400]"

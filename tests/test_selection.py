@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from kupgrade import config, inflight, manifest, pipeline, selection, systemd
+from kupgrade import config, inflight, journal, pipeline
 from kupgrade.config import Config
+from kupgrade.context import Context
 from kupgrade.errors import ConfigError
-from kupgrade.record import Blocker, Fresh, UpgradeRecord, Workload
-from kupgrade.stages import freeze, journal
-from kupgrade.stages.context import Context
+from kupgrade.output.record import Blocker, Fresh, UpgradeRecord, Workload
+from kupgrade.stages import freeze
+from kupgrade.switch import manifest
+from kupgrade.userspace import selection, systemd
 
 
 def unit(name: str, pid: int) -> Workload:

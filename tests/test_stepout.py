@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from kupgrade import stepout
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
+from kupgrade.userspace import stepout
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -17,8 +17,8 @@ def test_kupgrade_leaves_the_tree_and_goes_on_alone(tmp_path):
     child = f"""
 import json, os, sys, time
 sys.path.insert(0, {REPO!r})
-from kupgrade import stepout
-from kupgrade.record import Workload
+from kupgrade.userspace import stepout
+from kupgrade.output.record import Workload
 root, before = os.getppid(), os.getpid()
 pid = stepout.step_out([Workload("pid:%d" % root, root, (root, before))],
                        lambda text: open({str(out)!r} + ".said", "w").write(text))

@@ -1,11 +1,11 @@
 """The way back to the old kernel: when it is taken, and what preflight checks for it."""
 
 
-from kupgrade import manifest, switchback
 from kupgrade.config import Config
-from kupgrade.record import StageResult, UpgradeRecord, Workload
+from kupgrade.context import Context
+from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.stages import preflight
-from kupgrade.stages.context import Context
+from kupgrade.switch import manifest, switchback
 
 W = (Workload("pid:5", 5, (5,)),)
 
@@ -37,7 +37,7 @@ def test_manifest_carries_the_way_back(tmp_path):
 
 
 def test_preflight_blocks_when_the_way_back_is_missing(tmp_path):
-    from kupgrade.kexec import Method
+    from kupgrade.system.kexec import Method
     ctx = Context(Config(), UpgradeRecord("U1", "run", "6.1"), method=Method("classic", ""))
     blockers = []
     assert preflight._way_back(ctx, blockers, boot=tmp_path) == {}
@@ -59,9 +59,10 @@ def test_a_reset_after_the_switch_is_said_clearly():
 def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
     """The new kernel's failed attempt is not the old kernel's: after the way back the restore
     runs (hooks included), and the outcome is rolled-back."""
-    from kupgrade import newkernel, record
+    from kupgrade.output import record
+    from kupgrade.output.ui import PlainUi
     from kupgrade.stages import restore
-    from kupgrade.ui import PlainUi
+    from kupgrade.switch import newkernel
     snap = tmp_path / "run-kupgrade"
     (snap / "images" / "tree-5").mkdir(parents=True)
     f = snap / "images" / "tree-5" / "pages-1.img"
@@ -84,9 +85,10 @@ def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
 
 
 def test_the_way_back_packs_the_same_images_and_refuses_changed_ones(tmp_path):
-    from kupgrade import initrd
     import pytest
+
     from kupgrade.errors import KupgradeError
+    from kupgrade.switch import initrd
     snap = tmp_path / "snap"
     (snap / "images" / "tree-5").mkdir(parents=True)
     img = snap / "images" / "tree-5" / "pages-1.img"

@@ -3,9 +3,11 @@
 import os
 from pathlib import Path
 
-from kupgrade import newkernel, record, systemd, workloads
-from kupgrade.record import StageResult, UpgradeRecord, Workload
+from kupgrade.output import record
+from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.stages import restore
+from kupgrade.switch import newkernel
+from kupgrade.userspace import systemd, workloads
 
 
 def test_dropin_turns_the_start_into_the_restore():

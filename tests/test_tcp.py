@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kupgrade import criu, tcp, tcpfix
-from kupgrade.record import Workload
+from kupgrade.output.record import Workload
+from kupgrade.system import criu
+from kupgrade.userspace import tcp, tcpfix
 
 HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 TCP4 = HEAD + (

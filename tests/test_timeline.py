@@ -1,6 +1,6 @@
-from kupgrade import timeline
 from kupgrade.cli import main
-from kupgrade.record import StageResult, UpgradeRecord, Workload, save
+from kupgrade.output import timeline
+from kupgrade.output.record import StageResult, UpgradeRecord, Workload, save
 
 
 def rec() -> UpgradeRecord:

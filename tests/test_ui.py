@@ -5,9 +5,9 @@ import io
 from rich.console import Console
 
 from kupgrade.config import Config
-from kupgrade.record import OK, SKIPPED, StageResult, UpgradeRecord, Workload
-from kupgrade.stages.context import Context
-from kupgrade.ui import LiveUi, Ui, bar_text, go_no_go_lines
+from kupgrade.context import Context
+from kupgrade.output.record import OK, SKIPPED, StageResult, UpgradeRecord, Workload
+from kupgrade.output.ui import LiveUi, Ui, bar_text, go_no_go_lines
 
 
 class Clock:

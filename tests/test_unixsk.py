@@ -1,11 +1,11 @@
-"""Unix sockets shared with processes outside a tree (kupgrade/unixsk.py), on real sockets:
+"""Unix sockets shared with processes outside a tree (kupgrade/userspace/unixsk.py), on real sockets:
 the kernel's sock_diag answers as it does for criu."""
 
 import socket
 import subprocess
 import sys
 
-from kupgrade import unixsk
+from kupgrade.userspace import unixsk
 
 CHILD = """
 import socket, sys, time

@@ -1,4 +1,4 @@
-"""Files the new kernel's boot will not have (kupgrade/volatile.py): on a tmpfs, or in a
+"""Files the new kernel's boot will not have (kupgrade/userspace/volatile.py): on a tmpfs, or in a
 directory systemd-tmpfiles empties at boot; named per task and path by preflight."""
 
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kupgrade import volatile
+from kupgrade.userspace import volatile
 
 
 def fake_task(proc, pid, fds=(), cwd="/var/lib/w", maps=(), mounts=None):

@@ -5,14 +5,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 import psutil
 import pytest
 from procfake import fake_proc, task
 
-from kupgrade import procfs, workloads
-from kupgrade.record import Workload
-from dataclasses import replace
+from kupgrade.output.record import Workload
+from kupgrade.system import procfs
+from kupgrade.userspace import workloads
 
 
 def ours(blockers):
@@ -289,8 +290,8 @@ def test_file_locks_are_carried_unless_held_outside_the_tree(spawn, tmp_path):
 
 
 def test_a_terminal_that_is_not_carried_is_named(monkeypatch):
-    from kupgrade import workloads as wl
-    from kupgrade.record import Workload
+    from kupgrade.output.record import Workload
+    from kupgrade.userspace import workloads as wl
     monkeypatch.setattr(wl.os, "isatty", lambda fd: fd == 1)
     monkeypatch.setattr(wl.os, "ttyname", lambda fd: "/dev/pts/3")
     monkeypatch.setattr(wl.os, "getsid", lambda pid: os.getpid())
@@ -302,7 +303,7 @@ def test_a_terminal_that_is_not_carried_is_named(monkeypatch):
 
 
 def test_a_terminal_the_tree_holds_both_ends_of_is_carried(tmp_path):
-    from kupgrade import workloads as wl
+    from kupgrade.userspace import workloads as wl
     assert wl.pts_index(136 << 8 | 3) == 3 and wl.pts_index(4 << 8 | 1) is None      # pts/3; tty1
     assert wl.pts_index((137 << 8) | 2) == 258
     proc = fake_proc(tmp_path)

@@ -6,7 +6,7 @@
 # root file system is mounted at /sysroot; the switch to it then moves /run, with the snapshot's
 # tmpfs, into it). Under dracut's shell init or its systemd units (dracut-cmdline.service,
 # dracut-pre-pivot.service) alike. dracut sources its hooks, so each hook runs its script as a
-# program of its own. Written from kupgrade/contract.py by `kupgrade install-boot` (contract
+# program of its own. Written from kupgrade/switch/contract.py by `kupgrade install-boot` (contract
 # @CONTRACT@); init-top, init-bottom and the two hooks are beside it.
 
 # called by dracut: always included, in host-only mode too
@@ -19,8 +19,8 @@ depends() {
     return 0
 }
 
-# called by dracut. The kernel modules of kupgrade/contract.py: kupgrade's memory region
-# (kupgrade/pmem.py), which init-top mounts before udev runs, and what the restore asks for
+# called by dracut. The kernel modules of kupgrade/switch/contract.py: kupgrade's memory region
+# (kupgrade/switch/pmem.py), which init-top mounts before udev runs, and what the restore asks for
 # (loaded in the background by init-top when a snapshot comes). hostonly='': also when this
 # machine has not loaded them (a snapshot only comes with a kernel switch)
 installkernel() {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # kupgrade early-restore runner: runs in the initramfs of the new kernel, before the root file
 # system and the network are up, and before kupgrade-restore verifies the snapshot. Written into
-# the snapshot by the old kernel's save (kupgrade/early.py) together with the hooks (/bin/sh
+# the snapshot by the old kernel's save (kupgrade/hooks/early.py) together with the hooks (/bin/sh
 # scripts), their JSON requests and timeouts, and NAME.sha256, the sums of those three files;
 # the init-bottom script runs it as `busybox sh RUNNER` after moving the snapshot to
 # /run/kupgrade (mounted noexec, hence `sh HOOK`). A hook runs only if its files match their

@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from ..progress import watch
-from .context import Context
+from kupgrade.context import Context
+from kupgrade.output.progress import watch
 
 NAME = "flush"
 SKIPPABLE = ("skipping it moves the write-back into `kexec --exec`'s final sync, "

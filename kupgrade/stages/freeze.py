@@ -12,12 +12,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import HookError, StageError
-from .. import selection, systemd, workloads
-from ..record import DUMP_FAILED, Fresh
-from ..workloads import CGROUP_ROOT
-from . import hookpoints
-from .context import Context
+from kupgrade.context import Context
+from kupgrade.errors import HookError, StageError
+from kupgrade.hooks import hookpoints
+from kupgrade.output.record import DUMP_FAILED, Fresh
+from kupgrade.userspace import selection, systemd, workloads
+from kupgrade.userspace.workloads import CGROUP_ROOT
 
 NAME = "freeze"
 TIMEOUT_S = 10.0

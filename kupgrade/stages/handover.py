@@ -15,13 +15,14 @@ import shutil
 import signal
 import time
 
-from .. import initrd, pmem
-from ..errors import RestoreError
-from . import freeze, kexec as kexec_stage
-from .context import Context
-from ..run import run as run_cmd
-from ..packing import restore_tmpfs_kib
-from .snapshot import combined_path
+from kupgrade.context import Context
+from kupgrade.errors import RestoreError
+from kupgrade.stages import freeze
+from kupgrade.stages import kexec as kexec_stage
+from kupgrade.stages.snapshot import combined_path
+from kupgrade.switch import initrd, pmem
+from kupgrade.switch.packing import restore_tmpfs_kib
+from kupgrade.system.run import run as run_cmd
 
 NAME = "handover"
 PID_WAIT_S = 10.0

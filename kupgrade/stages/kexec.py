@@ -10,10 +10,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, faults, fsfreeze, inflight, kexec as kx, oom, record
-from ..run import COMMAND_LOG, program, run as run_cmd
-from .context import Context
-from .snapshot import combined_path
+from kupgrade import faults, inflight
+from kupgrade.context import Context
+from kupgrade.output import record
+from kupgrade.stages.snapshot import combined_path
+from kupgrade.switch import contract
+from kupgrade.system import fsfreeze, oom
+from kupgrade.system import kexec as kx
+from kupgrade.system.run import COMMAND_LOG, program
+from kupgrade.system.run import run as run_cmd
 
 NAME = "kexec"
 

@@ -7,14 +7,17 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from .. import boot, bootpids, contract, coverage, criu, inflight, estimate, kexec, manifest, record, selection, tcp
-from .. import mountns, pmem, stepout, systemd, workloads
-from .. import hooks as hk
-from ..errors import BlockedError, CommandError, ConfigError, HookError
-from ..record import Blocker
-from ..run import program
-from . import hookpoints, prepare, snapshot
-from .context import Context, Target, resolve_target
+from kupgrade import hooks as hk, inflight
+from kupgrade.context import Context, Target, resolve_target
+from kupgrade.errors import BlockedError, CommandError, ConfigError, HookError
+from kupgrade.hooks import coverage, hookpoints
+from kupgrade.output import estimate, record
+from kupgrade.output.record import Blocker
+from kupgrade.stages import prepare, snapshot
+from kupgrade.switch import boot, bootpids, contract, manifest, pmem
+from kupgrade.system import criu, kexec
+from kupgrade.system.run import program
+from kupgrade.userspace import mountns, selection, stepout, systemd, tcp, workloads
 
 NAME = "preflight"
 MARGIN = 64 << 20
@@ -58,7 +61,7 @@ def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
 
 def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
     """The target's boot gives its own threads the lowest PIDs before the restore can run: a
-    task of a workload with one of those cannot get it back (kupgrade/bootpids.py)."""
+    task of a workload with one of those cannot get it back (kupgrade/switch/bootpids.py)."""
     here = bootpids.remember(ctx.state_dir)
     guess = bootpids.predict(ctx.state_dir, ctx.target.version, os.cpu_count() or 1, here)
     if guess is None:

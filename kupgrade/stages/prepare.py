@@ -12,13 +12,16 @@ from __future__ import annotations
 import shutil
 import time
 
-from .. import criu, faults, inflight, packing, pmem
-from ..errors import CommandError
-from ..progress import tree_bytes
-from ..run import run as run_cmd
-from . import kexec as kexec_stage, snapshot
-from .context import Context
-from .flush import writeback
+from kupgrade import faults, inflight
+from kupgrade.context import Context
+from kupgrade.errors import CommandError
+from kupgrade.output.progress import tree_bytes
+from kupgrade.stages import kexec as kexec_stage
+from kupgrade.stages import snapshot
+from kupgrade.stages.flush import writeback
+from kupgrade.switch import packing, pmem
+from kupgrade.system import criu
+from kupgrade.system.run import run as run_cmd
 
 NAME = "prepare"
 SKIPPABLE = "it only moves write-back out of the pause; the flush after the freeze writes everything anyway"

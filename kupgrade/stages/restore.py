@@ -15,13 +15,15 @@ import shutil
 import threading
 from pathlib import Path
 
-from .. import (commit, contract, criu, early, faults, manifest, mountns, pmem, prewarm, switchback, systemd, tcp, unixsk,
-               volatile)
-from ..errors import CommandError, KupgradeError, RestoreError
-from ..run import run as run_cmd
-from ..timeline import Laps
-from . import hookpoints
-from .context import Context
+from kupgrade import faults
+from kupgrade.context import Context
+from kupgrade.errors import CommandError, KupgradeError, RestoreError
+from kupgrade.hooks import early, hookpoints
+from kupgrade.output.timeline import Laps
+from kupgrade.switch import commit, contract, manifest, pmem, prewarm, switchback
+from kupgrade.system import criu
+from kupgrade.system.run import run as run_cmd
+from kupgrade.userspace import mountns, systemd, tcp, unixsk, volatile
 
 NAME = "restore"
 DONE = contract.DONE
@@ -269,7 +271,7 @@ def _warm_up(snap: Path, laps: Laps) -> threading.Thread:
 
 def run(ctx: Context) -> tuple[str, dict]:
     """Verify the snapshot, restore the trees that are not systemd units; units are restored by
-    their own start (see kupgrade/systemd.py), after this. A retry (`kupgrade restore --retry`)
+    their own start (see kupgrade/userspace/systemd.py), after this. A retry (`kupgrade restore --retry`)
     restores what an earlier attempt did not, without running the device hooks again."""
     snap = ctx.restore_dir
     done = restored_keys(ctx.record)

@@ -14,14 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from .. import contract, criu, early, faults, inflight, initrd, manifest, oom, packing, pmem, prewarm, tcp, unixsk
-from .. import mountns, sandbox, volatile, workloads
-from ..hooks import HOOKS_SUBDIR
-from ..progress import file_bytes, tree_bytes, watch
-from ..errors import CommandError, HookError, StageError
-from ..run import run as run_cmd
-from . import freeze, hookpoints
-from .context import Context
+from kupgrade import faults, inflight
+from kupgrade.context import Context
+from kupgrade.errors import CommandError, HookError, StageError
+from kupgrade.hooks import HOOKS_SUBDIR, early, hookpoints
+from kupgrade.output.progress import file_bytes, tree_bytes, watch
+from kupgrade.stages import freeze
+from kupgrade.switch import contract, initrd, manifest, packing, pmem, prewarm
+from kupgrade.system import criu, oom
+from kupgrade.system.run import run as run_cmd
+from kupgrade.userspace import mountns, sandbox, tcp, unixsk, volatile, workloads
 
 NAME = "snapshot"
 MIN_TMPFS = 256 << 20

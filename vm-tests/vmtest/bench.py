@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kupgrade import contract, kexec
+from kupgrade.switch import contract
+from kupgrade.system import kexec
 
 from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, THROTTLE_BPS, size_entry
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config

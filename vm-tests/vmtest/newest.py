@@ -1,6 +1,6 @@
 """The second jump's part of the guest image: the newest Debian kernel that boots in the guest
 (trixie-backports, onto bookworm) and a criu that runs on it (bookworm's criu 3.17 cannot start
-on kernels from 6.13: kupgrade/criu.py KERNEL_NEEDS).
+on kernels from 6.13: kupgrade/system/criu.py KERNEL_NEEDS).
 
 - **criu 4.1.1**, built from Debian's source of it (the upstream tarball trixie's package is made
   from; trixie's .deb needs trixie's libc) in a bookworm build chroot, with `make criu`. The
@@ -22,7 +22,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from kupgrade.run import run
+from kupgrade.system.run import run
 
 log = logging.getLogger("vmtest.image")
 

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kupgrade.run import run
+from kupgrade.system.run import run
 
 from .image import Image
 

@@ -1,12 +1,12 @@
 """explore-sandbox: what criu 3.17, called as kupgrade calls it, does with each systemd sandbox
-option, alone and combined (kupgrade/sandbox.py is built on these measurements).
+option, alone and combined (kupgrade/userspace/sandbox.py is built on these measurements).
 
 For each option a unit running a small python loop is started, its main process dumped with
 criu.dump_argv's options into a tmpfs on /run/kupgrade-snapshot (as the snapshot stage mounts
 it), killed, and restored in the same kernel: detached from a root shell, and for the options
 that dump, by the unit's own start through a drop-in shaped like kupgrade's with ExecStart "+"
 (and without, to show why "+"). The lines (DUMP/RESTORE/UNIT-RESTORE/RUNS, with criu's first
-error) are kept in the result; the checks pin what kupgrade/sandbox.py assumes, so a criu that
+error) are kept in the result; the checks pin what kupgrade/userspace/sandbox.py assumes, so a criu that
 behaves differently fails here first.
 
 With EXPLORE_DIR set, the scenario instead serves shell scripts dropped there (NAME.sh ->
@@ -44,7 +44,7 @@ CASES = [(o.split("=")[0], f'trial sb-{o.split("=")[0].lower()} "{o}" "" ""') fo
     ("carried-unit-start-plus", f'trial2 sb-plus "{CARRIED}" "" "" "+"'),
     ("carried-unit-start-plus-setpriv", f'WRAP="setpriv --no-new-privs" trial2 sb-nnp "{CARRIED}" "" "" "+"'),
 ]
-# what kupgrade/sandbox.py assumes: case -> (dump ok, restored running)
+# what kupgrade/userspace/sandbox.py assumes: case -> (dump ok, restored running)
 EXPECT = {"PrivateUsers": (True, False), "PrivateTmp": (False, False), "ProtectSystem": (False, False),
           "ProtectHome": (False, False), "ProtectHostname": (True, True), "PrivateDevices": (False, False),
           "DynamicUser": (False, False), "NoNewPrivileges": (True, True), "RestrictNamespaces": (True, True),
@@ -108,7 +108,7 @@ def run(vm, image, res: Result) -> None:
         res.say(f"{name}: dump {'ok' if got[0] else 'FAILS'}, restore {'ok' if got[1] else 'FAILS'}\n  "
                 + "\n  ".join(lines))
         res.check(got == EXPECT[name], f"{name}: dump {'ok' if EXPECT[name][0] else 'fails'}, "
-                  f"restore {'ok' if EXPECT[name][1] else 'fails'} (as kupgrade/sandbox.py assumes)", "\n".join(lines))
+                  f"restore {'ok' if EXPECT[name][1] else 'fails'} (as kupgrade/userspace/sandbox.py assumes)", "\n".join(lines))
     nnp = {n: [l for l in res.data["cases"][n]["lines"] if l.startswith("   ns:")]
            for n in ("carried-unit-start-plus", "carried-unit-start-plus-setpriv")}
     res.check(all("NoNewPrivs: 0" in l for l in nnp["carried-unit-start-plus"]) and nnp["carried-unit-start-plus"],

@@ -27,13 +27,25 @@ import sys
 import time
 from pathlib import Path
 
-from kupgrade.run import run as run_cmd
+from kupgrade.system.run import run as run_cmd
 
 from ..image import REPO
 from ..qemu import Guest, LostVMError
-from ..scenario import (Result, final_record, heartbeat_downtime, kupgrade_config, leftovers, restore_log,
-                        stage_durations, systemd_up, unit_props, units_installed, units_started, workload_kept,
-                        write_config)
+from ..scenario import (
+    Result,
+    final_record,
+    heartbeat_downtime,
+    kupgrade_config,
+    leftovers,
+    restore_log,
+    stage_durations,
+    systemd_up,
+    unit_props,
+    units_installed,
+    units_started,
+    workload_kept,
+    write_config,
+)
 from ..workload import GUEST_WORKLOAD, Workload
 
 NAME = "fleet"

@@ -3,7 +3,7 @@ there (injected: `kupgrade.fault=restore:second` on its command line) after the 
 restored, then the configured health check (run once both are restored, stopped) says 6.12 is
 not fit — so kupgrade kexecs back into
 the old kernel with the same snapshot and restores both workloads there: the first tree, restored
-stopped in 6.12, never ran there (all or nothing, kupgrade/commit.py); same PIDs, same memory,
+stopped in 6.12, never ran there (all or nothing, kupgrade/switch/commit.py); same PIDs, same memory,
 heartbeat continued; the record tells the story of the three boots (6.1 -> 6.12 -> 6.1). Then
 `on_failure = "keep"` (retry, a damaged copy, discard) and a power cut right after a switch."""
 

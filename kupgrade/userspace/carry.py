@@ -1,0 +1,270 @@
+"""What a snapshot carries and what it does not, named per task before anything changes.
+
+criu carries a tree's memory, files, pipes and sockets, its zombies, stopped tasks and pending
+signals, the file locks its tasks hold (`--file-locks`, always passed: criu.dump_argv), and SysV
+IPC when the tree root has an IPC namespace of its own (criu dumps that namespace whole). This
+module names what it would leave behind or refuse, each as a Blocker naming the PID and the
+object:
+
+- SysV shared memory, message queues and semaphores of the namespace criu itself runs in (the
+  host's) that a task uses: they are not dumped and would not exist after the switch;
+- a task in another IPC namespace than the tree root's (criu refuses nested IPC namespaces);
+- a tree root that does not lead its session (criu refuses it without --shell-job), a task
+  whose session leader is outside the PID namespace, or whose leader has exited where criu
+  cannot stand in for it (only for a child of the root);
+- a process outside the tree in the session of a task in the tree (it would stay behind);
+- a POSIX lock held by a process outside the tree on a file a task in the tree has open.
+
+Every reader takes the `proc` root so that tests can use a fake /proc tree.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Callable
+
+from kupgrade.output.record import Blocker, Workload
+from kupgrade.system import procfs
+from kupgrade.system.procfs import PROC, Stat, who
+
+SemPids = Callable[[int, int], set[int]]    # (semid, nsems) -> PIDs of the last semop on each
+GETPID = 11                                 # semctl(2) command: PID of the last semop
+
+SYSV_HINT = ("criu carries SysV IPC only with an IPC namespace of the tree's own: restart the workload in "
+             "one (`unshare --ipc`, systemd `PrivateIPC=yes`), or have it stop using the object")
+
+
+def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None,
+             leaving: frozenset[int] = frozenset()) -> list[Blocker]:
+    """What criu would refuse or leave behind in this tree. leaving: processes outside the tree
+    that leave its sessions before the dump (kupgrade stepping out of it: stepout.py)."""
+    tasks = {}
+    for pid in w.pids:
+        try:
+            tasks[pid] = procfs.stat(pid, proc)
+        except (FileNotFoundError, ProcessLookupError):
+            pass    # exited meanwhile (criu walks the tree itself at the dump)
+    zombies = {pid for pid, st in tasks.items() if st.state == "Z"}
+    return (sessions(w, tasks, proc, leaving) + sysv(w, proc, sempids or last_semops, zombies)
+            + locks(w.pids, proc))
+
+
+# --- sessions and process groups ---------------------------------------------------------------
+
+def sessions(w: Workload, tasks: dict[int, Stat], proc: Path = PROC,
+             leaving: frozenset[int] = frozenset()) -> list[Blocker]:
+    """criu rebuilds sessions and process groups from the dumped tasks alone: the root must lead
+    its session; a leader that exited is replaced by a stand-in task (pstree.c
+    prepare_pstree_ids), for a session only above a child of the root. A live process outside
+    the tree in one of its sessions is left behind (a process group lies within a session, so
+    this also covers a group whose leader is outside)."""
+    root = tasks.get(w.root_pid)
+    if root is not None and root.session != w.root_pid:
+        # one blocker says it all: the rest of that session is not the tree's
+        led = (f"in session {root.session}, led by {who(root.session, proc)}" if root.session else
+               "in a session whose leader is outside kupgrade's PID namespace")
+        return [Blocker(f"{who(w.root_pid, proc)}, the root of {w.selector}, does not lead its session: it is "
+                        f"{led}",
+                        "criu dumps only a tree whose root leads its session (kupgrade does not pass "
+                        "--shell-job): start the workload with setsid (a systemd service gets its own "
+                        "session), or select the session leader")]
+    outside = _outsiders({s.session for s in tasks.values()} - {0}, set(tasks) | leaving, proc)
+    out = []
+    for pid, st in tasks.items():
+        if st.session == 0:
+            out.append(Blocker(f"{who(pid, proc)} belongs to a session whose leader is outside kupgrade's PID "
+                               "namespace", "criu cannot dump it: run kupgrade in the workload's PID "
+                               "namespace, or start the workload with setsid"))
+        elif st.session not in tasks and st.session not in outside and not _stand_in(pid, tasks, w.root_pid):
+            out.append(Blocker(f"{who(pid, proc)} is in session {st.session}, whose leader PID {st.session} has "
+                               f"exited, below PID {st.ppid} rather than a child of the root: criu would find "
+                               "no leader for that session at restore", "restart the workload, or end that process"))
+    for pid, st in sorted(outside.items()):
+        members = sorted(p for p, s in tasks.items() if s.session == st.session)
+        group = sorted(p for p, s in tasks.items() if s.pgrp == pid)
+        lead = f"; it leads process group {pid} of PID(s) {group}" if group else ""
+        out.append(Blocker(f"{who(pid, proc)} is not in the tree of {w.selector} but shares session {st.session} "
+                           f"with its PID(s) {members}{lead}: it would not be carried",
+                           "a workload's session is carried whole or not at all: end that process, or restart "
+                           "the workload so that all its processes descend from the tree root"))
+    return out
+
+
+def _outsiders(sids: set[int], tree: set[int], proc: Path) -> dict[int, Stat]:
+    """Live processes outside the tree whose session is one of sids (zombies carry nothing)."""
+    found = {}
+    for pid in procfs.pids(proc):
+        if pid in tree:
+            continue
+        try:
+            st = procfs.stat(pid, proc)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if st.session in sids and st.state != "Z":
+            found[pid] = st
+    return found
+
+
+def _stand_in(pid: int, tasks: dict[int, Stat], root: int) -> bool:
+    """Whether criu stands in for the exited leader of pid's session: the topmost ancestor of
+    pid in the same session must be a child of the root."""
+    while tasks[pid].ppid in tasks and tasks[tasks[pid].ppid].session == tasks[pid].session:
+        pid = tasks[pid].ppid
+    return tasks[pid].ppid == root
+
+
+# --- SysV IPC ----------------------------------------------------------------------------------
+
+def ipc_ns(pid: int | str, proc: Path = PROC) -> str:
+    return os.readlink(proc / str(pid) / "ns" / "ipc")
+
+
+def sysv_table(path: Path) -> list[dict[str, str]]:
+    """A /proc/sysvipc file as rows keyed by its header's column names (the columns differ
+    between kernels)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    names = lines[0].split() if lines else []
+    return [dict(zip(names, line.split())) for line in lines[1:] if line.strip()]
+
+
+def attached_shm(pid: int, proc: Path = PROC) -> set[int]:
+    """The shmids of the SysV segments pid has attached: /proc/PID/maps names them /SYSVkey and
+    gives the shmid as the inode."""
+    found = set()
+    for line in (proc / str(pid) / "maps").read_text().splitlines():
+        f = line.split(None, 5)
+        if len(f) == 6 and f[5].startswith("/SYSV"):
+            found.add(int(f[4]))
+    return found
+
+
+def last_semops(semid: int, nsems: int) -> set[int]:
+    """semctl(GETPID) of every semaphore of a set: the PIDs of their last semop (only what the
+    kernel keeps: whoever operated before, or holds SEM_UNDO adjustments, is not known)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {p for n in range(nsems) if (p := libc.semctl(semid, n, GETPID)) > 0}
+
+
+def _key(row: dict[str, str]) -> str:
+    return f"key 0x{int(row['key']) & 0xFFFFFFFF:08x}"
+
+
+def _uses(pid: int, row: dict[str, str], roles: dict[str, str]) -> list[str]:
+    return [what for col, what in roles.items() if row.get(col) == str(pid)]
+
+
+def sysv(w: Workload, proc: Path = PROC, sempids: SemPids = last_semops, zombies=frozenset()) -> list[Blocker]:
+    """The SysV objects of criu's own IPC namespace (kupgrade starts criu: ours, normally the
+    host's) used by a live task of the tree (a zombie named as the last user uses nothing now);
+    objects of the root's own namespace are carried."""
+    try:
+        mine, root_ns = ipc_ns("self", proc), ipc_ns(w.root_pid, proc)
+    except OSError:
+        return []
+    out, host_users = [], []
+    for pid in w.pids:
+        try:
+            ns = ipc_ns(pid, proc)
+        except OSError:
+            continue
+        if ns != root_ns:
+            out.append(Blocker(f"{who(pid, proc)} is in another IPC namespace ({ns}) than the root of "
+                               f"{w.selector} ({root_ns}): criu cannot dump nested IPC namespaces",
+                               "select that process's tree separately, or keep the workload in one namespace"))
+        elif ns == mine and pid not in zombies:
+            host_users.append(pid)
+    if not host_users:
+        return out
+    tables = {name: sysv_table(proc / "sysvipc" / name) for name in ("shm", "msg", "sem")}
+    users: dict[str, dict[str, list[int]]] = {}     # object -> how it is used -> by which PIDs
+    for pid in host_users:
+        for obj, how in _sysv_of(pid, tables, proc, sempids):
+            users.setdefault(obj, {}).setdefault(how, []).append(pid)
+    for obj, hows in users.items():     # one blocker per object (PostgreSQL: 6 processes, 2 segments)
+        (how, pids), *more = hows.items()
+        also = "; ".join(f"PID{'s' if len(p) > 1 else ''} {', '.join(map(str, p))} of its tree too ({h})"
+                         for h, p in [(how, pids[1:])] + more if p)
+        out.append(Blocker(f"{who(pids[0], proc)} uses {obj}; {how})" + (f", and {also}" if also else "")
+                           + " in the host IPC namespace: it is not in the snapshot and would not exist after the "
+                           "switch", SYSV_HINT))
+    return out
+
+
+def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, sempids: SemPids) -> list[tuple[str, str]]:
+    """(the object, how this task uses it) for every SysV object of the table it uses."""
+    try:
+        attached = attached_shm(pid, proc)
+    except OSError:
+        attached = set()
+    found = []
+    for row in tables["shm"]:
+        how = (["attached"] if int(row["shmid"]) in attached else []) + _uses(
+            pid, row, {"cpid": "created by it", "lpid": "last attached or detached by it"})
+        if how:
+            found.append((f"SysV shared memory segment shmid {row['shmid']} ({_key(row)}, {row.get('size', '?')} "
+                          "bytes", ", ".join(how)))
+    for row in tables["msg"]:
+        if how := _uses(pid, row, {"lspid": "last sent to by it", "lrpid": "last received from by it"}):
+            found.append((f"SysV message queue msqid {row['msqid']} ({_key(row)}, {row.get('qnum', '?')} "
+                          "message(s) queued", ", ".join(how)))
+    for row in tables["sem"]:
+        if pid in sempids(int(row["semid"]), int(row.get("nsems", "0"))):
+            found.append((f"SysV semaphore set semid {row['semid']} ({_key(row)}", "last operated on by it"))
+    return found
+
+
+# --- file locks --------------------------------------------------------------------------------
+
+def _open_files(pids, proc: Path) -> dict[tuple[int, int, int], tuple[int, str]]:
+    """(major, minor, inode) of every file the tasks have open -> (first PID, path). From fdinfo's
+    mnt_id and ino (a kernel whose fdinfo lacks ino matches nothing) and the mount's device in
+    mountinfo: the superblock's device, as /proc/locks prints it, without a stat() that a hung
+    network filesystem could block."""
+    found: dict[tuple[int, int, int], tuple[int, str]] = {}
+    for pid in pids:
+        task = proc / str(pid)
+        try:
+            devs = {m.mount_id: m.dev for m in procfs.mounts(task / "mountinfo")}
+        except OSError:
+            continue
+        for fd, path in procfs.fds(pid, proc).items():
+            try:
+                info = procfs.fdinfo(pid, fd, proc)
+            except OSError:
+                continue
+            dev, ino = devs.get(info.get("mnt_id", "")), info.get("ino", "")
+            if dev and ino.isdigit():
+                major, minor = dev.split(":")
+                found.setdefault((int(major), int(minor), int(ino)), (pid, path))
+    return found
+
+
+def locks(pids, proc: Path = PROC) -> list[Blocker]:
+    """POSIX locks held by a process outside the tree on a file a task of the tree has open.
+    The tree's own locks are carried (--file-locks). Only POSIX locks name their owner in
+    /proc/locks: a flock or OFD lock belongs to an open file description that the tree may
+    share, so it is not attributed here."""
+    try:
+        lines = (proc / "locks").read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    tree, opened, out, seen = set(pids), None, [], set()
+    for line in lines:     # "1: POSIX  ADVISORY  WRITE 15527 fe:00:1477826 0 EOF"; waiters have "->"
+        f = line.split()
+        if len(f) < 6 or f[1] != "POSIX" or not f[4].isdigit() or int(f[4]) in tree:
+            continue
+        holder, (maj, mnr, ino) = int(f[4]), f[5].split(":")
+        key = (int(maj, 16), int(mnr, 16), int(ino))
+        opened = _open_files(pids, proc) if opened is None else opened
+        if key in opened and (holder, key) not in seen:
+            seen.add((holder, key))
+            pid, path = opened[key]
+            out.append(Blocker(f"{who(holder, proc)}, outside the tree, holds a POSIX lock on {path}, which "
+                               f"{who(pid, proc)} has open: neither that process nor its lock is carried",
+                               "let it release the lock or end it first, or select it as a workload too"))
+    return out

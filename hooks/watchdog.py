@@ -37,8 +37,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from kupgrade.system.run import run
 from kupgrade.system.procfs import getfd
+from kupgrade.system.run import run
 
 SYS_CLASS = Path("/sys/class/watchdog")
 SYS_MODULE = Path("/sys/module")

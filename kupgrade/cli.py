@@ -82,10 +82,10 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
     doc = {"kernel_from": ctx.kernel_from, "kernel_to": ctx.target.version if ctx.target else "",
            "workloads": [w.to_json() for w in ctx.workloads],
            "snapshot_estimate_bytes": ctx.estimate_bytes,
-           "blockers": pre.details["blockers"] if "blockers" in pre.details else
+           "blockers": pre.details.blockers if pre.details.blockers is not None else
            ([{"message": pre.error, "hint": pre.hint}] if pre.error else []),
-           "downtime_estimate_s": pre.details.get("downtime_estimate_s"),
-           "downtime_basis": pre.details.get("downtime_basis", ""), "services": pre.details.get("services", []),
+           "downtime_estimate_s": pre.details.downtime_estimate_s,
+           "downtime_basis": pre.details.downtime_basis or "", "services": pre.details.services or [],
            "stages": [{"name": n, "actions": a} for n, a in rows], "config": cfg.to_json()}
     if json:
         stdout_json(doc)
@@ -106,7 +106,7 @@ def check(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OP
     try:
         pipeline.check(ctx, ui)
         pre = ctx.record.stage("preflight")
-        ui.print(ui.esc(f"downtime estimate {pre.details['downtime_estimate_s']} s: {pre.details['downtime_basis']}"))
+        ui.print(ui.esc(f"downtime estimate {pre.details.downtime_estimate_s} s: {pre.details.downtime_basis}"))
     finally:
         if json:
             stdout_json(ctx.record.to_json())
@@ -250,7 +250,7 @@ def recover(config: Optional[Path] = CONFIG_OPT) -> None:
                             "check the workloads by hand (`kupgrade report`), then remove the file")
     inflight.catch_signals()
     ctx = pipeline.recover(state, ui)
-    done = ctx.record.stage("rollback").details.get("done", [])
+    done = ctx.record.stage("rollback").details.done or []
     ui.print(f"kupgrade: recovered run {ctx.record.id}: {'; '.join(done) or 'nothing was left to undo'}",
              markup=False)
 

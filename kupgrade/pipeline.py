@@ -15,6 +15,7 @@ from kupgrade.errors import CommandError, KupgradeError
 from kupgrade.hooks import hookpoints
 from kupgrade.output import record
 from kupgrade.output.record import FAILED, OK, SKIPPED, StageResult
+from kupgrade.output.results import Rollback, StepOut
 from kupgrade.output.ui import PlainUi
 from kupgrade.stages import flush, freeze, handover, preflight, prepare, restore, snapshot
 from kupgrade.stages import kexec as kexec_stage
@@ -122,7 +123,7 @@ def _step_out(ctx: Context, ui, gate: Gate, trees: list):
     quiet = PlainUi(quiet=True)
     ctx.record = ctx.record.with_stage(StageResult(
         "step-out", OK, started, time.monotonic() - t0, f"kupgrade stepped out of {trees[0].selector}: PID {before} "
-        f"-> {pid}, no terminal from here", {"from_pid": before, "pid": pid, "trees": [w.selector for w in trees]}))
+        f"-> {pid}, no terminal from here", StepOut(from_pid=before, pid=pid, trees=[w.selector for w in trees])))
     ctx.note()
     return quiet, Gate(quiet, yes=True, skip=gate.skip)
 
@@ -171,8 +172,8 @@ def rollback(ctx: Context, ui, cause: BaseException) -> None:
         ctx.note()
     res = StageResult("rollback", FAILED if problems else OK, started, time.monotonic() - t0,
                       "; ".join(done) or "nothing to undo",
-                      {"done": done, "problems": problems, "cause": str(cause) or type(cause).__name__,
-                       "hooks": hookpoints.results_json(ctx.hook_results[seen:])},
+                      Rollback(done=done, problems=problems, cause=str(cause) or type(cause).__name__,
+                               hooks=hookpoints.results_json(ctx.hook_results[seen:])),
                       "; ".join(problems))
     ctx.record = ctx.record.with_stage(res)
     try:

@@ -70,7 +70,7 @@ def test_all_back_then_all_continue(tmp_path, world):
     assert world["tried"] == [(A.key, True), (B.key, True)] and world["back"] == []
     assert world["signals"] == [(100, signal.SIGCONT), (200, signal.SIGCONT)]    # 101 was stopped before
     rec = record.load(tmp_path / "state", "U7")
-    assert rec.outcome == record.RESTORED and rec.stage("restore").details["commit"]["continued"] == [A.key, B.key]
+    assert rec.outcome == record.RESTORED and rec.stage("restore").details.commit["continued"] == [A.key, B.key]
     assert (snap / restore.DONE).exists() and not (snap / "images" / A.key).exists()
 
 
@@ -153,7 +153,7 @@ def test_with_a_way_back_the_health_check_runs_when_all_are_back(tmp_path, world
     assert world["tried"] == [(A.key, True), (B.key, True)] and world["back"] == [[A.key, B.key]]
     rec = record.load(tmp_path / "state", "U7")
     failed = rec.stage("restore")
-    assert failed.status == "failed" and failed.details["workloads"][A.key]["held"]
+    assert failed.status == "failed" and failed.details.workloads[A.key]["held"]
 
 
 def test_the_commit_unit_runs_the_health_check_before_continuing(tmp_path, world):

@@ -81,12 +81,12 @@ def test_failing_save_rolls_back_with_resume_for_every_hook_that_ran(tmp_path, m
     assert calls == ["b", "a"]
     assert ui.ended == [("freeze", OK), ("snapshot", FAILED), ("rollback", OK)]
     snap = c.record.stage("snapshot")
-    assert [(r["hook"], r["ok"]) for r in snap.details["hooks"]] == [("10-a", True), ("20-b", False)]
+    assert [(r["hook"], r["ok"]) for r in snap.details.hooks] == [("10-a", True), ("20-b", False)]
     rb = c.record.stage("rollback")
-    assert [(r["hook"], r["point"], r["ok"]) for r in rb.details["hooks"]] == [("20-b", "resume", True),
+    assert [(r["hook"], r["point"], r["ok"]) for r in rb.details.hooks] == [("20-b", "resume", True),
                                                                             ("10-a", "resume", True)]
-    assert "hook 20-b resume: ok" in rb.details["done"]
-    assert [(r["hook"], r["point"]) for r in c.record.stage("freeze").details["hooks"]] == [
+    assert "hook 20-b resume: ok" in rb.details.done
+    assert [(r["hook"], r["point"]) for r in c.record.stage("freeze").details.hooks] == [
         ("10-a", "quiesce"), ("20-b", "quiesce")]
     assert c.outcome == "aborted"
 
@@ -100,7 +100,7 @@ def test_failing_quiesce_rolls_back_and_resumes_it(tmp_path, monkeypatch):
     err, ui = upgrade(monkeypatch, c, (freeze, fake_snapshot_stage()))
     assert isinstance(err, HookError) and "hook a failed at quiesce: RuntimeError: stuck" in str(err)
     assert calls == ["a"] and ui.ended == [("freeze", FAILED), ("rollback", OK)]
-    assert c.record.stage("freeze").details["hooks"][0]["error"] == "RuntimeError: stuck"
+    assert c.record.stage("freeze").details.hooks[0]["error"] == "RuntimeError: stuck"
 
 
 def test_failing_resume_is_recorded_and_the_rollback_goes_on(tmp_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_failing_resume_is_recorded_and_the_rollback_goes_on(tmp_path, monkeypat
     err, _ = upgrade(monkeypatch, c, (fake_snapshot_stage(),))
     assert isinstance(err, HookError)
     rb = c.record.stage("rollback")
-    assert rb.status == OK and "hook a resume: FAILED: RuntimeError: also no" in rb.details["done"]
+    assert rb.status == OK and "hook a resume: FAILED: RuntimeError: also no" in rb.details.done
     assert "hook a failed at resume: RuntimeError: also no" in c.record.warnings()
 
 
@@ -219,7 +219,7 @@ def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypat
     _, details = restore.run(c)
     assert c.asked == [("net",)]      # only the subsystems the hooks match (inside the downtime)
     assert seen == [("restore", {"mtu": 1400}), ("verify", {"mtu": 1400})]
-    assert [(r["hook"], r["point"], r["ok"]) for r in details["hooks"]] == [
+    assert [(r["hook"], r["point"], r["ok"]) for r in details.hooks] == [
         ("flaky", "restore", False), ("net", "restore", True), ("net", "verify", True)]
     assert (snap / restore.DONE).exists() and (snap / restore.VERIFIED).exists()
 
@@ -234,7 +234,7 @@ def test_restore_stage_collects_early_restore_results(tmp_path, monkeypatch):
     subprocess.run(["sh", str(snap / "hooks" / early.BUNDLE / early.RUNNER)], check=True, timeout=30)
     c = new_kernel(tmp_path, monkeypatch, [])
     _, details = restore.run(c)
-    assert [(r["hook"], r["point"], r["ok"], r["reply"]) for r in details["hooks"]] == [
+    assert [(r["hook"], r["point"], r["ok"], r["reply"]) for r in details.hooks] == [
         ("05-early", "early-restore", True, {"up": 1})]
     assert c.asked == []              # no hook left that matches devices: pyudev is not asked
 
@@ -264,7 +264,7 @@ def test_no_hook_state_and_none_installed_loads_nothing(tmp_path, monkeypatch):
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("U1", "6.1", KERNEL, (), {})))
     monkeypatch.setattr(hookload, "load_hooks", lambda d: pytest.fail("hooks loaded"))
     _, details = restore.run(context(tmp_path))
-    assert details["hooks"] == []
+    assert details.hooks == []
 
 
 def test_subsystems_to_enumerate():

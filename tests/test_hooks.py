@@ -14,9 +14,9 @@ from kupgrade.hooks import (
     blockers,
     call_executable,
     load_saved,
-    store_saved,
     parse_spec,
     run_point,
+    store_saved,
 )
 
 EXTRA = {"upgrade_id": "20250101T000000-abcdef", "kernel_from": "6.1.0", "kernel_to": "6.12.0"}

@@ -89,7 +89,7 @@ def test_recover_resumes_what_a_killed_run_left_stopped(tmp_path, monkeypatch):
         assert _state(p.pid) != "T"
         assert open(f"/proc/{p.pid}/oom_score_adj").read().strip() == before
         assert out.record.outcome == "aborted" and "resumed pid:" in out.record.stage("rollback").summary
-        assert "was interrupted; recovered by `kupgrade recover`" in out.record.stage("rollback").details["cause"]
+        assert "was interrupted; recovered by `kupgrade recover`" in out.record.stage("rollback").details.cause
         assert not (tmp_path / "j.json").exists()
         assert json.loads((tmp_path / "records" / "R3.json").read_text())["outcome"] == "aborted"
     finally:
@@ -115,7 +115,7 @@ def test_a_signal_rolls_back_like_a_failure(tmp_path, monkeypatch):
         with pytest.raises(inflight.Interrupted, match="interrupted by SIGTERM"):
             pipeline.upgrade(c, QuietUi(), pipeline.Gate(None, yes=True))
         assert _state(p.pid) != "T"
-        assert c.record.outcome == "aborted" and c.record.stage("rollback").details["cause"] == "interrupted by SIGTERM"
+        assert c.record.outcome == "aborted" and c.record.stage("rollback").details.cause == "interrupted by SIGTERM"
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN     # held while undoing
     finally:
         for s, h in old.items():

@@ -66,7 +66,7 @@ def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
         newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
     assert newkernel.discard(ctx(tmp_path), PlainUi(quiet=True))
     rec = record.load(tmp_path / "state", "U9")
-    assert rec.stages[-1].name == "discard" and rec.stages[-1].details["discarded"] == ["pid:100", "pid:200"]
+    assert rec.stages[-1].name == "discard" and rec.stages[-1].details.discarded == ["pid:100", "pid:200"]
     assert rec.outcome == record.RESTORE_FAILED and not snap.exists()
     assert not newkernel.discard(ctx(tmp_path), PlainUi(quiet=True))      # nothing pending any more
 
@@ -83,7 +83,7 @@ def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
         newkernel.restore_pending(c, PlainUi(quiet=True))
     assert tried == [B.key]
     rec = record.load(tmp_path / "state", "U9")
-    r = rec.stage("restore").details["workloads"][A.key]
+    r = rec.stage("restore").details.workloads[A.key]
     assert r["corrupt"] and "crc32 mismatch" in r["error"] and "the only copy is damaged" in r["error"]
     from dataclasses import replace
     m = replace(manifest.read(snap), back={"kernel": "6.1", "vmlinuz": str(snap / manifest.NAME),
@@ -135,7 +135,7 @@ def test_a_failing_health_check_restores_nothing_here(tmp_path, monkeypatch):
         restore.run(c)
     assert tried == [] and not (c.restore_dir / restore.VERIFIED).exists()
     c.config = replace(c.config, health_check="/bin/true")
-    assert restore.run(c)[1]["health_check"] == {"command": "/bin/true", "ok": True} and len(tried) == 2
+    assert restore.run(c)[1].health_check == {"command": "/bin/true", "ok": True} and len(tried) == 2
 
 
 def test_health_check_must_be_a_command_with_an_absolute_program():
@@ -160,7 +160,7 @@ def test_the_restore_warms_criu_and_loads_nf_tables_alongside_the_verification(t
                         {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
     details = restore.run(ctx(tmp_path))[1]
     assert did == ["criu", A.key, B.key]            # no TCP connection in this snapshot: no module
-    assert {"verify", "protect", "hooks", "warm_up", f"criu {A.key}", f"criu {B.key}"} <= set(details["seconds"])
+    assert {"verify", "protect", "hooks", "warm_up", f"criu {A.key}", f"criu {B.key}"} <= set(details.seconds)
     d = tmp_path / "run-kupgrade" / "images" / A.key
     d.mkdir(parents=True, exist_ok=True)
     tcp.write(d, [tcp.Sock("10.0.2.15", 7000, "10.0.2.2", 5555, "01", 77)])

@@ -123,7 +123,7 @@ def test_stopped_before_the_freeze_started_again_by_the_rollback(tmp_path, monke
     ctx = Context(Config(state_dir=str(tmp_path)), rec, journal=tmp_path / "j.json")
     summary, details = freeze.run(ctx)
     assert calls.argv == [["systemctl", "stop", "memcached.service"]]
-    assert details["stopped_services"] == ["memcached.service"] and summary.startswith("stopped 1 service(s)")
+    assert details.stopped_services == ["memcached.service"] and summary.startswith("stopped 1 service(s)")
     state = json.loads((tmp_path / "j.json").read_text())
     assert state["stopped_units"] == ["memcached.service"]
     assert "memcached.service stopped (to start fresh)" in inflight.describe(state)

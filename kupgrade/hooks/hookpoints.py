@@ -80,7 +80,7 @@ def extra(ctx: Context) -> dict:
     pre = ctx.record.stage("preflight")
     estimate = ctx.downtime_estimate_s
     if estimate is None and pre is not None:        # the new kernel: from the old kernel's record
-        estimate = pre.details.get("downtime_estimate_s")
+        estimate = pre.details.downtime_estimate_s
     return {"upgrade_id": ctx.record.id, "kernel_from": ctx.record.kernel_from or ctx.kernel_from,
             "kernel_to": ctx.target.version if ctx.target else ctx.record.kernel_to,
             "downtime_estimate_s": estimate,

@@ -172,10 +172,10 @@ def _measured(rec: UpgradeRecord) -> dict[str, tuple[float, float]]:
     snap, kx, ex, rs = (rec.stage(n) for n in ("snapshot", "kexec", "exec", "restore"))
     if rec.outcome not in (RESTORED, REHEARSED) or snap is None or rs is None:
         return {}
-    size = snap.details.get("snapshot_bytes", 0)
+    size = snap.details.snapshot_bytes or 0
     out = {"dump": (size, snap.duration_s), "restore": (size, rs.duration_s)}
-    if kx is not None and not kx.details.get("loaded_before_freeze"):
-        out["load"] = (kx.details.get("initrd_bytes", 0), kx.duration_s)
+    if kx is not None and not kx.details.loaded_before_freeze:
+        out["load"] = (kx.details.initrd_bytes or 0, kx.duration_s)
     if rec.outcome == RESTORED and ex is not None and rs.started > ex.started:
         out["switch"] = (size, rs.started - ex.started)
     return {k: v for k, v in out.items() if min(v) > 0}
@@ -241,7 +241,7 @@ def rates_from(records: list[UpgradeRecord], first: Rates = DEFAULTS, transport:
 def transport_of(rec: UpgradeRecord) -> str:
     """How that upgrade's snapshot crossed (records older than the transports: the initrd)."""
     snap = rec.stage("snapshot")
-    return (snap.details.get("transport") if snap else None) or "initrd"
+    return (snap.details.transport if snap else None) or "initrd"
 
 
 def downtime(snapshot_bytes: int, initrd_bytes: int, r: Rates, transport: str = "initrd") -> tuple[float, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kupgrade.output import record, timeline
 from kupgrade.output.record import UpgradeRecord
+from kupgrade.output.results import Preflight
 from kupgrade.switch import commit
 
 
@@ -70,15 +71,15 @@ def upgrade(rec: UpgradeRecord) -> str:
 def check(rec: UpgradeRecord) -> str:
     """The last check: can this host be upgraded live now, and what stands in the way."""
     pre = rec.stage("preflight")
-    details = pre.details if pre else {}
-    blockers = details.get("blockers", [])
+    details = pre.details if pre else Preflight()
+    blockers = details.blockers or []
     ok = rec.outcome == record.CHECKED and not blockers
     lines = _metric("kupgrade_upgradable", "1 if the last `kupgrade check` found no blocker.", [("", 1 if ok else 0)])
     lines += _metric("kupgrade_check_blockers", "Blockers the last check found.", [("", len(blockers))])
     lines += _metric("kupgrade_check_timestamp_seconds", "When the last check ran (Unix time).", [("", rec.created)])
     lines += _metric("kupgrade_check_info", "The last check: running and target kernel.",
                      [(_labels(kernel_from=rec.kernel_from, kernel_to=rec.kernel_to or ""), 1)])
-    if (est := details.get("downtime_estimate_s")) is not None:
+    if (est := details.downtime_estimate_s) is not None:
         lines += _metric("kupgrade_check_downtime_estimate_seconds", "The last check's downtime estimate.",
                          [("", est)])
     return "\n".join(lines) + "\n"

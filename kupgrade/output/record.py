@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kupgrade.output import results
 from kupgrade.system.run import CommandLog
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -54,14 +55,17 @@ class StageResult:
     started: float                  # wall clock (time.time()), comparable across kernels roughly
     duration_s: float
     summary: str = ""               # one line for humans
-    details: dict = field(default_factory=dict)
+    details: results.Details = field(default_factory=results.Details)    # the stage's own type (results.py)
     error: str = ""
     hint: str = ""
+
+    def __post_init__(self) -> None:      # given as JSON (a failed stage's error carries a dict): typed
+        object.__setattr__(self, "details", results.of(self.name, self.details))
 
     def to_json(self) -> dict:
         return {"name": self.name, "status": self.status, "started": self.started,
                 "duration_s": round(self.duration_s, 4), "summary": self.summary,
-                "details": self.details, "error": self.error, "hint": self.hint}
+                "details": self.details.to_json(), "error": self.error, "hint": self.hint}
 
     @classmethod
     def from_json(cls, d: dict) -> "StageResult":
@@ -185,9 +189,9 @@ class UpgradeRecord:
         for s in self.stages:
             if s.status == FAILED:
                 out.append(f"{s.name} failed: {s.error}" + (f" ({s.hint})" if s.hint else ""))
-            for problem in s.details.get("problems", []):
+            for problem in getattr(s.details, "problems", None) or []:     # the rollback's
                 out.append(f"{s.name}: {problem}")
-            for r in s.details.get("hooks", []):      # a failing hook the stage went on after
+            for r in getattr(s.details, "hooks", None) or []:      # a failing hook the stage went on after
                 if not r["ok"] and not (s.status == FAILED and r["error"] in s.error):
                     out.append(f"hook {r['hook']} failed at {r['point']}: {r['error']}")
         for f in self.fresh:
@@ -195,11 +199,11 @@ class UpgradeRecord:
                 out.append(f"{f.unit} started fresh because {f.reason}: `kupgrade check` did not predict it (a bug "
                            "in check: please report it with the criu log)")
         results = {k: r for s in self.stages if s.name in ("restore", "restore-unit")
-                   for k, r in s.details.get("workloads", {}).items()}
+                   for k, r in (s.details.workloads or {}).items()}
         for key, r in results.items():
             if r.get("ok") and not r.get("same_pid"):
                 out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
-        switched = next((s.details["boot_id"] for s in reversed(self.stages) if s.details.get("boot_id")), "")
+        switched = next((s.details.boot_id for s in reversed(self.stages) if getattr(s.details, "boot_id", None)), "")
         if self.outcome in (KEXECED, ROLLING_BACK) and not pending and switched and boot_id and boot_id != switched:
             out.append("no restore was recorded for this switch and this boot has no snapshot: the machine was "
                        "reset after the switch (power loss, a crash, a watchdog) before the restore, or the boot "

@@ -39,7 +39,7 @@ def downtime(rec: UpgradeRecord) -> float | None:
     ends = [s.started + s.duration_s for s in rec.stages if s.name in ("restore", "restore-unit", "commit")]
     if not ends or snap is None:
         return None
-    froze = frz is not None and frz.details.get("frozen_cgroups")
+    froze = frz is not None and frz.details.frozen_cgroups
     start = frz.started if froze else snap.started
     return round(max(ends) - start, 1)
 

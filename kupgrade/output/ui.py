@@ -9,6 +9,7 @@ import sys
 import time
 
 from kupgrade.errors import KupgradeError
+from kupgrade.output import results
 from kupgrade.output.record import FAILED, OK, SKIPPED, StageResult, UpgradeRecord
 
 SESSION_ENDS = ("This session ends with the old kernel: the workloads come back by themselves in the new "
@@ -56,12 +57,14 @@ class PlainUi:
     def blocker(self, b: dict, mark: str = "✗") -> str:
         return f"{mark} {self.esc(b['message'])}" + (f"\n    fix: {self.esc(b['hint'])}" if b.get("hint") else "")
 
-    def services(self, details: dict) -> None:
+    def services(self, details: results.Details) -> None:
         """What happens to each running service (preflight with workloads.all_services)."""
+        if not isinstance(details, results.Preflight):
+            return
         from kupgrade.userspace.selection import lines
-        for line in lines(details.get("services", [])):
+        for line in lines(details.services or []):
             self.print("  " + self.esc(line))
-        for note in details.get("notes", []):
+        for note in details.notes or []:
             self.print("  note: " + self.esc(note))
 
     def stage_end(self, r: StageResult) -> None:
@@ -70,7 +73,7 @@ class PlainUi:
             line += f": {self.esc(r.summary)}"
         self.print(line)
         self.services(r.details)
-        blockers = r.details.get("blockers", [])
+        blockers = blockers_of(r)
         if r.error and not blockers:
             self.print(f"  {self.esc(r.error)}")
         for b in blockers:
@@ -177,14 +180,14 @@ class Ui(PlainUi):
             chart.add_row(e(label), f"[{'red' if status == FAILED else 'cyan'}]{bar}[/]", f"{secs:.1f} s")
         self.print(chart)
         pre = rec.stage("preflight")
-        est = f", estimated {pre.details['downtime_estimate_s']} s" if pre and "downtime_estimate_s" in pre.details else ""
+        est = f", estimated {pre.details.downtime_estimate_s} s" if pre and pre.details.downtime_estimate_s is not None else ""
         if (d := timeline.downtime(rec)) is not None:
             clocks = "this kernel's clock" if rec.stage("exec") is None else "wall clocks of both kernels, ±1 s"
             self.print(f"[bold]workloads paused for about {d} s[/] (freeze → restored, {clocks}{e(est)})")
         restored: dict[str, dict] = {}
         for s in rec.stages:
             if s.name in ("restore", "restore-unit"):
-                restored.update({k: v for k, v in s.details.get("workloads", {}).items()
+                restored.update({k: v for k, v in (s.details.workloads or {}).items()
                                  if v.get("ok") is not None or k not in restored})
         for w in rec.workloads:
             r = restored.get(w.key)
@@ -211,10 +214,15 @@ class Ui(PlainUi):
             self.print(f"[yellow]warning:[/] {e(warning)}")
 
 
+def blockers_of(r: StageResult) -> list[dict]:
+    """The blockers a stage found (preflight's; JSON)."""
+    return (r.details.blockers or []) if isinstance(r.details, results.Preflight) else []
+
+
 def hook_rows(rec: UpgradeRecord) -> list[tuple[str, str, bool, float, str]]:
     """(hook, point, ok, seconds, error) of every hook call the record's stages made, in order."""
     return [(r["hook"], r["point"], r["ok"], r["seconds"], r.get("error", ""))
-            for s in rec.stages for r in s.details.get("hooks", [])]
+            for s in rec.stages for r in getattr(s.details, "hooks", None) or []]
 
 
 def _read_line(fd: int, timeout: float) -> tuple[bool, str]:
@@ -247,13 +255,13 @@ def go_no_go_lines(ctx, now: float | None = None) -> list[str]:
     if paused_since is not None:
         out.append(f"  paused for {now - paused_since.started:.1f} s so far")
     if snap is not None and snap.status == OK:
-        out.append(f"  snapshot {snap.details.get('snapshot_bytes', 0) >> 20} MiB, "
-                   f"packed initrd {snap.details.get('total_bytes', 0) >> 20} MiB")
+        out.append(f"  snapshot {(snap.details.snapshot_bytes or 0) >> 20} MiB, "
+                   f"packed initrd {(snap.details.total_bytes or 0) >> 20} MiB")
     if kx is not None and kx.status == OK:
-        out.append(f"  {rec.kernel_to} is loaded ({kx.details.get('method')} load)")
+        out.append(f"  {rec.kernel_to} is loaded ({kx.details.method} load)")
     if pre is not None:
-        out.append(f"  estimated pause in total: {pre.details.get('downtime_estimate_s')} s "
-                   f"({pre.details.get('downtime_basis')})")
+        out.append(f"  estimated pause in total: {pre.details.downtime_estimate_s} s "
+                   f"({pre.details.downtime_basis})")
     if ctx.rehearsal:
         out.append("  next: the original tasks are ended and restored from the snapshot on this kernel")
     else:
@@ -295,7 +303,7 @@ class LiveUi(Ui):
         row = self.rows.setdefault(r.name, {})
         row.update(state=r.status, seconds=r.duration_s, summary=r.error or r.summary, bar=None)
         self.services(r.details)
-        blockers = r.details.get("blockers", [])
+        blockers = blockers_of(r)
         for b in blockers:
             self.print("  " + self.blocker(b, "[red]✗[/]"))
         if r.status == FAILED and r.error and not blockers:

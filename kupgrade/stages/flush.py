@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kupgrade.context import Context
 from kupgrade.output.progress import watch
+from kupgrade.output.results import Flush
 
 NAME = "flush"
 SKIPPABLE = ("skipping it moves the write-back into `kexec --exec`'s final sync, "
@@ -40,6 +41,6 @@ def writeback(ctx: Context) -> dict:
     return {"before": before, "after": dirty_bytes(), "sync_s": round(time.monotonic() - start, 4)}
 
 
-def run(ctx: Context) -> tuple[str, dict]:
-    details = writeback(ctx)
-    return f"synced {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s", details
+def run(ctx: Context) -> tuple[str, Flush]:
+    details = Flush(**writeback(ctx))
+    return f"synced {details.before.get('dirty_bytes', 0) >> 10} KiB dirty in {details.sync_s:.2f} s", details

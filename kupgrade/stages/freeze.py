@@ -16,6 +16,7 @@ from kupgrade.context import Context
 from kupgrade.errors import HookError, StageError
 from kupgrade.hooks import hookpoints
 from kupgrade.output.record import DUMP_FAILED, Fresh
+from kupgrade.output.results import Freeze
 from kupgrade.userspace import selection, systemd, workloads
 from kupgrade.userspace.workloads import CGROUP_ROOT
 
@@ -103,7 +104,7 @@ def start_fresh(ctx: Context) -> list[str]:
     return [f"started {', '.join(units)} again"]
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Freeze]:
     stopped = stop_fresh(ctx)
     took = {}
     for w in ctx.workloads:
@@ -114,15 +115,15 @@ def run(ctx: Context) -> tuple[str, dict]:
     _check_frozen_trees(ctx, took)
     seized = [w.selector for w in ctx.workloads if not w.frozen]
     summary = f"froze {len(took)} cgroup(s)" + (f"; {len(seized)} tree(s) left to criu's seize" if seized else "")
-    details = {"frozen_cgroups": took, "criu_seizes": seized, **stopped}
+    details = Freeze(frozen_cgroups=took, criu_seizes=seized, **stopped)
     if stopped:
-        summary = f"stopped {len(stopped['stopped_services'])} service(s) that start fresh; " + summary
+        summary = f"stopped {len(details.stopped_services)} service(s) that start fresh; " + summary
     try:
-        details["hooks"] = hookpoints.call(ctx, "quiesce")     # the devices stop changing too
+        details = replace(details, hooks=hookpoints.call(ctx, "quiesce"))     # the devices stop changing too
     except HookError as e:
-        raise e.in_stage(details) from e
-    if details["hooks"]:
-        summary += f"; {len(details['hooks'])} device hook(s) quiesced"
+        raise e.in_stage(details.to_json()) from e
+    if details.hooks:
+        summary += f"; {len(details.hooks)} device hook(s) quiesced"
     return summary, details
 
 

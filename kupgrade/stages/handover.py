@@ -17,6 +17,7 @@ import time
 
 from kupgrade.context import Context
 from kupgrade.errors import RestoreError
+from kupgrade.output.results import Handover
 from kupgrade.stages import freeze
 from kupgrade.stages import kexec as kexec_stage
 from kupgrade.stages.snapshot import combined_path
@@ -41,7 +42,7 @@ def _taken(pids: list[int]) -> list[int]:
     return [p for p in pids if os.path.exists(f"/proc/{p}")]
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Handover]:
     unloaded = kexec_stage.unload(ctx)
     dest = ctx.restore_dir
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -69,8 +70,7 @@ def run(ctx: Context) -> tuple[str, dict]:
                            f"the snapshot is kept in {dest}; once the PIDs are free: "
                            f"criu restore -D {dest}/images/TREE --restore-detached")
     return (f"unpacked {files} file(s) in {unpack_s:.2f} s; ended {len(pids)} original task(s)",
-            {"unpacked_files": files, "unpack_s": round(unpack_s, 4), "ended_pids": pids,
-             "done": unloaded + thawed})
+            Handover(unpacked_files=files, unpack_s=round(unpack_s, 4), ended_pids=pids, done=unloaded + thawed))
 
 
 def _unpack(ctx: Context, dest) -> int:
@@ -80,9 +80,9 @@ def _unpack(ctx: Context, dest) -> int:
     ctx.unpacked = True         # before the mount: an interruption right after it is undone too
     ctx.note()
     # as in the new kernel's initramfs: a tmpfs of its own (a tmpfs /run is limited in size)
-    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={restore_tmpfs_kib(sizes['snapshot_bytes'])}k,"
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"mode=0700,size={restore_tmpfs_kib(sizes.snapshot_bytes)}k,"
              "nosuid,nodev,noexec", "kupgrade-restore", str(dest)], timeout=30)
-    files = initrd.extract(snap, sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    files = initrd.extract(snap, sizes.target_initrd_bytes + sizes.padding_bytes, dest)
     snap.unlink()
     return files
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from kupgrade import faults, inflight
 from kupgrade.context import Context
 from kupgrade.output import record
+from kupgrade.output.results import Exec, Kexec
 from kupgrade.stages.snapshot import combined_path
 from kupgrade.switch import contract
 from kupgrade.system import fsfreeze, oom
@@ -85,32 +86,32 @@ def pid_bound(ctx: Context, exact: bool, sysctl: Path = Path("/proc/sys/kernel")
     return bound if bound + PID_HEADROOM < most else top
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Kexec]:
     early = ctx.record.stage("prepare")
-    loaded = early.details.get("kexec_load") if early and ctx.kexec_loaded else None
+    loaded = early.details.kexec_load if early and ctx.kexec_loaded else None
     again = ""
     if loaded and (kx.max_pid_word(loaded["cmdline"]) or 0) < (top := pid_bound(ctx, exact=True)):
         loaded, again = None, (f"loaded again: the snapshot has PID {top}, above the kupgrade.maxpid= "
                                "it was loaded with before the freeze")
-    details = {**(loaded or load(ctx)), "loaded_before_freeze": bool(loaded), **({"reloaded": again} if again else {})}
+    details = Kexec(**(loaded or load(ctx)), loaded_before_freeze=bool(loaded), reloaded=again or None)
     freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
     if ctx.region:      # frozen last: the file system in the region is consistent for the new kernel
         freeze.append(str(ctx.snapshot_dir))
     return (f"{'loaded before the freeze' if loaded else 'loaded'}: {ctx.target.version} ({ctx.method.name} load) "
-            f"with a {details['initrd_bytes'] >> 20} MiB initrd", {**details, "freeze": freeze})
+            f"with a {details.initrd_bytes >> 20} MiB initrd", replace(details, freeze=freeze))
 
 
 def execute(ctx: Context) -> None:
     """Save the record for the new kernel, sync, and switch. Returns only if kexec failed."""
     inflight.hold_signals()     # from here on nothing may race `kexec --exec`
     mark = record.StageResult("exec", record.OK, time.time(), 0.0, "kexec --exec: the point of no return",
-                              {"boot_id": kx.boot_id()})
+                              Exec(boot_id=kx.boot_id()))
     ctx.record = replace(ctx.record.with_stage(mark), outcome=record.KEXECED, commands=tuple(COMMAND_LOG))
     record.save(ctx.record, ctx.state_dir)
     os.sync()
     loaded = ctx.record.stage(NAME)
     binary = "false" if faults.active("exec") else program(kx.KEXEC)      # the test fault: the kernel does not switch
-    run_cmd(fsfreeze.exec_argv(binary, loaded.details.get("freeze", []) if loaded else []), timeout=120)
+    run_cmd(fsfreeze.exec_argv(binary, (loaded.details.freeze or []) if loaded else []), timeout=120)
 
 
 def unload(ctx: Context) -> list[str]:

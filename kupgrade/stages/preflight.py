@@ -13,6 +13,7 @@ from kupgrade.errors import BlockedError, CommandError, ConfigError, HookError
 from kupgrade.hooks import coverage, hookpoints
 from kupgrade.output import estimate, record
 from kupgrade.output.record import Blocker
+from kupgrade.output.results import Preflight
 from kupgrade.stages import prepare, snapshot
 from kupgrade.switch import boot, bootpids, contract, manifest, pmem
 from kupgrade.system import criu, kexec
@@ -104,7 +105,7 @@ def _basics(ctx: Context) -> list[Blocker]:
     return blockers
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Preflight]:
     cfg = ctx.config
     blockers = _basics(ctx)
     t = ctx.target
@@ -132,20 +133,19 @@ def run(ctx: Context) -> tuple[str, dict]:
     ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
     ctx.back = _way_back(ctx, blockers)
     hooks_done, hook_error = _hooks(ctx, blockers)
-    details = {"target": {"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
-               "kexec_method": ctx.method.name, "kexec_method_why": ctx.method.why, "lockdown": lockdown,
-               "transport": transport, "pre_dump_iterations": ctx.pre_dumps,
-               "snapshot_estimate_bytes": est, "workload_bytes": per_tree, "mem_available_bytes": avail,
-               "downtime_estimate_s": downtime, "downtime_basis": basis, **({"machine": machine} if machine else {}),
-               "blockers": [b.to_json() for b in blockers], "hooks": hooks_done,
-               "hooks_loaded": [h.name for h in ctx.hooks or []], "hooks_skipped": ctx.hooks_skipped,
-               "devices": len(ctx.devices), "tcp": conns, "criu": ctx.criu, "way_back": ctx.back, "boot_pids": boot_pids,
-               **({"services": services} if services else {}),
-               **({"notes": [note]} if (note := workloads.own_terminal(ctx.workloads)) else {})}
+    details = Preflight(target={"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
+                        kexec_method=ctx.method.name, kexec_method_why=ctx.method.why, lockdown=lockdown,
+                        transport=transport, pre_dump_iterations=ctx.pre_dumps, snapshot_estimate_bytes=est,
+                        workload_bytes=per_tree, mem_available_bytes=avail, downtime_estimate_s=downtime,
+                        downtime_basis=basis, machine=machine or None, blockers=[b.to_json() for b in blockers],
+                        hooks=hooks_done, hooks_loaded=[h.name for h in ctx.hooks or []],
+                        hooks_skipped=ctx.hooks_skipped, devices=len(ctx.devices), tcp=conns, criu=ctx.criu,
+                        way_back=ctx.back, boot_pids=boot_pids, services=services or None,
+                        notes=[note] if (note := workloads.own_terminal(ctx.workloads)) else None)
     if hook_error is not None:
-        raise hook_error.in_stage(details) from hook_error
+        raise hook_error.in_stage(details.to_json()) from hook_error
     if blockers:
-        raise BlockedError(blockers, details=details)
+        raise BlockedError(blockers, details=details.to_json())
     fresh = sum(1 for f in ctx.record.fresh if f.stop)
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot"
             + (f", {fresh} service(s) start fresh" if fresh else "")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 
 from kupgrade import faults, inflight
 from kupgrade.context import Context
 from kupgrade.errors import CommandError
 from kupgrade.output.progress import tree_bytes
+from kupgrade.output.results import Prepare
 from kupgrade.stages import kexec as kexec_stage
 from kupgrade.stages import snapshot
 from kupgrade.stages.flush import writeback
@@ -51,17 +53,17 @@ def plan(ctx: Context) -> list[str]:
     return out
 
 
-def run(ctx: Context) -> tuple[str, dict]:
-    details = writeback(ctx)
+def run(ctx: Context) -> tuple[str, Prepare]:
+    details = Prepare(**writeback(ctx))
     faults.point("prepare", "prepare failed")
-    summary = (f"pre-flushed {details['before'].get('dirty_bytes', 0) >> 10} KiB dirty in {details['sync_s']:.2f} s "
+    summary = (f"pre-flushed {details.before.get('dirty_bytes', 0) >> 10} KiB dirty in {details.sync_s:.2f} s "
                "while the workloads ran")
     if ctx.region:      # nothing of the snapshot is in the initrd: the kernel is loaded outside the pause
-        details["kexec_load"] = kexec_stage.load(ctx)
+        details = replace(details, kexec_load=kexec_stage.load(ctx))
         summary += f"; loaded {ctx.target.version} for kexec"
     if ctx.pre_dumps:
-        details["pre_dump"] = pre_dump(ctx, ctx.pre_dumps)
-        copied = sum(it["bytes"] for t in details["pre_dump"]["trees"].values() for it in t["iterations"])
+        details = replace(details, pre_dump=pre_dump(ctx, ctx.pre_dumps))
+        copied = sum(it["bytes"] for t in details.pre_dump["trees"].values() for it in t["iterations"])
         summary += f"; pre-dumped {copied >> 20} MiB of memory"
     return summary, details
 

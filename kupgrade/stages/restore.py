@@ -19,6 +19,7 @@ from kupgrade import faults
 from kupgrade.context import Context
 from kupgrade.errors import CommandError, KupgradeError, RestoreError
 from kupgrade.hooks import early, hookpoints
+from kupgrade.output.results import Restore
 from kupgrade.output.timeline import Laps
 from kupgrade.switch import commit, contract, manifest, pmem, prewarm, switchback
 from kupgrade.system import criu
@@ -269,7 +270,7 @@ def _warm_up(snap: Path, laps: Laps) -> threading.Thread:
     return t
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Restore]:
     """Verify the snapshot, restore the trees that are not systemd units; units are restored by
     their own start (see kupgrade/userspace/systemd.py), after this. A retry (`kupgrade restore --retry`)
     restores what an earlier attempt did not, without running the device hooks again."""
@@ -311,7 +312,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     units = sum(1 for w in m.workloads if w.unit)
     return (f"restored {len(results) - units} workload(s) from snapshot {m.id}"
             + (f"; {units} unit(s) restore when systemd starts them" if units else "")
-            + ("; all stay stopped until the last is back" if hold and units else "")), details
+            + ("; all stay stopped until the last is back" if hold and units else "")), Restore(**details)
 
 
 def _one(ctx: Context, snap: Path, w, corrupt: dict[str, str], hold: bool, laps: Laps) -> dict:

@@ -19,6 +19,7 @@ from kupgrade.context import Context
 from kupgrade.errors import CommandError, HookError, StageError
 from kupgrade.hooks import HOOKS_SUBDIR, early, hookpoints
 from kupgrade.output.progress import file_bytes, tree_bytes, watch
+from kupgrade.output.results import Snapshot
 from kupgrade.stages import freeze
 from kupgrade.switch import contract, initrd, manifest, packing, pmem, prewarm
 from kupgrade.system import criu, oom
@@ -65,7 +66,7 @@ def plan(ctx: Context) -> list[str]:
     else:
         out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
     pre = ctx.record.stage("preflight")
-    sizes = pre.details.get("workload_bytes", {}) if pre else {}
+    sizes = (pre.details.workload_bytes or {}) if pre else {}
     for w in ctx.workloads or []:
         mib = f", ~{sizes[w.key] >> 20} MiB" if w.key in sizes else ""
         out.append(f"criu dump --tree {w.root_pid} ({w.selector}, {w.name}, {len(w.pids)} task(s){mib}) --leave-stopped")
@@ -120,7 +121,7 @@ def unmount(ctx: Context) -> list[str]:
     return done or [f"unmounted {ctx.snapshot_dir}"]
 
 
-def run(ctx: Context) -> tuple[str, dict]:
+def run(ctx: Context) -> tuple[str, Snapshot]:
     size = mount(ctx)
     t0 = time.monotonic()
     images_root(ctx).mkdir(parents=True, mode=0o700, exist_ok=True)
@@ -165,9 +166,9 @@ def run(ctx: Context) -> tuple[str, dict]:
     where = (f"in the {size}" if ctx.region else
              f"packed with the target initrd into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)")
     return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, {where}",
-            {"tmpfs_size": size, "dumps": dumps, "snapshot_bytes": m.total_bytes, "files": len(m.files),
-             "dump_s": round(dump_s, 4), "pack_s": round(pack_s, 4), "hooks": hooks_done,
-             "early_restore": hook_notes, **sizes})
+            Snapshot(tmpfs_size=size, dumps=dumps, snapshot_bytes=m.total_bytes, files=len(m.files),
+                     dump_s=round(dump_s, 4), pack_s=round(pack_s, 4), hooks=hooks_done, early_restore=hook_notes,
+                     **sizes))
 
 
 def _pack(ctx: Context, make, warm: bytes) -> tuple[manifest.Manifest, dict]:

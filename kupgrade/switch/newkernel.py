@@ -18,6 +18,7 @@ from kupgrade.context import Context
 from kupgrade.errors import KupgradeError, RestoreError, explain
 from kupgrade.output import estimate, logfile, record
 from kupgrade.output.record import FAILED, OK, StageResult
+from kupgrade.output.results import Commit, Discard, RestoreUnit
 from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore as restore_stage
 from kupgrade.steps import execute_stage, finish, new_record, os_problem
@@ -87,7 +88,7 @@ def _failed(ctx: Context, m, cause: KupgradeError, ui) -> None:
             why_not = f"the way back failed: {e.message}"
     last = ctx.record.stages[-1]
     ctx.record = replace(ctx.record, stages=ctx.record.stages[:-1] + (
-        replace(last, details={**last.details, "no_rollback": why_not}),))
+        replace(last, details=last.details.plus(no_rollback=why_not)),))
     _resume(ctx, m, f"no way back ({why_not})")
     finish(ctx, record.RESTORE_FAILED)
 
@@ -104,7 +105,7 @@ def _resume(ctx: Context, m, why: str) -> None:
     commit.release_failed(ctx.restore_dir, m, [k for k, r in commit.results(tried).items() if r.get("ok") is False])
     ctx.record = ctx.record.with_stage(StageResult(
         commit.STAGE, OK, started, time.monotonic() - t0,
-        f"continued {len(keys)} workload(s) restored in this kernel: {why}", {commit.STAGE: done}))
+        f"continued {len(keys)} workload(s) restored in this kernel: {why}", Commit(commit=done)))
 
 
 def restore_pending(ctx: Context, ui, retry: bool = False) -> bool:
@@ -156,7 +157,7 @@ def discard(ctx: Context, ui) -> bool:
         started = time.time()
         ctx.record = ctx.record.with_stage(StageResult(
             "discard", OK, started, 0.0, f"gave up {len(given_up)} workload(s) at the admin's request",
-            {"discarded": [w.selector for w in given_up], "restored": sorted(done)}))
+            Discard(discarded=[w.selector for w in given_up], restored=sorted(done))))
         restore_stage.clear(snap)
         finish(ctx, record.RESTORED if not given_up else record.RESTORE_FAILED)
     ui.print(f"kupgrade: discarded {', '.join(w.selector for w in given_up) or 'nothing'}; snapshot {m.id} removed")
@@ -195,7 +196,7 @@ def restore_unit(ctx: Context, unit: str, ui) -> None:
         res = StageResult("restore-unit", OK if result["ok"] else FAILED, started, time.monotonic() - t0,
                           f"restored {unit} (main PID {result.get('root_pid')})"
                           + (", stopped until all are back" if hold else "") if result["ok"] else "",
-                          {"unit": unit, "workloads": {w.key: result}, "criu_logs": logs},
+                          RestoreUnit(unit=unit, workloads={w.key: result}, criu_logs=logs),
                           "" if result["ok"] else result["error"])
         ctx.record = ctx.record.with_stage(res)
         outcome = _outcome(ctx.record, m)
@@ -238,13 +239,13 @@ def commit_pending(ctx: Context, ui) -> bool:
             health = restore_stage.health_check(ctx, m)
         except RestoreError as cause:
             ctx.record = ctx.record.with_stage(StageResult(commit.STAGE, FAILED, started, time.monotonic() - t0,
-                                                           "", {"failed": failed, "held": keys}, cause.message))
+                                                           "", Commit(failed=failed, held=keys), cause.message))
             _failed(ctx, m, cause, ui)
             raise
         done = commit.resume(snap, m, keys)
         ctx.record = ctx.record.with_stage(StageResult(
             commit.STAGE, OK, started, time.monotonic() - t0,
-            f"continued {len(keys)} workload(s) together, all restored", {commit.STAGE: done, "health_check": health}))
+            f"continued {len(keys)} workload(s) together, all restored", Commit(commit=done, health_check=health)))
         restore_stage.mark_restored(snap)
         finish(ctx, _outcome(ctx.record, m))
     _release(snap)

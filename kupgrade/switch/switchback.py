@@ -22,6 +22,7 @@ from kupgrade.errors import KupgradeError
 from kupgrade.hooks import HOOKS_SUBDIR
 from kupgrade.output import record
 from kupgrade.output.record import OK, StageResult
+from kupgrade.output.results import SwitchBack
 from kupgrade.switch import commit, contract, initrd, manifest, packing, pmem
 from kupgrade.system import fsfreeze, kexec
 from kupgrade.system.run import COMMAND_LOG, program, run
@@ -41,7 +42,7 @@ def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = F
     tried = attempts(rec)
     if running := sorted(commit.continued(tried)):
         return f"{', '.join(running)} already run on in this kernel: their snapshot is stale"
-    if earlier := next((s.details["no_rollback"] for s in tried if s.details.get("no_rollback")), ""):
+    if earlier := next((s.details.no_rollback for s in tried if s.details.no_rollback), ""):
         return earlier                  # answered once in this kernel already (the way back failed)
     if corrupt := sorted(k for k, r in commit.results(tried).items() if r.get("corrupt")):
         return f"the images of {', '.join(corrupt)} are damaged: the old kernel has no better copy"
@@ -122,8 +123,8 @@ def _switch(ctx, m: manifest.Manifest, cause: KupgradeError, work: Path | None, 
     snap, back = ctx.restore_dir, m.back
     note = StageResult("switch-back", OK, started, 0.0,
                        f"the restore failed in {m.kernel_to} ({cause.message}); back to {back['kernel']} "
-                       "with the same snapshot", {"cause": cause.message, "kernel": back["kernel"],
-                                                  "boot_id": kexec.boot_id()})
+                       "with the same snapshot", SwitchBack(cause=cause.message, kernel=back["kernel"],
+                                                      boot_id=kexec.boot_id()))
     if work is None:
         sent, packed = _seal(snap, m, ctx.record.with_stage(note)), Path(back["initrd"])
     else:
@@ -136,8 +137,8 @@ def _switch(ctx, m: manifest.Manifest, cause: KupgradeError, work: Path | None, 
     if work is not None:
         packed.unlink()
     note = replace(note, duration_s=time.monotonic() - t0,
-                   details={**note.details, "snapshot_bytes": sent.total_bytes, "cmdline": cmdline,
-                            "transport": "initrd" if work else "pmem"})
+                   details=replace(note.details, snapshot_bytes=sent.total_bytes, cmdline=cmdline,
+                                   transport="initrd" if work else "pmem"))
     ctx.record = replace(ctx.record.with_stage(note), outcome=record.ROLLING_BACK,
                          commands=ctx.record.commands + tuple(COMMAND_LOG))
     COMMAND_LOG.clear()

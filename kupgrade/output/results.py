@@ -1,0 +1,219 @@
+"""What each stage reports: one frozen dataclass per stage (and per step the pipeline records
+beside the stages: exec, rollback, the new kernel's restore-unit, commit, switch-back, ...).
+
+A stage returns its summary and one of these; the record stores it (`StageResult.details`) as a
+JSON object with the same keys, and every reader (the next stage, the TUI, `--json`, the report,
+the estimate, the benchmark) reads it by attribute. A field left None is not in the JSON: the
+record's JSON is the one earlier versions wrote, and an earlier record reads back.
+
+Keys a class does not name (a failed stage's error may carry others, a newer kupgrade may write
+more) are kept in `extra` and written back, so that reading and saving a record loses nothing.
+Nested values stay JSON (dicts and lists): they are written and read in one module each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass(frozen=True)
+class Details:
+    """The base, and the type of a step no class below names: everything in `extra`."""
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Details":
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+    def plus(self, **more) -> "Details":
+        """A copy with these keys set (a key the class does not name goes to `extra`)."""
+        names = {f.name for f in fields(self)} - {"extra"}
+        return replace(self, **{k: v for k, v in more.items() if k in names},
+                       extra={**self.extra, **{k: v for k, v in more.items() if k not in names}})
+
+
+@dataclass(frozen=True)
+class Preflight(Details):
+    target: dict | None = None                  # version, vmlinuz, initrd
+    kexec_method: str | None = None
+    kexec_method_why: str | None = None
+    lockdown: str | None = None
+    transport: dict | None = None               # name, why
+    pre_dump_iterations: int | None = None
+    snapshot_estimate_bytes: int | None = None
+    workload_bytes: dict | None = None          # tree key -> bytes
+    mem_available_bytes: int | None = None
+    downtime_estimate_s: float | None = None
+    downtime_basis: str | None = None
+    machine: dict | None = None                 # what the machine measured of itself (no record yet)
+    blockers: list | None = None                # Blocker.to_json()
+    hooks: list | None = None                   # HookResult.to_json()
+    hooks_loaded: list | None = None
+    hooks_skipped: list | None = None
+    devices: int | None = None
+    tcp: dict | None = None                     # tree key -> its connections
+    criu: dict | None = None                    # program, version
+    way_back: dict | None = None                # the old kernel's files and command line ({}: none)
+    boot_pids: dict | None = None               # bootpids.py
+    services: list | None = None                # each service's fate (selection.py)
+    notes: list | None = None
+
+
+@dataclass(frozen=True)
+class Writeback(Details):
+    """flush, and the first part of prepare: sync(2) with the dirty bytes before and after."""
+    before: dict | None = None
+    after: dict | None = None
+    sync_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Prepare(Writeback):
+    kexec_load: dict | None = None              # the target loaded before the freeze (KexecLoad's keys)
+    pre_dump: dict | None = None                # trees -> iterations
+
+
+@dataclass(frozen=True)
+class Flush(Writeback):
+    pass
+
+
+@dataclass(frozen=True)
+class Freeze(Details):
+    frozen_cgroups: dict | None = None          # cgroup -> seconds to freeze
+    criu_seizes: list | None = None
+    stopped_services: list | None = None        # stopped to start fresh
+    stop_s: float | None = None
+    hooks: list | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot(Details):
+    tmpfs_size: str | None = None
+    dumps: dict | None = None                   # tree key -> selector, bytes, files, dump_s, tcp
+    snapshot_bytes: int | None = None
+    files: int | None = None
+    early_restore: list | None = None
+    hooks: list | None = None
+    dump_s: float | None = None
+    pack_s: float | None = None
+    transport: str | None = None                # initrd | pmem
+    total_bytes: int | None = None
+    target_initrd_bytes: int | None = None      # initrd: initrd.assemble's sizes
+    padding_bytes: int | None = None
+    snapshot_cpio_bytes: int | None = None
+    device: str | None = None                   # pmem: the region (pmem.Region.to_json())
+    start: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Kexec(Details):
+    method: str | None = None
+    method_why: str | None = None
+    cmdline: str | None = None
+    initrd_bytes: int | None = None
+    load_s: float | None = None
+    loaded_before_freeze: bool | None = None
+    reloaded: str | None = None
+    freeze: list | None = None                  # the file systems frozen for `kexec --exec`
+
+
+@dataclass(frozen=True)
+class Exec(Details):
+    boot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Handover(Details):
+    unpacked_files: int | None = None
+    unpack_s: float | None = None
+    ended_pids: list | None = None
+    done: list | None = None
+
+
+@dataclass(frozen=True)
+class Restore(Details):
+    snapshot_id: str | None = None
+    verified_files: int | None = None
+    verified_bytes: int | None = None
+    workloads: dict | None = None               # tree key -> its restore (ok, root_pid, same_pid, held, ...)
+    criu_logs: list | None = None
+    hooks: list | None = None
+    hooks_load_s: float | None = None
+    tcp_protected: dict | None = None
+    health_check: dict | None = None
+    hold: bool | None = None
+    prewarm: dict | None = None
+    criu: dict | None = None                    # dumped_by, restored_by
+    seconds: dict | None = None                 # timeline.Laps: each step's seconds
+    commit: dict | None = None                  # continued together (commit.py)
+    no_rollback: str | None = None              # why the way back was not taken
+
+
+@dataclass(frozen=True)
+class RestoreUnit(Details):
+    unit: str | None = None
+    workloads: dict | None = None
+    criu_logs: list | None = None
+    no_rollback: str | None = None
+
+
+@dataclass(frozen=True)
+class Commit(Details):
+    commit: dict | None = None                  # continued, ...
+    health_check: dict | None = None
+    failed: list | None = None
+    held: list | None = None
+    no_rollback: str | None = None
+
+
+@dataclass(frozen=True)
+class SwitchBack(Details):
+    cause: str | None = None
+    kernel: str | None = None
+    boot_id: str | None = None
+    snapshot_bytes: int | None = None
+    cmdline: str | None = None
+    transport: str | None = None
+    no_rollback: str | None = None
+
+
+@dataclass(frozen=True)
+class Rollback(Details):
+    done: list | None = None
+    problems: list | None = None
+    cause: str | None = None
+    hooks: list | None = None
+
+
+@dataclass(frozen=True)
+class StepOut(Details):
+    from_pid: int | None = None
+    pid: int | None = None
+    trees: list | None = None
+
+
+@dataclass(frozen=True)
+class Discard(Details):
+    discarded: list | None = None
+    restored: list | None = None
+
+
+BY_STAGE: dict[str, type[Details]] = {
+    "preflight": Preflight, "prepare": Prepare, "freeze": Freeze, "flush": Flush, "snapshot": Snapshot,
+    "kexec": Kexec, "exec": Exec, "handover": Handover, "restore": Restore, "restore-unit": RestoreUnit,
+    "commit": Commit, "switch-back": SwitchBack, "rollback": Rollback, "step-out": StepOut, "discard": Discard,
+}
+
+
+def of(stage: str, d: "dict | Details | None") -> Details:
+    """The typed result of `stage` (JSON or a result already)."""
+    cls = BY_STAGE.get(stage, Details)
+    if isinstance(d, cls):
+        return d
+    return cls.from_json(d.to_json() if isinstance(d, Details) else d or {})

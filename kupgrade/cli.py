@@ -79,9 +79,9 @@ def plan(config: Optional[Path] = CONFIG_OPT, pid: Optional[List[int]] = PID_OPT
         pass        # blockers (or e.g. no target kernel) are part of the plan, recorded by the stage
     rows = [(s.NAME, s.plan(ctx)) for s in pipeline.ALL]
     pre = ctx.record.stage("preflight")
-    doc = {"kernel_from": ctx.kernel_from, "kernel_to": ctx.target.version if ctx.target else "",
+    doc = {"kernel_from": ctx.kernel_from, "kernel_to": ctx.plan.target.version if ctx.plan.target else "",
            "workloads": [w.to_json() for w in ctx.workloads],
-           "snapshot_estimate_bytes": ctx.estimate_bytes,
+           "snapshot_estimate_bytes": ctx.plan.estimate_bytes,
            "blockers": pre.details.blockers if pre.details.blockers is not None else
            ([{"message": pre.error, "hint": pre.hint}] if pre.error else []),
            "downtime_estimate_s": pre.details.downtime_estimate_s,

@@ -1,4 +1,6 @@
-"""The mutable state one upgrade carries from stage to stage (results themselves are frozen)."""
+"""What one upgrade carries from stage to stage: the plan preflight resolved (frozen, the later
+stages' input) and the state that really changes during a run (the Context). The stages'
+results are frozen too (kupgrade/output/results.py)."""
 
 from __future__ import annotations
 
@@ -33,23 +35,39 @@ def resolve_target(cfg: Config, boot: Path = Path("/boot")) -> Target:
                       "set `target.kernel` in the config or pass --kernel VERSION (see `ls /boot/vmlinuz-*`)")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Plan:
+    """What preflight resolved, set once (`Context.plan`) and read by every later stage: the
+    target kernel and how it is loaded, how the snapshot crosses (region: kupgrade's memory
+    region; None: the initrd), how many pre-dump iterations, how large the snapshot should be
+    and how long the pause, the way back to this kernel ({}: none), the criu that runs. `kupgrade
+    recover` rebuilds what its rollback needs (the method) from the journal; the new kernel's
+    restore knows only its own criu."""
+    target: Target | None = None
+    method: Method | None = None
+    region: Region | None = None
+    pre_dumps: int = 0
+    estimate_bytes: int = 0
+    downtime_estimate_s: float | None = None
+    back: dict = field(default_factory=dict)
+    criu: dict = field(default_factory=dict)        # program, version
+
+
+@dataclass(slots=True)      # a misspelt or retired field is an error, not a new attribute
 class Context:
+    """The state of one run: what changes while it goes (frozen cgroups, stopped trees, what is
+    mounted and loaded, the hooks' results) and what the rollback must undo (`note`)."""
     config: Config
     record: UpgradeRecord
-    target: Target | None = None
-    workloads: list[Workload] = field(default_factory=list)
-    estimate_bytes: int = 0
+    plan: Plan = field(default_factory=Plan)
+    workloads: list[Workload] = field(default_factory=list)      # resolved by preflight, read again as dumped
     frozen_cgroups: list[str] = field(default_factory=list)
     stopped: list[Workload] = field(default_factory=list)     # trees criu left stopped
     tcp: dict = field(default_factory=dict)                    # tree key -> its TCP sockets (tcp.Sock), dumped
     locks: dict = field(default_factory=dict)                  # tree key -> names criu's lock may have (criu.lock_tables)
     snapshot_mounted: bool = False
-    region: Region | None = None         # the snapshot crosses in kupgrade's memory region (None: in the initrd)
-    pre_dumps: int = 0                   # pre-dump iterations per tree: snapshot.pre_dump, "auto" resolved (preflight)
     pre_dumped: dict = field(default_factory=dict)            # tree key -> its last pre-dump iteration
     prehashed: dict = field(default_factory=dict)             # image path -> size, checksum (summed in prepare)
-    method: Method | None = None
     kexec_loaded: bool = False
     progress: Report | None = None       # the live view's progress callback, if any
     rehearsal: bool = False              # restore on this kernel instead of switching
@@ -62,12 +80,9 @@ class Context:
     devices_error: str = ""              # why the devices could not be enumerated
     hooks_load_s: float = 0.0            # loading the hooks + enumerating the devices took
     hook_results: list = field(default_factory=list)          # every HookResult so far (rollback: resume)
-    downtime_estimate_s: float | None = None                  # preflight's estimate, for the hooks' requests
     restore_dir: Path = Path(contract.RESTORE_DIR)            # fixed by the contract (the initramfs reads no config)
     dumping: list[Workload] = field(default_factory=list)    # trees criu is dumping now (stopped, or resumed by criu)
     oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
-    criu: dict = field(default_factory=dict)                  # the criu that runs: program, version (preflight)
-    back: dict = field(default_factory=dict)                  # the way back to this kernel (preflight; {}: none)
     journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)
     stopped_units: list[str] = field(default_factory=list)    # services stopped to start fresh (rollback: start)
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from kupgrade.config import Config
-from kupgrade.context import Context
+from kupgrade.context import Context, Plan
 from kupgrade.hooks import HookResult
 from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.system.kexec import Method
@@ -25,7 +25,7 @@ def state(ctx: Context) -> dict:
             "oom": {str(pid): adj for pid, adj in ctx.oom.items()},
             "snapshot_mounted": ctx.snapshot_mounted, "snapshot_dir": str(ctx.snapshot_dir),
             "kexec_loaded": ctx.kexec_loaded,
-            "method": {"name": ctx.method.name, "why": ctx.method.why} if ctx.method else None,
+            "method": {"name": ctx.plan.method.name, "why": ctx.plan.method.why} if ctx.plan.method else None,
             "hooks_touched": sorted({r.hook for r in ctx.hook_results if r.point in ("quiesce", "save")}),
             "unpacked": ctx.unpacked, "replaced": ctx.replaced, "restore_dir": str(ctx.restore_dir),
             "stopped_units": list(ctx.stopped_units)}
@@ -43,7 +43,7 @@ def context(d: dict) -> Context:
                   oom={int(pid): adj for pid, adj in d.get("oom", {}).items()},
                   snapshot_mounted=d.get("snapshot_mounted", False),
                   kexec_loaded=d.get("kexec_loaded", False),
-                  method=Method(**d["method"]) if d.get("method") else None,
+                  plan=Plan(method=Method(**d["method"]) if d.get("method") else None),
                   unpacked=d.get("unpacked", False), replaced=d.get("replaced", False),
                   restore_dir=Path(d.get("restore_dir") or str(Context.restore_dir)),
                   stopped_units=list(d.get("stopped_units", [])))

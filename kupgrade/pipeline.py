@@ -90,7 +90,7 @@ def upgrade(ctx: Context, ui, gate: Gate) -> None:
             ui, gate = _step_out(ctx, ui, gate, trees)
         _stages(UPGRADE[1:], ctx, ui, gate)
         faults.point("go", "stopped at the go/no-go")
-        if not gate.go(ctx, f"Switch to {ctx.target.version} now?"):
+        if not gate.go(ctx, f"Switch to {ctx.plan.target.version} now?"):
             raise KupgradeError("stopped before the kernel switch", UNDONE)
         ui.point_of_no_return(ctx)
         kexec_stage.execute(ctx)
@@ -113,7 +113,7 @@ def _holding_me(ctx: Context) -> list:
 def _step_out(ctx: Context, ui, gate: Gate, trees: list):
     """Ask now (the terminal is carried with the trees from here on), step out, and go on
     with no terminal: output to the log only, nothing asked any more."""
-    question = (f"Switch to {ctx.target.version}? kupgrade runs inside {', '.join(w.selector for w in trees)}, "
+    question = (f"Switch to {ctx.plan.target.version}? kupgrade runs inside {', '.join(w.selector for w in trees)}, "
                 "which is carried: it goes on in the background from here, this terminal freezes with it")
     if not gate.go(ctx, question):
         raise KupgradeError("stopped before anything changed", UNDONE)

@@ -4,7 +4,7 @@ release and CPU count, and preflight's blocker for a workload PID the target's b
 from pathlib import Path
 
 from kupgrade.config import Config
-from kupgrade.context import Context, Target
+from kupgrade.context import Context, Plan, Target
 from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.stages import preflight
 from kupgrade.switch import bootpids, contract
@@ -41,11 +41,11 @@ def test_preflight_names_a_workload_pid_the_target_boot_takes(tmp_path, monkeypa
     monkeypatch.setattr(bootpids, "read", lambda path=None: bootpids.EarlyPids("6.1.0-47-amd64", 2, (1, 2, 120)))
     monkeypatch.setattr(preflight.os, "cpu_count", lambda: 2)
     ctx = Context(Config(state_dir=str(tmp_path)), UpgradeRecord("U1", "run", "6.1.0-47-amd64"))
-    ctx.target = Target("6.12.117+deb12-amd64", Path("/boot/x"), Path("/boot/y"))
+    ctx.plan = Plan(target=Target("6.12.117+deb12-amd64", Path("/boot/x"), Path("/boot/y")))
     ctx.workloads = [Workload("unit:ssh.service", 140, (140, 151, 30001), unit="ssh.service"),
                      Workload("pid:30000", 30000, (30000,))]
     blockers = []
-    assert preflight._boot_pids(ctx, blockers)["upto"] == 240
+    assert preflight._boot_pids(ctx, ctx.plan.target.version, blockers)["upto"] == 240
     assert [b.message for b in blockers] == [
         "unit:ssh.service: PID(s) [140, 151] would be taken in 6.12.117+deb12-amd64's boot before the restore "
         "(estimated from this boot of 6.1.0-47-amd64 (2 CPUs), whose threads held PIDs up to 120 before userspace "

@@ -15,7 +15,7 @@ from hookfakes import DEVICES, ETH0, PyHook, write_exec
 
 from kupgrade import pipeline
 from kupgrade.config import Config
-from kupgrade.context import Context, Target
+from kupgrade.context import Context, Plan, Target
 from kupgrade.errors import HookError
 from kupgrade.hooks import Hook, coverage, early, hookload, hookpoints, parse_spec
 from kupgrade.output.record import FAILED, OK, UpgradeRecord
@@ -40,7 +40,7 @@ class QuietUi:
 def context(tmp_path, hooks=None, devices=DEVICES) -> Context:
     cfg = Config(state_dir=str(tmp_path / "state"), snapshot_dir=str(tmp_path / "snap"),
                  hooks_dir=str(tmp_path / "hooks.d"))
-    c = Context(cfg, UpgradeRecord("U1", "run", "6.1"), target=Target("6.12", Path("/x"), Path("/y")),
+    c = Context(cfg, UpgradeRecord("U1", "run", "6.1"), plan=Plan(target=Target("6.12", Path("/x"), Path("/y"))),
                 restore_dir=tmp_path / "run-kupgrade")
     if hooks is not None:
         c.hooks, c.devices = [h.hook() if isinstance(h, PyHook) else h for h in hooks], list(devices)
@@ -73,7 +73,8 @@ def test_failing_save_rolls_back_with_resume_for_every_hook_that_ran(tmp_path, m
     c_ = PyHook("30-c", points=("save", "resume"), resume=lambda r: calls.append("c") or {})
     idle = PyHook("40-idle", points=("restore", "resume"), resume=lambda r: calls.append("idle") or {})
     c = context(tmp_path, [a, b, c_, idle])
-    monkeypatch.setattr(pipeline, "finish", lambda ctx, outcome, save=True: setattr(ctx, "outcome", outcome))
+    finished = []
+    monkeypatch.setattr(pipeline, "finish", lambda ctx, outcome, save=True: finished.append(outcome))
     err, ui = upgrade(monkeypatch, c, (freeze, fake_snapshot_stage()))
     assert isinstance(err, HookError) and err.exit_code == 7
     assert str(err) == "hook 20-b failed at save: RuntimeError: device busy"
@@ -88,7 +89,7 @@ def test_failing_save_rolls_back_with_resume_for_every_hook_that_ran(tmp_path, m
     assert "hook 20-b resume: ok" in rb.details.done
     assert [(r["hook"], r["point"]) for r in c.record.stage("freeze").details.hooks] == [
         ("10-a", "quiesce"), ("20-b", "quiesce")]
-    assert c.outcome == "aborted"
+    assert finished == ["aborted"]
 
 
 def test_failing_quiesce_rolls_back_and_resumes_it(tmp_path, monkeypatch):
@@ -138,7 +139,7 @@ def test_requests_carry_the_downtime_estimate_and_the_workload_pids(tmp_path):
     from kupgrade.output.record import StageResult, Workload
     c = context(tmp_path)
     c.workloads = [Workload("cgroup:/w", 30001, (30001, 30002)), Workload("pid:7", 7, (7,))]
-    c.downtime_estimate_s = 14.2
+    c.plan = Plan(target=c.plan.target, downtime_estimate_s=14.2)
     assert hookpoints.extra(c) == {"upgrade_id": "U1", "kernel_from": "6.1", "kernel_to": "6.12",
                                    "downtime_estimate_s": 14.2, "workload_pids": [7, 30001, 30002]}
     # the new kernel: a fresh context, the old kernel's record
@@ -197,15 +198,13 @@ def packed_snapshot(tmp_path, hooks) -> Path:
     return snap
 
 
-def new_kernel(tmp_path, monkeypatch, hooks) -> Context:
-    """A fresh context as kupgrade-restore makes it: the hooks are loaded lazily. c.asked: which
-    subsystems were enumerated."""
-    asked = []
+def new_kernel(tmp_path, monkeypatch, hooks, asked=None) -> Context:
+    """A fresh context as kupgrade-restore makes it: the hooks are loaded lazily. asked: gets
+    which subsystems were enumerated."""
+    asked = [] if asked is None else asked
     monkeypatch.setattr(hookload, "load_hooks", lambda d: ([h.hook() for h in hooks], []))
     monkeypatch.setattr(hookpoints, "devices", lambda subsystems=(): asked.append(subsystems) or ([ETH0], ""))
-    c = context(tmp_path)
-    c.asked = asked
-    return c
+    return context(tmp_path)
 
 
 def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypatch):
@@ -215,9 +214,10 @@ def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypat
                  verify=lambda r: seen.append(("verify", r["state"])) or {})
     flaky = PyHook("flaky", points=("save", "restore"), restore=RuntimeError("gone"))
     snap = packed_snapshot(tmp_path, [net, flaky])
-    c = new_kernel(tmp_path, monkeypatch, [net, flaky])
+    asked = []
+    c = new_kernel(tmp_path, monkeypatch, [net, flaky], asked)
     _, details = restore.run(c)
-    assert c.asked == [("net",)]      # only the subsystems the hooks match (inside the downtime)
+    assert asked == [("net",)]      # only the subsystems the hooks match (inside the downtime)
     assert seen == [("restore", {"mtu": 1400}), ("verify", {"mtu": 1400})]
     assert [(r["hook"], r["point"], r["ok"]) for r in details.hooks] == [
         ("flaky", "restore", False), ("net", "restore", True), ("net", "verify", True)]
@@ -232,11 +232,12 @@ def test_restore_stage_collects_early_restore_results(tmp_path, monkeypatch):
               str(write_exec(src, "05-early", describe=decl, body='cat >/dev/null; echo \'{"up": 1}\'')))
     snap = packed_snapshot(tmp_path, [sh])
     subprocess.run(["sh", str(snap / "hooks" / early.BUNDLE / early.RUNNER)], check=True, timeout=30)
-    c = new_kernel(tmp_path, monkeypatch, [])
+    asked = []
+    c = new_kernel(tmp_path, monkeypatch, [], asked)
     _, details = restore.run(c)
     assert [(r["hook"], r["point"], r["ok"], r["reply"]) for r in details.hooks] == [
         ("05-early", "early-restore", True, {"up": 1})]
-    assert c.asked == []              # no hook left that matches devices: pyudev is not asked
+    assert asked == []              # no hook left that matches devices: pyudev is not asked
 
 
 def test_critical_restore_failure_restores_nothing_and_keeps_the_snapshot(tmp_path, monkeypatch):

@@ -155,9 +155,10 @@ def test_memory_counts_every_copy_of_the_load():
 
 def test_classic_load_under_lockdown_is_a_blocker(tmp_path):
     from kupgrade.stages.preflight import _method
-    c = Context(Config(kexec_method="classic"), UpgradeRecord("R", "check", "6.1"))
-    assert "locked down (integrity)" in _method(c, "integrity", 1 << 20, 1 << 20, 1 << 40)[0].message
-    assert _method(Context(Config(), UpgradeRecord("R", "check", "6.1")), "integrity", 1, 1, 1 << 40) == []
+    method, blockers = _method("classic", "integrity", 1 << 20, 1 << 20, 1 << 40)
+    assert method.name == "classic" and "locked down (integrity)" in blockers[0].message
+    method, blockers = _method("auto", "integrity", 1, 1, 1 << 40)
+    assert method.name == "file" and blockers == []
 
 
 def test_a_signal_while_criu_works_is_answered_after_it(monkeypatch):

@@ -189,8 +189,9 @@ def test_a_target_loaded_before_the_freeze_is_loaded_again_when_a_pid_went_above
         rec = UpgradeRecord("U", "run", "6.1").with_stage(StageResult(
             "prepare", "ok", 0, 0, details={"kexec_load": {"cmdline": f"x kupgrade.maxpid={bound}",
                                                            "initrd_bytes": 1 << 20, "method": "classic"}}))
-        ctx = SimpleNamespace(record=rec, kexec_loaded=True, region=None, workloads=_ctx(30001, 30020).workloads,
-                              target=SimpleNamespace(version="6.12"), method=SimpleNamespace(name="classic"))
+        ctx = SimpleNamespace(record=rec, kexec_loaded=True, workloads=_ctx(30001, 30020).workloads,
+                              plan=SimpleNamespace(region=None, target=SimpleNamespace(version="6.12"),
+                                                   method=SimpleNamespace(name="classic")))
         details = stage.run(ctx)[1]
         assert bool(loads) == again and (details.reloaded is not None) == again
         loads.clear()

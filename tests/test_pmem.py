@@ -2,6 +2,7 @@
 place, the way back through it, and the reservation install-boot writes."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,6 +130,9 @@ def test_the_way_back_reseals_in_place_without_this_kernels_files(tmp_path):
         switchback._seal(tmp_path, m, UpgradeRecord("U1", "run", "6.1"))
 
 
+TARGET = preflight.Target("6.12", Path("/boot/vmlinuz-6.12"), Path("/boot/initrd.img-6.12"))
+
+
 def ctx_for(**cfg):
     return Context(Config(**cfg), UpgradeRecord("U1", "run", "6.1"))
 
@@ -136,21 +140,21 @@ def ctx_for(**cfg):
 def test_preflight_chooses_the_region_when_it_fits(tmp_path, monkeypatch):
     ctx, block = ctx_for(), fake_block(tmp_path)
     monkeypatch.setattr(preflight.shutil, "which", lambda name: "/sbin/" + name)
-    monkeypatch.setattr(preflight, "_region_drivers", lambda ctx: "")
+    monkeypatch.setattr(preflight, "_region_drivers", lambda ctx, t: "")
     blockers = []
-    t = preflight._transport(ctx, 64 << 20, blockers, "kupgrade.pmem=0x50000000", block)
-    assert t["name"] == "pmem" and ctx.region.device == "/dev/pmem0" and not blockers
-    t = preflight._transport(ctx, 600 << 20, blockers, "kupgrade.pmem=0x50000000", block)
-    assert t["name"] == "initrd" and "does not fit" in t["why"] and ctx.region is None and not blockers
+    t, region = preflight._transport(ctx, TARGET, 64 << 20, blockers, "kupgrade.pmem=0x50000000", block)
+    assert t["name"] == "pmem" and region.device == "/dev/pmem0" and not blockers
+    t, region = preflight._transport(ctx, TARGET, 600 << 20, blockers, "kupgrade.pmem=0x50000000", block)
+    assert t["name"] == "initrd" and "does not fit" in t["why"] and region is None and not blockers
 
 
 def test_preflight_blocks_a_required_region_that_is_not_there(tmp_path):
     ctx, block, blockers = ctx_for(transport="pmem"), fake_block(tmp_path), []
-    assert preflight._transport(ctx, 64 << 20, blockers, "root=/dev/vda", block)["name"] == "initrd"
+    assert preflight._transport(ctx, TARGET, 64 << 20, blockers, "root=/dev/vda", block)[0]["name"] == "initrd"
     assert "snapshot.transport = \"pmem\"" in blockers[0].message and "--reserve" in blockers[0].hint
     ctx = ctx_for(transport="initrd")
-    assert preflight._transport(ctx, 64 << 20, [], "kupgrade.pmem=0x50000000", block)["name"] == "initrd"
-    assert ctx.region is None
+    assert preflight._transport(ctx, TARGET, 64 << 20, [], "kupgrade.pmem=0x50000000", block) == (
+        {"name": "initrd", "why": "configured (snapshot.transport = \"initrd\")"}, None)
 
 
 def test_boot_files_name_the_region_word():
@@ -172,6 +176,6 @@ def test_a_kernel_without_the_region_drivers_is_named(tmp_path, monkeypatch):
     initrd.write_bytes(b"x")
     assert boot.missing_modules(initrd, ("nd_e820", "nd_pmem")) == ["nd_e820"]
     ctx = ctx_for(on_restore_failure="keep")
-    ctx.target = preflight.Target("6.12", tmp_path / "vmlinuz-6.12", initrd)
-    why = preflight._region_drivers(ctx, tmp_path)
+    ctx.plan = preflight.Plan(target=preflight.Target("6.12", tmp_path / "vmlinuz-6.12", initrd))
+    why = preflight._region_drivers(ctx, ctx.plan.target, tmp_path)
     assert "lacks nd_e820" in why and "install-boot --kernel 6.12" in why

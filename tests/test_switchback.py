@@ -38,13 +38,13 @@ def test_manifest_carries_the_way_back(tmp_path):
 
 def test_preflight_blocks_when_the_way_back_is_missing(tmp_path):
     from kupgrade.system.kexec import Method
-    ctx = Context(Config(), UpgradeRecord("U1", "run", "6.1"), method=Method("classic", ""))
+    ctx = Context(Config(), UpgradeRecord("U1", "run", "6.1"))
     blockers = []
-    assert preflight._way_back(ctx, blockers, boot=tmp_path) == {}
+    assert preflight._way_back(ctx, Method("classic", ""), blockers, boot=tmp_path) == {}
     assert "the way back is not there" in blockers[0].message and "on_failure" in blockers[0].hint
     keep = Context(Config(on_restore_failure="keep"), UpgradeRecord("U1", "run", "6.1"))
     blockers.clear()
-    assert preflight._way_back(keep, blockers, boot=tmp_path) == {} and blockers == []
+    assert preflight._way_back(keep, Method("classic", ""), blockers, boot=tmp_path) == {} and blockers == []
 
 
 def test_a_reset_after_the_switch_is_said_clearly():

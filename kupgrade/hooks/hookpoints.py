@@ -78,11 +78,11 @@ def has_state(snap: Path) -> bool:
 def extra(ctx: Context) -> dict:
     """What every request carries besides the hook's own fields (docs/hooks.md)."""
     pre = ctx.record.stage("preflight")
-    estimate = ctx.downtime_estimate_s
+    estimate = ctx.plan.downtime_estimate_s
     if estimate is None and pre is not None:        # the new kernel: from the old kernel's record
         estimate = pre.details.downtime_estimate_s
     return {"upgrade_id": ctx.record.id, "kernel_from": ctx.record.kernel_from or ctx.kernel_from,
-            "kernel_to": ctx.target.version if ctx.target else ctx.record.kernel_to,
+            "kernel_to": ctx.plan.target.version if ctx.plan.target else ctx.record.kernel_to,
             "downtime_estimate_s": estimate,
             "workload_pids": sorted({p for w in (ctx.workloads or ctx.record.workloads) for p in w.pids})}
 

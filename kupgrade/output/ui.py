@@ -45,7 +45,7 @@ class PlainUi:
         raise KupgradeError("no terminal to ask the go/no-go", "run it from a terminal, or pass --yes")
 
     def point_of_no_return(self, ctx) -> None:
-        self.print(f"Switching to {ctx.target.version} now. " + SESSION_ENDS)
+        self.print(f"Switching to {ctx.plan.target.version} now. " + SESSION_ENDS)
 
     def bold(self, text: str) -> str:
         return text
@@ -103,7 +103,7 @@ class Ui(PlainUi):
         return escape(str(text))
 
     def point_of_no_return(self, ctx) -> None:
-        self.print(f"[bold yellow]Switching to {self.esc(ctx.target.version)} now.[/] {SESSION_ENDS}")
+        self.print(f"[bold yellow]Switching to {self.esc(ctx.plan.target.version)} now.[/] {SESSION_ENDS}")
 
     def ask_stage(self, name: str, actions: list[str], skippable: str) -> str:
         self.print(f"[bold]next: {name}[/]")

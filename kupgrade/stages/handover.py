@@ -31,7 +31,7 @@ PID_WAIT_S = 10.0
 
 def plan(ctx: Context) -> list[str]:
     where = (f"mount kupgrade's memory region on {ctx.restore_dir} instead of {ctx.snapshot_dir}, as the initramfs "
-             "would" if ctx.region else
+             "would" if ctx.plan.region else
              f"unpack the snapshot from the packed initrd into {ctx.restore_dir}, as the initramfs would")
     return ["(rehearsal) unload the kexec kernel instead of executing it", where,
             "end the stopped/frozen original tasks (SIGKILL) and wait until their PIDs are free"]
@@ -48,7 +48,7 @@ def run(ctx: Context) -> tuple[str, Handover]:
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest.chmod(0o700)
     t0 = time.monotonic()
-    files = _from_region(ctx, dest) if ctx.region else _unpack(ctx, dest)
+    files = _from_region(ctx, dest) if ctx.plan.region else _unpack(ctx, dest)
     unpack_s = time.monotonic() - t0
 
     ctx.replaced = True          # from here on the workloads live on in the snapshot only
@@ -94,7 +94,7 @@ def _from_region(ctx: Context, dest) -> int:
     ctx.snapshot_mounted = False
     ctx.unpacked = True
     ctx.note()
-    pmem.mount(ctx.region.device, dest)
+    pmem.mount(ctx.plan.region.device, dest)
     return sum(len(files) for _d, _s, files in os.walk(dest))
 
 

@@ -25,11 +25,11 @@ NAME = "kexec"
 
 
 def plan(ctx: Context) -> list[str]:
-    t = ctx.target
-    method = ctx.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
+    t = ctx.plan.target
+    method = ctx.plan.method or kx.choose_method(ctx.config.kexec_method, kx.lockdown_mode())
     kernel = t.vmlinuz if t else "the target kernel"
     initrd = ("its own initrd, in prepare, before the freeze (the snapshot stays in kupgrade's memory region)"
-              if ctx.region else "the packed initrd")
+              if ctx.plan.region else "the packed initrd")
     return [f"kexec load {kernel} with {initrd} and the current command line + {contract.CMDLINE_KEY}=ID",
             f"{method.name} load: {method.why}",
             "save the upgrade record, sync, freeze the file systems the workloads use (FIFREEZE: no write-back "
@@ -38,7 +38,7 @@ def plan(ctx: Context) -> list[str]:
 
 def loaded_initrd(ctx: Context) -> Path:
     """The initrd to load: with the snapshot appended, or (memory-region transport) the target's own."""
-    return ctx.target.initrd if ctx.region else combined_path(ctx)
+    return ctx.plan.target.initrd if ctx.plan.region else combined_path(ctx)
 
 
 def load(ctx: Context) -> dict:
@@ -52,7 +52,7 @@ def load(ctx: Context) -> dict:
     # the rollback runs), not kupgrade (nobody would roll back) nor a workload (protected)
     mine = oom.protect([os.getpid()], adj=-999)
     try:
-        run_cmd(oom.first_victim(kx.load_argv(ctx.method, ctx.target.vmlinuz, loaded_initrd(ctx), cmdline)),
+        run_cmd(oom.first_victim(kx.load_argv(ctx.plan.method, ctx.plan.target.vmlinuz, loaded_initrd(ctx), cmdline)),
                 timeout=600, hint="see the kernel log (dmesg) for why the load was refused")
     finally:
         oom.restore(mine)
@@ -60,9 +60,9 @@ def load(ctx: Context) -> dict:
     ctx.note()
     load_s = time.monotonic() - t0
     initrd_bytes = loaded_initrd(ctx).stat().st_size
-    if not ctx.rehearsal and not ctx.region:    # the rehearsal unpacks it again; a real switch frees the memory
+    if not ctx.rehearsal and not ctx.plan.region:    # the rehearsal unpacks it again; a real switch frees the memory
         combined_path(ctx).unlink()  # the kernel holds its own copy of the segments
-    return {"method": ctx.method.name, "method_why": ctx.method.why, "cmdline": cmdline,
+    return {"method": ctx.plan.method.name, "method_why": ctx.plan.method.why, "cmdline": cmdline,
             "initrd_bytes": initrd_bytes, "load_s": round(load_s, 4)}
 
 
@@ -95,9 +95,9 @@ def run(ctx: Context) -> tuple[str, Kexec]:
                                "it was loaded with before the freeze")
     details = Kexec(**(loaded or load(ctx)), loaded_before_freeze=bool(loaded), reloaded=again or None)
     freeze = fsfreeze.targets([p for w in ctx.workloads for p in w.pids])
-    if ctx.region:      # frozen last: the file system in the region is consistent for the new kernel
+    if ctx.plan.region:      # frozen last: the file system in the region is consistent for the new kernel
         freeze.append(str(ctx.snapshot_dir))
-    return (f"{'loaded before the freeze' if loaded else 'loaded'}: {ctx.target.version} ({ctx.method.name} load) "
+    return (f"{'loaded before the freeze' if loaded else 'loaded'}: {ctx.plan.target.version} ({ctx.plan.method.name} load) "
             f"with a {details.initrd_bytes >> 20} MiB initrd", replace(details, freeze=freeze))
 
 
@@ -117,7 +117,7 @@ def execute(ctx: Context) -> None:
 def unload(ctx: Context) -> list[str]:
     if not ctx.kexec_loaded:
         return []
-    run_cmd(kx.unload_argv(ctx.method), timeout=60)
+    run_cmd(kx.unload_argv(ctx.plan.method), timeout=60)
     ctx.kexec_loaded = False
     ctx.note()
     return ["unloaded the kexec kernel"]

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kupgrade import hooks as hk, inflight
-from kupgrade.context import Context, Target, resolve_target
+from kupgrade.context import Context, Plan, Target, resolve_target
 from kupgrade.errors import BlockedError, CommandError, ConfigError, HookError
 from kupgrade.hooks import coverage, hookpoints
 from kupgrade.output import estimate, record
@@ -60,40 +60,40 @@ def _mem_available(meminfo: Path = Path("/proc/meminfo")) -> int:
     return 0
 
 
-def _boot_pids(ctx: Context, blockers: list[Blocker]) -> dict:
+def _boot_pids(ctx: Context, target: str, blockers: list[Blocker]) -> dict:
     """The target's boot gives its own threads the lowest PIDs before the restore can run: a
     task of a workload with one of those cannot get it back (kupgrade/switch/bootpids.py)."""
     here = bootpids.remember(ctx.state_dir)
-    guess = bootpids.predict(ctx.state_dir, ctx.target.version, os.cpu_count() or 1, here)
+    guess = bootpids.predict(ctx.state_dir, target, os.cpu_count() or 1, here)
     if guess is None:
         return {"unknown": "no boot recorded the PIDs its kernel's threads take (an initrd without kupgrade's "
                            "init-top script): a workload with a low PID may not get it back"}
     for w in ctx.workloads:
         if low := [p for p in w.ids if p <= guess.upto]:
             blockers.append(Blocker(
-                f"{w.selector}: PID(s) {low[:8]}{' …' if len(low) > 8 else ''} would be taken in {ctx.target.version}'s "
+                f"{w.selector}: PID(s) {low[:8]}{' …' if len(low) > 8 else ''} would be taken in {target}'s "
                 f"boot before the restore ({guess.basis})",
                 "a task cannot get a taken PID back: restart that service or program once (it starts fresh with a "
                 "higher PID), or leave it out of the selection", w.selector))
     return guess.to_json()
 
 
-def _basics(ctx: Context) -> list[Blocker]:
-    """Root, no other run, the target kernel (ctx.target) and its initrd, the tools and the criu
-    that runs on both kernels (ctx.criu), something selected."""
+def _basics(ctx: Context) -> tuple[list[Blocker], Target, dict]:
+    """Root, no other run, the target kernel and its initrd, the tools and the criu that runs on
+    both kernels, something selected: the blockers, the target, that criu."""
     cfg = ctx.config
     blockers: list[Blocker] = []
     if os.geteuid() != 0:
         blockers.append(Blocker("kupgrade must run as root", "run it as root"))
     blockers += inflight.blockers()
-    ctx.target = t = _target(resolve_target(cfg), blockers)
+    t = _target(resolve_target(cfg), blockers)
     ctx.record = replace(ctx.record, kernel_to=t.version)
     if t.initrd.is_file():
         blockers += _initrd_blockers(t)
     if t.version == ctx.kernel_from:
         blockers.append(Blocker(f"target kernel {t.version} is the running kernel", "choose another target"))
     blockers += _tool_blockers(cfg.health_check)
-    ctx.criu = _criu(t.version, blockers)
+    found = _criu(t.version, blockers)
     if not cfg.pids and not cfg.cgroups and not cfg.units and not cfg.all_services:
         blockers.append(Blocker("no workloads selected", "set `workloads.pids`, `workloads.cgroups`, "
                                 "`workloads.units` or `workloads.all_services`, or pass --pid/--cgroup/--unit/"
@@ -102,45 +102,45 @@ def _basics(ctx: Context) -> list[Blocker]:
         blockers.append(Blocker("a rehearsal cannot keep systemd units yet: systemd would see their main "
                                 "process end and restart or fail the unit",
                                 "rehearse without --unit/--all-services (`workloads.units`, `workloads.all_services`)"))
-    return blockers
+    return blockers, t, found
 
 
 def run(ctx: Context) -> tuple[str, Preflight]:
     cfg = ctx.config
-    blockers = _basics(ctx)
-    t = ctx.target
+    blockers, t, criu_found = _basics(ctx)
     lockdown = kexec.lockdown_mode()
-    services, boot_pids = _select(ctx, blockers)
+    services, boot_pids = _select(ctx, t.version, blockers)
 
     conns = _tcp(ctx, blockers)
     # their memory, and a unit's private /tmp and /var/tmp, copied with its mount namespace
     per_tree = {w.key: sum(workloads.anon_bytes(p) for p in w.pids) + mountns.private_bytes(w.root_pid)
                 for w in ctx.workloads}
-    ctx.estimate_bytes = est = sum(per_tree.values())
+    est = sum(per_tree.values())
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
     asked = cfg.pre_dump if cfg.pre_dump != "auto" else 0
-    transport = _transport(ctx, snapshot.held(est, asked), blockers, Path("/proc/cmdline").read_text())
-    ctx.pre_dumps = prepare.iterations(cfg.pre_dump, ctx.region, est)
-    held = snapshot.held(est, ctx.pre_dumps)
-    blockers += _method(ctx, lockdown, 0 if ctx.region else held, initrd_size, avail)
+    transport, region = _transport(ctx, t, snapshot.held(est, asked), blockers, Path("/proc/cmdline").read_text())
+    pre_dumps = prepare.iterations(cfg.pre_dump, region, est)
+    method, too_big = _method(cfg.kexec_method, lockdown, 0 if region else snapshot.held(est, pre_dumps),
+                              initrd_size, avail)
+    blockers += too_big
     if (ctx.restore_dir / manifest.NAME).exists():
         blockers.append(Blocker(f"a snapshot is still pending in {ctx.restore_dir} (a restore that failed?)",
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
                                 "or `kupgrade restore --discard` to give those workloads up"))
     blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
     downtime, basis, machine = _estimate(ctx, est, initrd_size, transport["name"])
-    ctx.downtime_estimate_s = downtime      # the hooks get it (a watchdog must outlast the pause)
-    ctx.back = _way_back(ctx, blockers)
-    hooks_done, hook_error = _hooks(ctx, blockers)
+    ctx.plan = Plan(target=t, method=method, region=region, pre_dumps=pre_dumps, estimate_bytes=est,
+                    downtime_estimate_s=downtime, back=_way_back(ctx, method, blockers), criu=criu_found)
+    hooks_done, hook_error = _hooks(ctx, blockers)      # their requests carry the plan's estimate
     details = Preflight(target={"version": t.version, "vmlinuz": str(t.vmlinuz), "initrd": str(t.initrd)},
-                        kexec_method=ctx.method.name, kexec_method_why=ctx.method.why, lockdown=lockdown,
-                        transport=transport, pre_dump_iterations=ctx.pre_dumps, snapshot_estimate_bytes=est,
+                        kexec_method=ctx.plan.method.name, kexec_method_why=ctx.plan.method.why, lockdown=lockdown,
+                        transport=transport, pre_dump_iterations=ctx.plan.pre_dumps, snapshot_estimate_bytes=est,
                         workload_bytes=per_tree, mem_available_bytes=avail, downtime_estimate_s=downtime,
                         downtime_basis=basis, machine=machine or None, blockers=[b.to_json() for b in blockers],
                         hooks=hooks_done, hooks_loaded=[h.name for h in ctx.hooks or []],
-                        hooks_skipped=ctx.hooks_skipped, devices=len(ctx.devices), tcp=conns, criu=ctx.criu,
-                        way_back=ctx.back, boot_pids=boot_pids, services=services or None,
+                        hooks_skipped=ctx.hooks_skipped, devices=len(ctx.devices), tcp=conns, criu=ctx.plan.criu,
+                        way_back=ctx.plan.back, boot_pids=boot_pids, services=services or None,
                         notes=[note] if (note := workloads.own_terminal(ctx.workloads)) else None)
     if hook_error is not None:
         raise hook_error.in_stage(details.to_json()) from hook_error
@@ -149,11 +149,11 @@ def run(ctx: Context) -> tuple[str, Preflight]:
     fresh = sum(1 for f in ctx.record.fresh if f.stop)
     return (f"{len(ctx.workloads)} workload(s), ~{est >> 20} MiB to snapshot"
             + (f", {fresh} service(s) start fresh" if fresh else "")
-            + f", {ctx.kernel_from} -> {t.version}, criu {ctx.criu.get('version') or '?'} on both, "
+            + f", {ctx.kernel_from} -> {t.version}, criu {ctx.plan.criu.get('version') or '?'} on both, "
             f"estimated downtime {downtime} s"), details
 
 
-def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
+def _select(ctx: Context, target: str, blockers: list[Blocker]) -> tuple[list[dict], dict]:
     """The workloads (the named ones; with all_services every running service) and the services
     that start fresh instead (selection.py: workloads.on_blocked). Extends blockers with what
     still blocks; returns each service's fate and the boot-PID prediction."""
@@ -164,7 +164,7 @@ def _select(ctx: Context, blockers: list[Blocker]) -> tuple[list[dict], dict]:
         mine = {u: p for u, p in mine.items() if not stepout.can_leave(u)}
     found, boot = selection.candidates(cfg.start_fresh, cfg.units, mine=mine) if cfg.all_services else ([], [])
     ctx.workloads, found_blockers = workloads.resolve(cfg.pids, cfg.cgroups, cfg.units + tuple(found), step_out=step_out)
-    boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, found_blockers)
+    boot_pids = {} if ctx.rehearsal else _boot_pids(ctx, target, found_blockers)
     ctx.workloads, fresh, still = selection.settle(ctx.workloads, found_blockers, cfg.on_blocked, set(found))
     blockers += still
     if cfg.all_services and not ctx.workloads and not still:
@@ -232,12 +232,12 @@ def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple
     return downtime, basis, machine
 
 
-def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, block: Path = pmem.BLOCK) -> dict:
-    """How the snapshot crosses (ctx.region: kupgrade's memory region, else the initrd), and why."""
+def _transport(ctx: Context, t: Target, est: int, blockers: list[Blocker], cmdline: str,
+               block: Path = pmem.BLOCK) -> tuple[dict, pmem.Region | None]:
+    """How the snapshot crosses, and why: kupgrade's memory region (returned), else the initrd."""
     want = ctx.config.transport
-    ctx.region = None
     if want == "initrd":
-        return {"name": "initrd", "why": "configured (snapshot.transport = \"initrd\")"}
+        return {"name": "initrd", "why": "configured (snapshot.transport = \"initrd\")"}, None
     region, why_not = pmem.find(cmdline, block)
     if region and pmem.needed(est) > region.size:
         why_not = (f"the snapshot (~{est >> 20} MiB, {pmem.needed(est) >> 20} MiB with its file system) does not fit "
@@ -245,22 +245,21 @@ def _transport(ctx: Context, est: int, blockers: list[Blocker], cmdline: str, bl
     elif region and not shutil.which("mkfs.ext4"):
         why_not = "mkfs.ext4 is missing (it makes the file system in the memory region)"
     elif region:
-        why_not = _region_drivers(ctx)
+        why_not = _region_drivers(ctx, t)
     if why_not:
         if want == "pmem":
             blockers.append(Blocker(f"snapshot.transport = \"pmem\", but {why_not}",
                                     "`kupgrade install-boot --reserve SIZE` and a reboot (or a larger SIZE; "
                                     "apt-get install e2fsprogs), or set snapshot.transport = \"auto\""))
-        return {"name": "initrd", "why": why_not}
-    ctx.region = region
+        return {"name": "initrd", "why": why_not}, None
     return {"name": "pmem", "why": "kupgrade's memory region is active and the snapshot fits in it: no packing, "
-                                   "unpacking or moving", **region.to_json()}
+                                   "unpacking or moving", **region.to_json()}, region
 
 
-def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:
+def _region_drivers(ctx: Context, t: Target, boot_dir: Path = Path("/boot")) -> str:
     """Why a kernel the snapshot may boot into (the target; with a way back, this one) could not
     mount the region ("": both can): built without its drivers, or an initrd without them."""
-    kernels = [(ctx.target.version, ctx.target.initrd)]
+    kernels = [(t.version, t.initrd)]
     if ctx.config.on_restore_failure == "rollback" and not ctx.rehearsal:
         kernels.append((ctx.kernel_from, boot_dir / f"initrd.img-{ctx.kernel_from}"))
     for release, initrd in kernels:
@@ -278,16 +277,16 @@ def _region_drivers(ctx: Context, boot_dir: Path = Path("/boot")) -> str:
     return ""
 
 
-def _method(ctx: Context, lockdown: str, est: int, initrd_size: int, avail: int) -> list[Blocker]:
-    """The kexec load method (ctx.method) and whether the upgrade's memory peak fits with it."""
-    ctx.method = kexec.choose_method(ctx.config.kexec_method, lockdown)
+def _method(configured: str, lockdown: str, est: int, initrd_size: int, avail: int) -> tuple[kexec.Method, list]:
+    """The kexec load method, and the blockers: it is refused, or the upgrade's memory peak does not fit."""
+    method = kexec.choose_method(configured, lockdown)
     out = []
-    if ctx.method.name == "classic" and lockdown != "none":
+    if method.name == "classic" and lockdown != "none":
         out.append(Blocker(f"kexec.method = \"classic\", but the kernel is locked down ({lockdown}): it refuses "
                            "kexec_load", "set kexec.method = \"file\" or \"auto\" (a signed target kernel is needed)"))
     if (need := memory_needed(est, initrd_size)) <= avail:
-        return out
-    return out + [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
+        return method, out
+    return method, out + [Blocker(f"not enough free memory: the snapshot needs about {need >> 20} MiB at its peak "
                     f"({LOAD_COPIES} copies of the {(est + initrd_size) >> 20} MiB packed initrd during the kexec "
                     f"load, + margin), {avail >> 20} MiB available",
                     "free memory or select fewer workloads")]
@@ -333,7 +332,7 @@ def _initrd_blockers(t: Target) -> list[Blocker]:
                     f"run `kupgrade install-boot --kernel {t.version}`")]
 
 
-def _way_back(ctx: Context, blockers: list[Blocker], boot: Path = Path("/boot")) -> dict:
+def _way_back(ctx: Context, method: kexec.Method, blockers: list[Blocker], boot: Path = Path("/boot")) -> dict:
     """restore.on_failure = "rollback": the new kernel must be able to kexec back into this one
     with the snapshot. Checked here, before anything changes: this kernel's image (its header
     says it is this release) and its initrd, carrying the boot scripts of this contract."""
@@ -350,7 +349,7 @@ def _way_back(ctx: Context, blockers: list[Blocker], boot: Path = Path("/boot"))
                                 f"`kupgrade install-boot --kernel {ctx.kernel_from}` (it must carry the boot scripts "
                                 "too), or set restore.on_failure = \"keep\""))
     return {"kernel": ctx.kernel_from, "vmlinuz": str(here.vmlinuz), "initrd": str(here.initrd),
-            "cmdline": Path("/proc/cmdline").read_text().strip(), "method": ctx.method.name} if not found else {}
+            "cmdline": Path("/proc/cmdline").read_text().strip(), "method": method.name} if not found else {}
 def snapshot_dir_blockers(d: Path) -> list[Blocker]:
     """The snapshot's tmpfs is mounted over `snapshot.dir`: it must not be mounted yet, and be an
     empty directory or not exist (the tmpfs would hide what is there)."""

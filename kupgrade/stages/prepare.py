@@ -43,11 +43,11 @@ def iterations(setting: int | str, region, est: int) -> int:
 def plan(ctx: Context) -> list[str]:
     out = ["sync(2) while the workloads still run: most dirty page cache is written before the pause",
            "report dirty/writeback bytes before and after"]
-    if ctx.region:
-        out.append(f"kexec load {ctx.target.version if ctx.target else 'the target'} with its own initrd now (the "
+    if ctx.plan.region:
+        out.append(f"kexec load {ctx.plan.target.version if ctx.plan.target else 'the target'} with its own initrd now (the "
                    "snapshot crosses in kupgrade's memory region): the load is not in the pause")
-    if n := ctx.pre_dumps:
-        out.append(f"mount the snapshot's {'memory region' if ctx.region else 'tmpfs'} now; {n} criu pre-dump "
+    if n := ctx.plan.pre_dumps:
+        out.append(f"mount the snapshot's {'memory region' if ctx.plan.region else 'tmpfs'} now; {n} criu pre-dump "
                    "iteration(s) per tree while it runs (--track-mem): the final dump in the pause copies only "
                    "the pages dirtied after the last")
     return out
@@ -58,11 +58,11 @@ def run(ctx: Context) -> tuple[str, Prepare]:
     faults.point("prepare", "prepare failed")
     summary = (f"pre-flushed {details.before.get('dirty_bytes', 0) >> 10} KiB dirty in {details.sync_s:.2f} s "
                "while the workloads ran")
-    if ctx.region:      # nothing of the snapshot is in the initrd: the kernel is loaded outside the pause
+    if ctx.plan.region:      # nothing of the snapshot is in the initrd: the kernel is loaded outside the pause
         details = replace(details, kexec_load=kexec_stage.load(ctx))
-        summary += f"; loaded {ctx.target.version} for kexec"
-    if ctx.pre_dumps:
-        details = replace(details, pre_dump=pre_dump(ctx, ctx.pre_dumps))
+        summary += f"; loaded {ctx.plan.target.version} for kexec"
+    if ctx.plan.pre_dumps:
+        details = replace(details, pre_dump=pre_dump(ctx, ctx.plan.pre_dumps))
         copied = sum(it["bytes"] for t in details.pre_dump["trees"].values() for it in t["iterations"])
         summary += f"; pre-dumped {copied >> 20} MiB of memory"
     return summary, details
@@ -95,7 +95,7 @@ def pre_dump(ctx: Context, n: int) -> dict:
             its.append({"s": round(time.monotonic() - t0, 4),
                         "bytes": tree_bytes(images / criu.PRE_DIR.format(n=i))})
             ctx.pre_dumped[w.key] = i
-    if ctx.region:      # the pre-dumps do not change any more: hashed now, not in the pause
+    if ctx.plan.region:      # the pre-dumps do not change any more: hashed now, not in the pause
         t0 = time.monotonic()
         ctx.prehashed = packing.hashed(ctx.snapshot_dir)
         out["hashed"] = {"s": round(time.monotonic() - t0, 4), "files": len(ctx.prehashed)}

@@ -8,6 +8,7 @@ there from the initrd, or kupgrade's memory region mounted there). A tree that f
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import re
 import shlex
@@ -32,8 +33,8 @@ VERIFIED = contract.VERIFIED       # written once every file matched the manifes
 
 
 def plan(ctx: Context) -> list[str]:
-    where = (f"(new kernel) the initramfs mounts kupgrade's memory region {ctx.region.device} on {ctx.restore_dir}"
-             if ctx.region else
+    where = (f"(new kernel) the initramfs mounts kupgrade's memory region {ctx.plan.region.device} on {ctx.restore_dir}"
+             if ctx.plan.region else
              f"(new kernel) the initramfs script moves the snapshot onto a tmpfs of its own at {ctx.restore_dir}")
     return [where,
             "read ahead the files the workloads had open or mapped (restore.prewarm), while:",
@@ -191,7 +192,7 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
                            "nothing was restored: the snapshot is incomplete (preflight sizes memory for it; "
                            "see `kupgrade report` and the kernel log)")
     # a rehearsal restores on the old kernel what was packed for the target kernel
-    m, problems = manifest.verify(snap, ctx.target.version if ctx.rehearsal else os.uname().release,
+    m, problems = manifest.verify(snap, ctx.plan.target.version if ctx.rehearsal else os.uname().release,
                                   added=early.written_in_new_kernel, skip=tuple(f"images/{k}/" for k in sorted(done)))
     corrupt: dict[str, str] = {}
     for p in problems:
@@ -209,9 +210,9 @@ def _verified(ctx: Context, snap: Path, done: set[str]):
 
 def _criu_here(ctx: Context) -> str:
     """The version of the criu that restores here (paths.criu), asked once per restore."""
-    if not ctx.criu:
-        ctx.criu = criu.identity()
-    return ctx.criu.get("version", "")
+    if not ctx.plan.criu:      # this kernel's side has no preflight: its plan knows only this
+        ctx.plan = replace(ctx.plan, criu=criu.identity())
+    return ctx.plan.criu.get("version", "")
 
 
 HEALTH_TIMEOUT = 60.0
@@ -299,7 +300,7 @@ def run(ctx: Context) -> tuple[str, Restore]:
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
-               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.criu}, "seconds": laps}
+               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.plan.criu}, "seconds": laps}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         with laps.lap(commit.STAGE):
             details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)

@@ -54,14 +54,14 @@ def held(est: int, pre_dumps: int) -> int:
 def tmpfs_size(ctx: Context) -> str:
     if ctx.config.snapshot_size != "auto":
         return ctx.config.snapshot_size
-    initrd = ctx.target.initrd.stat().st_size if ctx.target and ctx.target.initrd.exists() else 0
-    want = max(MIN_TMPFS, int(held(ctx.estimate_bytes, ctx.pre_dumps) * 2.5) + initrd + (64 << 20))
+    initrd = ctx.plan.target.initrd.stat().st_size if ctx.plan.target and ctx.plan.target.initrd.exists() else 0
+    want = max(MIN_TMPFS, int(held(ctx.plan.estimate_bytes, ctx.plan.pre_dumps) * 2.5) + initrd + (64 << 20))
     return f"{(want >> 20) + 1}M"
 
 
 def plan(ctx: Context) -> list[str]:
-    if ctx.region:
-        out = [f"make an ext4 file system (no journal) on {ctx.region.device}, kupgrade's memory region, and mount "
+    if ctx.plan.region:
+        out = [f"make an ext4 file system (no journal) on {ctx.plan.region.device}, kupgrade's memory region, and mount "
                f"it (mode 0700, DAX where possible) on {ctx.config.snapshot_dir}"]
     else:
         out = [f"mount a private tmpfs (mode 0700) on {ctx.config.snapshot_dir}"]
@@ -77,7 +77,7 @@ def plan(ctx: Context) -> list[str]:
     if not ctx.workloads:
         out.append("criu dump each selected tree, leaving its tasks stopped")
     out += hookpoints.plan_line(ctx, "save") + hookpoints.plan_line(ctx, "early-restore")
-    if ctx.region:
+    if ctx.plan.region:
         out.append(f"write {contract.MANIFEST} (kernels, workloads, PIDs, size and CRC-32 of every file) beside the "
                    "images in the region: nothing is packed, the new kernel mounts the region")
         return out
@@ -90,13 +90,13 @@ def plan(ctx: Context) -> list[str]:
 def mount(ctx: Context) -> str:
     """Mount the snapshot's tmpfs or memory region (once: prepare may have, for its pre-dumps)."""
     d = ctx.snapshot_dir
-    where = f"{ctx.region.size >> 20} MiB region {ctx.region.device}" if ctx.region else tmpfs_size(ctx)
+    where = f"{ctx.plan.region.size >> 20} MiB region {ctx.plan.region.device}" if ctx.plan.region else tmpfs_size(ctx)
     if ctx.snapshot_mounted:
         return where
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if ctx.region:          # made afresh: whatever an earlier use left there is gone
-        pmem.make(ctx.region)
-        dax = pmem.mount(ctx.region.device, d)
+    if ctx.plan.region:          # made afresh: whatever an earlier use left there is gone
+        pmem.make(ctx.plan.region)
+        dax = pmem.mount(ctx.plan.region.device, d)
         ctx.snapshot_mounted = True
         ctx.note()
         return where + (", DAX" if dax else "")
@@ -146,16 +146,16 @@ def run(ctx: Context) -> tuple[str, Snapshot]:
     hook_notes, hooks_done = _save_hooks(ctx)
 
     def make(files: dict) -> manifest.Manifest:
-        return manifest.make(ctx.record.id, ctx.kernel_from, ctx.target.version, tuple(ctx.workloads), files,
-                             back=ctx.back, start=tuple(f.unit for f in ctx.record.fresh if f.stop), criu=ctx.criu)
+        return manifest.make(ctx.record.id, ctx.kernel_from, ctx.plan.target.version, tuple(ctx.workloads), files,
+                             back=ctx.plan.back, start=tuple(f.unit for f in ctx.record.fresh if f.stop), criu=ctx.plan.criu)
 
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")
     warm = prewarm.text(prewarm.list_files([p for w in ctx.workloads for p in w.pids]))    # the tasks are stopped
-    if ctx.region:
+    if ctx.plan.region:
         m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps(), known=ctx.prehashed,
                          prewarm=warm)
-        sizes = {"transport": "pmem", "total_bytes": m.total_bytes, **ctx.region.to_json()}
+        sizes = {"transport": "pmem", "total_bytes": m.total_bytes, **ctx.plan.region.to_json()}
     else:
         m, sizes = _pack(ctx, make, warm)
     pack_s = time.monotonic() - t1
@@ -163,7 +163,7 @@ def run(ctx: Context) -> tuple[str, Snapshot]:
                      "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/")),
                      "tcp": [str(s) for s in ctx.tcp.get(w.key, [])]}
              for w in ctx.workloads}
-    where = (f"in the {size}" if ctx.region else
+    where = (f"in the {size}" if ctx.plan.region else
              f"packed with the target initrd into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)")
     return (f"dumped {len(dumps)} tree(s), {m.total_bytes >> 20} MiB, {where}",
             Snapshot(tmpfs_size=size, dumps=dumps, snapshot_bytes=m.total_bytes, files=len(m.files),
@@ -179,9 +179,9 @@ def _pack(ctx: Context, make, warm: bytes) -> tuple[manifest.Manifest, dict]:
         made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, make, ctx.record.dumps(),
                                  prewarm=warm))
 
-    pack_total = tree_bytes(images_root(ctx)) + ctx.target.initrd.stat().st_size
+    pack_total = tree_bytes(images_root(ctx)) + ctx.plan.target.initrd.stat().st_size
     with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
-        sizes = initrd.assemble(ctx.target.initrd, combined_path(ctx), fill)
+        sizes = initrd.assemble(ctx.plan.target.initrd, combined_path(ctx), fill)
     shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
     shutil.rmtree(hooks_root(ctx), ignore_errors=True)
     return made[0], {"transport": "initrd", **sizes}
@@ -237,7 +237,7 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
         return None
 
     # criu is never killed half-way through a tree: a signal is answered once every criu is done
-    with inflight.deferred(), watch(ctx.progress, "dump", max(ctx.estimate_bytes, 1),
+    with inflight.deferred(), watch(ctx.progress, "dump", max(ctx.plan.estimate_bytes, 1),
                                     lambda: tree_bytes(images_root(ctx))):
         with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL, os.cpu_count() or 1, len(going)))) as pool:
             errors = list(pool.map(one, going))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kupgrade.errors import KupgradeError
 from kupgrade.output.record import Workload
+from kupgrade.system import procfs
 from kupgrade.system.run import program, run
 
 CRIU = "criu"
@@ -177,16 +178,8 @@ def no_new_privs(pid: int, proc: Path = Path("/proc")) -> bool:
 
 def stdio_sockets(pids, proc: Path = Path("/proc")) -> list[str]:
     """The sockets the tree's stdin/stdout/stderr are (a systemd service's go to journald)."""
-    found = set()
-    for pid in pids:
-        for fd in (0, 1, 2):
-            try:
-                link = os.readlink(proc / str(pid) / "fd" / str(fd))
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                found.add(link)
-    return sorted(found)
+    return sorted(f"socket:[{inode}]" for inode, holders in procfs.sockets(pids, proc).items()
+                  if any(fd <= 2 for _pid, fd in holders))
 
 
 def wait_gone(images_root: Path, timeout: float) -> list[int]:

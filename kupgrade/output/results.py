@@ -8,17 +8,29 @@ record's JSON is the one earlier versions wrote, and an earlier record reads bac
 
 Keys a class does not name (a failed stage's error may carry others, a newer kupgrade may write
 more) are kept in `extra` and written back, so that reading and saving a record loses nothing.
-Nested values stay JSON (dicts and lists): they are written and read in one module each."""
+Nested values stay JSON (dicts and lists): they are written and read in one module each.
+
+They are made without dataclasses' generated __eq__ and __repr__ (the base's compare and print
+the JSON): the new kernel's restore imports this module inside the pause, and generating them
+for every class doubled its import time."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 
+result = dataclass(frozen=True, eq=False, repr=False)
 
-@dataclass(frozen=True)
+
+@result
 class Details:
     """The base, and the type of a step no class below names: everything in `extra`."""
-    extra: dict = field(default_factory=dict, repr=False, compare=False)
+    extra: dict = field(default_factory=dict)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and other.to_json() == self.to_json()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_json()!r})"
 
     def to_json(self) -> dict:
         named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -36,7 +48,7 @@ class Details:
                        extra={**self.extra, **{k: v for k, v in more.items() if k not in names}})
 
 
-@dataclass(frozen=True)
+@result
 class Preflight(Details):
     target: dict | None = None                  # version, vmlinuz, initrd
     kexec_method: str | None = None
@@ -63,7 +75,7 @@ class Preflight(Details):
     notes: list | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Writeback(Details):
     """flush, and the first part of prepare: sync(2) with the dirty bytes before and after."""
     before: dict | None = None
@@ -71,18 +83,18 @@ class Writeback(Details):
     sync_s: float | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Prepare(Writeback):
     kexec_load: dict | None = None              # the target loaded before the freeze (KexecLoad's keys)
     pre_dump: dict | None = None                # trees -> iterations
 
 
-@dataclass(frozen=True)
+@result
 class Flush(Writeback):
     pass
 
 
-@dataclass(frozen=True)
+@result
 class Freeze(Details):
     frozen_cgroups: dict | None = None          # cgroup -> seconds to freeze
     criu_seizes: list | None = None
@@ -91,7 +103,7 @@ class Freeze(Details):
     hooks: list | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Snapshot(Details):
     tmpfs_size: str | None = None
     dumps: dict | None = None                   # tree key -> selector, bytes, files, dump_s, tcp
@@ -111,7 +123,7 @@ class Snapshot(Details):
     size: int | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Kexec(Details):
     method: str | None = None
     method_why: str | None = None
@@ -123,12 +135,12 @@ class Kexec(Details):
     freeze: list | None = None                  # the file systems frozen for `kexec --exec`
 
 
-@dataclass(frozen=True)
+@result
 class Exec(Details):
     boot_id: str | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Handover(Details):
     unpacked_files: int | None = None
     unpack_s: float | None = None
@@ -136,7 +148,7 @@ class Handover(Details):
     done: list | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Restore(Details):
     snapshot_id: str | None = None
     verified_files: int | None = None
@@ -155,7 +167,7 @@ class Restore(Details):
     no_rollback: str | None = None              # why the way back was not taken
 
 
-@dataclass(frozen=True)
+@result
 class RestoreUnit(Details):
     unit: str | None = None
     workloads: dict | None = None
@@ -163,7 +175,7 @@ class RestoreUnit(Details):
     no_rollback: str | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Commit(Details):
     commit: dict | None = None                  # continued, ...
     health_check: dict | None = None
@@ -172,7 +184,7 @@ class Commit(Details):
     no_rollback: str | None = None
 
 
-@dataclass(frozen=True)
+@result
 class SwitchBack(Details):
     cause: str | None = None
     kernel: str | None = None
@@ -183,7 +195,7 @@ class SwitchBack(Details):
     no_rollback: str | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Rollback(Details):
     done: list | None = None
     problems: list | None = None
@@ -191,14 +203,14 @@ class Rollback(Details):
     hooks: list | None = None
 
 
-@dataclass(frozen=True)
+@result
 class StepOut(Details):
     from_pid: int | None = None
     pid: int | None = None
     trees: list | None = None
 
 
-@dataclass(frozen=True)
+@result
 class Discard(Details):
     discarded: list | None = None
     restored: list | None = None

@@ -93,7 +93,7 @@ def test_outcome_waits_for_every_unit():
 
 
 def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(newkernel.estimate, "mark_restore_point", lambda: None)   # not this host's /run
+    monkeypatch.setattr(newkernel, "mark_restore_point", lambda: None)   # not this host's /run
     cfg = tmp_path / "k.toml"
     cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
     # restore_dir is fixed (/run/kupgrade); on this machine nothing is pending there

@@ -54,16 +54,6 @@ WITHIN = 3.0        # a fitted cost per byte stays within this factor of what th
 CLEAR_S = 5.0       # when the samples' sizes differ by fewer seconds than this at that speed (noise rules)
 
 
-def mark_restore_point(path: Path = Path(contract.RESTORE_POINT), uptime: Path = Path("/proc/uptime")) -> None:
-    """kupgrade-restore, every time it runs: how long after the kernel started this boot got
-    here (the next estimate's kernel switch). Never raises."""
-    try:
-        if not path.exists():
-            path.write_text(uptime.read_text().split()[0] + "\n")
-    except (OSError, IndexError):
-        pass
-
-
 # Where the restore runs, as systemd's targets show it in this boot: the restore unit before
 # sysinit.target; carried units when systemd starts them, in their order (multi-user.target
 # waits for them), so with units among the workloads the pause lasts until about there.

@@ -16,7 +16,7 @@ from pathlib import Path
 from kupgrade import config as config_mod
 from kupgrade.context import Context
 from kupgrade.errors import KupgradeError, RestoreError, explain
-from kupgrade.output import estimate, logfile, record
+from kupgrade.output import logfile, record
 from kupgrade.output.record import FAILED, OK, StageResult
 from kupgrade.output.results import Commit, Discard, RestoreUnit
 from kupgrade.output.ui import PlainUi
@@ -263,6 +263,16 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
         systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir, start=m.start)
 
 
+def mark_restore_point(path: Path = Path(contract.RESTORE_POINT), uptime: Path = Path("/proc/uptime")) -> None:
+    """Every time kupgrade-restore runs: how long after the kernel started this boot got here,
+    the first time (the next estimate's kernel switch: estimate.restore_point). Never raises."""
+    try:
+        if not path.exists():
+            path.write_text(uptime.read_text().split()[0] + "\n")
+    except (OSError, IndexError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kupgrade-restore", description="Restore the workloads carried across "
                                  "a kexec by `kupgrade run` (run early by the boot integration). Does nothing "
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
     args = ap.parse_args(argv)
     if not args.generator:
-        estimate.mark_restore_point()
+        mark_restore_point()
     logfile.stderr_handler(debug=False)
     ui = PlainUi()
     try:

@@ -257,14 +257,16 @@ SETTINGS: tuple[Setting, ...] = (
             "and initrd, with the boot scripts, are there to go back to). With \"rollback\" no workload runs in "
             "the new kernel until all are restored (the first wait, stopped, for the last), so that a failure "
             "can still go back with all of them. \"keep\" stays in the new kernel, each workload running as "
-            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.", check=_one_of(RESTORE_POLICIES), example='"rollback"'),
+            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.",
+            check=_one_of(RESTORE_POLICIES), example='"rollback"'),
     Setting("restore", "health_check", "health_check", str,
             "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there before "
             "any workload runs: with on_failure = \"rollback\" once every workload is restored (stopped; for "
             "systemd units, in kupgrade-commit.service after their starts), and when it fails kupgrade goes back "
             "to the old kernel with the same snapshot; with \"keep\" after the device hooks' restore and before "
-            "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back (the old kernel is the fallback) nor "
-            "in a rehearsal. 60 s at most.", check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
+            "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back "
+            "(the old kernel is the fallback) nor in a rehearsal. 60 s at most.",
+            check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("restore", "prewarm", "prewarm", bool,
             "As the restore begins in the new kernel (its page cache starts empty), look up the files the "
             "workloads had open or mapped and read ahead the parts of them they had mapped in (not whole "

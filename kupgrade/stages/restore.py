@@ -8,12 +8,12 @@ there from the initrd, or kupgrade's memory region mounted there). A tree that f
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import os
 import re
 import shlex
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from kupgrade import faults

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kupgrade.errors import CommandError
+from kupgrade.hooks import Problem, each_saved
 from kupgrade.system.run import run
 
 SYS_BLOCK = Path("/sys/block")
@@ -237,64 +237,61 @@ def assemble(s: dict) -> str:
 
 
 def restore(request: dict) -> dict:
-    done, problems = [], []
-    for s in request.get("state", {}).get("arrays", []):
-        try:
-            name = find(s["uuid"])
-            how = "already assembled" if name else "assembled"
-            name = name or assemble(s)
-            md = SYS_BLOCK / name / "md"
-            for key, attr in (("speed_min", "sync_speed_min"), ("speed_max", "sync_speed_max")):
-                if s[key] is not None:
-                    (md / attr).write_text(str(s[key]))
-            a = read_md(name)
-            if s["array_state"] in RW_STATES and a["array_state"] == "read-auto":
-                IO.mdadm("--readwrite", a["devnode"])
-            if s["action"] == "frozen":                 # the admin's, before the upgrade
-                (md / "sync_action").write_text("frozen")
-            elif a["sync_action"] == "frozen":
-                (md / "sync_action").write_text("idle")
-            mounted = []
-            for m in s["mounts"]:
-                if not any(x["mountpoint"] == m["mountpoint"] for x in mounts_of(a["dev"])):
-                    IO.mount(m["fstype"], m["options"], a["devnode"], m["mountpoint"])
-                    mounted.append(m["mountpoint"])
-            a = read_md(name)
-            done.append({"name": name, "was": s["name"], "how": how, "mounted": mounted,
-                         "sync_action": a["sync_action"], "sync_completed": a["sync_completed"],
-                         "checkpoint": s["resync_start"]})
-        except (RuntimeError, CommandError, OSError) as e:
-            problems.append(str(e) if isinstance(e, RuntimeError) else f"{s['name']}: {e}")
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    return {"arrays": done}
+    return each_saved(request, "arrays", _restore_array)
+
+
+def _restore_array(s: dict) -> dict:
+    name = find(s["uuid"])
+    how = "already assembled" if name else "assembled"
+    name = name or assemble(s)
+    md = SYS_BLOCK / name / "md"
+    for key, attr in (("speed_min", "sync_speed_min"), ("speed_max", "sync_speed_max")):
+        if s[key] is not None:
+            (md / attr).write_text(str(s[key]))
+    a = read_md(name)
+    if s["array_state"] in RW_STATES and a["array_state"] == "read-auto":
+        IO.mdadm("--readwrite", a["devnode"])
+    if s["action"] == "frozen":                 # the admin's, before the upgrade
+        (md / "sync_action").write_text("frozen")
+    elif a["sync_action"] == "frozen":
+        (md / "sync_action").write_text("idle")
+    mounted = []
+    for m in s["mounts"]:
+        if not any(x["mountpoint"] == m["mountpoint"] for x in mounts_of(a["dev"])):
+            IO.mount(m["fstype"], m["options"], a["devnode"], m["mountpoint"])
+            mounted.append(m["mountpoint"])
+    a = read_md(name)
+    return {"name": name, "was": s["name"], "how": how, "mounted": mounted,
+            "sync_action": a["sync_action"], "sync_completed": a["sync_completed"],
+            "checkpoint": s["resync_start"]}
 
 
 def verify(request: dict) -> dict:
-    out, problems = [], []
-    for s in request.get("state", {}).get("arrays", []):
-        name = find(s["uuid"])
-        if name is None:
-            problems.append(f"{s['name']} (UUID {s['uuid']}) is not assembled")
-            continue
-        a = read_md(name)
-        have = {m["mountpoint"] for m in mounts_of(a["dev"])}
-        missing = [m["mountpoint"] for m in s["mounts"] if m["mountpoint"] not in have]
-        if a["degraded"] > s["degraded"]:
-            problems.append(f"{name}: {a['degraded']} member(s) missing, {s['degraded']} before")
-        if missing:
-            problems.append(f"{name}: not mounted on {', '.join(missing)}")
-        if a["sync_action"] == "frozen" and s["action"] != "frozen":
-            problems.append(f"{name}: its {s['action']} is still frozen")
-        if s["array_state"] in RW_STATES and a["array_state"] in ("readonly", "read-auto"):
-            problems.append(f"{name}: {a['array_state']}, was {s['array_state']}")
-        out.append({"name": name, "sync_action": a["sync_action"], "sync_completed": a["sync_completed"],
-                    "checkpoint": s["resync_start"], "degraded": a["degraded"], "array_state": a["array_state"],
-                    "resumed_from_checkpoint": None if s["resync_start"] is None or a["sync_completed"] is None
-                    else a["sync_completed"] >= s["resync_start"]})
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    return {"arrays": out}
+    return each_saved(request, "arrays", _verify_array)
+
+
+def _verify_array(s: dict) -> dict:
+    name = find(s["uuid"])
+    if name is None:
+        raise Problem(f"{s['name']} (UUID {s['uuid']}) is not assembled")
+    a = read_md(name)
+    have = {m["mountpoint"] for m in mounts_of(a["dev"])}
+    missing = [m["mountpoint"] for m in s["mounts"] if m["mountpoint"] not in have]
+    wrong = []
+    if a["degraded"] > s["degraded"]:
+        wrong.append(f"{name}: {a['degraded']} member(s) missing, {s['degraded']} before")
+    if missing:
+        wrong.append(f"{name}: not mounted on {', '.join(missing)}")
+    if a["sync_action"] == "frozen" and s["action"] != "frozen":
+        wrong.append(f"{name}: its {s['action']} is still frozen")
+    if s["array_state"] in RW_STATES and a["array_state"] in ("readonly", "read-auto"):
+        wrong.append(f"{name}: {a['array_state']}, was {s['array_state']}")
+    if wrong:
+        raise Problem("; ".join(wrong))
+    return {"name": name, "sync_action": a["sync_action"], "sync_completed": a["sync_completed"],
+            "checkpoint": s["resync_start"], "degraded": a["degraded"], "array_state": a["array_state"],
+            "resumed_from_checkpoint": None if s["resync_start"] is None or a["sync_completed"] is None
+            else a["sync_completed"] >= s["resync_start"]}
 
 
 def resume(request: dict) -> dict:

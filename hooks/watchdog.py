@@ -37,6 +37,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from kupgrade.hooks import Problem, each_saved
 from kupgrade.system.procfs import getfd
 from kupgrade.system.run import run
 
@@ -300,50 +301,43 @@ def _current(saved: dict) -> dict | None:
 
 
 def restore(request: dict) -> dict:
-    done, problems = [], []
-    for s in request.get("state", {}).get("watchdogs", []):
-        w = _current(s)
-        if w is None:
-            problems.append(f"{s['name']} ({s['identity']}) is not there" +
-                            (f" after loading {', '.join(s['modules'])}" if s["modules"] else
-                             " (no driver module known: load it before kupgrade-restore runs)"))
-            continue
-        held = holders(w["nodes"])
-        if armed(w) and held:     # its daemon got there first (systemd's own watchdog opens early)
-            timeout = w["timeout"]
-            if timeout == s["bridge"] != s["timeout"]:  # our bridge, still on: a rehearsal's same daemon
-                with handle(w) as (fd, _):
-                    timeout = IO.set_timeout(fd, s["timeout"])
-                    IO.keepalive(fd)
-            done.append({"name": w["name"], "was": s["name"], "armed_by": _holder_text(held[0]),
-                         "timeout": timeout})
-            continue
-        with handle(w) as (fd, _):      # opening it starts it
-            got = IO.set_timeout(fd, s["bridge"])
-            IO.keepalive(fd)
-        done.append({"name": w["name"], "was": s["name"], "armed_with": got,
-                     "until": f"{s['holder'].get('unit') or s['holder'].get('comm') or 'its daemon'} opens it"})
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    return {"rearmed": done}
+    return each_saved(request, "watchdogs", _rearm, reply_key="rearmed")
+
+
+def _rearm(s: dict) -> dict:
+    w = _current(s)
+    if w is None:
+        raise Problem(f"{s['name']} ({s['identity']}) is not there" +
+                      (f" after loading {', '.join(s['modules'])}" if s["modules"] else
+                       " (no driver module known: load it before kupgrade-restore runs)"))
+    held = holders(w["nodes"])
+    if armed(w) and held:     # its daemon got there first (systemd's own watchdog opens early)
+        timeout = w["timeout"]
+        if timeout == s["bridge"] != s["timeout"]:  # our bridge, still on: a rehearsal's same daemon
+            with handle(w) as (fd, _):
+                timeout = IO.set_timeout(fd, s["timeout"])
+                IO.keepalive(fd)
+        return {"name": w["name"], "was": s["name"], "armed_by": _holder_text(held[0]), "timeout": timeout}
+    with handle(w) as (fd, _):      # opening it starts it
+        got = IO.set_timeout(fd, s["bridge"])
+        IO.keepalive(fd)
+    return {"name": w["name"], "was": s["name"], "armed_with": got,
+            "until": f"{s['holder'].get('unit') or s['holder'].get('comm') or 'its daemon'} opens it"}
 
 
 def verify(request: dict) -> dict:
-    out, problems = [], []
-    for s in request.get("state", {}).get("watchdogs", []):
-        w = find(s, present())
-        if w is None:
-            problems.append(f"{s['name']} ({s['identity']}) is not there")
-            continue
-        if not armed(w):
-            problems.append(f"{_label(w)} is not armed (state {w['state'] or 'unknown'})")
-            continue
-        held = holders(w["nodes"])
-        out.append({"name": w["name"], "armed": True, "timeout": w["timeout"], "saved_timeout": s["timeout"],
-                    "held_by": _holder_text(held[0] if held else None)})
-    if problems:
-        raise RuntimeError("; ".join(problems))
-    return {"watchdogs": out}
+    return each_saved(request, "watchdogs", _verify_armed)
+
+
+def _verify_armed(s: dict) -> dict:
+    w = find(s, present())
+    if w is None:
+        raise Problem(f"{s['name']} ({s['identity']}) is not there")
+    if not armed(w):
+        raise Problem(f"{_label(w)} is not armed (state {w['state'] or 'unknown'})")
+    held = holders(w["nodes"])
+    return {"name": w["name"], "armed": True, "timeout": w["timeout"], "saved_timeout": s["timeout"],
+            "held_by": _holder_text(held[0] if held else None)}
 
 
 def resume(request: dict) -> dict:

@@ -6,30 +6,17 @@ ConfigErrors that name the key and the file.
 
 from __future__ import annotations
 
-import os
-import re
-import reprlib
 import tomllib
 from dataclasses import dataclass, fields, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable
 
+from kupgrade import configchecks as checks
 from kupgrade.errors import ConfigError
 from kupgrade.switch import contract
 from kupgrade.system.run import use_programs
 
 DEFAULT_PATH = Path("/etc/kupgrade/kupgrade.toml")
-TRANSPORTS = ("auto", "initrd", "pmem")
-MAX_PRE_DUMP = 5
-KEXEC_METHODS = ("auto", "file", "classic")
-RESTORE_POLICIES = ("rollback", "keep")
-BLOCKED_POLICIES = ("auto", "abort", "fresh")
-SNAPSHOT_TOPS = ("/run", "/dev/shm")
-KERNEL_RE = re.compile(r"[A-Za-z0-9._+~-]+")
-PID_MAX_FILE = Path("/proc/sys/kernel/pid_max")
-PID_MAX_LIMIT = 4194304          # the kernel's PID_MAX_LIMIT on 64-bit: the fallback
-_short = reprlib.Repr()
-_short.maxlevel, _short.maxlist, _short.maxstring, _short.maxother = 3, 6, 60, 60
 
 
 @dataclass(frozen=True)
@@ -74,103 +61,6 @@ class Config:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def pid_max(path: Path | None = None) -> int:
-    """The highest PID this kernel hands out (kernel.pid_max)."""
-    try:
-        return int((path or PID_MAX_FILE).read_text())
-    except (OSError, ValueError):
-        return PID_MAX_LIMIT
-
-
-def _positive_pids(v: list) -> str | None:
-    top = pid_max()
-    bad = [p for p in v if not 1 < p <= top]
-    return f"PIDs must be > 1 and at most {top} (kernel.pid_max) (got {_short.repr(bad)})" if bad else None
-
-
-def _abs_cgroups(v: list) -> str | None:
-    bad = [p for p in v if not p.startswith("/") or ".." in p.split("/")]
-    return f"cgroup paths must be absolute within the cgroup2 hierarchy, like \"/workload\" (got {_short.repr(bad)})" if bad else None
-
-
-def _units(v: list) -> str | None:
-    bad = [u for u in v if not u.endswith(".service") or "/" in u]
-    return f"units are systemd service names like \"nginx.service\" (got {_short.repr(bad)})" if bad else None
-
-
-def _unit_patterns(v: list) -> str | None:
-    bad = [u for u in v if not u.endswith(".service") or "/" in u]
-    return f"entries are service names or patterns like \"backup-*.service\" (got {_short.repr(bad)})" if bad else None
-
-
-def _allow(v: list) -> str | None:
-    bad = [a for a in v if not a or ("/" in a and not a.startswith("/"))]
-    return f"entries are udev subsystems like \"infiniband\" or absolute sys paths (got {_short.repr(bad)})" if bad else None
-
-
-def _abs_path(v: str) -> str | None:
-    return None if v == "" or v.startswith("/") else f"must be an absolute path (got {_short.repr(v)})"
-
-
-def _snapshot_dir(v: str) -> str | None:
-    """A tmpfs is mounted over it: only a directory of its own in a tmpfs for runtime files."""
-    if not v.startswith("/"):
-        return f"must be an absolute path (got {_short.repr(v)})"
-    p = PurePosixPath(os.path.normpath(v))
-    if p.is_relative_to("/boot"):
-        return "the snapshot holds process memory: never under /boot"
-    if ".." in PurePosixPath(v).parts or not any(p.is_relative_to(top) and p != PurePosixPath(top)
-                                                  for top in SNAPSHOT_TOPS):
-        return (f"must be a directory of its own under {' or '.join(SNAPSHOT_TOPS)} (got {_short.repr(v)}): "
-                "a tmpfs is mounted over it, hiding what is there")
-    if p.is_relative_to(contract.RESTORE_DIR):
-        return f"must not be in {contract.RESTORE_DIR}, where the new kernel finds the snapshot"
-    return None
-
-
-def _kernel(v: str) -> str | None:
-    if v == "" or (KERNEL_RE.fullmatch(v) and not v.startswith(".")):
-        return None
-    return (f"must be a kernel version as in /boot/vmlinuz-VERSION: letters, digits and . _ + ~ -, "
-            f"not starting with a dot (got {_short.repr(v)})")
-
-
-def _size(v: str) -> str | None:
-    return None if v == "auto" or re.fullmatch(r"[0-9]+[KMG]", v) else f"must be \"auto\" or a size like \"2G\" (got {_short.repr(v)})"
-
-
-def _timeout(v: int) -> str | None:
-    return None if 1 <= v <= 86400 else f"must be between 1 and 86400 seconds (got {v})"
-
-
-def _program(v: str) -> str | None:
-    return None if v and (v.startswith("/") or "/" not in v) else \
-        f"must be a program name found in PATH or an absolute path (got {_short.repr(v)})"
-
-
-def _command(v: str) -> str | None:
-    import shlex
-    try:
-        argv = shlex.split(v)
-    except ValueError as e:
-        return f"is not a command line: {e} (got {_short.repr(v)})"
-    return None if not v or (argv and argv[0].startswith("/")) else \
-        f"must name its program by an absolute path (the new kernel's early boot has no PATH to rely on; got {_short.repr(v)})"
-
-
-def _one_of(choices: tuple[str, ...]):
-    """A check that the value is one of these words."""
-    def check(v: str) -> str | None:
-        return None if v in choices else f"must be one of {', '.join(choices)} (got {_short.repr(v)})"
-    return check
-
-
-def _pre_dump(v: int | str) -> str | None:
-    if isinstance(v, str):
-        return None if v == "auto" else f"must be \"auto\" or a number of iterations (got {_short.repr(v)})"
-    return None if 0 <= v <= MAX_PRE_DUMP else f"must be 0 to {MAX_PRE_DUMP} iterations (got {v})"
-
-
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -183,116 +73,122 @@ class Setting:
     example: str = ""
     cli: str = ""            # the command-line option that overrides it, with an example value
 
+    def __post_init__(self) -> None:      # the docs are prose in triple quotes: one line each
+        object.__setattr__(self, "doc", " ".join(self.doc.split()))
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("workloads", "pids", "pids", list, "Process trees to keep, by the PID of their root.",
-            item=int, check=_positive_pids, example="[1234]", cli="--pid 1234"),
+            item=int, check=checks.positive_pids, example="[1234]", cli="--pid 1234"),
     Setting("workloads", "cgroups", "cgroups", list,
-            "Workloads to keep, by cgroup v2 path (relative to /sys/fs/cgroup). The cgroup is frozen "
-            "with the cgroup freezer; every process in it must belong to one process tree.",
-            item=str, check=_abs_cgroups, example='["/workload"]', cli="--cgroup /workload"),
+            """Workloads to keep, by cgroup v2 path (relative to /sys/fs/cgroup). The cgroup is frozen with the
+            cgroup freezer; every process in it must belong to one process tree.""",
+            item=str, check=checks.abs_cgroups, example='["/workload"]', cli="--cgroup /workload"),
     Setting("workloads", "units", "units", list,
-            "systemd services to keep. Each is frozen through its cgroup and restored as itself: in "
-            "the new boot the unit's start restores its main process (same PID) instead of starting "
-            "it fresh.", item=str, check=_units, example='["memcached.service"]',
-            cli="--unit memcached.service"),
+            """systemd services to keep. Each is frozen through its cgroup and restored as itself: in the new boot
+            the unit's start restores its main process (same PID) instead of starting it fresh.""",
+            item=str, check=checks.services('units are systemd service names like "nginx.service"'),
+            example='["memcached.service"]', cli="--unit memcached.service"),
     Setting("workloads", "all_services", "all_services", bool,
-            "Every running service unit is a candidate: each one is carried, started fresh (it cannot be carried: "
-            "the reason is reported; see `on_blocked`) or left to the boot (a unit that starts fresh in every "
-            "boot: PID 1's helpers journald, udevd, logind, dbus, gettys, user managers, network managers, "
-            "and `start_fresh`; or the unit kupgrade runs in). `kupgrade check` lists each unit's fate.",
+            """Every running service unit is a candidate: each one is carried, started fresh (it cannot be
+            carried: the reason is reported; see `on_blocked`) or left to the boot (a unit that starts fresh in
+            every boot: PID 1's helpers journald, udevd, logind, dbus, gettys, user managers, network managers,
+            and `start_fresh`; or the unit kupgrade runs in). `kupgrade check` lists each unit's fate.""",
             example="true", cli="--all-services"),
     Setting("workloads", "start_fresh", "start_fresh", list,
-            "With `all_services`: more units (names or shell patterns) that are never carried; they run until "
-            "the switch and the new boot starts them as it always does.", item=str, check=_unit_patterns,
+            """With `all_services`: more units (names or shell patterns) that are never carried; they run until
+            the switch and the new boot starts them as it always does.""",
+            item=str, check=checks.services('entries are service names or patterns like "backup-*.service"'),
             example='["backup-*.service"]'),
     Setting("workloads", "on_blocked", "on_blocked", str,
-            "A unit that cannot be carried (a blocker about it alone): \"abort\" blocks the upgrade; \"fresh\" "
-            "stops the unit cleanly before the freeze and the new boot starts it (on a rollback before the switch "
-            "it is started again here), reported as such; \"auto\": fresh for units `all_services` found, abort "
-            "for the units named in `units`. PIDs and cgroups cannot start fresh: their blockers always block.",
-            check=_one_of(BLOCKED_POLICIES), example='"auto"'),
+            """A unit that cannot be carried (a blocker about it alone): "abort" blocks the upgrade; "fresh" stops
+            the unit cleanly before the freeze and the new boot starts it (on a rollback before the switch it is
+            started again here), reported as such; "auto": fresh for units `all_services` found, abort for the
+            units named in `units`. PIDs and cgroups cannot start fresh: their blockers always block.""",
+            check=checks.one_of(checks.BLOCKED_POLICIES), example='"auto"'),
     Setting("target", "kernel", "kernel", str,
             "Target kernel version, found as /boot/vmlinuz-VERSION and /boot/initrd.img-VERSION.",
-            check=_kernel, example='"6.12.117+deb12-amd64"', cli="--kernel 6.12.117+deb12-amd64"),
+            check=checks.kernel, example='"6.12.117+deb12-amd64"', cli="--kernel 6.12.117+deb12-amd64"),
     Setting("target", "vmlinuz", "vmlinuz", str, "Target kernel image path (instead of `kernel`).",
-            check=_abs_path, example='"/srv/kernels/vmlinuz"'),
+            check=checks.abs_path, example='"/srv/kernels/vmlinuz"'),
     Setting("target", "initrd", "initrd", str, "Target initrd path (with `vmlinuz`).",
-            check=_abs_path, example='"/srv/kernels/initrd.img"'),
+            check=checks.abs_path, example='"/srv/kernels/initrd.img"'),
     Setting("target", "append", "append", str,
             "Extra kernel command-line words for the target (added to the current command line).",
             example='"quiet"'),
     Setting("snapshot", "dir", "snapshot_dir", str,
-            "Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot: a directory of its own under "
-            "/run or /dev/shm (the tmpfs hides whatever is there; preflight blocks if it is not empty), not in "
-            f"{contract.RESTORE_DIR} (where the new kernel finds the snapshot). Never under /boot.",
-            check=_snapshot_dir, example=f'"{contract.SNAPSHOT_TMPFS}"'),
+            f"""Where kupgrade mounts its private tmpfs (mode 0700) for the snapshot: a directory of its own under
+            /run or /dev/shm (the tmpfs hides whatever is there; preflight blocks if it is not empty), not in
+            {contract.RESTORE_DIR} (where the new kernel finds the snapshot). Never under /boot.""",
+            check=checks.snapshot_dir, example=f'"{contract.SNAPSHOT_TMPFS}"'),
     Setting("snapshot", "size", "snapshot_size", str,
             "Size limit of that tmpfs: \"auto\" (estimate x 2.5, at least 256M) or a size like \"4G\".",
-            check=_size, example='"auto"'),
+            check=checks.size, example='"auto"'),
     Setting("snapshot", "transport", "transport", str,
-            "How the snapshot crosses the kernel switch: \"initrd\" (appended to the target initrd: the "
-            "kernel unpacks it, the initramfs moves it onto a tmpfs; works everywhere), \"pmem\" (written into "
-            "the memory region the command line reserves for kupgrade with memmap=SIZE!START "
-            f"{contract.CMDLINE_PMEM}=START, which both kernels leave alone: no packing, unpacking or moving; "
-            "`kupgrade install-boot --reserve SIZE` sets it up, one reboot activates it), or \"auto\" (pmem "
-            "when that region is active and the snapshot fits in it, else initrd).",
-            check=_one_of(TRANSPORTS), example='"auto"'),
+            f"""How the snapshot crosses the kernel switch: "initrd" (appended to the target initrd: the kernel
+            unpacks it, the initramfs moves it onto a tmpfs; works everywhere), "pmem" (written into the memory
+            region the command line reserves for kupgrade with memmap=SIZE!START {contract.CMDLINE_PMEM}=START,
+            which both kernels leave alone: no packing, unpacking or moving; `kupgrade install-boot --reserve
+            SIZE` sets it up, one reboot activates it), or "auto" (pmem when that region is active and the
+            snapshot fits in it, else initrd).""",
+            check=checks.one_of(checks.TRANSPORTS), example='"auto"'),
     Setting("snapshot", "pre_dump", "pre_dump", (int, str),
-            "criu pre-dump iterations while the workloads still run (prepare): the first copies their memory, "
-            "each next one what they dirtied since (soft-dirty tracking); the final dump in the pause then "
-            "copies only the pages dirtied after the last. The snapshot then holds those pages twice "
-            "(preflight counts 1.5 x the estimate). 0: one dump, in the pause. \"auto\": one iteration when the "
-            "snapshot crosses in kupgrade's memory region and fits there 1.5 times, else none (with the initrd "
-            "the pre-dumped pages are packed and loaded inside the pause all the same).",
-            check=_pre_dump, example="\"auto\""),
+            """criu pre-dump iterations while the workloads still run (prepare): the first copies their memory,
+            each next one what they dirtied since (soft-dirty tracking); the final dump in the pause then copies
+            only the pages dirtied after the last. The snapshot then holds those pages twice (preflight counts 1.5
+            x the estimate). 0: one dump, in the pause. "auto": one iteration when the snapshot crosses in
+            kupgrade's memory region and fits there 1.5 times, else none (with the initrd the pre-dumped pages are
+            packed and loaded inside the pause all the same).""",
+            check=checks.pre_dump, example="\"auto\""),
     Setting("kexec", "method", "kexec_method", str,
-            "\"file\" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot), "
-            "\"classic\" (kexec_load without purgatory hashing: faster with large snapshots), or \"auto\" "
-            "(file when the kernel is locked down or kexec_load is unavailable, else classic).",
-            check=_one_of(KEXEC_METHODS), example='"auto"'),
+            """"file" (kexec_file_load: the kernel verifies the image; required under lockdown/Secure Boot),
+            "classic" (kexec_load without purgatory hashing: faster with large snapshots), or "auto" (file when
+            the kernel is locked down or kexec_load is unavailable, else classic).""",
+            check=checks.one_of(checks.KEXEC_METHODS), example='"auto"'),
     Setting("restore", "on_failure", "on_restore_failure", str,
-            "When the new kernel cannot restore the workloads: \"rollback\" kexecs back into the old kernel "
-            "with the same snapshot and restores them there (preflight checks that the running kernel's image "
-            "and initrd, with the boot scripts, are there to go back to). With \"rollback\" no workload runs in "
-            "the new kernel until all are restored (the first wait, stopped, for the last), so that a failure "
-            "can still go back with all of them. \"keep\" stays in the new kernel, each workload running as "
-            "soon as it is restored, the snapshot of the others kept for `kupgrade restore --retry`.",
-            check=_one_of(RESTORE_POLICIES), example='"rollback"'),
+            """When the new kernel cannot restore the workloads: "rollback" kexecs back into the old kernel with
+            the same snapshot and restores them there (preflight checks that the running kernel's image and
+            initrd, with the boot scripts, are there to go back to). With "rollback" no workload runs in the new
+            kernel until all are restored (the first wait, stopped, for the last), so that a failure can still go
+            back with all of them. "keep" stays in the new kernel, each workload running as soon as it is
+            restored, the snapshot of the others kept for `kupgrade restore --retry`.""",
+            check=checks.one_of(checks.RESTORE_POLICIES), example='"rollback"'),
     Setting("restore", "health_check", "health_check", str,
-            "A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there before "
-            "any workload runs: with on_failure = \"rollback\" once every workload is restored (stopped; for "
-            "systemd units, in kupgrade-commit.service after their starts), and when it fails kupgrade goes back "
-            "to the old kernel with the same snapshot; with \"keep\" after the device hooks' restore and before "
-            "the first workload is restored, and when it fails the snapshot is kept. Not run on the way back "
-            "(the old kernel is the fallback) nor in a rehearsal. 60 s at most.",
-            check=_command, example='"/usr/local/sbin/uplink-ok eth0"'),
+            """A command that says whether the new kernel is fit for the workloads (exit 0: yes), run there before
+            any workload runs: with on_failure = "rollback" once every workload is restored (stopped; for systemd
+            units, in kupgrade-commit.service after their starts), and when it fails kupgrade goes back to the old
+            kernel with the same snapshot; with "keep" after the device hooks' restore and before the first
+            workload is restored, and when it fails the snapshot is kept. Not run on the way back (the old kernel
+            is the fallback) nor in a rehearsal. 60 s at most.""",
+            check=checks.command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("restore", "prewarm", "prewarm", bool,
-            "As the restore begins in the new kernel (its page cache starts empty), look up the files the "
-            "workloads had open or mapped and read ahead the parts of them they had mapped in (not whole "
-            "files): the reads overlap the snapshot's verification and criu's restore instead of following them.",
+            """As the restore begins in the new kernel (its page cache starts empty), look up the files the
+            workloads had open or mapped and read ahead the parts of them they had mapped in (not whole files):
+            the reads overlap the snapshot's verification and criu's restore instead of following them.""",
             example="true"),
     Setting("run", "answer_timeout", "answer_timeout", int,
-            "Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer "
-            "is the safe one: no, abort (the workloads resume as they were).", check=_timeout, example="300"),
-    Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=_abs_path,
+            """Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer is the
+            safe one: no, abort (the workloads resume as they were).""",
+            check=checks.timeout, example="300"),
+    Setting("paths", "state", "state_dir", str, "Where upgrade records are kept.", check=checks.abs_path,
             example=f'"{contract.STATE_DIR}"'),
-    Setting("paths", "criu", "criu", str, "The criu program: a name looked up in PATH or an absolute path, e.g. "
-            "a newer criu in /opt. It runs every criu of an upgrade: preflight's `criu check`, the dump, the "
-            "restore in the new kernel and on the way back (kupgrade-restore reads this file there), and "
-            "`kupgrade recover` waits for the interrupted run's own.", check=_program,
-            example='"/opt/criu/sbin/criu"'),
-    Setting("paths", "kexec", "kexec", str, "The kexec program (kexec-tools): a name looked up in PATH or an "
-            "absolute path. It loads, unloads and executes the target kernel (and the old one on the way back).",
-            check=_program, example='"/usr/sbin/kexec"'),
+    Setting("paths", "criu", "criu", str, """The criu program: a name looked up in PATH or an absolute path, e.g. a newer criu in /opt. It runs
+            every criu of an upgrade: preflight's `criu check`, the dump, the restore in the new kernel and on the
+            way back (kupgrade-restore reads this file there), and `kupgrade recover` waits for the interrupted
+            run's own.""",
+            check=checks.program, example='"/opt/criu/sbin/criu"'),
+    Setting("paths", "kexec", "kexec", str, """The kexec program (kexec-tools): a name looked up in PATH or an absolute path. It loads, unloads
+            and executes the target kernel (and the old one on the way back).""",
+            check=checks.program, example='"/usr/sbin/kexec"'),
     Setting("hooks", "dir", "hooks_dir", str,
-            "Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; "
-            "see docs/hooks.md).", check=_abs_path, example='"/etc/kupgrade/hooks.d"'),
+            """Directory of executable device hooks (run-parts names, root-owned, not group/world-writable; see
+            docs/hooks.md).""",
+            check=checks.abs_path, example='"/etc/kupgrade/hooks.d"'),
     Setting("hooks", "allow", "hooks_allow", list,
-            "Devices of the classes unsafe without a hook (GPUs, accelerators, vfio-pci, InfiniBand) that may "
-            "be reset by the new kernel even while programs hold them open: udev subsystems or sys paths. "
-            "Preflight blocks on the other ones in use.",
-            item=str, check=_allow, example='["/sys/devices/pci0000:00/0000:00:02.0"]'),
+            """Devices of the classes unsafe without a hook (GPUs, accelerators, vfio-pci, InfiniBand) that may be
+            reset by the new kernel even while programs hold them open: udev subsystems or sys paths. Preflight
+            blocks on the other ones in use.""",
+            item=str, check=checks.allow, example='["/sys/devices/pci0000:00/0000:00:02.0"]'),
 )
 
 
@@ -334,7 +230,7 @@ def parse(text: str, source: str = "<string>") -> Config:
             if not _check_type(value, s):
                 name = _type_name(s.type, s.item)
                 raise ConfigError(f"{source}: `{section}.{key}` must be {'an' if name[0] in 'aeiou' else 'a'} {name}, "
-                                  f"got {type(value).__name__} {_short.repr(value)}", f"for example: {key} = {s.example}")
+                                  f"got {type(value).__name__} {checks.short.repr(value)}", f"for example: {key} = {s.example}")
             if s.check and (problem := s.check(value)):
                 raise ConfigError(f"{source}: `{section}.{key}` {problem}", f"for example: {key} = {s.example}")
             values[s.attr] = tuple(value) if isinstance(value, list) else value
@@ -344,12 +240,11 @@ def parse(text: str, source: str = "<string>") -> Config:
 
 
 def _check_whole(cfg: Config) -> None:
-    src = cfg.source
     if cfg.kernel and (cfg.vmlinuz or cfg.initrd):
-        raise ConfigError(f"{src}: set either `target.kernel` or `target.vmlinuz`+`target.initrd`, not both",
+        raise ConfigError(f"{cfg.source}: set either `target.kernel` or `target.vmlinuz`+`target.initrd`, not both",
                           "remove one of them")
     if bool(cfg.vmlinuz) != bool(cfg.initrd):
-        raise ConfigError(f"{src}: `target.vmlinuz` and `target.initrd` go together", "set both paths")
+        raise ConfigError(f"{cfg.source}: `target.vmlinuz` and `target.initrd` go together", "set both paths")
 
 
 def load(path: Path | None) -> Config:

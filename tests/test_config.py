@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade import config, configdoc
+from kupgrade import config, configchecks, configdoc
 from kupgrade.errors import ConfigError
 
 GOOD = """
@@ -116,9 +116,9 @@ def test_non_utf8_file_names_the_file(tmp_path):
 def test_pid_max_from_the_kernel_or_the_fallback(tmp_path, monkeypatch):
     f = tmp_path / "pid_max"
     f.write_text("32768\n")
-    assert config.pid_max(f) == 32768
-    assert config.pid_max(tmp_path / "none") == config.PID_MAX_LIMIT
-    monkeypatch.setattr(config, "PID_MAX_FILE", f)
+    assert configchecks.pid_max(f) == 32768
+    assert configchecks.pid_max(tmp_path / "none") == configchecks.PID_MAX_LIMIT
+    monkeypatch.setattr(configchecks, "PID_MAX_FILE", f)
     assert config.parse("[workloads]\npids = [32768]\n").pids == (32768,)
     with pytest.raises(ConfigError, match=r"at most 32768 \(kernel.pid_max\) \(got \[32769\]\)"):
         config.parse("[workloads]\npids = [32769]\n")

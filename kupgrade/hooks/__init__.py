@@ -94,6 +94,32 @@ def parse_spec(d: object, name: str) -> HookSpec:
                     str(d.get("description", "")))
 
 
+class Problem(RuntimeError):
+    """What one saved item's check found wrong: `each_saved` reports it and goes on to the next."""
+
+
+def each_saved(request: dict, key: str, check, reply_key: str | None = None) -> dict:
+    """For hook authors, after the switch (restore, verify, resume): call `check(item)` on every
+    item `save` kept as `state[key]`, all of them even when some fail, then either fail once
+    naming every problem or reply `{reply_key or key: [what check returned, None left out]}`.
+    A Problem, RuntimeError, CommandError or OSError fails that item only; the last two are
+    prefixed with the item's "name" when it has one."""
+    done, problems = [], []
+    for item in request.get("state", {}).get(key, []):
+        try:
+            out = check(item)
+        except RuntimeError as e:
+            problems.append(str(e))
+        except (CommandError, OSError) as e:
+            problems.append(f"{item['name']}: {e}" if isinstance(item, dict) and "name" in item else str(e))
+        else:
+            if out is not None:
+                done.append(out)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return {reply_key or key: done}
+
+
 class HookFailed(Exception):
     """One call failed (exit status, timeout, exception, bad reply); becomes HookResult.error."""
 

@@ -189,9 +189,9 @@ class UpgradeRecord:
         for s in self.stages:
             if s.status == FAILED:
                 out.append(f"{s.name} failed: {s.error}" + (f" ({s.hint})" if s.hint else ""))
-            for problem in getattr(s.details, "problems", None) or []:     # the rollback's
+            for problem in s.details.problem_list:     # the rollback's
                 out.append(f"{s.name}: {problem}")
-            for r in getattr(s.details, "hooks", None) or []:      # a failing hook the stage went on after
+            for r in s.details.hook_calls:      # a failing hook the stage went on after
                 if not r["ok"] and not (s.status == FAILED and r["error"] in s.error):
                     out.append(f"hook {r['hook']} failed at {r['point']}: {r['error']}")
         for f in self.fresh:
@@ -199,11 +199,11 @@ class UpgradeRecord:
                 out.append(f"{f.unit} started fresh because {f.reason}: `kupgrade check` did not predict it (a bug "
                            "in check: please report it with the criu log)")
         results = {k: r for s in self.stages if s.name in ("restore", "restore-unit")
-                   for k, r in (s.details.workloads or {}).items()}
+                   for k, r in s.details.tree_results.items()}
         for key, r in results.items():
             if r.get("ok") and not r.get("same_pid"):
                 out.append(f"{r.get('selector', key)} was restored as PID {r.get('root_pid')}, not its old PID")
-        switched = next((s.details.boot_id for s in reversed(self.stages) if getattr(s.details, "boot_id", None)), "")
+        switched = next((s.details.switched_boot for s in reversed(self.stages) if s.details.switched_boot), "")
         if self.outcome in (KEXECED, ROLLING_BACK) and not pending and switched and boot_id and boot_id != switched:
             out.append("no restore was recorded for this switch and this boot has no snapshot: the machine was "
                        "reset after the switch (power loss, a crash, a watchdog) before the restore, or the boot "

@@ -41,6 +41,33 @@ class Details:
         names = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in d.items() if k in names}, extra={k: v for k, v in d.items() if k not in names})
 
+    # What the readers that go over every stage (record.warnings, the TUI, commit) ask of any step;
+    # a class without such a field answers empty.
+    @property
+    def hook_calls(self) -> list:
+        """The device hook calls this step made (HookResult JSON), in order."""
+        return getattr(self, "hooks", None) or []
+
+    @property
+    def tree_results(self) -> dict:
+        """Tree key -> its restore, for the steps that restore trees."""
+        return getattr(self, "workloads", None) or {}
+
+    @property
+    def continued_trees(self) -> tuple:
+        """The tree keys a commit let run."""
+        return tuple((getattr(self, "commit", None) or {}).get("continued", ()))
+
+    @property
+    def problem_list(self) -> list:
+        """What went wrong on the way, the step going on (a rollback's)."""
+        return getattr(self, "problems", None) or []
+
+    @property
+    def switched_boot(self) -> str:
+        """The boot id of the kernel this step switched into, "" if it did not switch."""
+        return getattr(self, "boot_id", None) or ""
+
     def plus(self, **more) -> "Details":
         """A copy with these keys set (a key the class does not name goes to `extra`)."""
         names = {f.name for f in fields(self)} - {"extra"}

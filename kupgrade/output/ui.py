@@ -187,7 +187,7 @@ class Ui(PlainUi):
         restored: dict[str, dict] = {}
         for s in rec.stages:
             if s.name in ("restore", "restore-unit"):
-                restored.update({k: v for k, v in (s.details.workloads or {}).items()
+                restored.update({k: v for k, v in s.details.tree_results.items()
                                  if v.get("ok") is not None or k not in restored})
         for w in rec.workloads:
             r = restored.get(w.key)
@@ -222,7 +222,7 @@ def blockers_of(r: StageResult) -> list[dict]:
 def hook_rows(rec: UpgradeRecord) -> list[tuple[str, str, bool, float, str]]:
     """(hook, point, ok, seconds, error) of every hook call the record's stages made, in order."""
     return [(r["hook"], r["point"], r["ok"], r["seconds"], r.get("error", ""))
-            for s in rec.stages for r in getattr(s.details, "hooks", None) or []]
+            for s in rec.stages for r in s.details.hook_calls]
 
 
 def _read_line(fd: int, timeout: float) -> tuple[bool, str]:

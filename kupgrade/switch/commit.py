@@ -29,13 +29,13 @@ def results(attempts) -> dict[str, dict]:
     """This kernel's result per tree key (the last attempt's)."""
     out: dict[str, dict] = {}
     for s in attempts:
-        out.update({k: r for k, r in (getattr(s.details, "workloads", None) or {}).items() if r.get("ok") is not None})
+        out.update({k: r for k, r in s.details.tree_results.items() if r.get("ok") is not None})
     return out
 
 
 def continued(attempts) -> set[str]:
     """Trees that run in this kernel: restored without holding, or continued by a commit."""
-    done = {k for s in attempts for k in (getattr(s.details, "commit", None) or {}).get("continued", ())}
+    done = {k for s in attempts for k in s.details.continued_trees}
     return done | {k for k, r in results(attempts).items() if r.get("ok") and not r.get("held")}
 
 

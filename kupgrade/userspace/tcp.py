@@ -262,8 +262,9 @@ def release(socks: list[Sock]) -> dict:
 def action_script(state_dir: Path) -> str:
     """criu --action-script (criu execs it: a file, not a command line): runs tcpfix.py at
     post-restore and nothing at criu's other actions. Written (again) into the state
-    directory: /run is mounted noexec by initramfs-tools. `python -I -S`: only the standard
-    library, the interpreter's start is inside the downtime."""
+    directory: /run is mounted noexec by initramfs-tools. `python -I -S`: no site-packages,
+    the interpreter's start is inside the downtime; tcpfix puts the one folder kupgrade is
+    installed in on its sys.path itself, to import kupgrade.system.procfs (standard library only)."""
     path = state_dir / ACTION
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = ("#!/bin/sh\n# kupgrade: criu's action script for restored TCP connections (kupgrade/userspace/tcpfix.py)\n"

@@ -85,6 +85,7 @@ class Context:
     oom: dict = field(default_factory=dict)                   # PID -> its oom_score_adj before we protected it
     journal: Path | None = None          # run/rehearse: where the undo state is kept (kupgrade/inflight.py)
     stopped_units: list[str] = field(default_factory=list)    # services stopped to start fresh (rollback: start)
+    started: dict = field(default_factory=dict)               # kupgrade-restore's own start (restorecmd.py)
 
     def note(self) -> None:
         """Something the rollback would undo changed: rewrite the journal (`kupgrade recover`

@@ -4,7 +4,7 @@ import pytest
 
 from kupgrade.output import estimate, record
 from kupgrade.output.record import StageResult, UpgradeRecord
-from kupgrade.switch import newkernel
+from kupgrade.switch import restorecmd
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -164,9 +164,9 @@ def test_the_restore_point_of_this_boot(tmp_path):
     assert seconds == 3.5 + estimate.EARLY_USERSPACE_S and "initramfs started" in how
     uptime = tmp_path / "uptime"
     uptime.write_text("9.75 17.00\n")
-    newkernel.mark_restore_point(marked, uptime)
+    restorecmd.mark_restore_point(marked, uptime)
     uptime.write_text("99.0 1.0\n")
-    newkernel.mark_restore_point(marked, uptime)        # the first call of the boot counts
+    restorecmd.mark_restore_point(marked, uptime)        # the first call of the boot counts
     assert estimate.restore_point("", marked, early)[0] == 9.75
 
 

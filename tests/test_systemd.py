@@ -6,7 +6,7 @@ from pathlib import Path
 from kupgrade.output import record
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.stages import restore
-from kupgrade.switch import newkernel
+from kupgrade.switch import newkernel, restorecmd
 from kupgrade.userspace import systemd, workloads
 
 
@@ -93,12 +93,12 @@ def test_outcome_waits_for_every_unit():
 
 
 def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(newkernel, "mark_restore_point", lambda: None)   # not this host's /run
+    monkeypatch.setattr(restorecmd, "mark_restore_point", lambda: None)   # not this host's /run
     cfg = tmp_path / "k.toml"
     cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
     # restore_dir is fixed (/run/kupgrade); on this machine nothing is pending there
     assert not restore.pending(Path("/run/kupgrade"))
-    assert newkernel.main(["--config", str(cfg), "--unit", "web.service"]) == 6
+    assert restorecmd.main(["--config", str(cfg), "--unit", "web.service"]) == 6
     err = capsys.readouterr().err
     assert "web.service: no kupgrade snapshot is pending" in err and "systemctl daemon-reload" in err
 

@@ -190,6 +190,7 @@ class Restore(Details):
     prewarm: dict | None = None
     criu: dict | None = None                    # dumped_by, restored_by
     seconds: dict | None = None                 # timeline.Laps: each step's seconds
+    start: dict | None = None                   # kupgrade-restore's own start: python_s, warm_up_started_s, loaded_s
     commit: dict | None = None                  # continued together (commit.py)
     no_rollback: str | None = None              # why the way back was not taken
 

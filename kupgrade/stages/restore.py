@@ -300,7 +300,8 @@ def run(ctx: Context) -> tuple[str, Restore]:
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
-               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.plan.criu}, "seconds": laps}
+               "prewarm": warm, "criu": {"dumped_by": m.criu, "restored_by": ctx.plan.criu}, "seconds": laps,
+               "start": ctx.started or None}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         with laps.lap(commit.STAGE):
             details[commit.STAGE] = _go_on(ctx, snap, m, [k for k, r in results.items() if r.get("held")], details)

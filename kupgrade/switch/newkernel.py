@@ -1,9 +1,8 @@
-"""The new kernel's side, kept lean: `kupgrade-restore` (what the boot integration runs) imports
+"""The new kernel's side: what `kupgrade-restore` (restorecmd.py) does, kept lean: it imports
 neither typer nor rich nor psutil, which cost ~5 s under QEMU TCG, inside the downtime."""
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import logging
 import os
@@ -13,9 +12,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from kupgrade import config as config_mod
 from kupgrade.context import Context
-from kupgrade.errors import KupgradeError, RestoreError, explain
+from kupgrade.errors import KupgradeError, RestoreError
 from kupgrade.output import logfile, record
 from kupgrade.output.record import FAILED, OK, StageResult
 from kupgrade.output.results import Commit, Discard, RestoreUnit
@@ -263,48 +261,16 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
         systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir, start=m.start)
 
 
-def mark_restore_point(path: Path = Path(contract.RESTORE_POINT), uptime: Path = Path("/proc/uptime")) -> None:
-    """Every time kupgrade-restore runs: how long after the kernel started this boot got here,
-    the first time (the next estimate's kernel switch: estimate.restore_point). Never raises."""
-    try:
-        if not path.exists():
-            path.write_text(uptime.read_text().split()[0] + "\n")
-    except (OSError, IndexError):
-        pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kupgrade-restore", description="Restore the workloads carried across "
-                                 "a kexec by `kupgrade run` (run early by the boot integration). Does nothing "
-                                 f"when no snapshot is pending in {contract.RESTORE_DIR}.")
-    ap.add_argument("--config", "-c", type=Path, help="config file (default /etc/kupgrade/kupgrade.toml)")
-    ap.add_argument("--unit", help="restore this systemd unit's processes (its ExecStart in this boot)")
-    ap.add_argument("--commit", action="store_true", help="continue the trees held until all units were "
-                    "restored, or go back to the old kernel when one was not (kupgrade-commit.service)")
-    ap.add_argument("--generator", nargs="*", metavar="DIR", help="run as a systemd generator")
-    args = ap.parse_args(argv)
-    if not args.generator:
-        mark_restore_point()
-    logfile.stderr_handler(debug=False)
+def dispatch(args, cfg, started: dict | None = None) -> int:
+    """kupgrade-restore's work (restorecmd.py parsed the arguments and loaded the settings; started:
+    how long its own start took, for the record)."""
     ui = PlainUi()
-    try:
-        cfg = config_mod.load(args.config)
-        if args.generator is not None:
-            generator(args.generator, Path(contract.RESTORE_DIR))
-            return 0
-        if args.unit:
-            restore_unit(Context(cfg, new_record("restore")), args.unit, ui)
-            return 0
-        if args.commit:
-            commit_pending(Context(cfg, new_record("restore")), ui)
-            return 0
-        if not restore_pending(Context(cfg, new_record("restore")), ui):
-            ui.print(f"kupgrade: no snapshot pending in {contract.RESTORE_DIR}")
-        return 0
-    except KupgradeError as e:
-        print(explain(e), file=sys.stderr)
-        return e.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if args.generator is not None:
+        generator(args.generator, Path(contract.RESTORE_DIR))
+    elif args.unit:
+        restore_unit(Context(cfg, new_record("restore")), args.unit, ui)
+    elif args.commit:
+        commit_pending(Context(cfg, new_record("restore")), ui)
+    elif not restore_pending(Context(cfg, new_record("restore"), started=started or {}), ui):
+        ui.print(f"kupgrade: no snapshot pending in {contract.RESTORE_DIR}")
+    return 0

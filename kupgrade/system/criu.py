@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kupgrade.errors import KupgradeError
-from kupgrade.output.record import Workload
 from kupgrade.system import procfs
 from kupgrade.system.run import program, run
+
+if TYPE_CHECKING:        # criu's restore side starts without the record's modules (restorecmd.py)
+    from kupgrade.output.record import Workload
 
 CRIU = "criu"
 SETPRIV = "setpriv"     # util-linux
@@ -230,11 +234,40 @@ def warm() -> bool:
     criu run after this reads /run/criu.kdat instead of probing again. The probing loads the
     sock-diag modules and runs `iptables -L`, inside the pause otherwise, once per concurrent
     restore (criu 3.17 under QEMU TCG: a 64 MiB tree restored in 3.1 s without the cache, 0.3 s
-    with it). Whether criu said yes; never raises."""
+    with it). A warm-up this process started early (start_warm) is waited for, not run again.
+    Whether criu said yes; never raises."""
+    if _early is not None:
+        _early.join()
+        return _early.ok
+    return _probe()
+
+
+def _probe() -> bool:
     try:
         return run(warm_argv(), check=False, timeout=120).returncode == 0
     except (KupgradeError, OSError, ValueError):
         return False
+
+
+class _Warming(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(name="kupgrade-criu-warm", daemon=True)
+        self.ok = False
+
+    def run(self) -> None:
+        self.ok = _probe()
+
+
+_early: _Warming | None = None
+
+
+def start_warm() -> None:
+    """kupgrade-restore's first act (restorecmd.py): the warm-up in a thread, while the process
+    goes on loading the restore's modules; warm() then waits for it."""
+    global _early
+    if _early is None:
+        _early = _Warming()
+        _early.start()
 
 
 def check() -> None:

@@ -88,6 +88,7 @@ def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record:
             "estimate_basis": pre.get("downtime_basis"), **({"machine": pre["machine"]} if pre.get("machine") else {}),
             "phases": dict(until_first_beat(breakdown)), "breakdown": breakdown, "stages": stage_seconds(record),
             "restore_steps": stage_details(record, "restore").get("seconds", {}),
+            "restore_start": stage_details(record, "restore").get("start", {}),
             "snapshot_bytes": snap.get("snapshot_bytes"), "initrd_bytes": load.get("initrd_bytes"),
             "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome"),
             "transport": snap.get("transport", DEFAULT_TRANSPORT)}

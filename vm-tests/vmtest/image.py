@@ -210,7 +210,7 @@ def install_kupgrade(tree: Path) -> None:
         if (dist / package).exists():
             shutil.rmtree(dist / package)
         shutil.copytree(src, dist / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for name, module in (("kupgrade", "kupgrade.cli"), ("kupgrade-restore", "kupgrade.switch.newkernel")):
+    for name, module in (("kupgrade", "kupgrade.cli"), ("kupgrade-restore", "kupgrade.switch.restorecmd")):
         script = tree / "usr/sbin" / name
         script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import main\nsys.exit(main())\n")
         script.chmod(0o755)

@@ -1,0 +1,41 @@
+"""kupgrade-restore's start: criu's probe of the new kernel begins before the rest is imported."""
+import threading
+
+from kupgrade.switch import restorecmd
+from kupgrade.system import criu
+
+WARM = criu.warm        # conftest keeps the tests from running criu: the real one, its probe faked here
+
+
+def test_python_start_from_the_process_start_time(tmp_path, monkeypatch):
+    stat = tmp_path / "stat"
+    # field 22 (starttime, clock ticks since boot); a comm with spaces and parentheses
+    stat.write_text("4242 (python3 (x) y) S " + " ".join(["0"] * 18) + " 1000 0 0\n")
+    monkeypatch.setattr(restorecmd, "LOADED", 1000 / restorecmd.os.sysconf("SC_CLK_TCK") + 0.25)
+    assert restorecmd._python_s(stat) == 0.25
+    assert restorecmd._python_s(tmp_path / "none") is None
+
+
+def test_an_early_warm_up_is_waited_for_not_run_again(monkeypatch):
+    calls, release = [], threading.Event()
+
+    def probe():
+        calls.append(threading.current_thread().name)
+        release.wait(5)
+        return True
+
+    monkeypatch.setattr(criu, "_probe", probe)
+    monkeypatch.setattr(criu, "_early", None)
+    criu.start_warm()
+    criu.start_warm()                   # once per process
+    release.set()
+    assert WARM() is True
+    assert calls == ["kupgrade-criu-warm"]
+
+
+def test_without_an_early_warm_up_the_stage_probes_itself(monkeypatch):
+    calls = []
+    monkeypatch.setattr(criu, "_probe", lambda: calls.append(1) or False)
+    monkeypatch.setattr(criu, "_early", None)
+    assert WARM() is False
+    assert calls == [1]

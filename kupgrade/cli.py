@@ -275,7 +275,7 @@ def report(config: Optional[Path] = CONFIG_OPT,
         stdout_json({**rec.to_json(), "summary": metrics.summary(rec)})
         return
     ui = Ui(record_svg=bool(svg))
-    from kupgrade.stages.restore import pending
+    from kupgrade.switch.trees import pending
     from kupgrade.system.kexec import boot_id
     ui.here = (boot_id(), pending(Path(contract.RESTORE_DIR)))
     ui.report(rec)

@@ -14,8 +14,7 @@ from kupgrade.errors import KupgradeError, RestoreError
 from kupgrade.output import record
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.output.ui import PlainUi
-from kupgrade.stages import restore
-from kupgrade.switch import commit, manifest, newkernel, switchback
+from kupgrade.switch import commit, manifest, newkernel, switchback, trees
 
 A = Workload("pid:100", 100, (100, 101), stopped_before=(101,))
 B = Workload("pid:200", 200, (200,))
@@ -58,7 +57,7 @@ def world(monkeypatch):
     def go(c, m, cause):
         w["back"].append(sorted(p.name for p in (c.restore_dir / "images").iterdir()))
         raise KupgradeError("kexec --load failed", "")
-    monkeypatch.setattr(restore, "restore_one", restore_one)
+    monkeypatch.setattr(trees, "restore_one", restore_one)
     monkeypatch.setattr(commit.os, "kill", lambda pid, sig: w["signals"].append((pid, sig)))
     monkeypatch.setattr(switchback, "go", go)
     return w
@@ -71,7 +70,7 @@ def test_all_back_then_all_continue(tmp_path, world):
     assert world["signals"] == [(100, signal.SIGCONT), (200, signal.SIGCONT)]    # 101 was stopped before
     rec = record.load(tmp_path / "state", "U7")
     assert rec.outcome == record.RESTORED and rec.stage("restore").details.commit["continued"] == [A.key, B.key]
-    assert (snap / restore.DONE).exists() and not (snap / "images" / A.key).exists()
+    assert (snap / trees.DONE).exists() and not (snap / "images" / A.key).exists()
 
 
 def test_one_fails_none_has_run_the_way_back_carries_all(tmp_path, world):
@@ -86,7 +85,7 @@ def test_one_fails_none_has_run_the_way_back_carries_all(tmp_path, world):
     assert rec.outcome == record.RESTORE_FAILED and rec.stages[-1].name == "commit"
     assert "no way back (the way back failed: kexec --load failed)" in rec.stages[-1].summary
     assert (snap / "images" / B.key).exists() and not (snap / "images" / A.key).exists()
-    assert "already run on" in switchback.refused(manifest.read(snap), rec)     # --retry: no hold any more
+    assert "already run on" in trees.refused(manifest.read(snap), rec)     # --retry: no hold any more
     world["broken"].clear()
     assert newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True), retry=True)
     assert world["tried"][-1] == (B.key, False)
@@ -103,15 +102,15 @@ def test_units_commit_after_the_last_unit(tmp_path, world):
     assert newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
     rec = record.load(tmp_path / "state", "U7")
     assert rec.outcome == record.RESTORING and world["signals"] == []       # A waits, stopped, for the unit
-    assert commit.held(restore.attempts(rec)) == [A.key]
-    assert commit.missing(manifest.read(snap), restore.attempts(rec)) == [U.key]
+    assert commit.held(trees.attempts(rec)) == [A.key]
+    assert commit.missing(manifest.read(snap), trees.attempts(rec)) == [U.key]
     done = rec.with_stage(StageResult("restore-unit", "ok", 0, 0, details={
         "unit": "web.service", "workloads": {U.key: {"ok": True, "held": True}}}))
     record.save(done, tmp_path / "state")
     assert newkernel.commit_pending(ctx(tmp_path), PlainUi(quiet=True))
     assert sorted(world["signals"]) == [(100, signal.SIGCONT), (300, signal.SIGCONT)]
     rec = record.load(tmp_path / "state", "U7")
-    assert rec.outcome == record.RESTORED and rec.stages[-1].name == "commit" and (snap / restore.DONE).exists()
+    assert rec.outcome == record.RESTORED and rec.stages[-1].name == "commit" and (snap / trees.DONE).exists()
     assert not newkernel.commit_pending(ctx(tmp_path), PlainUi(quiet=True))     # nothing pending any more
 
 
@@ -139,7 +138,7 @@ def test_fault_second_fails_from_the_second_time_on(tmp_path, monkeypatch):
 def test_commit_results_ignore_the_other_kernels_attempt():
     failed_there = StageResult("restore", "failed", 0, 0, details={"workloads": {A.key: {"ok": False}}})
     rec = UpgradeRecord("U7", "run", "6.1", stages=(failed_there, StageResult("switch-back", "ok", 0, 0)))
-    assert commit.results(restore.attempts(rec)) == {}
+    assert commit.results(trees.attempts(rec)) == {}
 
 
 def test_with_a_way_back_the_health_check_runs_when_all_are_back(tmp_path, world):

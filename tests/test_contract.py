@@ -8,8 +8,7 @@ import pytest
 
 from kupgrade import hooks
 from kupgrade.hooks import early
-from kupgrade.stages import restore
-from kupgrade.switch import boot, contract, initrd, manifest
+from kupgrade.switch import boot, contract, initrd, manifest, trees
 from kupgrade.system import kexec
 from kupgrade.userspace import systemd
 
@@ -46,7 +45,7 @@ def test_python_side_uses_the_contract():
     assert initrd.ARCHIVE_ROOT == contract.ARCHIVE_ROOT
     assert kexec.MARKER == contract.CMDLINE_KEY
     assert manifest.NAME == contract.MANIFEST
-    assert restore.VERIFIED == contract.VERIFIED and restore.DONE == contract.DONE
+    assert trees.VERIFIED == contract.VERIFIED and trees.DONE == contract.DONE
     assert systemd.PIDFILE_DIR == contract.UNIT_PIDFILES
     assert hooks.HOOKS_SUBDIR == contract.HOOKS
     assert (early.BUNDLE, early.RUNNER) == (contract.EARLY_BUNDLE, contract.EARLY_RUNNER)

@@ -21,7 +21,7 @@ from kupgrade.hooks import Hook, coverage, early, hookload, hookpoints, parse_sp
 from kupgrade.output.record import FAILED, OK, UpgradeRecord
 from kupgrade.output.ui import Ui, hook_rows
 from kupgrade.stages import freeze, preflight, restore, snapshot
-from kupgrade.switch import manifest
+from kupgrade.switch import manifest, trees
 
 KERNEL = os.uname().release
 
@@ -221,7 +221,7 @@ def test_restore_stage_runs_early_restore_restore_and_verify(tmp_path, monkeypat
     assert seen == [("restore", {"mtu": 1400}), ("verify", {"mtu": 1400})]
     assert [(r["hook"], r["point"], r["ok"]) for r in details.hooks] == [
         ("flaky", "restore", False), ("net", "restore", True), ("net", "verify", True)]
-    assert (snap / restore.DONE).exists() and (snap / restore.VERIFIED).exists()
+    assert (snap / trees.DONE).exists() and (snap / trees.VERIFIED).exists()
 
 
 def test_restore_stage_collects_early_restore_results(tmp_path, monkeypatch):
@@ -247,7 +247,7 @@ def test_critical_restore_failure_restores_nothing_and_keeps_the_snapshot(tmp_pa
     with pytest.raises(HookError, match="critical hook crit failed at restore: RuntimeError: no link") as e:
         restore.run(new_kernel(tmp_path, monkeypatch, [crit, other]))
     assert [(r["hook"], r["ok"]) for r in e.value.details["hooks"]] == [("crit", False), ("other", True)]
-    assert (snap / manifest.NAME).exists() and not (snap / restore.VERIFIED).exists()
+    assert (snap / manifest.NAME).exists() and not (snap / trees.VERIFIED).exists()
 
 
 def test_critical_verify_failure_is_raised_after_recording(tmp_path, monkeypatch):

@@ -159,11 +159,11 @@ def test_the_new_kernel_refuses_a_damaged_manifest_with_one_line(tmp_path):
     from kupgrade.context import Context
     from kupgrade.errors import RestoreError
     from kupgrade.steps import new_record
-    from kupgrade.switch import newkernel
+    from kupgrade.switch import newkernel, unitrestore
     (tmp_path / manifest.NAME).write_text("[]")
     (tmp_path / "verified").write_text("ID1\n")       # restore_unit: damaged after the verification
     ctx = Context(Config(state_dir=str(tmp_path / "state")), new_record("restore"), restore_dir=tmp_path)
-    for call in (lambda: newkernel.restore_pending(ctx, None), lambda: newkernel.restore_unit(ctx, "x.service", None),
+    for call in (lambda: newkernel.restore_pending(ctx, None), lambda: unitrestore.restore_unit(ctx, "x.service", None),
                  lambda: newkernel.generator(["a", "b", "c"], tmp_path)):
         with pytest.raises(RestoreError, match=f"the snapshot in {tmp_path} is damaged: manifest.json: the manifest "
                                                "is a list, not a JSON object"):

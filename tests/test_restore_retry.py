@@ -12,7 +12,7 @@ from kupgrade.output import record
 from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore
-from kupgrade.switch import manifest, newkernel
+from kupgrade.switch import manifest, newkernel, trees
 
 A, B = Workload("pid:100", 100, (100,)), Workload("pid:200", 200, (200,))
 
@@ -44,7 +44,7 @@ def test_retry_restores_only_what_failed(tmp_path, monkeypatch):
         if w.key in broken:
             return {"selector": w.selector, "ok": False, "error": "criu: boom", "images": str(snap_ / "images" / w.key)}
         return {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True}
-    monkeypatch.setattr(restore, "restore_one", fake)
+    monkeypatch.setattr(trees, "restore_one", fake)
     with pytest.raises(RestoreError, match="1 of 2 workload"):
         newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
     assert (snap / manifest.NAME).exists() and not (snap / "images" / A.key).exists()
@@ -55,12 +55,12 @@ def test_retry_restores_only_what_failed(tmp_path, monkeypatch):
     assert newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True), retry=True)
     assert tried == [A.key, B.key, B.key]
     rec = record.load(tmp_path / "state", "U9")
-    assert rec.outcome == record.RESTORED and (snap / restore.DONE).exists()
+    assert rec.outcome == record.RESTORED and (snap / trees.DONE).exists()
 
 
 def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
     snap = snapshot(tmp_path)
-    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": False,
+    monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": False,
                                                                       "error": "criu: boom", "images": "x"})
     with pytest.raises(RestoreError):
         newkernel.restore_pending(ctx(tmp_path), PlainUi(quiet=True))
@@ -72,11 +72,10 @@ def test_discard_gives_the_rest_up_on_record(tmp_path, monkeypatch):
 
 
 def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
-    from kupgrade.switch import switchback
     snap = snapshot(tmp_path)
     (snap / "images" / A.key / "pages-1.img").write_bytes(b"tree-10X")      # same size, other bytes
     tried = []
-    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: tried.append(w.key) or
+    monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: tried.append(w.key) or
                         {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
     c = ctx(tmp_path)
     with pytest.raises(RestoreError, match="1 of 2 workload.*images failed verification"):
@@ -88,18 +87,17 @@ def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
     from dataclasses import replace
     m = replace(manifest.read(snap), back={"kernel": "6.1", "vmlinuz": str(snap / manifest.NAME),
                                            "initrd": str(snap / manifest.NAME), "cmdline": "", "method": "classic"})
-    assert "already run on" in switchback.refused(m, rec)            # B runs: no way back
+    assert "already run on" in trees.refused(m, rec)            # B runs: no way back
 
 
 def test_no_way_back_for_damaged_images(tmp_path):
     from kupgrade.output.record import StageResult
-    from kupgrade.switch import switchback
     (tmp_path / "v").write_bytes(b"x")
     m = manifest.make("U9", "6.1", "6.12", (A,), {}, back={"kernel": "6.1", "vmlinuz": str(tmp_path / "v"),
                                                             "initrd": str(tmp_path / "v"), "cmdline": "", "method": "classic"})
     rec = UpgradeRecord("U9", "run", "6.1").with_stage(StageResult(
         "restore", "failed", 0, 0, details={"workloads": {A.key: {"ok": False, "corrupt": True}}}))
-    assert "damaged: the old kernel has no better copy" in switchback.refused(m, rec)
+    assert "damaged: the old kernel has no better copy" in trees.refused(m, rec)
 
 
 def test_units_connections_are_protected_until_systemd_restores_them(tmp_path, monkeypatch):
@@ -127,13 +125,13 @@ def test_a_failing_health_check_restores_nothing_here(tmp_path, monkeypatch):
     from dataclasses import replace
     snapshot(tmp_path)
     tried = []
-    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: tried.append(w.key) or
+    monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: tried.append(w.key) or
                         {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
     c = ctx(tmp_path)
     c.config = replace(c.config, health_check="/bin/sh -c 'exit 3'")
     with pytest.raises(RestoreError, match="the health check `/bin/sh -c 'exit 3'` failed in .*exited 3"):
         restore.run(c)
-    assert tried == [] and not (c.restore_dir / restore.VERIFIED).exists()
+    assert tried == [] and not (c.restore_dir / trees.VERIFIED).exists()
     c.config = replace(c.config, health_check="/bin/true")
     assert restore.run(c)[1].health_check == {"command": "/bin/true", "ok": True} and len(tried) == 2
 
@@ -156,7 +154,7 @@ def test_the_restore_warms_criu_and_loads_nf_tables_alongside_the_verification(t
     did = []
     monkeypatch.setattr(criu, "warm", lambda: did.append("criu") or True)
     monkeypatch.setattr(tcp, "load_module", lambda: did.append("nf_tables"))
-    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: did.append(w.key) or
+    monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: did.append(w.key) or
                         {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})
     details = restore.run(ctx(tmp_path))[1]
     assert did == ["criu", A.key, B.key]            # no TCP connection in this snapshot: no module

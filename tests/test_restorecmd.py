@@ -39,3 +39,17 @@ def test_without_an_early_warm_up_the_stage_probes_itself(monkeypatch):
     monkeypatch.setattr(criu, "_early", None)
     assert WARM() is False
     assert calls == [1]
+
+
+def test_a_units_restore_loads_neither_the_restore_stage_nor_the_hooks(tmp_path):
+    """Several units start at once, each its own kupgrade-restore --unit: only one tree's modules."""
+    import subprocess
+    import sys
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
+    code = ("import sys\nfrom kupgrade.switch import restorecmd\nrestorecmd.mark_restore_point = lambda: None\n"
+            f"rc = restorecmd.main(['--config', {str(cfg)!r}, '--unit', 'web.service'])\n"
+            "print(rc, sorted(m for m in sys.modules if m in ('kupgrade.stages.restore', 'kupgrade.hooks', "
+            "'kupgrade.switch.newkernel', 'kupgrade.switch.switchback', 'kupgrade.switch.prewarm')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[0] == "6 []", out.stdout + out.stderr      # nothing pending here: its error

@@ -7,7 +7,7 @@ from pathlib import Path
 from procfake import fake_proc, task
 
 from kupgrade.output.record import Workload
-from kupgrade.stages import restore
+from kupgrade.switch import trees
 from kupgrade.system import criu
 from kupgrade.userspace import sandbox, systemd, workloads
 
@@ -198,10 +198,10 @@ def test_the_marker_next_to_the_images_makes_the_restore_keep_it(tmp_path, monke
         ran.append(argv)
         (images / "restored.pid").write_text("500")
 
-    monkeypatch.setattr(restore, "run_cmd", fake_run)
-    monkeypatch.setattr(restore, "_taken", lambda w: "")
-    r = restore.restore_one(tmp_path, WEB)
+    monkeypatch.setattr(trees, "run_cmd", fake_run)
+    monkeypatch.setattr(trees, "_taken", lambda w: "")
+    r = trees.restore_one(tmp_path, WEB)
     assert r["ok"] and ran[0][:3] == ["setpriv", "--no-new-privs", "criu"]
     (images / criu.NO_NEW_PRIVS).unlink()
-    restore.restore_one(tmp_path, WEB)
+    trees.restore_one(tmp_path, WEB)
     assert ran[1][0] == "criu"

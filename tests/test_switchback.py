@@ -5,7 +5,7 @@ from kupgrade.config import Config
 from kupgrade.context import Context
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.stages import preflight
-from kupgrade.switch import manifest, switchback
+from kupgrade.switch import manifest, switchback, trees
 
 W = (Workload("pid:5", 5, (5,)),)
 
@@ -20,15 +20,15 @@ def m(tmp_path, **kw):
 
 def test_refused_only_when_going_back_would_be_wrong(tmp_path):
     rec = UpgradeRecord("U1", "run", "6.1")
-    assert switchback.refused(m(tmp_path), rec) == ""
-    assert "keep" in switchback.refused(m(tmp_path, back={}), rec)
-    assert "no second one" in switchback.refused(m(tmp_path, rollback=True), rec)
-    assert "rehearsal" in switchback.refused(m(tmp_path), rec, rehearsal=True)
+    assert trees.refused(m(tmp_path), rec) == ""
+    assert "keep" in trees.refused(m(tmp_path, back={}), rec)
+    assert "no second one" in trees.refused(m(tmp_path, rollback=True), rec)
+    assert "rehearsal" in trees.refused(m(tmp_path), rec, rehearsal=True)
     ran = rec.with_stage(StageResult("restore", "failed", 0, 0, details={"workloads": {"tree-5": {"ok": True}}}))
-    assert "tree-5 already run on in this kernel" in switchback.refused(m(tmp_path), ran)
+    assert "tree-5 already run on in this kernel" in trees.refused(m(tmp_path), ran)
     gone = m(tmp_path)
     (tmp_path / "initrd").unlink()
-    assert switchback.refused(gone, rec) == f"{tmp_path / 'initrd'} is gone"
+    assert trees.refused(gone, rec) == f"{tmp_path / 'initrd'} is gone"
 
 
 def test_manifest_carries_the_way_back(tmp_path):
@@ -61,8 +61,7 @@ def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
     runs (hooks included), and the outcome is rolled-back."""
     from kupgrade.output import record
     from kupgrade.output.ui import PlainUi
-    from kupgrade.stages import restore
-    from kupgrade.switch import newkernel
+    from kupgrade.switch import newkernel, trees
     snap = tmp_path / "run-kupgrade"
     (snap / "images" / "tree-5").mkdir(parents=True)
     f = snap / "images" / "tree-5" / "pages-1.img"
@@ -75,7 +74,7 @@ def test_the_old_kernel_restores_after_the_way_back(tmp_path, monkeypatch):
     back = StageResult("switch-back", "ok", 0, 0)
     record.save(UpgradeRecord("U1", "run", "6.1", outcome=record.ROLLING_BACK,
                               stages=(StageResult("exec", "ok", 0, 0), failed, back)), tmp_path / "state")
-    monkeypatch.setattr(restore, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": True,
+    monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: {"selector": w.selector, "ok": True,
                                                                    "root_pid": 5, "same_pid": True})
     c = Context(Config(state_dir=str(tmp_path / "state"), hooks_dir=str(tmp_path / "none")),
                 newkernel.new_record("restore"), restore_dir=snap)

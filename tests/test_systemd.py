@@ -5,8 +5,7 @@ from pathlib import Path
 
 from kupgrade.output import record
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
-from kupgrade.stages import restore
-from kupgrade.switch import newkernel, restorecmd
+from kupgrade.switch import restorecmd, trees, unitrestore
 from kupgrade.userspace import systemd, workloads
 
 
@@ -69,11 +68,11 @@ def test_resolve_unit_to_main_pid_and_cgroup():
 
 def test_pid_taken_is_detected_before_criu(tmp_path):
     w = Workload("unit:web.service", os.getpid(), (os.getpid(),), unit="web.service")
-    r = restore.restore_one(tmp_path, w)
+    r = trees.restore_one(tmp_path, w)
     assert r["ok"] is False and f"PID {os.getpid()} of unit:web.service is taken in this boot" in r["error"]
     assert r["images"] == str(tmp_path / "images" / w.key)
     thread = Workload("unit:web.service", 999999999, (999999999,), unit="web.service", tids=(os.getpid(),))
-    assert f"PID {os.getpid()} of unit:web.service is taken" in restore.restore_one(tmp_path, thread)["error"]
+    assert f"PID {os.getpid()} of unit:web.service is taken" in trees.restore_one(tmp_path, thread)["error"]
 
 
 def test_outcome_waits_for_every_unit():
@@ -83,13 +82,13 @@ def test_outcome_waits_for_every_unit():
     early = StageResult("restore", "ok", 1.0, 1.0, details={"workloads": {
         "tree-5": {"ok": True}, "tree-6": {"ok": None, "pending": "restored when a.service starts"}}})
     rec = UpgradeRecord("X", "run", "a", stages=(early,))
-    assert newkernel._outcome(rec, M) == record.RESTORING
+    assert unitrestore.outcome_of(rec, M) == record.RESTORING
     unit_ok = StageResult("restore-unit", "ok", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": True}}})
-    assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.RESTORED
+    assert unitrestore.outcome_of(rec.with_stage(unit_ok), M) == record.RESTORED
     unit_bad = StageResult("restore-unit", "failed", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": False}}})
-    assert newkernel._outcome(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
+    assert unitrestore.outcome_of(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
     M.rollback = True           # the restore after the way back to the old kernel
-    assert newkernel._outcome(rec.with_stage(unit_ok), M) == record.ROLLED_BACK
+    assert unitrestore.outcome_of(rec.with_stage(unit_ok), M) == record.ROLLED_BACK
 
 
 def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys, monkeypatch):
@@ -97,7 +96,7 @@ def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, caps
     cfg = tmp_path / "k.toml"
     cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
     # restore_dir is fixed (/run/kupgrade); on this machine nothing is pending there
-    assert not restore.pending(Path("/run/kupgrade"))
+    assert not trees.pending(Path("/run/kupgrade"))
     assert restorecmd.main(["--config", str(cfg), "--unit", "web.service"]) == 6
     err = capsys.readouterr().err
     assert "web.service: no kupgrade snapshot is pending" in err and "systemctl daemon-reload" in err

@@ -5,7 +5,8 @@ Under QEMU TCG, importing the restore's modules (newkernel.py and what it needs)
 second of the pause. The first thing a snapshot's restore needs from the kernel is criu's probe
 of its features (criu.warm): started here, in a thread, as soon as the settings say which criu,
 it runs on the other CPU while this process imports the rest. A unit's restore (`--unit`, after
-the first restore probed) and the generator start nothing.
+the first restore probed) starts nothing and imports only what one tree needs (unitrestore.py):
+the units of a snapshot start at once, each one such a process.
 """
 
 from __future__ import annotations
@@ -63,12 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     logfile.stderr_handler(debug=False)
     try:
         cfg = config_mod.load(args.config)
-        restore = args.generator is None and not args.unit and not args.commit
+        if args.unit:                               # one tree: not the whole restore's modules
+            from kupgrade.switch import unitrestore
+            return unitrestore.main(cfg, args.unit)
+        restore = args.generator is None and not args.commit
+        started = {"python_s": _python_s()}
         if restore and (Path(contract.RESTORE_DIR) / contract.MANIFEST).exists():
             from kupgrade.system import criu
             criu.start_warm()
-        from kupgrade.switch import newkernel  # the rest, while criu probes
-        return newkernel.dispatch(args, cfg)
+            started["warm_up_started_s"] = round(time.clock_gettime(time.CLOCK_BOOTTIME) - LOADED, 3)
+        from kupgrade.switch import newkernel       # the rest, while criu probes
+        started["loaded_s"] = round(time.clock_gettime(time.CLOCK_BOOTTIME) - LOADED, 3)
+        return newkernel.dispatch(args, cfg, started)
     except KupgradeError as e:
         print(explain(e), file=sys.stderr)
         return e.exit_code

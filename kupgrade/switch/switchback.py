@@ -19,35 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from kupgrade.errors import KupgradeError
-from kupgrade.hooks import HOOKS_SUBDIR
 from kupgrade.output import record
 from kupgrade.output.record import OK, StageResult
 from kupgrade.output.results import SwitchBack
-from kupgrade.switch import commit, contract, initrd, manifest, packing, pmem
+from kupgrade.switch import contract, initrd, manifest, packing, pmem
 from kupgrade.system import fsfreeze, kexec
 from kupgrade.system.run import COMMAND_LOG, program, run
 
 WORKDIR = "/run/kupgrade-back"          # a tmpfs of its own for the packed initrd
-
-
-def refused(m: manifest.Manifest, rec: record.UpgradeRecord, rehearsal: bool = False) -> str:
-    """Why this failed restore does not go back ("" when it does)."""
-    if rehearsal:
-        return "a rehearsal has no other kernel to go back to"
-    if not m.back:
-        return "restore.on_failure is \"keep\" (or preflight found no way back)"
-    if m.rollback:
-        return "this is the way back already: there is no second one"
-    from kupgrade.stages.restore import attempts
-    tried = attempts(rec)
-    if running := sorted(commit.continued(tried)):
-        return f"{', '.join(running)} already run on in this kernel: their snapshot is stale"
-    if earlier := next((s.details.no_rollback for s in tried if s.details.no_rollback), ""):
-        return earlier                  # answered once in this kernel already (the way back failed)
-    if corrupt := sorted(k for k, r in commit.results(tried).items() if r.get("corrupt")):
-        return f"the images of {', '.join(corrupt)} are damaged: the old kernel has no better copy"
-    missing = [p for p in (m.back["vmlinuz"], m.back["initrd"]) if not Path(p).is_file()]
-    return f"{missing[0]} is gone" if missing else ""
 
 
 def _back_manifest(snap: Path, m: manifest.Manifest):
@@ -69,7 +48,7 @@ def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path
     # here would make criu refuse the restore there (it creates the PID file exclusively)
     warm = _prewarm(snap)
     initrd.assemble(Path(m.back["initrd"]), out, lambda w: made.append(
-        packing.fill(w, snap / contract.IMAGES, snap / HOOKS_SUBDIR, m.workloads, _back_manifest(snap, m),
+        packing.fill(w, snap / contract.IMAGES, snap / contract.HOOKS, m.workloads, _back_manifest(snap, m),
                      rec.dumps(), only=lambda arc: arc in m.files, prewarm=warm)))
     return made[0]
 
@@ -89,7 +68,7 @@ def _seal(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord) -> manife
     for rel in manifest.unlisted(snap, m.files):
         (snap / rel).unlink()
     for top in snap.iterdir():
-        if top.name in (contract.IMAGES, HOOKS_SUBDIR):
+        if top.name in (contract.IMAGES, contract.HOOKS):
             continue
         if top.is_dir() and not top.is_symlink():
             shutil.rmtree(top)

@@ -1,0 +1,126 @@
+"""A systemd unit's restore in the new kernel (`kupgrade-restore --unit NAME`, the unit's own start
+in the boot after the switch; kupgrade/userspace/systemd.py writes the drop-ins): its tree
+only, and the record all the restores of one snapshot share (one at a time, under a lock).
+
+Several units start at once, each one its own process: this module imports only what one
+tree's restore needs (trees.py), not the whole restore stage with the device hooks, the
+read-ahead and the way back (newkernel.py, which uses the helpers below too).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from kupgrade.context import Context
+from kupgrade.errors import RestoreError
+from kupgrade.output import logfile, record
+from kupgrade.output.record import FAILED, OK, StageResult
+from kupgrade.output.results import RestoreUnit
+from kupgrade.output.ui import PlainUi
+from kupgrade.steps import finish, new_record, os_problem
+from kupgrade.switch import commit, contract, manifest, trees
+from kupgrade.userspace import systemd
+
+log = logging.getLogger("kupgrade.restore")
+
+
+@contextmanager
+def record_lock(state_dir: Path):
+    """The early restore and each unit's restore update one record: one at a time."""
+    d = state_dir / "records"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(d / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def prior_record(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
+    prior = record.load(ctx.state_dir, m.id)
+    if prior is None and (snap / contract.RECORD).exists():
+        prior = record.load_file(snap / contract.RECORD)
+    return prior if prior is not None else replace(ctx.record, id=m.id, kernel_from=m.kernel_from,
+                                                   kernel_to=m.kernel_to, workloads=m.workloads)
+
+
+def outcome_of(rec: record.UpgradeRecord, m) -> str:
+    """restoring while a unit has not been restored yet or a tree waits for the others; then
+    restored or restore-failed."""
+    tried = trees.attempts(rec)         # this kernel's (after a way back, not the other's)
+    results = commit.results(tried)
+    if any(w.key not in results for w in m.workloads) or commit.held(tried):
+        return record.RESTORING
+    if not all(r.get("ok") for r in results.values()):
+        return record.RESTORE_FAILED
+    return record.ROLLED_BACK if m.rollback else record.RESTORED
+
+
+def read_manifest(snap: Path) -> manifest.Manifest:
+    try:
+        return manifest.read(snap)
+    except OSError as e:
+        raise RestoreError(f"cannot read the snapshot in {snap}: {os_problem(e)}",
+                           "nothing was restored; the snapshot is kept")
+    except ValueError as e:
+        raise RestoreError(f"the snapshot in {snap} is damaged: {manifest.NAME}: {e}",
+                           f"nothing was restored; the snapshot is kept in {snap} (see `kupgrade report`)")
+
+
+def release(snap: Path) -> None:
+    if done := trees.release_region(snap):
+        log.info("%s", done)
+
+
+def restore_unit(ctx: Context, unit: str, ui) -> None:
+    """ExecStart of a systemd unit in the boot after the switch (see kupgrade/userspace/systemd.py)."""
+    snap = ctx.restore_dir
+    if not trees.pending(snap):
+        raise RestoreError(f"{unit}: no kupgrade snapshot is pending in {snap} (restored already in this boot?)",
+                           "to start it fresh: `systemctl daemon-reload` (the generator then drops the restore "
+                           "drop-in), then start it again")
+    if not (snap / trees.VERIFIED).exists():
+        raise RestoreError(f"{unit}: the snapshot in {snap} was not verified, so it is not restored",
+                           "see `journalctl -u kupgrade-restore` and `kupgrade report`")
+    corrupt = (snap / trees.VERIFIED).read_text().split("corrupt ")[1:]
+    m = read_manifest(snap)
+    w = next((w for w in m.workloads if w.unit == unit), None)
+    if w is None:
+        raise RestoreError(f"{unit} is not in snapshot {m.id}", "nothing to restore for it")
+    if w.key in (c.strip() for c in corrupt):
+        raise RestoreError(f"{unit}: its images failed verification: the only copy is damaged, it is not restored",
+                           "`kupgrade report` names the file; start the unit fresh after `systemctl daemon-reload`")
+    logfile.start(m.id)
+    started, t0 = time.time(), time.monotonic()
+    with record_lock(ctx.state_dir):
+        hold = not trees.refused(m, prior_record(ctx, snap, m), ctx.rehearsal)
+    result = trees.restore_one(snap, w, pidfile=systemd.pidfile(snap, unit), state_dir=ctx.state_dir,
+                                       hold=hold)
+    if result["ok"] and (wrote := systemd.restore_pidfile(w, result["root_pid"])):
+        result["pidfile"] = wrote
+    with record_lock(ctx.state_dir):
+        ctx.record = prior_record(ctx, snap, m)
+        logs = trees.finish_trees(ctx, snap, m.id, {w.key: result})
+        res = StageResult("restore-unit", OK if result["ok"] else FAILED, started, time.monotonic() - t0,
+                          f"restored {unit} (main PID {result.get('root_pid')})"
+                          + (", stopped until all are back" if hold else "") if result["ok"] else "",
+                          RestoreUnit(unit=unit, workloads={w.key: result}, criu_logs=logs),
+                          "" if result["ok"] else result["error"])
+        ctx.record = ctx.record.with_stage(res)
+        outcome = outcome_of(ctx.record, m)
+        if outcome in (record.RESTORED, record.ROLLED_BACK):
+            trees.mark_restored(snap)
+        finish(ctx, outcome)
+    release(snap)
+    ui.print(f"kupgrade: {res.summary or res.error}")
+    if not result["ok"]:
+        raise RestoreError(f"{unit}: {result['error']}", f"its images and criu's log are kept in {result['images']}")
+
+
+def main(cfg, unit: str) -> int:
+    """`kupgrade-restore --unit NAME` (restorecmd.py parsed the arguments and loaded the settings)."""
+    restore_unit(Context(cfg, new_record("restore")), unit, PlainUi())
+    return 0

@@ -16,7 +16,7 @@ from hookfakes import DEVICES, ETH0, PyHook, write_exec
 from kupgrade import pipeline
 from kupgrade.config import Config
 from kupgrade.context import Context, Plan, Target
-from kupgrade.errors import HookError
+from kupgrade.errors import HookError, RestoreError
 from kupgrade.hooks import Hook, coverage, early, hookload, hookpoints, parse_spec
 from kupgrade.output.record import FAILED, OK, UpgradeRecord
 from kupgrade.output.ui import Ui, hook_rows
@@ -300,3 +300,27 @@ def test_restore_path_imports_stay_lean():
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
+
+
+def test_damaged_hook_state_stops_the_restore_before_any_hook_runs(tmp_path, monkeypatch):
+    """The hooks run beside the images' verification, but only on state that matched the manifest."""
+    seen = []
+    net = PyHook("net", points=("save", "restore"), save={"state": {"mtu": 1400}},
+                 restore=lambda r: seen.append(r["state"]) or {})
+    snap = packed_snapshot(tmp_path, [net])
+    saved = snap / "hooks" / "saved.json"
+    saved.write_text(saved.read_text().replace("1400", "1500"))     # same size, another checksum
+    with pytest.raises(RestoreError, match="failed verification: hooks/saved.json: crc32 mismatch"):
+        restore.run(new_kernel(tmp_path, monkeypatch, [net]))
+    assert seen == [] and not (snap / trees.VERIFIED).exists()
+
+
+def test_what_the_full_verification_finds_after_the_hooks_ran_keeps_their_results(tmp_path, monkeypatch):
+    net = PyHook("net", points=("save", "restore"), restore={"applied": 1})
+    snap = packed_snapshot(tmp_path, [net])
+    (snap / "images").mkdir()
+    (snap / "images" / "stray.img").write_text("not packed")      # unlisted, and no tree's
+    with pytest.raises(RestoreError, match="images/stray.img: not in the manifest") as e:
+        restore.run(new_kernel(tmp_path, monkeypatch, [net]))
+    assert [(r["hook"], r["point"], r["ok"]) for r in e.value.details["hooks"]] == [("net", "restore", True)]
+    assert (snap / manifest.NAME).exists() and not (snap / trees.VERIFIED).exists()

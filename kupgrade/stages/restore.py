@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kupgrade import faults
 from kupgrade.context import Context
-from kupgrade.errors import CommandError, KupgradeError, RestoreError
+from kupgrade.errors import CommandError, HookError, KupgradeError, RestoreError
 from kupgrade.hooks import early, hookpoints
 from kupgrade.output.results import Restore
 from kupgrade.output.timeline import Laps
@@ -57,18 +57,24 @@ def failure(results: dict[str, dict], snap: Path, details: dict) -> RestoreError
 TREE_FILE = re.compile(r"'?images/(tree-[0-9]+)/")
 
 
-def _verified(ctx: Context, snap: Path, done: set[str]):
+HOOK_STATE = (f"{contract.HOOKS}/",)
+
+
+def _verified(ctx: Context, snap: Path, done: set[str], only: tuple[str, ...] = ()):
     """The manifest, once every file of the trees still to restore matched it, and the trees
     whose images did not ({key: first problem}): those are not restored (the only copy is
-    damaged), the others are. Any other problem (kernel, manifest, hooks) stops everything."""
+    damaged), the others are. Any other problem (kernel, manifest, hooks) stops everything.
+    only=HOOK_STATE: the first pass, the hooks' saved state (small) alone; the full pass then
+    leaves it out (a hook may rewrite its own files in the meantime)."""
     if (snap / contract.MOVE_FAILED).exists():
         raise RestoreError(f"the initramfs could not move the snapshot into {snap}: "
                            f"{(snap / contract.MOVE_FAILED).read_text().strip()}",
                            "nothing was restored: the snapshot is incomplete (preflight sizes memory for it; "
                            "see `kupgrade report` and the kernel log)")
     # a rehearsal restores on the old kernel what was packed for the target kernel
+    skip = tuple(f"images/{k}/" for k in sorted(done)) + (() if only else HOOK_STATE)
     m, problems = manifest.verify(snap, ctx.plan.target.version if ctx.rehearsal else os.uname().release,
-                                  added=early.written_in_new_kernel, skip=tuple(f"images/{k}/" for k in sorted(done)))
+                                  added=early.written_in_new_kernel, skip=skip, only=only)
     corrupt: dict[str, str] = {}
     for p in problems:
         if (tree := TREE_FILE.match(p)) and m is not None:
@@ -120,13 +126,65 @@ def health_check(ctx: Context, m) -> dict:
     return {"command": cmd, "ok": True}
 
 
-def _protect(snap: Path, trees) -> int | str:
+def _protect(snap: Path, todo) -> int | str:
     """Before any address is configured (network hook, the distribution's networking): the
-    peers' packets would meet no socket and be answered with an RST."""
+    peers' packets would meet no socket and be answered with an RST. Before the images are
+    verified (the hooks run alongside): a tree whose TCP state cannot be read is passed over,
+    and one found damaged is let go again (_let_go)."""
+    socks = []
+    for w in todo:
+        try:
+            socks += tcp.read(snap / "images" / w.key)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                    # damaged: the verification says so, the tree is not restored
     try:
-        return tcp.install([s for w in trees for s in tcp.read(snap / "images" / w.key)])
+        return tcp.install(socks)
     except CommandError as e:       # the workloads still come back; their connections may be reset
         return f"not protected: {e.message}"
+
+
+def _let_go(snap: Path, corrupt: dict[str, str]) -> None:
+    """The peers of the trees that will not be restored (damaged): their packets may come in."""
+    for key in sorted(corrupt):
+        try:
+            tcp.release(tcp.read(snap / "images" / key))
+        except (KupgradeError, OSError, ValueError, KeyError, TypeError):
+            pass
+
+
+def _verify_beside_hooks(ctx: Context, snap: Path, done: set[str], retry: bool, laps: Laps):
+    """The hooks' state verified first, the TCP peers held off, then the device hooks' restore
+    runs while the images are verified (they do not depend on each other; both sit in the pause).
+    Returns (manifest, corrupt trees, the hooks' results, the protection); raises what the
+    verification found, else what a critical hook did, after both are done."""
+    with laps.lap("verify_hook_state"):
+        m, _ = _verified(ctx, snap, done, only=HOOK_STATE)
+    todo = [w for w in m.workloads if w.key not in done]
+    with laps.lap("protect"):
+        protected = _protect(snap, todo)     # units too: they restore later
+    hooked: dict = {"done": [], "error": None}
+
+    def hooks():
+        with laps.lap("hooks"):
+            try:
+                hooked["done"] = [] if retry else hookpoints.restore(ctx, snap)
+            except HookError as e:          # critical: none is restored
+                hooked["error"] = e
+    t = threading.Thread(target=hooks, name="kupgrade-hooks-restore", daemon=True)
+    t.start()
+    try:
+        with laps.lap("verify"):
+            m, corrupt = _verified(ctx, snap, done)
+    except RestoreError as e:           # nothing is restored; what the hooks did is recorded
+        t.join()
+        ran = hooked["done"] or (hooked["error"].details.get("hooks", []) if hooked["error"] else [])
+        raise e.in_stage({"hooks": ran}) from e
+    with laps.lap("hooks_wait"):
+        t.join()
+    if hooked["error"] is not None:
+        raise hooked["error"]
+    _let_go(snap, corrupt)
+    return m, corrupt, hooked["done"], protected
 
 
 def _warm_up(snap: Path, laps: Laps) -> threading.Thread:
@@ -157,14 +215,9 @@ def run(ctx: Context) -> tuple[str, Restore]:
     warming = _warm_up(snap, laps)
     if not trees.attempts(ctx.record) and (last := sorted((snap / "images").glob("tree-*"))[-1:]):
         faults.corrupt(last[0])         # the test fault: the last tree's copy damaged on the way
-    with laps.lap("verify"):
-        m, corrupt = _verified(ctx, snap, done)
-    todo = [w for w in m.workloads if w.key not in done]
-    with laps.lap("protect"):
-        protected = _protect(snap, [w for w in todo if w.key not in corrupt])     # units too: they restore later
     retry = any(s.name == NAME for s in trees.attempts(ctx.record))
-    with laps.lap("hooks"):
-        hooks_done = [] if retry else hookpoints.restore(ctx, snap)    # HookError (critical): none restored
+    m, corrupt, hooks_done, protected = _verify_beside_hooks(ctx, snap, done, retry, laps)
+    todo = [w for w in m.workloads if w.key not in done]
     hold = not corrupt and not trees.refused(m, ctx.record, ctx.rehearsal)    # all or nothing (commit.py)
     health = {} if hold else health_check(ctx, m)      # holding: when all are back, before any runs
     (snap / VERIFIED).write_text(m.id + "\n" + "".join(f"corrupt {k}\n" for k in sorted(corrupt)))

@@ -154,12 +154,13 @@ def outside(rel: str) -> bool:
 
 
 def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambda rel: False,
-           skip: tuple[str, ...] = ()) -> tuple[Manifest, list[str]]:
+           skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> tuple[Manifest, list[str]]:
     """Return the manifest and the problems found (empty list = verified): a wrong kernel, a
     listed file missing, of another size or checksum or outside the snapshot, a file under
     images/ or hooks/ that is not listed, unless `added(rel)` (written in this boot on purpose).
     Listed files whose path starts with one of `skip` are not looked at (a retry: the images of
-    trees restored already were freed)."""
+    trees restored already were freed). With `only`, just the listed files under those prefixes
+    are (a first pass over the small ones: the unlisted files are the full pass's)."""
     try:
         m = read(snapshot)
     except FileNotFoundError:
@@ -170,12 +171,14 @@ def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambd
     if m.kernel_to != kernel_now:
         problems.append(f"snapshot was made for kernel {m.kernel_to}, this is {kernel_now}")
     top = snapshot.resolve()
-    listed = {rel: meta for rel, meta in m.files.items() if not (skip and rel.startswith(skip))}
+    listed = {rel: meta for rel, meta in m.files.items()
+              if not (skip and rel.startswith(skip)) and (not only or rel.startswith(only))}
     found = {rel: _problem(snapshot / rel, rel, meta, top) for rel, meta in listed.items()}
     problems += [problem for problem in found.values() if problem]
     sums = _hash_all(snapshot, {rel: f for rel, meta in listed.items() if (f := _sum_field(meta)) and not found[rel]})
     problems += [f"{rel}: {f} mismatch" for rel, (f, digest) in sums.items() if digest != listed[rel][f]]
-    problems += [f"{rel}: not in the manifest" for rel in unlisted(snapshot, m.files) if not added(rel)]
+    if not only:
+        problems += [f"{rel}: not in the manifest" for rel in unlisted(snapshot, m.files) if not added(rel)]
     return m, problems
 
 

@@ -270,6 +270,10 @@ def build_image(force: bool = False) -> Image:
     log.info("assembling the disk image %s", out)
     run(["cp", "-a", "--reflink=auto", str(base), str(work)], timeout=600)
     install_kupgrade(work)
+    # byte-compiled by the guest's own Python, as a Debian package's install does (py3compile):
+    # otherwise a module the old kernel's run never imported is compiled inside the pause
+    _chroot(work, "python3", "-m", "compileall", "-q", *(f"/usr/lib/python3/dist-packages/{package}"
+                                                         for package in ("kupgrade", "kupgrade_hooks")))
     install_guest_files(work)
     # The boot integration goes in the way an admin installs it.
     _chroot(work, "kupgrade", "install-boot", "--kernel", KERNEL_TO, "--kernel", KERNEL_FROM,

@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kupgrade import inflight
-from kupgrade.config import Config
 from kupgrade.errors import ConfigError
-from kupgrade.output.progress import Report
-from kupgrade.output.record import UpgradeRecord, Workload
 from kupgrade.switch import contract
-from kupgrade.switch.pmem import Region
-from kupgrade.system.kexec import Method
+
+if TYPE_CHECKING:       # annotations only: the new kernel's restore imports this module inside the pause
+    from kupgrade.config import Config
+    from kupgrade.output.progress import Report
+    from kupgrade.output.record import UpgradeRecord, Workload
+    from kupgrade.switch.pmem import Region
+    from kupgrade.system.kexec import Method
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Context:
         """Something the rollback would undo changed: rewrite the journal (`kupgrade recover`
         reads it when this process could not roll back itself)."""
         if self.journal is not None:
+            from kupgrade import inflight
             from kupgrade.journal import state
             inflight.write(state(self), self.journal)
 

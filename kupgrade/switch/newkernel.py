@@ -17,7 +17,7 @@ from kupgrade.output.results import Commit, Discard
 from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore as restore_stage
 from kupgrade.steps import execute_stage, finish, new_record
-from kupgrade.switch import bootpids, commit, contract, switchback, trees
+from kupgrade.switch import bootpids, commit, contract, trees
 from kupgrade.switch.unitrestore import outcome_of, prior_record, read_manifest, record_lock, release
 from kupgrade.userspace import systemd
 
@@ -35,6 +35,8 @@ def _failed(ctx: Context, m, cause: KupgradeError, ui) -> None:
     why_not = trees.refused(m, ctx.record, ctx.rehearsal)
     if not why_not:
         ui.print(f"kupgrade: {cause.message}; back to {m.back['kernel']} with the same snapshot")
+        # the way back: not imported on the way forward
+        from kupgrade.switch import switchback
         try:
             switchback.go(ctx, m, cause)
         except KupgradeError as e:

@@ -173,15 +173,18 @@ def _verify_beside_hooks(ctx: Context, snap: Path, done: set[str], retry: bool, 
                 hooked["error"] = e
     t = threading.Thread(target=hooks, name="kupgrade-hooks-restore", daemon=True)
     t.start()
+    failed = None
     try:
         with laps.lap("verify"):
             m, corrupt = _verified(ctx, snap, done)
-    except RestoreError as e:           # nothing is restored; what the hooks did is recorded
-        t.join()
+    except RestoreError as e:
+        failed = e
+    finally:                            # whatever the verification raised: no hook is left running
+        with laps.lap("hooks_wait"):
+            t.join()
+    if failed is not None:              # nothing is restored; what the hooks did is recorded
         ran = hooked["done"] or (hooked["error"].details.get("hooks", []) if hooked["error"] else [])
-        raise e.in_stage({"hooks": ran}) from e
-    with laps.lap("hooks_wait"):
-        t.join()
+        raise failed.in_stage({"hooks": ran}) from failed
     if hooked["error"] is not None:
         raise hooked["error"]
     _let_go(snap, corrupt)

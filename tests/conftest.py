@@ -28,10 +28,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _private_run_state(tmp_path, monkeypatch):
-    """A run's lock and journal (kupgrade/inflight.py) in the test's own directory, not /run."""
+    """A run's lock and journal (kupgrade/inflight.py) and the kept initrd listings
+    (kupgrade/switch/boot.py) in the test's own directory, not /run and /var/cache."""
     from kupgrade import inflight
+    from kupgrade.switch import boot
     monkeypatch.setattr(inflight, "LOCK", tmp_path / "kupgrade.lock")
     monkeypatch.setattr(inflight, "JOURNAL", tmp_path / "kupgrade.journal.json")
+    monkeypatch.setattr(boot, "LISTINGS", tmp_path / "initrd-listings")
+    boot._listing.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kupgrade.errors import ConfigError
+from kupgrade.errors import ConfigError, StageError
 from kupgrade.switch import boot, contract
 
 # lsinitrd's output as Debian's dracut 059 prints it (header, dracut modules, cpio -tv lines)
@@ -177,3 +177,51 @@ def test_module_setup_under_a_stand_in_for_dracut(tmp_path):
     env["BUSYBOX"] = ""
     r = subprocess.run(["bash", "-c", FAKE_DRACUT, "fake", str(setup)], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "dfatal kupgrade: busybox is missing" in r.stdout and "end" not in r.stdout
+
+
+def test_a_listing_is_kept_by_content_and_the_lister_runs_once_per_content(monkeypatch, tmp_path):
+    which_only(monkeypatch, "dracut", "lsinitrd")
+    ran = []
+    monkeypatch.setattr(boot, "run", lambda argv, **kw: ran.append(argv) or type("P", (), {"stdout": LSINITRD.encode()}))
+    first = tmp_path / "initrd.img-6.12"
+    first.write_bytes(b"the same bytes")
+    assert boot.initrd_has_hook(first)
+    boot._listing.cache_clear()          # another process: a check after install-boot
+    copy = tmp_path / "copied"           # another path, inode and time: the same content
+    copy.write_bytes(b"the same bytes")
+    assert boot.initrd_has_hook(copy) and len(ran) == 1
+    first.write_bytes(b"rebuilt")        # new content: listed again
+    assert boot.initrd_has_hook(first) and len(ran) == 2
+    assert oct((tmp_path / "initrd-listings").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_damaged_or_unwritable_listing_store_only_costs_a_listing(monkeypatch, tmp_path):
+    which_only(monkeypatch, "dracut", "lsinitrd")
+    ran = []
+    monkeypatch.setattr(boot, "run", lambda argv, **kw: ran.append(argv) or type("P", (), {"stdout": LSINITRD.encode()}))
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"content")
+    assert boot.initrd_has_hook(initrd)
+    for kept in (tmp_path / "initrd-listings").glob("*.json"):
+        kept.write_text("{not json")
+    boot._listing.cache_clear()
+    assert boot.initrd_has_hook(initrd) and len(ran) == 2
+    monkeypatch.setattr(boot, "LISTINGS", tmp_path / "a-file" / "below")
+    (tmp_path / "a-file").write_text("")
+    boot._listing.cache_clear()
+    assert boot.initrd_has_hook(initrd) and len(ran) == 3
+
+
+def test_install_checks_that_the_rebuilt_initrd_carries_the_boot_script(monkeypatch, tmp_path):
+    which_only(monkeypatch, "dracut", "busybox", "lsinitrd")
+    listing = {"text": LSINITRD}
+    monkeypatch.setattr(boot, "run", lambda argv, **kw: type("P", (), {"stdout": listing["text"].encode()}))
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot/initrd.img-6.12").write_bytes(b"built")
+    done = boot.install(["6.12"], boot.BootPaths(tmp_path))
+    assert done[-1] == "checked: the initrd of 6.12 carries the boot script (lsinitrd)"
+    listing["text"] = LSINITRD.replace("90-kupgrade-bottom.sh", "90-other.sh")
+    (tmp_path / "boot/initrd.img-6.12").write_bytes(b"built without it")
+    with pytest.raises(StageError, match="does not carry kupgrade's boot script") as e:
+        boot.install(["6.12"], boot.BootPaths(tmp_path))
+    assert "install-boot again" in e.value.hint

@@ -12,7 +12,11 @@ services, see docs/boot.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
+import logging
 import re
 import shutil
 import sys
@@ -26,6 +30,7 @@ from kupgrade.switch import contract, pmem
 from kupgrade.system.run import run
 
 MARKER = contract.BOOT_MARKER
+log = logging.getLogger("kupgrade.boot")
 
 
 @dataclass(frozen=True)
@@ -186,14 +191,67 @@ def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = 
         for k in kernels:
             run(b.rebuild(k), timeout=900, hint=f"check that the initrd of {k} can be rebuilt (free space in /boot)")
             done.append(f"rebuilt the initrd of {k} ({b.name})")
+            done += _carries(paths.root / "boot" / f"initrd.img-{k}", k, b)
     return done
+
+
+def _carries(initrd: Path, kernel: str, b: Builder) -> list[str]:
+    """What was built is what check will ask for: the initrd lists the boot script (and the
+    listing is kept for that check)."""
+    if not initrd.is_file() or not shutil.which(b.lister):
+        return []
+    if not initrd_has_hook(initrd, b):
+        raise StageError(f"the rebuilt initrd of {kernel} ({initrd}) does not carry kupgrade's boot script",
+                         f"check {b.name}'s configuration (a hook or module left out?), then run install-boot again")
+    return [f"checked: the initrd of {kernel} carries the boot script ({b.lister})"]
+
+
+# Listings kept by the initrd's content (sha256): listing one decompresses all of it (seconds per
+# initrd, and every check, plan and run lists the target's and the way back's); its hash is a
+# fraction of that. install-boot lists what it built, so the first check finds them here.
+LISTINGS = Path("/var/cache/kupgrade/initrd-listings")
+KEEP_LISTINGS = 8
+
+
+def _digest(initrd: str) -> str:
+    with open(initrd, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _kept(path: Path) -> frozenset[str] | None:
+    try:
+        return frozenset(json.loads(path.read_text())["names"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None         # none yet, or unreadable: listed again
+
+
+def _keep(path: Path, names: frozenset[str]) -> None:
+    """Best effort (a read-only /var, a test without root): the listing is only not kept."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"names": sorted(names)}) + "\n")
+        tmp.replace(path)
+        for old in sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime)[:-KEEP_LISTINGS]:
+            old.unlink()
+    except OSError as e:
+        log.debug("listing not kept in %s: %s", path.parent, e)
 
 
 @functools.lru_cache(maxsize=8)
 def _listing(lister: str, initrd: str, _stamp: tuple[int, int]) -> frozenset[str]:
     b = next(b for b in BUILDERS if b.lister == lister)
+    kept = LISTINGS / f"{lister}-{_digest(initrd)}.json"
+    if (names := _kept(kept)) is not None:
+        with contextlib.suppress(OSError):
+            kept.touch()        # the newest used are the ones kept
+        log.info("listed %s with %s: kept from an earlier listing of the same content (%s)", initrd, lister, kept)
+        return names
     out = run([lister, initrd], timeout=300, hint=f"check the initrd file, or {b.get}").stdout.decode(errors="replace")
-    return b.names(out)
+    names = b.names(out)
+    log.info("listed %s with %s", initrd, lister)
+    _keep(kept, names)
+    return names
 
 
 def initrd_names(initrd: Path, using: Builder | None = None) -> frozenset[str]:

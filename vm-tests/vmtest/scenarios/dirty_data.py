@@ -1,9 +1,9 @@
-"""dirty-data: no acknowledged write is lost. A writer appends numbered records to a file on
-the guest's ext4 disk (write(), never fsync) and dirties pages of a MAP_SHARED mapping, with
-page cache dirty at every moment. The guest boots systemd (kupgrade-restore.service restores).
+"""Dirty data (steps, not a scenario: systemd-service runs them on its guest): no acknowledged
+write is lost. A writer appends numbered records to a file on the guest's ext4 disk (write(),
+never fsync) and dirties pages of a MAP_SHARED mapping, with page cache dirty at every moment.
 
 First a rehearsal with the prepare stage skipped (all dirty data is written back inside the
-pause), then the upgrade 6.1 -> 6.12 with it (the bulk is written back while the writer runs):
+pause), then an upgrade 6.1 -> 6.12 with it (the bulk is written back while the writer runs):
 the results keep both flush measurements. After the upgrade every record write() accepted is in
 the file, the file offset is where the writer left it, every page of the mapping holds its
 last update."""
@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import (Result, booted, keep_journal, kupgrade_config, restored_record, stage_of, systemd_up, upgrade,
-                        write_config)
+from ..scenario import Result, stage_of
 
-NAME = "dirty-data"
-DESCRIPTION = "writes without fsync + a dirty MAP_SHARED mapping survive the upgrade (systemd guest)"
-INIT = "systemd"
+CGROUP = "/writer"
 WRITER = "/usr/local/lib/vmtest/writer.py"
 
 
@@ -34,7 +31,7 @@ def writeback(st: dict) -> dict:
 
 def start_writer(vm) -> tuple[int, dict]:
     """The writer in cgroup /writer, until ~8 MiB are written and mostly still dirty; its PID and state."""
-    pid = vm.call("spawn", argv=[WRITER], log="/var/log/writer.log", cgroup="/writer", last_pid=30000)["pid"]
+    pid = vm.call("spawn", argv=[WRITER], log="/var/log/writer.log", cgroup=CGROUP, last_pid=40000)["pid"]
     first = writer(vm, "--query", pid)
     while first["records"] < 2000:
         first = writer(vm, "--query", pid)
@@ -57,24 +54,23 @@ def rehearse_without_prepare(vm, res: Result, pid: int, first: dict) -> tuple[di
     return reh, mid
 
 
-def writes_kept(vm, image, res: Result, pid: int, mid: dict) -> None:
+def writes_kept(vm, image, res: Result, pid: int, mid: dict) -> dict:
     """The same writer on the new kernel, going on; stopped, every accepted write is in the file
-    and the mapping (pids_preserved, state_preserved)."""
+    and the mapping. Returns pids_preserved and state_preserved, for the results."""
     after = writer(vm, "--query", pid)
-    res.data["pids_preserved"] = after["pid"] == pid
     res.check(after["pid"] == pid and after["kernel"] == image.kernel_to, "same writer process, on the new kernel",
               json.dumps(after))
     res.check(after["records"] > mid["records"], "the writer goes on writing after the upgrade",
               f"{mid['records']} -> {after['records']}")
     final = writer(vm, "--stop", pid)
     check = json.loads(vm.sh("python3", WRITER, "--verify", timeout=300)["stdout"])
-    res.data["verify"] = check
-    res.data["state_preserved"] = check["ok"]
+    res.data["writer_verify"] = check
     res.check(not check["bad_records"], f"all {final['records']} records write() accepted are in the file, intact",
               json.dumps(check))
     res.check(check["size"] == check["offset"] == final["records"] * 4096,
               "file offset and size are where the writer left them", json.dumps(check))
     res.check(not check["bad_pages"], "every page of the MAP_SHARED mapping holds its last update", json.dumps(check))
+    return {"pids_preserved": after["pid"] == pid, "state_preserved": check["ok"]}
 
 
 def flushes(res: Result, reh: dict, rec: dict) -> None:
@@ -87,23 +83,3 @@ def flushes(res: Result, reh: dict, rec: dict) -> None:
     res.check(stage_of(rec, "prepare").get("status") == "ok" and stage_of(rec, "flush").get("status") == "ok",
               "the upgrade pre-flushed while running and flushed again in the pause", json.dumps(res.data["flush"]))
 
-
-def run(vm, image, res: Result) -> None:
-    booted(vm, res)
-    pid, first = start_writer(vm)
-    write_config(vm, kupgrade_config(image.kernel_to, cgroups=["/writer"]))
-    # 1. Rehearsal without the pre-flush: what the pause costs when all dirty data is in it.
-    reh, mid = rehearse_without_prepare(vm, res, pid, first)
-
-    # 2. The upgrade, with the pre-flush.
-    if upgrade(vm, res, to=image.kernel_to) is None:
-        return
-    systemd_up(vm)
-    keep_journal(vm, "kupgrade-restore.service")
-    rec = restored_record(vm, res, "upgrade record says restored (by kupgrade-restore.service; journal.txt)")
-    writes_kept(vm, image, res, pid, mid)
-    flushes(res, reh, rec)
-    frz, rs = stage_of(rec, "freeze"), stage_of(rec, "restore")
-    # No heartbeat here: the pause from the record (freeze -> restored; wall clocks of both kernels, ±1 s).
-    res.data["downtime_s"] = round(rs["started"] + rs["duration_s"] - frz["started"], 1)
-    res.data["downtime_source"] = "upgrade record (freeze -> restored)"

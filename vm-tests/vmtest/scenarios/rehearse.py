@@ -15,8 +15,10 @@ before the switch, then the dress rehearsal.
    consecutive, buffer intact, back in its cgroup, thawed), tmpfs and unpacked snapshot gone,
    the kernel unloaded, the record saved like an upgrade's. The aborted runs' records do not
    count for estimates: the next downtime estimate cites the rehearsal; `kupgrade report` shows it.
-Downtime: the longer of the two rehearsals' pauses (the failed attempts' longest pause is kept as
-aborted.pause_s)."""
+5. Then, on the same guest and workload, an admin at a terminal (tui.py): `kupgrade rehearse
+   --step`, `kupgrade run --step` to 6.12 and `kupgrade report` there.
+Downtime: the stepped run's, from the go/no-go answered (tui.py); the rehearsals' pauses are in
+`rehearsals`, the failed attempts' longest in aborted.pause_s."""
 
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ import time
 from ..scenario import (Result, kupgrade_config, last_record, next_estimate, rolled_back, run_failing, stage_durations,
                         started, workload_kept, write_config)
 from ..workload import Workload
+from . import tui
 
 NAME = "rehearse"
 DESCRIPTION = ("a truncated kernel and failed kexec loads (PID, cgroup) leave the workload unharmed on 6.1; then "
-               "kupgrade rehearse (cgroup, then PID): the workload survives with its state, estimates improve")
+               "kupgrade rehearse (cgroup, then PID): the workload survives with its state, estimates improve; then "
+               "rehearse --step and run --step to 6.12 driven through a terminal (tmux), report after")
 
 BAD_KERNEL = "/root/vmlinuz-truncated"
 
@@ -169,15 +173,12 @@ def run(vm, image, res: Result) -> None:
     back_in_cgroup(vm, res, before)
     rec2 = rehearse(vm, res, wl, "pid", "--pid", str(before["pid"]))
 
-    # No switch: the longer of the two rehearsals' pauses, the last one's stages (both in rehearsals).
-    res.data["downtime_s"] = max(r["downtime_s"] for r in res.data["rehearsals"].values())
-    res.data["downtime_source"] = "largest heartbeat gap of the two rehearsals"
-    res.data["stages"] = res.data["rehearsals"]["pid"]["stages"]
-    res.data["kernel_after"] = vm.sh("uname", "-r")["stdout"].strip()
-    res.check(res.data["kernel_before"] == res.data["kernel_after"] == image.kernel_from,
-              f"still on {image.kernel_from}")
-    res.data.update(workload_kept(res, wl, before, "after two rehearsals"))
+    kernel = vm.sh("uname", "-r")["stdout"].strip()
+    res.check(res.data["kernel_before"] == kernel == image.kernel_from, f"still on {image.kernel_from}", kernel)
+    workload_kept(res, wl, before, "after two rehearsals")
     nothing_left(vm, res, wl)
     estimate_and_report(vm, res, rec2, before["pid"])
-    res.data["record"] = rec2
-    res.data["first_record"] = rec["id"]
+    res.data["rehearsal_records"] = [rec["id"], rec2["id"]]
+    # the same workload, at a terminal: stepped rehearsal, stepped run to 6.12 (the results' record,
+    # stages, downtime), report
+    tui.at_a_terminal(vm, image, res, wl, before)

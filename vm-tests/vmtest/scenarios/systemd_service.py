@@ -7,7 +7,11 @@ With a way back (on_failure = "rollback", the default): heartbeat.service is res
 both back to 6.1 with the same snapshot, where both come back as themselves (heartbeat never ran
 in 6.12). Then with on_failure = "keep": heartbeat.service comes back as itself in 6.12 (same
 main PID, its cgroup, active, not started fresh, `systemctl stop` stops it); victim's restore
-fails with a clear message, its snapshot is kept, the other is restored."""
+fails with a clear message, its snapshot is kept, the other is restored.
+
+On the same guest, a writer with dirty page cache (cgroup /writer, dirty_data.py) is carried
+too: first alone through a rehearsal without the prepare stage, then with both units through
+the way back and the upgrade; every write it was acknowledged is in its file and its mapping."""
 
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ from ..scenario import (Result, booted, heartbeats_back, keep_journal, kupgrade_
                         systemd_up, unit_props, units_installed, units_started, upgrade, wait_outcome, workload_kept,
                         write_config)
 from ..workload import GUEST_WORKLOAD, Workload
+from . import dirty_data
 
 NAME = "systemd-service"
 DESCRIPTION = ("systemd units restored as themselves; a PID taken in the new boot sends both units back to the "
-               "old kernel (rollback), or fails only that unit (keep)")
+               "old kernel (rollback), or fails only that unit (keep); beside them, writes without fsync and a "
+               "dirty MAP_SHARED mapping survive")
 INIT = "systemd"
 
 UNITS = {
@@ -133,7 +139,11 @@ def victim_failed(vm, res: Result, victim: dict) -> dict:
 def run(vm, image, res: Result) -> None:
     booted(vm, res)
     hb, victim, wl, before = start_units(vm)
-    config = kupgrade_config(image.kernel_to, units=["heartbeat.service", "victim.service"])
+    pid, first = dirty_data.start_writer(vm)
+    # What the pause costs when all dirty data is in it: the writer alone, without the pre-flush.
+    write_config(vm, kupgrade_config(image.kernel_to, cgroups=[dirty_data.CGROUP]))
+    reh, mid = dirty_data.rehearse_without_prepare(vm, res, pid, first)
+    config = kupgrade_config(image.kernel_to, cgroups=[dirty_data.CGROUP], units=["heartbeat.service", "victim.service"])
     write_config(vm, config)
     res.data["before"] = {"heartbeat": hb, "victim": victim}
     if not way_back(vm, image, res, wl, before, (hb, victim)):
@@ -146,8 +156,11 @@ def run(vm, image, res: Result) -> None:
     keep_journal(vm, "heartbeat.service", "victim.service", "kupgrade-restore.service", "squat.service")
     last_before = heartbeats_back(vm, res, wl)      # relayed again only from here on
     unit_is_itself(vm, res, hb, before)
-    res.data.update(workload_kept(res, wl, before, "heartbeat.service, not started fresh"))
+    kept = workload_kept(res, wl, before, "heartbeat.service, not started fresh")
     rec = victim_failed(vm, res, victim)
+    writes = dirty_data.writes_kept(vm, image, res, pid, mid)
+    dirty_data.flushes(res, reh, rec)
+    res.data.update({k: kept[k] and writes[k] for k in kept})
     gap, _, _ = wl.largest_gap_after(last_before - 1)     # this upgrade's (the way back's is in way_back)
     res.data["downtime_s"] = round(gap, 3)
     res.data["stages"] = stage_durations(rec)

@@ -1,15 +1,16 @@
-"""tui: an admin at a real terminal (tmux in the guest) steps through `kupgrade rehearse --step`
-and then `kupgrade run --step`: continue, skip the flush once, the go/no-go with the estimate,
-the kernel switch; after it, `kupgrade report` at a terminal of the new kernel. The screens are
-asserted at each stage and kept as artifacts (tui/screen-*.txt)."""
+"""tui (by name only, for the demo: the suite runs these steps in `rehearse`, after its
+rehearsals, on the same guest): an admin at a real terminal (tmux in the guest) steps through
+`kupgrade rehearse --step` and then `kupgrade run --step`: continue, skip the flush once, the
+go/no-go with the estimate, the kernel switch; after it, `kupgrade report` at a terminal of the
+new kernel. The screens are asserted at each stage and kept as artifacts (SCENARIO/screen-*.txt)."""
 
 from __future__ import annotations
 
 import re
 import time
 
-from ..scenario import (Result, heartbeats_back, kupgrade_config, last_record, restored_record, started,
-                        workload_kept, write_config)
+from ..scenario import (Result, heartbeats_back, kupgrade_config, last_record, restored_record, started, workload_kept,
+                        write_config)
 from ..timeline import breakdown, marks
 from ..tmux import Terminal
 
@@ -137,8 +138,9 @@ def pauses(vm, image, res: Result, wl, last_before: int, t_go: float) -> None:
     res.data["switch_breakdown"] = breakdown(a.t, b.t, marks(vm, image.kernel_to, a.t))
 
 
-def run(vm, image, res: Result) -> None:
-    wl, before = started(vm, res)
+def at_a_terminal(vm, image, res: Result, wl, before: dict) -> None:
+    """The running workload `wl` (`before`: its state when it started) rehearsed, then upgraded
+    to the image's target, each step by step at a terminal; the report there."""
     write_config(vm, kupgrade_config(image.kernel_to, pids=[wl.pid]))
     shots = Screens(vm, res)
     # 1. the rehearsal, step by step
@@ -151,3 +153,8 @@ def run(vm, image, res: Result) -> None:
     report(vm, res, shots)
     restored_record(vm, res)
     pauses(vm, image, res, wl, last_before, t_go)
+
+
+def run(vm, image, res: Result) -> None:
+    wl, before = started(vm, res)
+    at_a_terminal(vm, image, res, wl, before)

@@ -175,9 +175,15 @@ def evidence(vm, label: str) -> None:
         f.write("\n".join(out) + "\n")
 
 
-def check_conversation(res: Result, peer: Peer, what: str, first: dict) -> dict:
+# After the switch the host's TCP resends what the guest missed only when its retransmission
+# timer fires, backed off while the guest was away (RTO doubling up to 120 s, Linux's
+# TCP_RTO_MAX): the "stat" asked behind that data can take two minutes past the restore to arrive.
+STAT_AFTER_SWITCH_S = 360
+
+
+def check_conversation(res: Result, peer: Peer, what: str, first: dict, timeout: float = 120) -> dict:
     """Both directions complete and in order, on the same connection as `first` (a stat)."""
-    st = peer.stat()
+    st = peer.stat(timeout)
     res.check(not peer.error, f"{what}: the connection is alive (no reset, no reconnect)", peer.error)
     res.check(not peer.problems, f"{what}: every server line arrived once, in order ({peer.got[-1][1]} lines)",
               "; ".join(peer.problems[:10]))
@@ -236,7 +242,7 @@ def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
     peer.lines(40, timeout=240)
     evidence(vm, "after the switch")
     try:
-        st = check_conversation(res, peer, "after the switch", first)
+        st = check_conversation(res, peer, "after the switch", first, timeout=STAT_AFTER_SWITCH_S)
     finally:
         evidence(vm, "after the conversation check")
     res.data["server_stat"] = st

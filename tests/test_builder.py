@@ -179,10 +179,16 @@ def test_module_setup_under_a_stand_in_for_dracut(tmp_path):
     assert r.returncode == 1 and "dfatal kupgrade: busybox is missing" in r.stdout and "end" not in r.stdout
 
 
-def test_a_listing_is_kept_by_content_and_the_lister_runs_once_per_content(monkeypatch, tmp_path):
+def counted_lsinitrd(monkeypatch) -> list:
+    """A dracut machine whose lsinitrd prints LSINITRD; returns the list of its runs."""
     which_only(monkeypatch, "dracut", "lsinitrd")
     ran = []
     monkeypatch.setattr(boot, "run", lambda argv, **kw: ran.append(argv) or type("P", (), {"stdout": LSINITRD.encode()}))
+    return ran
+
+
+def test_a_listing_is_kept_by_content_and_the_lister_runs_once_per_content(monkeypatch, tmp_path):
+    ran = counted_lsinitrd(monkeypatch)
     first = tmp_path / "initrd.img-6.12"
     first.write_bytes(b"the same bytes")
     assert boot.initrd_has_hook(first)
@@ -196,9 +202,7 @@ def test_a_listing_is_kept_by_content_and_the_lister_runs_once_per_content(monke
 
 
 def test_a_damaged_or_unwritable_listing_store_only_costs_a_listing(monkeypatch, tmp_path):
-    which_only(monkeypatch, "dracut", "lsinitrd")
-    ran = []
-    monkeypatch.setattr(boot, "run", lambda argv, **kw: ran.append(argv) or type("P", (), {"stdout": LSINITRD.encode()}))
+    ran = counted_lsinitrd(monkeypatch)
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(b"content")
     assert boot.initrd_has_hook(initrd)

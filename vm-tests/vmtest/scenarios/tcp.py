@@ -241,8 +241,11 @@ def conversation_goes_on(vm, res: Result, peer: Peer, first: dict) -> dict:
     keep_journal(vm, UNIT, "kupgrade-restore.service")
     peer.lines(40, timeout=240)
     evidence(vm, "after the switch")
+    t_ask = time.time()
     try:
         st = check_conversation(res, peer, "after the switch", first, timeout=STAT_AFTER_SWITCH_S)
+        # how long the host's side of the conversation stalled behind its retransmission timer
+        res.data["stat_after_switch_s"] = round(time.time() - t_ask, 3)
     finally:
         evidence(vm, "after the conversation check")
     res.data["server_stat"] = st

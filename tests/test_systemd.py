@@ -5,7 +5,7 @@ from pathlib import Path
 
 from kupgrade.output import record
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
-from kupgrade.switch import restorecmd, trees, unitrestore
+from kupgrade.switch import restorecmd, restorerecord, trees
 from kupgrade.userspace import systemd, workloads
 
 
@@ -82,13 +82,13 @@ def test_outcome_waits_for_every_unit():
     early = StageResult("restore", "ok", 1.0, 1.0, details={"workloads": {
         "tree-5": {"ok": True}, "tree-6": {"ok": None, "pending": "restored when a.service starts"}}})
     rec = UpgradeRecord("X", "run", "a", stages=(early,))
-    assert unitrestore.outcome_of(rec, M) == record.RESTORING
+    assert restorerecord.outcome_of(rec, M) == record.RESTORING
     unit_ok = StageResult("restore-unit", "ok", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": True}}})
-    assert unitrestore.outcome_of(rec.with_stage(unit_ok), M) == record.RESTORED
+    assert restorerecord.outcome_of(rec.with_stage(unit_ok), M) == record.RESTORED
     unit_bad = StageResult("restore-unit", "failed", 2.0, 1.0, details={"workloads": {"tree-6": {"ok": False}}})
-    assert unitrestore.outcome_of(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
+    assert restorerecord.outcome_of(rec.with_stage(unit_bad), M) == record.RESTORE_FAILED
     M.rollback = True           # the restore after the way back to the old kernel
-    assert unitrestore.outcome_of(rec.with_stage(unit_ok), M) == record.ROLLED_BACK
+    assert restorerecord.outcome_of(rec.with_stage(unit_ok), M) == record.ROLLED_BACK
 
 
 def test_unit_start_without_a_pending_snapshot_is_one_clear_error(tmp_path, capsys, monkeypatch):

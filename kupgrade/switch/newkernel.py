@@ -18,7 +18,7 @@ from kupgrade.output.ui import PlainUi
 from kupgrade.stages import restore as restore_stage
 from kupgrade.steps import execute_stage, finish, new_record
 from kupgrade.switch import bootpids, commit, contract, trees
-from kupgrade.switch.unitrestore import outcome_of, prior_record, read_manifest, record_lock, release
+from kupgrade.switch.restorerecord import outcome_of, prior_record, read_manifest, record_lock, release
 from kupgrade.userspace import systemd
 
 

@@ -4,17 +4,13 @@ only, and the record all the restores of one snapshot share (one at a time, unde
 
 Several units start at once, each one its own process: this module imports only what one
 tree's restore needs (trees.py), not the whole restore stage with the device hooks, the
-read-ahead and the way back (newkernel.py, which uses the helpers below too).
+read-ahead and the way back (newkernel.py); what both share is in restorerecord.py.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 
 from kupgrade.context import Context
 from kupgrade.errors import RestoreError
@@ -22,57 +18,12 @@ from kupgrade.output import logfile, record
 from kupgrade.output.record import FAILED, OK, StageResult
 from kupgrade.output.results import RestoreUnit
 from kupgrade.output.ui import PlainUi
-from kupgrade.steps import finish, new_record, os_problem
-from kupgrade.switch import commit, contract, manifest, trees
+from kupgrade.steps import finish, new_record
+from kupgrade.switch import trees
+from kupgrade.switch.restorerecord import outcome_of, prior_record, read_manifest, record_lock, release
 from kupgrade.userspace import systemd
 
 log = logging.getLogger("kupgrade.restore")
-
-
-@contextmanager
-def record_lock(state_dir: Path):
-    """The early restore and each unit's restore update one record: one at a time."""
-    d = state_dir / "records"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(d / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
-def prior_record(ctx: Context, snap: Path, m) -> record.UpgradeRecord:
-    prior = record.load(ctx.state_dir, m.id)
-    if prior is None and (snap / contract.RECORD).exists():
-        prior = record.load_file(snap / contract.RECORD)
-    return prior if prior is not None else replace(ctx.record, id=m.id, kernel_from=m.kernel_from,
-                                                   kernel_to=m.kernel_to, workloads=m.workloads)
-
-
-def outcome_of(rec: record.UpgradeRecord, m) -> str:
-    """restoring while a unit has not been restored yet or a tree waits for the others; then
-    restored or restore-failed."""
-    tried = trees.attempts(rec)         # this kernel's (after a way back, not the other's)
-    results = commit.results(tried)
-    if any(w.key not in results for w in m.workloads) or commit.held(tried):
-        return record.RESTORING
-    if not all(r.get("ok") for r in results.values()):
-        return record.RESTORE_FAILED
-    return record.ROLLED_BACK if m.rollback else record.RESTORED
-
-
-def read_manifest(snap: Path) -> manifest.Manifest:
-    try:
-        return manifest.read(snap)
-    except OSError as e:
-        raise RestoreError(f"cannot read the snapshot in {snap}: {os_problem(e)}",
-                           "nothing was restored; the snapshot is kept")
-    except ValueError as e:
-        raise RestoreError(f"the snapshot in {snap} is damaged: {manifest.NAME}: {e}",
-                           f"nothing was restored; the snapshot is kept in {snap} (see `kupgrade report`)")
-
-
-def release(snap: Path) -> None:
-    if done := trees.release_region(snap):
-        log.info("%s", done)
 
 
 def restore_unit(ctx: Context, unit: str, ui) -> None:

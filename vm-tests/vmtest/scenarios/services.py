@@ -238,7 +238,9 @@ def in_new_kernel(vm, res: Result, fates: dict[str, str], before: dict, rec: dic
     res.data["stages"] = stage_durations(rec)
 
 
-def run(vm, image, res: Result) -> None:
+def servers_up(vm, res: Result) -> dict:
+    """Booted, systemd up, the NIC configured, Debian's servers active (their properties,
+    returned), the state the test reads back afterwards put in."""
     booted(vm, res)
     systemd_up(vm)
     configure_nic(vm)
@@ -247,6 +249,31 @@ def run(vm, image, res: Result) -> None:
     res.check(all(b["ActiveState"] == "active" for b in before.values()), "Debian's servers started at boot",
               json.dumps(before))
     put_state(vm)
+    return before
+
+
+def clients_kept(res: Result, fates: dict[str, str], before: dict, clients: tuple, notes_before: dict,
+                 t_switch: float, t_up: float) -> None:
+    """What the host's clients saw: nginx's keep-alive connection never failed (its answers'
+    largest gap is the downtime), every acknowledged note, INSERT and set kept."""
+    poller, notes, sql, cache = clients
+    res.check(poller.ok and poller.ok[-1] > t_up, "nginx answers the host after the upgrade")
+    res.check(poller.errors == 0 and poller.reconnects == 0, "nginx's client: its keep-alive connection never "
+              "failed", json.dumps({"errors": poller.errors, "reconnects": poller.reconnects, "t_switch": t_switch,
+                                    "t_up": t_up, "failures": poller.failures[:10],
+                                    "server_closes": poller.server_closes}))
+    res.data["downtime_s"] = round(largest_gap(poller.ok, t_switch), 3)
+    lost = sandboxed(res, fates, notes, notes_before, t_switch)
+    res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
+    # PostgreSQL with PrivateIPC=yes (check's hint for its System V segments); memcached as shipped
+    res.data["units"][POSTGRES].update(writes_kept(res, fates, POSTGRES, sql, lambda acked: sql.rows(), t_switch,
+                                                   "INSERT"))
+    res.data["units"]["memcached.service"].update(writes_kept(res, fates, "memcached.service", cache, cache.kept,
+                                                              t_switch, "set"))
+
+
+def run(vm, image, res: Result) -> None:
+    before = servers_up(vm, res)
     # the agent that drives the test starts fresh, like an admin's monitoring agent would be told to
     config = kupgrade_config(image.kernel_to).replace("[workloads]", '[workloads]\nstart_fresh = ["vmtest-agent.service"]')
     write_config(vm, config)      # the target; --all-services on the command line
@@ -270,19 +297,7 @@ def run(vm, image, res: Result) -> None:
         res.check(any(s["name"] == "step-out" for s in rec["stages"]), "the record has kupgrade's step out of the "
                   "session", json.dumps([s["name"] for s in rec["stages"]]))
         admin_session_went_on(vm, res, admin, t_up)
-        res.check(poller.ok and poller.ok[-1] > t_up, "nginx answers the host after the upgrade")
-        res.check(poller.errors == 0 and poller.reconnects == 0, "nginx's client: its keep-alive connection never "
-                  "failed", json.dumps({"errors": poller.errors, "reconnects": poller.reconnects, "t_switch": t_switch,
-                                        "t_up": t_up, "failures": poller.failures[:10],
-                                        "server_closes": poller.server_closes}))
-        res.data["downtime_s"] = round(largest_gap(poller.ok, t_switch), 3)
-        lost = sandboxed(res, fates, notes, notes_before, t_switch)
-        res.data["units"] = units(fates, before, res.data["after"], poller, notes, lost, t_switch)
-        # PostgreSQL with PrivateIPC=yes (check's hint for its System V segments); memcached as shipped
-        res.data["units"][POSTGRES].update(writes_kept(res, fates, POSTGRES, sql, lambda acked: sql.rows(), t_switch,
-                                                       "INSERT"))
-        res.data["units"]["memcached.service"].update(writes_kept(res, fates, "memcached.service", cache, cache.kept,
-                                                                  t_switch, "set"))
+        clients_kept(res, fates, before, (poller, notes, sql, cache), notes_before, t_switch, t_up)
         poller.close()
         nginx_reloads(vm, res, fates, before)
     finally:

@@ -125,6 +125,12 @@ def workload_kept(res: Result, wl, before: dict, what: str = "workload") -> dict
     return {"pids_preserved": pids, "state_preserved": consecutive and intact}
 
 
+def all_kept(res: Result, *parts: dict) -> None:
+    """The results' pids_preserved and state_preserved: every part's (each as workload_kept
+    returns them)."""
+    res.data.update({k: all(p[k] for p in parts) for k in ("pids_preserved", "state_preserved")})
+
+
 def stopped_tasks(vm, *pids: int) -> list[str]:
     """The `ps` states of these tasks that are stopped (T), or ["gone"] if none of them exists."""
     states = vm.sh("ps", "-o", "stat=", "-p", ",".join(map(str, pids)), check=False)["stdout"].split()

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 
-from ..scenario import (Result, booted, heartbeats_back, keep_journal, kupgrade_config, last_record, stage_durations,
-                        systemd_up, unit_props, units_installed, units_started, upgrade, wait_outcome, workload_kept,
-                        write_config)
+from ..scenario import (Result, all_kept, booted, heartbeats_back, keep_journal, kupgrade_config, last_record,
+                        stage_durations, systemd_up, unit_props, units_installed, units_started, upgrade, wait_outcome,
+                        workload_kept, write_config)
 from ..workload import GUEST_WORKLOAD, Workload
 from . import dirty_data
 
@@ -143,7 +143,8 @@ def run(vm, image, res: Result) -> None:
     # What the pause costs when all dirty data is in it: the writer alone, without the pre-flush.
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=[dirty_data.CGROUP]))
     reh, mid = dirty_data.rehearse_without_prepare(vm, res, pid, first)
-    config = kupgrade_config(image.kernel_to, cgroups=[dirty_data.CGROUP], units=["heartbeat.service", "victim.service"])
+    config = kupgrade_config(image.kernel_to, cgroups=[dirty_data.CGROUP],
+                             units=["heartbeat.service", "victim.service"])
     write_config(vm, config)
     res.data["before"] = {"heartbeat": hb, "victim": victim}
     if not way_back(vm, image, res, wl, before, (hb, victim)):
@@ -160,7 +161,7 @@ def run(vm, image, res: Result) -> None:
     rec = victim_failed(vm, res, victim)
     writes = dirty_data.writes_kept(vm, image, res, pid, mid)
     dirty_data.flushes(res, reh, rec)
-    res.data.update({k: kept[k] and writes[k] for k in kept})
+    all_kept(res, kept, writes)
     gap, _, _ = wl.largest_gap_after(last_before - 1)     # this upgrade's (the way back's is in way_back)
     res.data["downtime_s"] = round(gap, 3)
     res.data["stages"] = stage_durations(rec)

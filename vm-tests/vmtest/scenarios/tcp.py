@@ -33,9 +33,9 @@ import socket
 import threading
 import time
 
-from ..scenario import (Result, booted, heartbeat_downtime, heartbeats_back, keep_journal, kupgrade_config, last_record,
-                        restored_record, run_failing, stage_of, systemd_up, unit_props, units_installed, units_started,
-                        upgrade, workload_kept, workload_running, write_config)
+from ..scenario import (Result, all_kept, booted, heartbeat_downtime, heartbeats_back, keep_journal, kupgrade_config,
+                        last_record, restored_record, run_failing, stage_of, systemd_up, unit_props, units_installed,
+                        units_started, upgrade, workload_kept, workload_running, write_config)
 from . import hooks
 
 NAME = "tcp"
@@ -301,11 +301,6 @@ def new_connection(vm, res: Result, peer: Peer, first: dict) -> None:
               vm.sh("journalctl", "-b", "-u", UNIT, "-o", "cat", "--no-pager", check=False)["stdout"][-1500:])
 
 
-def both_kept(res: Result, server: dict, heartbeat: dict) -> None:
-    """The results' pids_preserved and state_preserved: the server's and the heartbeat workload's."""
-    res.data.update({k: server[k] and heartbeat[k] for k in ("pids_preserved", "state_preserved")})
-
-
 def downtime(vm, res: Result, to: str, wl, last_before: int, peer: Peer, t_switch: float) -> None:
     """The heartbeat's gap checked as the switch's (heartbeat_downtime_s, with the breakdown); the
     downtime is the largest gap in the server's lines since the switch began."""
@@ -330,7 +325,7 @@ def switched(vm, image, res: Result, peer: Peer, first: dict, heartbeat: tuple, 
     kept = workload_kept(res, wl, wl_before)
     hooks.net_back(vm, res, net)
     st = conversation_goes_on(vm, res, peer, first)
-    both_kept(res, server_kept(vm, res, peer, first, before, st), kept)
+    all_kept(res, server_kept(vm, res, peer, first, before, st), kept)     # the server's and the heartbeat's
     return released(vm, res), t_switch, last_before
 
 

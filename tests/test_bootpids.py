@@ -1,6 +1,7 @@
 """The PIDs a kernel's own threads take before userspace: recorded each boot, remembered per
 release and CPU count, and preflight's blocker for a workload PID the target's boot will take."""
 
+import subprocess
 from pathlib import Path
 
 from kupgrade.config import Config
@@ -23,6 +24,35 @@ def test_the_init_top_script_writes_what_read_parses(tmp_path):
     assert here == bootpids.EarlyPids("6.1.0-47-amd64", 2, (1, 2, 3, 4, 10, 97, 98, 150)) and here.highest == 150
     (tmp_path / "bad").write_text("release x\ncpus two\n")
     assert bootpids.read(tmp_path / "bad") is None and bootpids.read(tmp_path / "none") is None
+
+
+def _start_above(tmp_path, pid_max, last, top, pidmax=""):
+    """init-top's start_above, run against files standing in for the sysctls."""
+    text = contract.render((Path(__file__).resolve().parents[1] / "kupgrade/data/initramfs-top").read_text())
+    fn = text[text.index("start_above() {"):text.index("\n}\n", text.index("start_above() {")) + 3]
+    sysctl, kmsg = tmp_path / "sys", tmp_path / "kmsg"
+    sysctl.mkdir(exist_ok=True)
+    (sysctl / "pid_max").write_text(f"{pid_max}\n")
+    (sysctl / "ns_last_pid").write_text(f"{last}\n")
+    kmsg.write_text("")
+    script = fn.replace("/proc/sys/kernel", str(sysctl)).replace("> /dev/kmsg", f">> {kmsg}")
+    subprocess.run(["sh", "-c", f'bb=""\npidmax="{pidmax}"\n{script}start_above {top}\n'], check=True)
+    return int((sysctl / "pid_max").read_text()), int((sysctl / "ns_last_pid").read_text()), kmsg.read_text()
+
+
+def test_init_top_raises_a_boot_pid_max_below_the_snapshots_pids_first(tmp_path):
+    # the systemd-service run of 2026-12-05: 6.12 booted with pid_max 32768 (2 CPUs), the snapshot
+    # had PID 40002, the write of ns_last_pid was refused and the boot's PIDs reached the snapshot's
+    most, last, said = _start_above(tmp_path, 32768, 150, 40002, pidmax="4194304")
+    assert (most, last) == (4194304, 40002)
+    assert "pid_max raised from 32768 to 4194304" in said and "new PIDs start above 40002" in said
+    assert _start_above(tmp_path, 32768, 150, 40002)[:2] == (4194304, 40002)          # no word: the limit
+    assert _start_above(tmp_path, 32768, 150, 40002, pidmax="99999")[:2] == (99999, 40002)
+    assert _start_above(tmp_path, 32768, 150, 30005, pidmax="4194304")[:2] == (4194304, 30005)   # room above
+    most, last, said = _start_above(tmp_path, 4194304, 150, 40002, pidmax="99999")
+    assert (most, last) == (4194304, 40002) and "raised" not in said
+    assert _start_above(tmp_path, 32768, 150, 300)[:2] == (32768, 300)
+    assert _start_above(tmp_path, 32768, 500, 300) == (32768, 500, "")
 
 
 def test_a_measured_boot_of_the_target_beats_the_estimate(tmp_path):

@@ -159,6 +159,8 @@ def test_the_command_line_says_which_pid_no_pid_of_the_snapshot_is_above():
     line = kexec.command_line("root=/dev/vda kupgrade.snapshot=OLD kupgrade.maxpid=7", "NEW", max_pid=30005)
     assert line == "root=/dev/vda kupgrade.snapshot=NEW kupgrade.maxpid=30005"
     assert kexec.max_pid_word(line) == 30005 and kexec.max_pid_word("root=/dev/vda") is None
+    line = kexec.command_line("root=/dev/vda kupgrade.pidmax=9", "NEW", max_pid=40002, pid_max=4194304)
+    assert line == "root=/dev/vda kupgrade.snapshot=NEW kupgrade.maxpid=40002 kupgrade.pidmax=4194304"
 
 
 def _ctx(*ids):

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kupgrade import faults, inflight
+from kupgrade import configchecks, faults, inflight
 from kupgrade.context import Context
 from kupgrade.output import record
 from kupgrade.output.results import Exec, Kexec
@@ -45,7 +45,8 @@ def load(ctx: Context) -> dict:
     """`kexec --load` of the target with its initrd (the packed one, or with the memory-region
     transport its own: then prepare loads it before the freeze, outside the pause)."""
     cmdline = kx.command_line(Path("/proc/cmdline").read_text(), ctx.record.id, ctx.config.append,
-                              max_pid=pid_bound(ctx, exact=ctx.record.stage("snapshot") is not None))
+                              max_pid=pid_bound(ctx, exact=ctx.record.stage("snapshot") is not None),
+                              pid_max=configchecks.pid_max())
     t0 = time.monotonic()
     faults.point("kexec-load", "kexec load failed")
     # the memory peak: should memory run out anyway, the OOM killer takes kexec (the load fails,

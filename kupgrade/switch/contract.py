@@ -23,6 +23,10 @@ CMDLINE_PMEM = "kupgrade.pmem"             # kupgrade.pmem=START: the memmap= re
 CMDLINE_MAXPID = "kupgrade.maxpid"         # kupgrade.maxpid=N: no PID of the snapshot is above N, so new
                                            # PIDs start above it from init-top on, before the snapshot is
                                            # at hand (the memory region is mounted in the background)
+CMDLINE_PIDMAX = "kupgrade.pidmax"         # kupgrade.pidmax=M: the old kernel's kernel.pid_max. A kernel
+                                           # boots with 32768 on machines with few CPUs (systemd-sysctl
+                                           # raises it later) and ns_last_pid cannot be set above it:
+                                           # init-top raises it to M first when the snapshot's PIDs need it
 
 # --- the snapshot archive appended to the target initrd ----------------------------------------
 ARCHIVE_ROOT = "kupgrade-snapshot"         # the kernel unpacks it as /kupgrade-snapshot/ in the early rootfs
@@ -67,6 +71,7 @@ BOOT_VALUES: dict[str, str] = {
     "CMDLINE_KEY": CMDLINE_KEY,
     "CMDLINE_PMEM": CMDLINE_PMEM,
     "CMDLINE_MAXPID": CMDLINE_MAXPID,
+    "CMDLINE_PIDMAX": CMDLINE_PIDMAX,
     "ARCHIVE_ROOT": ARCHIVE_ROOT,
     "MANIFEST": MANIFEST,
     "MAX_PID": MAX_PID,

@@ -12,7 +12,8 @@ from kupgrade.system.run import program
 
 KEXEC = "kexec"
 MARKER = contract.CMDLINE_KEY
-_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", f"{MARKER}=", f"{contract.CMDLINE_MAXPID}=")   # kupgrade.pmem= stays
+_DROP_PREFIXES = ("BOOT_IMAGE=", "initrd=", f"{MARKER}=", f"{contract.CMDLINE_MAXPID}=",
+                  f"{contract.CMDLINE_PIDMAX}=")   # kupgrade.pmem= stays
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,18 @@ def boot_id() -> str:
         return ""
 
 
-def command_line(current: str, snapshot_id: str, append: str = "", max_pid: int | None = None) -> str:
+def command_line(current: str, snapshot_id: str, append: str = "", max_pid: int | None = None,
+                 pid_max: int | None = None) -> str:
     """The current command line, minus boot-loader words and an old snapshot's words, plus ours:
-    the snapshot's id and (max_pid) a PID no PID of the snapshot is above."""
+    the snapshot's id, (max_pid) a PID no PID of the snapshot is above and (pid_max) this
+    kernel's kernel.pid_max, which the new one's init-top raises its own to when max_pid needs it."""
     words = [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]
     words += append.split()
     words.append(f"{MARKER}={snapshot_id}")
     if max_pid is not None:
         words.append(f"{contract.CMDLINE_MAXPID}={max_pid}")
+    if max_pid is not None and pid_max is not None:
+        words.append(f"{contract.CMDLINE_PIDMAX}={pid_max}")
     return " ".join(words)
 
 

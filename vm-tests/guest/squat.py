@@ -17,9 +17,13 @@ want = int(open(sys.argv[1]).read())
 before = int(open(LAST).read())
 
 
-def done(message: str, code: int = 0) -> None:
+def cursor_back() -> None:
     with open(LAST, "w") as f:
         f.write(str(max(before, int(open(LAST).read()))))
+
+
+def done(message: str, code: int = 0) -> None:
+    cursor_back()
     print(message, flush=True)
     sys.exit(code)
 
@@ -43,6 +47,7 @@ for attempt in range(400):
         done(f"squat: took PID {want}" + (f" (held a while before by {seen})" if seen else ""))
     os.kill(pid, 9)
     os.waitpid(pid, 0)
+    cursor_back()                           # not left in the snapshot's range while it waits
     time.sleep(0.01)
 if os.path.exists(f"/proc/{want}"):         # held all along (20 s): it stays taken
     done(f"squat: PID {want} is taken already ({seen})")

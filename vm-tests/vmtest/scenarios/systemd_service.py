@@ -16,6 +16,7 @@ the way back and the upgrade; every write it was acknowledged is in its file and
 from __future__ import annotations
 
 import json
+import re
 
 from ..scenario import (Result, all_kept, booted, heartbeats_back, keep_journal, kupgrade_config, last_record,
                         stage_durations, systemd_up, unit_props, units_installed, units_started, upgrade, wait_outcome,
@@ -113,6 +114,16 @@ def unit_is_itself(vm, res: Result, hb: dict, before: dict) -> None:
               "both restored tasks are in the unit's cgroup", f"{hb2['ControlGroup']}: {procs}")
 
 
+def pids_above(vm, res: Result, writer_pid: int) -> None:
+    """The snapshot's highest PID (the writer's, above the pid_max of 32768 a 2-CPU kernel boots
+    with) was put on the new boot's PID allocator: pid_max was raised first, nothing said it failed."""
+    log = vm.sh("journalctl", "-k", "-b", "-o", "cat", "--no-pager", "--grep", "^kupgrade: ")["stdout"]
+    above = [int(w) for w in re.findall(r"new PIDs start above (\d+)", log)]
+    res.check(bool(above) and max(above) >= writer_pid and "pid_max raised from 32768" in log
+              and "could not make new PIDs" not in log and "did not start above" not in log,
+              "the new boot's PIDs started above the snapshot's (pid_max raised first)", log[-1500:])
+
+
 def victim_failed(vm, res: Result, victim: dict) -> dict:
     """victim.service failed (not started fresh), the record and the report say why, its snapshot
     is kept. Returns the record."""
@@ -155,6 +166,7 @@ def run(vm, image, res: Result) -> None:
         return
     systemd_up(vm)
     keep_journal(vm, "heartbeat.service", "victim.service", "kupgrade-restore.service", "squat.service")
+    pids_above(vm, res, pid)
     last_before = heartbeats_back(vm, res, wl)      # relayed again only from here on
     unit_is_itself(vm, res, hb, before)
     kept = workload_kept(res, wl, before, "heartbeat.service, not started fresh")

@@ -14,7 +14,7 @@ scripts were built for another contract (`kupgrade install-boot` rebuilds it).
 
 from __future__ import annotations
 
-VERSION = 3
+VERSION = 4                # 4: kupgrade.pidmax= (init-top raises the boot's pid_max first)
 
 # --- the kernel command line of the new kernel -------------------------------------------------
 CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores

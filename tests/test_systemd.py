@@ -6,6 +6,7 @@ from pathlib import Path
 from kupgrade.output import record
 from kupgrade.output.record import StageResult, UpgradeRecord, Workload
 from kupgrade.switch import restorecmd, restorerecord, trees
+from kupgrade.system import sched
 from kupgrade.userspace import systemd, workloads
 
 
@@ -15,7 +16,10 @@ def test_dropin_turns_the_start_into_the_restore():
     assert "Type=forking" in lines and "PIDFile=/run/kupgrade/units/web.service.pid" in lines
     # the original command is cleared before ours; pre/post commands are cleared
     # with full privileges ("+"): none of the unit's sandboxing applies to criu
-    assert lines.index("ExecStart=") < lines.index("ExecStart=+/usr/sbin/kupgrade-restore --unit web.service")
+    # (run from a shell that first raises its session's CPU share: system/sched.py)
+    start = "ExecStart=+" + sched.boosted("/usr/sbin/kupgrade-restore --unit web.service")
+    assert start.endswith("' /usr/sbin/kupgrade-restore --unit web.service") and '"$$0" "$$@"' in start
+    assert lines.index("ExecStart=") < lines.index(start)
     assert "ExecStartPre=" in lines and "ExecStartPost=" in lines and "Restart=no" in lines
 
 
@@ -134,3 +138,16 @@ def test_a_carried_session_scope_is_adopted_by_systemd_in_the_new_boot(tmp_path,
     monkeypatch.setattr(systemd, "ADOPT_WAIT_S", 0.05)             # never moved: waited for, left as it is
     assert systemd.adopt(again, bus=bus, root=tmp_path, scope=lambda *a: None) == "kupgrade-session-3.scope"
     assert (tmp_path / again.lstrip("/") / "cgroup.procs").read_text() == "648\n"
+
+
+def test_the_restore_starts_with_its_session_boosted_and_puts_it_back_before_criu(tmp_path):
+    import shlex
+    import subprocess
+    argv = shlex.split(sched.boosted("/bin/cat /proc/self/autogroup", systemd=False))
+    # a session of its own: the boost is that session's, not the test run's
+    out = subprocess.run(argv, capture_output=True, text=True, start_new_session=True).stdout
+    if Path("/proc/self/autogroup").exists() and os.geteuid() == 0:     # a negative nice needs CAP_SYS_NICE
+        assert out.endswith(f" nice {sched.BOOST}\n"), out
+    (tmp_path / "autogroup").write_text("/autogroup-7 nice -10\n")
+    assert sched.unboost(tmp_path / "autogroup") and (tmp_path / "autogroup").read_text() == "0\n"
+    assert not sched.unboost(tmp_path / "none")

@@ -27,6 +27,7 @@ from pathlib import Path
 from kupgrade import __version__
 from kupgrade.errors import ConfigError, StageError
 from kupgrade.switch import contract, pmem
+from kupgrade.system import sched
 from kupgrade.system.run import run
 
 MARKER = contract.BOOT_MARKER
@@ -162,7 +163,8 @@ BOOT_FILES = tuple(dict.fromkeys(name for b in BUILDERS for _, name, _ in b.file
 
 def boot_file(name: str) -> str:
     """A boot file as installed: the contract's values (kupgrade/switch/contract.py) filled in."""
-    return contract.render(_data(name), {"VERSION": __version__, "RESTORE": restore_command()})
+    return contract.render(_data(name), {"VERSION": __version__, "RESTORE": restore_command(),
+                                         "RESTORE_BOOSTED": sched.boosted(restore_command())})
 
 
 def install(kernels: list[str], paths: BootPaths = BootPaths(), rebuild: bool = True,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from kupgrade import faults
 from kupgrade.errors import CommandError, KupgradeError
 from kupgrade.switch import commit, contract, manifest, pmem
-from kupgrade.system import criu
+from kupgrade.system import criu, sched
 from kupgrade.system.run import run as run_cmd
 from kupgrade.userspace import mountns, systemd, tcp, unixsk, volatile
 
@@ -82,6 +82,7 @@ def _restore(images: Path, w, pidfile: Path, socks: list, state_dir: Path, hold:
         conns = [s for s in socks if s.connected]
         put_back = volatile.put_back(images)     # its files on tmpfs this boot does not have
         faults.point("restore", f"criu restore of {w.selector} failed")
+        sched.unboost()     # the boot-time boost of the restore's session is not the workload's
         run_cmd(criu.restore_argv(images, pidfile, inherit, tcp=bool(conns),
                                   action_script=tcp.action_script(state_dir) if any(not s.wscale for s in conns) else "",
                                   stopped=hold, no_new_privs=(images / criu.NO_NEW_PRIVS).exists(),

@@ -36,6 +36,7 @@ from pathlib import Path
 from kupgrade.errors import CommandError
 from kupgrade.output.record import Blocker
 from kupgrade.switch import contract
+from kupgrade.system import sched
 from kupgrade.system.run import run
 from kupgrade.userspace import sandbox
 
@@ -241,7 +242,7 @@ PIDFile={pidfile(restore_dir, unit)}
 GuessMainPID=no
 ExecStartPre=
 ExecStart=
-ExecStart=+{restore_cmd} --unit {unit}
+ExecStart=+{sched.boosted(f"{restore_cmd} --unit {unit}")}
 ExecStartPost=
 Restart=no
 TimeoutStartSec=600

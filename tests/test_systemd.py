@@ -149,5 +149,6 @@ def test_the_restore_starts_with_its_session_boosted_and_puts_it_back_before_cri
     if Path("/proc/self/autogroup").exists() and os.geteuid() == 0:     # a negative nice needs CAP_SYS_NICE
         assert out.endswith(f" nice {sched.BOOST}\n"), out
     (tmp_path / "autogroup").write_text("/autogroup-7 nice -10\n")
+    assert sched.nice(tmp_path / "autogroup") == -10
     assert sched.unboost(tmp_path / "autogroup") and (tmp_path / "autogroup").read_text() == "0\n"
     assert not sched.unboost(tmp_path / "none")

@@ -21,6 +21,7 @@ from kupgrade import config as config_mod
 from kupgrade.errors import KupgradeError, explain
 from kupgrade.output import logfile
 from kupgrade.switch import contract
+from kupgrade.system import sched
 
 LOADED = time.clock_gettime(time.CLOCK_BOOTTIME)      # this module, the first of kupgrade's: Python has started
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             from kupgrade.switch import unitrestore
             return unitrestore.main(cfg, args.unit)
         restore = args.generator is None and not args.commit
-        started = {"python_s": _python_s()}
+        started = {"python_s": _python_s(), "autogroup_nice": sched.nice()}
         if restore and (Path(contract.RESTORE_DIR) / contract.MANIFEST).exists():
             from kupgrade.system import criu
             criu.start_warm()

@@ -30,11 +30,19 @@ def boosted(command: str, systemd: bool = True) -> str:
             f"{command}")
 
 
+def nice(path: Path = AUTOGROUP) -> int | None:
+    """This session's autogroup nice (None: no autogroup)."""
+    try:
+        return int(path.read_text().split("nice")[-1])
+    except (OSError, ValueError):
+        return None
+
+
 def unboost(path: Path = AUTOGROUP) -> bool:
     """This session's autogroup back to nice 0 (False: no autogroup here, or it could not be set)."""
+    if (now := nice(path)) is None or now == 0:
+        return now == 0
     try:
-        if path.read_text().split("nice")[-1].strip() in ("0", ""):
-            return True
         path.write_text("0\n")
         return True
     except OSError:

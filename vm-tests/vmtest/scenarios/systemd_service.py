@@ -124,6 +124,15 @@ def pids_above(vm, res: Result, writer_pid: int) -> None:
               "the new boot's PIDs started above the snapshot's (pid_max raised first)", log[-1500:])
 
 
+def boost_undone(vm, res: Result, rec: dict, pids: list[int]) -> None:
+    """kupgrade-restore.service ran with its session boosted (nice -10, system/sched.py), and no
+    restored task kept it: their autogroups are at nice 0."""
+    start = next((s["details"].get("start", {}) for s in rec["stages"] if s["name"] == "restore"), {})
+    groups = {p: vm.read(f"/proc/{p}/autogroup").strip() for p in pids}
+    res.check(start.get("autogroup_nice") == -10 and all(g.endswith(" nice 0") for g in groups.values()),
+              "the restore ran boosted, the restored tasks did not keep it", json.dumps([start, groups]))
+
+
 def victim_failed(vm, res: Result, victim: dict) -> dict:
     """victim.service failed (not started fresh), the record and the report say why, its snapshot
     is kept. Returns the record."""
@@ -171,6 +180,7 @@ def run(vm, image, res: Result) -> None:
     unit_is_itself(vm, res, hb, before)
     kept = workload_kept(res, wl, before, "heartbeat.service, not started fresh")
     rec = victim_failed(vm, res, victim)
+    boost_undone(vm, res, rec, [before["pid"], before["child"], pid])
     writes = dirty_data.writes_kept(vm, image, res, pid, mid)
     dirty_data.flushes(res, reh, rec)
     all_kept(res, kept, writes)

@@ -49,6 +49,10 @@ def test_init_top_raises_a_boot_pid_max_below_the_snapshots_pids_first(tmp_path)
     assert _start_above(tmp_path, 32768, 150, 40002)[:2] == (4194304, 40002)          # no word: the limit
     assert _start_above(tmp_path, 32768, 150, 40002, pidmax="99999")[:2] == (99999, 40002)
     assert _start_above(tmp_path, 32768, 150, 30005, pidmax="4194304")[:2] == (4194304, 30005)   # room above
+    # the old kernel ran with 32768 too (no systemd): kept, as the system has it
+    most, last, said = _start_above(tmp_path, 32768, 150, 30005, pidmax="32768")
+    assert (most, last) == (32768, 30005) and "raised" not in said
+    assert _start_above(tmp_path, 32768, 150, 33000, pidmax="32768")[:2] == (4194304, 33000)      # or it fails
     most, last, said = _start_above(tmp_path, 4194304, 150, 40002, pidmax="99999")
     assert (most, last) == (4194304, 40002) and "raised" not in said
     assert _start_above(tmp_path, 32768, 150, 300)[:2] == (32768, 300)

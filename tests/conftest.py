@@ -54,5 +54,5 @@ def _no_warm_up_on_the_host(monkeypatch):
     that runs the tests (tests/test_restore_retry.py checks what it asks for)."""
     from kupgrade.system import criu
     from kupgrade.userspace import tcp
-    monkeypatch.setattr(criu, "warm", lambda: True)
+    monkeypatch.setattr(criu, "warm", lambda log=None: True)
     monkeypatch.setattr(tcp, "load_module", lambda: None)

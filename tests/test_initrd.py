@@ -120,3 +120,27 @@ def test_extract_rejects_garbage_offset(tmp_path):
     p.write_bytes(b"\0" * 200)
     with pytest.raises(ValueError, match="bad cpio header"):
         initrd.extract(p, 0, tmp_path / "d")
+
+
+def test_fill_carries_the_generators_output(tmp_path):
+    """The drop-ins the old kernel wrote for the new boot's systemd generator travel in the
+    archive and in the manifest (verified like the images)."""
+    from kupgrade.output.record import Workload
+    from kupgrade.switch import contract, packing
+    snap = make_snapshot(tmp_path)
+    gen = snap / contract.GENERATED / "web.service.d"
+    gen.mkdir(parents=True)
+    (gen / "zz-kupgrade-restore.conf").write_text("[Service]\n")
+    base = tmp_path / "initrd.img"
+    base.write_bytes(os.urandom(1000))
+    w = (Workload("pid:1", 1, (1,)),)
+    made = []
+    sizes = initrd.assemble(base, tmp_path / "combined.img", lambda cw: made.append(packing.fill(
+        cw, snap / "images", snap / "hooks", w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}",
+        generated=snap / contract.GENERATED)))
+    rel = f"{contract.GENERATED}/web.service.d/zz-kupgrade-restore.conf"
+    assert rel in made[0].files
+    dest = tmp_path / "run"
+    initrd.extract(tmp_path / "combined.img", sizes["target_initrd_bytes"] + sizes["padding_bytes"], dest)
+    assert (dest / rel).read_text() == "[Service]\n"
+    assert manifest.verify(dest, "6.12")[1] == []

@@ -114,6 +114,11 @@ def test_keep_criu_logs_private(tmp_path):
     assert Path(kept[0]).stat().st_mode & 0o077 == 0
     assert (tmp_path / "logs/ID").stat().st_mode & 0o077 == 0
     assert "boom" in criu.first_error(images / "tree-300", "dump.log")
+    (tmp_path / criu.WARM_LOG).write_text("(00.2) kerndat\n")      # the restore's warm-up, beside the trees
+    assert criu.keep_log(tmp_path / criu.WARM_LOG, tmp_path / "logs" / "ID", criu.WARM_LOG) == \
+        str(tmp_path / "logs/ID" / criu.WARM_LOG)
+    assert (tmp_path / "logs/ID" / criu.WARM_LOG).stat().st_mode & 0o077 == 0
+    assert criu.warm_argv(Path("/run/kupgrade/x.log"))[-3:] == ["-v4", "--log-file", "/run/kupgrade/x.log"]
 
 
 def test_criu_first_error_is_the_cause(tmp_path):

@@ -96,13 +96,16 @@ def snapshot_tree(root):
     (root / "images" / "tree-5" / "pages-1.img").write_bytes(b"\1" * 5000)
     (root / "hooks" / "net").mkdir(parents=True)
     (root / "hooks" / "net" / "state.json").write_text("{}")
+    (root / contract.GENERATED / "web.service.d").mkdir(parents=True)
+    (root / contract.GENERATED / "web.service.d" / "zz-kupgrade-restore.conf").write_text("[Service]\n")
 
 
 def test_seal_writes_what_the_restoring_side_reads_first(tmp_path):
     snapshot_tree(tmp_path)
     w = (Workload("pid:5", 5, (5, 9)),)
     m = packing.seal(tmp_path, w, lambda files: manifest.make("U1", "6.1", "6.12", w, files), "{}")
-    assert set(m.files) == {"images/tree-5/pages-1.img", "hooks/net/state.json"}
+    assert set(m.files) == {"images/tree-5/pages-1.img", "hooks/net/state.json",
+                            f"{contract.GENERATED}/web.service.d/zz-kupgrade-restore.conf"}
     assert (tmp_path / contract.MAX_PID).read_text() == "9\n"
     # a thread's ID above every process PID (memcached's workers): new PIDs must start above it too
     w = (Workload("pid:5", 5, (5, 9), tids=(12, 14)),)

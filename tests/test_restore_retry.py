@@ -152,7 +152,7 @@ def test_the_restore_warms_criu_and_loads_nf_tables_alongside_the_verification(t
     from kupgrade.userspace import tcp
     snapshot(tmp_path)
     did = []
-    monkeypatch.setattr(criu, "warm", lambda: did.append("criu") or True)
+    monkeypatch.setattr(criu, "warm", lambda log=None: did.append("criu") or True)
     monkeypatch.setattr(tcp, "load_module", lambda: did.append("nf_tables"))
     monkeypatch.setattr(trees, "restore_one", lambda s, w, **kw: did.append(w.key) or
                         {"selector": w.selector, "ok": True, "root_pid": w.root_pid, "same_pid": True})

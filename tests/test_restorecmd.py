@@ -1,5 +1,6 @@
 """kupgrade-restore's start: criu's probe of the new kernel begins before the rest is imported."""
 import threading
+from pathlib import Path
 
 from kupgrade.switch import restorecmd
 from kupgrade.system import criu
@@ -19,23 +20,23 @@ def test_python_start_from_the_process_start_time(tmp_path, monkeypatch):
 def test_an_early_warm_up_is_waited_for_not_run_again(monkeypatch):
     calls, release = [], threading.Event()
 
-    def probe():
-        calls.append(threading.current_thread().name)
+    def probe(log=None):
+        calls.append((threading.current_thread().name, log))
         release.wait(5)
         return True
 
     monkeypatch.setattr(criu, "_probe", probe)
     monkeypatch.setattr(criu, "_early", None)
-    criu.start_warm()
+    criu.start_warm(Path("/run/kupgrade/criu-check.log"))
     criu.start_warm()                   # once per process
     release.set()
     assert WARM() is True
-    assert calls == ["kupgrade-criu-warm"]
+    assert calls == [("kupgrade-criu-warm", Path("/run/kupgrade/criu-check.log"))]
 
 
 def test_without_an_early_warm_up_the_stage_probes_itself(monkeypatch):
     calls = []
-    monkeypatch.setattr(criu, "_probe", lambda: calls.append(1) or False)
+    monkeypatch.setattr(criu, "_probe", lambda log=None: calls.append(1) or False)
     monkeypatch.setattr(criu, "_early", None)
     assert WARM() is False
     assert calls == [1]

@@ -23,6 +23,11 @@ def test_dropin_turns_the_start_into_the_restore():
     assert "ExecStartPre=" in lines and "ExecStartPost=" in lines and "Restart=no" in lines
 
 
+def _wanted(early: Path) -> list[str]:
+    text = (early / "multi-user.target.d" / systemd.WANTS_DROPIN).read_text()
+    return next(line for line in text.splitlines() if line.startswith("Wants=")).split("=", 1)[1].split()
+
+
 def test_generate_writes_dropins_and_wants(tmp_path):
     units = tmp_path / "lib"
     units.mkdir()
@@ -32,15 +37,15 @@ def test_generate_writes_dropins_and_wants(tmp_path):
     done = systemd.generate(early, "ID1", ["web.service", "getty@tty5.service", "gone.service"],
                             "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"), dirs=(str(units),))
     assert (early / "web.service.d" / systemd.DROPIN).exists()
-    assert os.readlink(early / "multi-user.target.wants/web.service") == str(units / "web.service")
-    assert os.readlink(early / "multi-user.target.wants/getty@tty5.service") == str(units / "getty@.service")
     assert (early / "gone.service.d" / systemd.DROPIN).exists()          # restored if something starts it
-    assert not (early / "multi-user.target.wants/gone.service").exists()
+    # pulled into multi-user.target (an instance by its template's file), the commit unit too;
+    # regular files only: the old kernel writes them into the snapshot
+    assert _wanted(early) == ["web.service", "getty@tty5.service", systemd.COMMIT_UNIT]
     commit = (early / systemd.COMMIT_UNIT).read_text()
     assert "After=kupgrade-restore.service web.service getty@tty5.service gone.service" in commit
     assert "ExecStart=/usr/sbin/kupgrade-restore --commit" in commit
-    assert os.readlink(early / "multi-user.target.wants" / systemd.COMMIT_UNIT) == str(early / systemd.COMMIT_UNIT)
-    assert len(done) == 7
+    assert not [p for p in early.rglob("*") if p.is_symlink()]
+    assert len(done) == 5
 
 
 def test_generate_pulls_in_the_units_that_start_fresh(tmp_path):
@@ -50,9 +55,52 @@ def test_generate_pulls_in_the_units_that_start_fresh(tmp_path):
     early = tmp_path / "early"
     systemd.generate(early, "ID1", [], "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"), dirs=(str(units),),
                      start=("memcached.service",))
-    assert os.readlink(early / "multi-user.target.wants/memcached.service") == str(units / "memcached.service")
+    assert _wanted(early) == ["memcached.service"]
     assert not (early / "memcached.service.d").exists()         # started fresh: its own start, no restore
     assert not (early / systemd.COMMIT_UNIT).exists()           # nothing carried by a unit: nothing to commit
+
+
+def _generator(tmp_path: Path) -> tuple[Path, Path]:
+    """The installed generator, its restore dir moved under tmp_path and its Python fallback a
+    script that says it ran."""
+    from kupgrade.switch import boot, contract
+    run_dir = tmp_path / "run"
+    fallback = tmp_path / "fallback"
+    fallback.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/fallback.ran\n")
+    fallback.chmod(0o755)
+    text = boot.boot_file("systemd-generator").replace(contract.RESTORE_DIR, str(run_dir))
+    text = text.replace(boot.restore_command(), str(fallback))
+    gen = tmp_path / "generator"
+    gen.write_text(text)
+    return gen, run_dir
+
+
+def test_generator_copies_what_the_old_kernel_wrote(tmp_path):
+    import subprocess
+    from kupgrade.switch import contract
+    gen, run_dir = _generator(tmp_path)
+    out = tmp_path / "out"
+    for d in ("normal", "early", "late"):
+        (out / d).mkdir(parents=True)
+    argv = ["sh", str(gen), *(str(out / d) for d in ("normal", "early", "late"))]
+    subprocess.run(argv, check=True)                    # no snapshot: nothing
+    assert not any(out.rglob("*.conf")) and not (tmp_path / "fallback.ran").exists()
+    run_dir.mkdir()
+    (run_dir / contract.MANIFEST).write_text("{}")
+    subprocess.run(argv, check=True)                    # a snapshot without the drop-ins: the restore writes them
+    assert (tmp_path / "fallback.ran").read_text().split() == ["--generator", *argv[2:]]
+    (tmp_path / "fallback.ran").unlink()
+    units = tmp_path / "lib"
+    units.mkdir()
+    (units / "web.service").write_text("[Service]\nExecStart=/bin/true\n")
+    systemd.generate(run_dir / contract.GENERATED, "ID1", ["web.service"], "/usr/sbin/kupgrade-restore",
+                     Path("/run/kupgrade"), dirs=(str(units),))
+    subprocess.run(argv, check=True)
+    assert not (tmp_path / "fallback.ran").exists()
+    assert (out / "early/web.service.d" / systemd.DROPIN).read_text() == \
+        (run_dir / contract.GENERATED / "web.service.d" / systemd.DROPIN).read_text()
+    assert _wanted(out / "early") == ["web.service", systemd.COMMIT_UNIT]
+    assert (out / "early" / systemd.COMMIT_UNIT).is_file() and not any((out / "normal").iterdir())
 
 
 def test_resolve_unit_to_main_pid_and_cgroup():

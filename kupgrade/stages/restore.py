@@ -202,7 +202,7 @@ def _warm_up(snap: Path, laps: Laps) -> threading.Thread:
                     tcp.load_module()
             except (KupgradeError, OSError, ValueError):
                 pass                # the protection loads it again, and says what failed
-            criu.warm()
+            criu.warm(snap / criu.WARM_LOG)
     t = threading.Thread(target=work, name="kupgrade-warm-up", daemon=True)
     t.start()
     return t

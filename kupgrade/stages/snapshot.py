@@ -21,10 +21,10 @@ from kupgrade.hooks import HOOKS_SUBDIR, early, hookpoints
 from kupgrade.output.progress import file_bytes, tree_bytes, watch
 from kupgrade.output.results import Snapshot
 from kupgrade.stages import freeze
-from kupgrade.switch import contract, initrd, manifest, packing, pmem, prewarm
+from kupgrade.switch import boot, contract, initrd, manifest, packing, pmem, prewarm
 from kupgrade.system import criu, oom
 from kupgrade.system.run import run as run_cmd
-from kupgrade.userspace import mountns, sandbox, tcp, unixsk, volatile, workloads
+from kupgrade.userspace import mountns, sandbox, systemd, tcp, unixsk, volatile, workloads
 
 NAME = "snapshot"
 MIN_TMPFS = 256 << 20
@@ -33,6 +33,23 @@ PARALLEL = 4            # criu dumps at once (bounded by the CPUs too)
 
 def images_root(ctx: Context) -> Path:
     return ctx.snapshot_dir / "images"
+
+
+def generated_root(ctx: Context) -> Path:
+    """The systemd generator's output for the new boot (contract.GENERATED)."""
+    return ctx.snapshot_dir / contract.GENERATED
+
+
+def generate(ctx: Context) -> list[str]:
+    """Write, into the snapshot, what the new boot's systemd generator would otherwise start Python
+    for inside the pause: the drop-ins that make each carried unit's start restore it, the commit
+    unit, the units pulled into multi-user.target (kupgrade/data/systemd-generator copies them)."""
+    units = [w.unit for w in ctx.workloads if w.unit]
+    start = tuple(f.unit for f in ctx.record.fresh if f.stop)
+    if not units and not start:
+        return []
+    return systemd.generate(generated_root(ctx), ctx.record.id, units, os.path.realpath(boot.restore_command()),
+                            Path(contract.RESTORE_DIR), start=start)
 
 
 def hooks_root(ctx: Context) -> Path:
@@ -152,6 +169,7 @@ def run(ctx: Context) -> tuple[str, Snapshot]:
     t1 = time.monotonic()
     faults.point("pack", "packing the snapshot failed")
     warm = prewarm.text(prewarm.list_files([p for w in ctx.workloads for p in w.pids]))    # the tasks are stopped
+    generate(ctx)
     if ctx.plan.region:
         m = packing.seal(ctx.snapshot_dir, ctx.workloads, make, ctx.record.dumps(), known=ctx.prehashed,
                          prewarm=warm)
@@ -177,13 +195,14 @@ def _pack(ctx: Context, make, warm: bytes) -> tuple[manifest.Manifest, dict]:
 
     def fill(w: initrd.CpioWriter) -> None:
         made.append(packing.fill(w, images_root(ctx), hooks_root(ctx), ctx.workloads, make, ctx.record.dumps(),
-                                 prewarm=warm))
+                                 prewarm=warm, generated=generated_root(ctx)))
 
     pack_total = tree_bytes(images_root(ctx)) + ctx.plan.target.initrd.stat().st_size
     with watch(ctx.progress, "pack", pack_total, lambda: file_bytes(combined_path(ctx))):
         sizes = initrd.assemble(ctx.plan.target.initrd, combined_path(ctx), fill)
     shutil.rmtree(images_root(ctx))     # its bytes are in the combined initrd now; free the memory
     shutil.rmtree(hooks_root(ctx), ignore_errors=True)
+    shutil.rmtree(generated_root(ctx), ignore_errors=True)
     return made[0], {"transport": "initrd", **sizes}
 
 

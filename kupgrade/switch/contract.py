@@ -14,7 +14,7 @@ scripts were built for another contract (`kupgrade install-boot` rebuilds it).
 
 from __future__ import annotations
 
-VERSION = 4                # 4: kupgrade.pidmax= (init-top raises the boot's pid_max first)
+VERSION = 5                # 5: generator/ (the old kernel writes the systemd generator's output)
 
 # --- the kernel command line of the new kernel -------------------------------------------------
 CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores
@@ -38,6 +38,9 @@ PREWARM = "prewarm"                        # the files the workloads use: OFFSET
 MOVE_FAILED = "move-failed"                # left by the initramfs when it could not move the snapshot: why
 IMAGES = "images"                          # images/TREE/: criu's images of one process tree
 HOOKS = "hooks"                            # hooks/NAME/: a device hook's saved state
+GENERATED = "generated"                   # generated/: the systemd generator's output for the new boot
+                                          # (drop-ins), written by the old kernel; the generator copies it
+DIRS = (IMAGES, HOOKS, GENERATED)         # the snapshot's directories: every file in them is in the manifest
 EARLY_BUNDLE = "early-restore.d"           # hooks/early-restore.d/: the initramfs hooks and runner
 EARLY_RUNNER = "run"
 
@@ -80,6 +83,7 @@ BOOT_VALUES: dict[str, str] = {
     "MOVE_FAILED": MOVE_FAILED,
     "HOOKS": HOOKS,
     "EARLY_BUNDLE": EARLY_BUNDLE,
+    "GENERATED": GENERATED,
     "EARLY_RUNNER": EARLY_RUNNER,
     "RESTORE_DIR": RESTORE_DIR,
     "REJECTED_DIR": REJECTED_DIR,

@@ -29,7 +29,7 @@ from kupgrade.switch import contract
 
 NAME = contract.MANIFEST
 FORMAT = 1
-CHECKED_DIRS = ("images", "hooks")     # every file under these must be listed
+CHECKED_DIRS = contract.DIRS     # every file under these must be listed
 
 
 CHECKSUM = "crc32"                      # the manifest field of every file's checksum (module docstring)
@@ -157,7 +157,7 @@ def verify(snapshot: Path, kernel_now: str, added: Callable[[str], bool] = lambd
            skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> tuple[Manifest, list[str]]:
     """Return the manifest and the problems found (empty list = verified): a wrong kernel, a
     listed file missing, of another size or checksum or outside the snapshot, a file under
-    images/ or hooks/ that is not listed, unless `added(rel)` (written in this boot on purpose).
+    images/, hooks/ or generated/ that is not listed, unless `added(rel)` (written in this boot on purpose).
     Listed files whose path starts with one of `skip` are not looked at (a retry: the images of
     trees restored already were freed). With `only`, just the listed files under those prefixes
     are (a first pass over the small ones: the unlisted files are the full pass's)."""
@@ -216,7 +216,7 @@ def _hash_all(snapshot: Path, todo: dict[str, str]) -> dict[str, tuple[str, str]
 
 
 def unlisted(snapshot: Path, files: dict) -> list[str]:
-    """Files (anything but directories) under images/ and hooks/ that the manifest does not list."""
+    """Files (anything but directories) under CHECKED_DIRS that the manifest does not list."""
     out = []
     for top in CHECKED_DIRS:
         for dirpath, dirnames, filenames in os.walk(snapshot / top):

@@ -21,13 +21,16 @@ def restore_tmpfs_kib(snapshot_bytes: int) -> int:
 
 
 def fill(w: initrd.CpioWriter, images: Path, hooks: Path, workloads, make: Callable[[dict], manifest.Manifest],
-         record_text: str, only: Callable[[str], bool] | None = None, prewarm: bytes = b"") -> manifest.Manifest:
+         record_text: str, only: Callable[[str], bool] | None = None, prewarm: bytes = b"",
+         generated: Path | None = None) -> manifest.Manifest:
     """Write the images and the hooks' state (hashed while written), then what the restoring side
     reads first (read_first; `make` turns the hashed files into the manifest). only: which files to
-    carry (the way back: what the old kernel packed, not what the new kernel's attempt wrote beside it)."""
+    carry (the way back: what the old kernel packed, not what the new kernel's attempt wrote beside it).
+    generated: the systemd generator's output for the restoring boot (snapshot.generate)."""
     files = w.tree(images, prefix=contract.IMAGES, only=only)
-    if hooks.is_dir():
-        files |= w.tree(hooks, prefix=contract.HOOKS, only=only)
+    for top, prefix in ((hooks, contract.HOOKS), (generated, contract.GENERATED)):
+        if top is not None and top.is_dir():
+            files |= w.tree(top, prefix=prefix, only=only)
     m = make(files)
     for name, data in read_first(m, workloads, record_text, prewarm,
                                  size_kib=f"{restore_tmpfs_kib(m.total_bytes)}\n".encode()):
@@ -46,12 +49,12 @@ def read_first(m: manifest.Manifest, workloads, record_text: str, prewarm: bytes
 
 
 def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | None = None) -> dict[str, dict]:
-    """{path under root: {"size", manifest.CHECKSUM}} of every file under root/images and root/hooks,
+    """{path under root: {"size", manifest.CHECKSUM}} of every file under root/images, root/hooks and root/generated,
     summed in parallel (zlib lets go of the GIL); a symlink (criu's `parent` of a pre-dump) as
     {"size": 0, "link": target}. only: which files to take; known: hashes taken earlier of files
     that have not changed since (the pre-dumps), used when the size still matches."""
     paths, out = [], {}
-    for top in (contract.IMAGES, contract.HOOKS):
+    for top in contract.DIRS:
         for dirpath, dirnames, filenames in os.walk(root / top):
             for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
                 p = Path(dirpath, name)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         started = {"python_s": _python_s(), "autogroup_nice": sched.nice()}
         if restore and (Path(contract.RESTORE_DIR) / contract.MANIFEST).exists():
             from kupgrade.system import criu
-            criu.start_warm()
+            criu.start_warm(Path(contract.RESTORE_DIR) / criu.WARM_LOG)
             started["warm_up_started_s"] = round(time.clock_gettime(time.CLOCK_BOOTTIME) - LOADED, 3)
         from kupgrade.switch import newkernel       # the rest, while criu probes
         started["loaded_s"] = round(time.clock_gettime(time.CLOCK_BOOTTIME) - LOADED, 3)

@@ -42,14 +42,14 @@ def _back_manifest(snap: Path, m: manifest.Manifest):
 
 
 def _pack(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord, out: Path) -> manifest.Manifest:
-    """The old kernel's initrd + the snapshot's images and hooks, with a manifest for it."""
+    """The old kernel's initrd + the snapshot's images, hooks and generator output, with a manifest for it."""
     made: list[manifest.Manifest] = []
     # only the files the old kernel packed: criu's PID file and log of a tree restored (held)
     # here would make criu refuse the restore there (it creates the PID file exclusively)
     warm = _prewarm(snap)
     initrd.assemble(Path(m.back["initrd"]), out, lambda w: made.append(
         packing.fill(w, snap / contract.IMAGES, snap / contract.HOOKS, m.workloads, _back_manifest(snap, m),
-                     rec.dumps(), only=lambda arc: arc in m.files, prewarm=warm)))
+                     rec.dumps(), only=lambda arc: arc in m.files, prewarm=warm, generated=snap / contract.GENERATED)))
     return made[0]
 
 
@@ -68,7 +68,7 @@ def _seal(snap: Path, m: manifest.Manifest, rec: record.UpgradeRecord) -> manife
     for rel in manifest.unlisted(snap, m.files):
         (snap / rel).unlink()
     for top in snap.iterdir():
-        if top.name in (contract.IMAGES, contract.HOOKS):
+        if top.name in contract.DIRS:
             continue
         if top.is_dir() and not top.is_symlink():
             shutil.rmtree(top)

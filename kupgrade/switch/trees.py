@@ -133,6 +133,8 @@ def release_region(snap: Path) -> str:
 def finish_trees(ctx: Context, snap: Path, snapshot_id: str, results: dict[str, dict]) -> list[str]:
     """Keep the criu logs on disk, free the images of the restored trees."""
     logs = criu.keep_logs(snap / "images", ctx.state_dir / "logs" / snapshot_id)
+    if (snap / criu.WARM_LOG).is_file():         # the warm-up's probing (restore.py), beside the trees' logs
+        logs.append(criu.keep_log(snap / criu.WARM_LOG, ctx.state_dir / "logs" / snapshot_id, criu.WARM_LOG))
     for key, r in results.items():
         if r.get("ok") and not r.get("held"):       # a held tree's images go when it continues
             shutil.rmtree(snap / "images" / key, ignore_errors=True)   # free the RAM

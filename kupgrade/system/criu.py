@@ -223,13 +223,14 @@ def first_error(images: Path, name: str) -> str:
 # Any cheap feature check: criu first detects the kernel's features and caches them in
 # /run/criu.kdat for the rest of the boot (KDAT_RUNDIR), which is what warm() is for.
 WARM_FEATURE = "mem_dirty_track"
+WARM_LOG = "criu-check.log"     # in the snapshot's directory: criu's own account of its probing, kept with its logs
 
 
-def warm_argv() -> list[str]:
-    return [program(CRIU), "check", "--feature", WARM_FEATURE]
+def warm_argv(log: Path | None = None) -> list[str]:
+    return [program(CRIU), "check", "--feature", WARM_FEATURE, *(["-v4", "--log-file", str(log)] if log else [])]
 
 
-def warm() -> bool:
+def warm(log: Path | None = None) -> bool:
     """In a new boot, have criu detect this kernel's features once, ahead of the restores: every
     criu run after this reads /run/criu.kdat instead of probing again. The probing loads the
     sock-diag modules and runs `iptables -L`, inside the pause otherwise, once per concurrent
@@ -239,34 +240,35 @@ def warm() -> bool:
     if _early is not None:
         _early.join()
         return _early.ok
-    return _probe()
+    return _probe(log)
 
 
-def _probe() -> bool:
+def _probe(log: Path | None = None) -> bool:
     try:
-        return run(warm_argv(), check=False, timeout=120).returncode == 0
+        return run(warm_argv(log), check=False, timeout=120).returncode == 0
     except (KupgradeError, OSError, ValueError):
         return False
 
 
 class _Warming(threading.Thread):
-    def __init__(self) -> None:
+    def __init__(self, log: Path | None) -> None:
         super().__init__(name="kupgrade-criu-warm", daemon=True)
         self.ok = False
+        self.log = log
 
     def run(self) -> None:
-        self.ok = _probe()
+        self.ok = _probe(self.log)
 
 
 _early: _Warming | None = None
 
 
-def start_warm() -> None:
+def start_warm(log: Path | None = None) -> None:
     """kupgrade-restore's first act (restorecmd.py): the warm-up in a thread, while the process
-    goes on loading the restore's modules; warm() then waits for it."""
+    goes on loading the restore's modules; warm() then waits for it. log: criu's log of it."""
     global _early
     if _early is None:
-        _early = _Warming()
+        _early = _Warming(log)
         _early.start()
 
 
@@ -277,12 +279,15 @@ def check() -> None:
 def keep_logs(images: Path, dest: Path) -> list[str]:
     """Copy criu's logs (images/TREE/*.log) to dest/TREE/ on disk, root-only, before the images
     are freed; returns the paths."""
-    kept = []
-    for log in sorted(images.glob("*/*.log")):
-        target = dest / log.parent.name / log.name
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dest.chmod(0o700)
-        shutil.copyfile(log, target)
-        target.chmod(0o600)
-        kept.append(str(target))
-    return kept
+    return [keep_log(log, dest, f"{log.parent.name}/{log.name}") for log in sorted(images.glob("*/*.log"))]
+
+
+def keep_log(log: Path, dest: Path, name: str) -> str:
+    """One criu log copied to dest/name, root-only (dest and the file's directory too); returns the path."""
+    target = dest / name
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dest.chmod(0o700)
+    target.parent.chmod(0o700)
+    shutil.copyfile(log, target)
+    target.chmod(0o600)
+    return str(target)

@@ -281,29 +281,39 @@ def unit_file(unit: str, dirs=UNIT_DIRS) -> Path | None:
     return None
 
 
-def _want(early_dir: Path, name: str, path: Path) -> str:
-    """Pull a unit into multi-user.target in this boot (it may have been started by hand)."""
-    wants = early_dir / "multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / name
-    if not link.is_symlink():
-        os.symlink(path, link)
-    return str(link)
+WANTS_DROPIN = "zz-kupgrade-wants.conf"
+
+
+def _wants(early_dir: Path, names: list[str]) -> str:
+    """Pull these units into multi-user.target in this boot (they may have been started by hand):
+    a drop-in of the target, regular files only, so that the old kernel can write it into the
+    snapshot (kupgrade/data/systemd-generator copies it)."""
+    d = early_dir / "multi-user.target.d"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / WANTS_DROPIN).write_text("# Written by kupgrade's generator for this boot only.\n[Unit]\n"
+                                  f"Wants={' '.join(names)}\n")
+    return str(d / WANTS_DROPIN)
 
 
 def generate(early_dir: Path, snapshot_id: str, units: list[str], restore_cmd: str, restore_dir: Path,
              dirs=UNIT_DIRS, start: tuple[str, ...] = ()) -> list[str]:
     """Write the drop-ins (and pull each unit into multi-user.target, in case it was started by
     hand and not enabled); pull in the units that start fresh (`start`: stopped before the
-    switch, selection.py) the same way. Returns what was written."""
+    switch, selection.py) the same way. Returns what was written. The old kernel writes this
+    into the snapshot (contract.GENERATED) for the new boot's generator to copy; the new boot
+    runs it only for a snapshot without it (kupgrade-restore --generator)."""
     done = []
     for unit in units:
         d = early_dir / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)
         (d / DROPIN).write_text(dropin(unit, snapshot_id, restore_cmd, restore_dir))
         done.append(str(d / DROPIN))
-    done += [_want(early_dir, unit, path) for unit in (*units, *start) if (path := unit_file(unit, dirs)) is not None]
+    wants = [unit for unit in (*units, *start) if unit_file(unit, dirs) is not None]
     if units:
+        early_dir.mkdir(parents=True, exist_ok=True)
         (early_dir / COMMIT_UNIT).write_text(commit_unit(units, snapshot_id, restore_cmd))
-        done += [_want(early_dir, COMMIT_UNIT, early_dir / COMMIT_UNIT), str(early_dir / COMMIT_UNIT)]
+        done.append(str(early_dir / COMMIT_UNIT))
+        wants.append(COMMIT_UNIT)
+    if wants:
+        done.append(_wants(early_dir, wants))
     return done

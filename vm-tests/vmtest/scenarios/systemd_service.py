@@ -23,6 +23,7 @@ from ..scenario import (Result, all_kept, booted, heartbeats_back, keep_journal,
                         workload_kept, write_config)
 from ..workload import GUEST_WORKLOAD, Workload
 from . import dirty_data
+from .basic import keep_criu_logs
 
 NAME = "systemd-service"
 DESCRIPTION = ("systemd units restored as themselves; a PID taken in the new boot sends both units back to the "
@@ -180,6 +181,9 @@ def run(vm, image, res: Result) -> None:
     unit_is_itself(vm, res, hb, before)
     kept = workload_kept(res, wl, before, "heartbeat.service, not started fresh")
     rec = victim_failed(vm, res, victim)
+    keep_criu_logs(vm, rec)             # criu's warm-up among them: what its probing waited for
+    chain = vm.sh("systemd-analyze", "critical-chain", "kupgrade-restore.service", "heartbeat.service", check=False)
+    (vm.workdir / "critical-chain.txt").write_text(chain["stdout"] + chain["stderr"])
     boost_undone(vm, res, rec, [before["pid"], before["child"], pid])
     writes = dirty_data.writes_kept(vm, image, res, pid, mid)
     dirty_data.flushes(res, reh, rec)

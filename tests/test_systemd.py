@@ -95,12 +95,17 @@ def test_generator_copies_what_the_old_kernel_wrote(tmp_path):
     (units / "web.service").write_text("[Service]\nExecStart=/bin/true\n")
     systemd.generate(run_dir / contract.GENERATED, "ID1", ["web.service"], "/usr/sbin/kupgrade-restore",
                      Path("/run/kupgrade"), dirs=(str(units),))
+    for p in (run_dir / contract.GENERATED).rglob("*"):        # as the initramfs left them
+        p.chmod(0o700 if p.is_dir() else 0o600)
     subprocess.run(argv, check=True)
     assert not (tmp_path / "fallback.ran").exists()
     assert (out / "early/web.service.d" / systemd.DROPIN).read_text() == \
         (run_dir / contract.GENERATED / "web.service.d" / systemd.DROPIN).read_text()
     assert _wanted(out / "early") == ["web.service", systemd.COMMIT_UNIT]
     assert (out / "early" / systemd.COMMIT_UNIT).is_file() and not any((out / "normal").iterdir())
+    # copied out of the root-only snapshot, readable as unit files are (systemd warns otherwise)
+    assert all(p.stat().st_mode & 0o005 == 0o005 if p.is_dir() else p.stat().st_mode & 0o004
+               for p in (out / "early").rglob("*"))
 
 
 def test_resolve_unit_to_main_pid_and_cgroup():

@@ -104,3 +104,18 @@ def test_workload_kept_checks_pids_beats_and_buffer():
     res = Result("x")
     assert workload_kept(res, wl, before) == {"pids_preserved": False, "state_preserved": False}
     assert [c["ok"] for c in res.checks] == [False, True, False, True]
+
+
+def test_time_spent_ranks_the_guest_calls_by_host_time():
+    import time
+    from vmtest.qemu import Guest
+    g = Guest(image=None, workdir=Path("/nonexistent"))
+    now = time.monotonic()
+    g._spent("kupgrade run", now - 40)
+    g._spent("kupgrade check", now - 3)
+    g._spent("kupgrade check", now - 4)
+    g._spent("waiting for 'ready'", now - 20)
+    spent = g.time_spent(top=2)
+    assert list(spent) == ["kupgrade run", "waiting for 'ready'"]
+    assert spent["kupgrade run"]["calls"] == 1 and spent["kupgrade run"]["s"] >= 40
+    assert g.time_spent()["kupgrade check"]["calls"] == 2

@@ -172,6 +172,18 @@ class Guest:
     _next_id: int = 1
     _ctl: socket.socket | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
+    spent: dict = field(default_factory=dict)    # where the scenario's time went: {what: [calls, seconds]}
+
+    def _spent(self, what: str, t0: float) -> None:
+        entry = self.spent.setdefault(what, [0, 0.0])
+        entry[0] += 1
+        entry[1] += time.monotonic() - t0
+
+    def time_spent(self, top: int = 8) -> dict:
+        """The commands (by program, kupgrade's by subcommand) and waits that took the most host
+        time, largest first: {what: {"calls", "s"}} (the suite's length, per scenario)."""
+        ranked = sorted(self.spent.items(), key=lambda kv: -kv[1][1])[:top]
+        return {k: {"calls": n, "s": round(s, 1)} for k, (n, s) in ranked}
 
     def start(self, fresh: bool = True) -> "Guest":
         """Boot; fresh=False boots the disks as the last run left them (after a power cut)."""
@@ -328,13 +340,24 @@ class Guest:
         return self.reply(self.send(op, **kw), timeout)
 
     def sh(self, *argv: str, timeout: float = 300, check: bool = True, input: str = "") -> dict:
-        r = self.call("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout, input=input)
+        t0 = time.monotonic()
+        try:
+            r = self.call("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout, input=input)
+        finally:
+            self._spent(" ".join(argv[:2] if argv[0] == "kupgrade" else argv[:1]), t0)
         if check and r["rc"] != 0:
             raise RuntimeError(f"guest: {' '.join(argv)} exited {r['rc']}\n{r['stdout']}\n{r['stderr']}")
         return r
 
     def event(self, kind: str, timeout: float, where=lambda e: True) -> dict:
         """The next event of this kind (others are kept in `seen`)."""
+        t0 = time.monotonic()
+        try:
+            return self._event(kind, timeout, where)
+        finally:
+            self._spent(f"waiting for '{kind}'", t0)
+
+    def _event(self, kind: str, timeout: float, where) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             self._alive()

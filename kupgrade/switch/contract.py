@@ -58,8 +58,8 @@ BOOT_MARKER = f"etc/kupgrade-boot.{VERSION}"   # in the initrd: it carries this 
 # snapshot came, what the restore asks for (criu's socket-diag probes; nf_tables for the table
 # that holds the peers' packets of carried TCP connections: 1.3 s inside the pause when the
 # restore loaded it itself, 42 s once on a busy host). Not veth: criu's probe creates a veth pair
-# in a new network namespace (1.4 s of its 3-4.5 s under QEMU TCG), but with veth loaded here
-# that step took as long (1.43 s without, 1.40 s with): it is not the module's load
+# in a new network namespace (1.4 s of its 3-4.5 s under QEMU TCG), but with veth in this list
+# that step took as long (1.43 s without, 1.40 s with, one run each): not the module's load
 PMEM_MODULES = "nd_e820 nd_pmem ext4"
 RESTORE_MODULES = "unix_diag inet_diag tcp_diag udp_diag netlink_diag packet_diag nf_tables"
 

@@ -14,7 +14,7 @@ scripts were built for another contract (`kupgrade install-boot` rebuilds it).
 
 from __future__ import annotations
 
-VERSION = 5                # 5: generator/ (the old kernel writes the systemd generator's output)
+VERSION = 5                # 5: generated/ (the old kernel writes the systemd generator's output)
 
 # --- the kernel command line of the new kernel -------------------------------------------------
 CMDLINE_KEY = "kupgrade.snapshot"          # kupgrade.snapshot=ID: the snapshot this boot restores

@@ -119,3 +119,12 @@ def test_time_spent_ranks_the_guest_calls_by_host_time():
     assert list(spent) == ["kupgrade run", "waiting for 'ready'"]
     assert spent["kupgrade run"]["calls"] == 1 and spent["kupgrade run"]["s"] >= 40
     assert g.time_spent()["kupgrade check"]["calls"] == 2
+
+
+def test_command_label_names_the_command_behind_env():
+    from vmtest.qemu import command_label
+    assert command_label(["env", "KUPGRADE_FAULT=dump", "kupgrade", "run", "--yes"]) == "kupgrade run"
+    assert command_label(["kupgrade", "check", "--json"]) == "kupgrade check"
+    assert command_label(["systemctl", "is-active", "x"]) == "systemctl"
+    assert command_label(["env"]) == "env" and command_label([]) == "?"
+    assert command_label(("kupgrade",)) == "kupgrade"

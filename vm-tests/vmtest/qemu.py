@@ -344,7 +344,7 @@ class Guest:
         try:
             r = self.call("run", timeout=timeout + 30, argv=list(argv), timeout_s=timeout, input=input)
         finally:
-            self._spent(" ".join(argv[:2] if argv[0] == "kupgrade" else argv[:1]), t0)
+            self._spent(command_label(argv), t0)
         if check and r["rc"] != 0:
             raise RuntimeError(f"guest: {' '.join(argv)} exited {r['rc']}\n{r['stdout']}\n{r['stderr']}")
         return r
@@ -416,6 +416,17 @@ class Guest:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def command_label(argv) -> str:
+    """What time_spent files a guest command under: its program, kupgrade's with the subcommand;
+    through `env VAR=...`, the command it runs."""
+    words = list(argv)
+    if words[:1] == ["env"]:
+        words = [w for w in words[1:] if "=" not in w and not w.startswith("-")] or ["env"]
+    if not words:
+        return "?"
+    return " ".join(words[:2]) if words[0] == "kupgrade" else words[0]
 
 
 def op_failed(msg: dict) -> bool:

@@ -374,17 +374,21 @@ class Guest:
     def wait_switch(self, rid: int, timeout: float) -> dict:
         """After sending `kupgrade run`: the new kernel's 'ready' event, or the command's reply
         if it came back (it failed before the switch)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._cond:
-                if rid in self._replies:
-                    return self._replies.pop(rid)
-            left = deadline - time.monotonic()
-            try:
-                return self.event("ready", min(1.0, max(left, 0.01)))
-            except LostVMError:
-                if time.monotonic() >= deadline or self.proc.poll() is not None:
-                    raise
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        try:
+            while True:
+                with self._cond:
+                    if rid in self._replies:
+                        return self._replies.pop(rid)
+                left = deadline - time.monotonic()
+                try:
+                    return self._event("ready", min(1.0, max(left, 0.01)), lambda e: True)
+                except LostVMError:
+                    if time.monotonic() >= deadline or self.proc.poll() is not None:
+                        raise
+        finally:
+            self._spent("waiting for the switch", t0)    # once per switch, apart from the boots
 
     def on_event(self, e: dict) -> None:
         """Called by the reader thread for every event; scenarios replace it to collect heartbeats."""

@@ -168,6 +168,13 @@ def test_the_command_line_says_which_pid_no_pid_of_the_snapshot_is_above():
     assert line == "root=/dev/vda kupgrade.snapshot=NEW kupgrade.maxpid=40002 kupgrade.pidmax=4194304"
 
 
+
+def test_a_plain_kexec_keeps_the_region_and_drops_an_earlier_switchs_words():
+    cur = "BOOT_IMAGE=/vmlinuz root=/dev/vda kupgrade.pmem=0x180000000 kupgrade.snapshot=OLD kupgrade.maxpid=7 " \
+          "kupgrade.pidmax=9"
+    assert kexec.kept_words(cur) == ["root=/dev/vda", "kupgrade.pmem=0x180000000"]
+
+
 def _ctx(*ids):
     from types import SimpleNamespace
     return SimpleNamespace(workloads=[Workload(f"pid:{ids[0]}", ids[0], ids)])

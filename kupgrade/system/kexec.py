@@ -56,12 +56,18 @@ def boot_id() -> str:
         return ""
 
 
+def kept_words(current: str) -> list[str]:
+    """The words of the current command line a kexec carries on: without the boot loader's and
+    an earlier switch's (its snapshot's id and PID words); kupgrade.pmem= stays."""
+    return [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]
+
+
 def command_line(current: str, snapshot_id: str, append: str = "", max_pid: int | None = None,
                  pid_max: int | None = None) -> str:
     """The current command line, minus boot-loader words and an old snapshot's words, plus ours:
     the snapshot's id, (max_pid) a PID no PID of the snapshot is above and (pid_max) this
     kernel's kernel.pid_max, which the new one's init-top raises its own to when max_pid needs it."""
-    words = [w for w in current.split() if not w.startswith(_DROP_PREFIXES)]
+    words = kept_words(current)
     words += append.split()
     words.append(f"{MARKER}={snapshot_id}")
     if max_pid is not None:

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kupgrade.switch import contract
 from kupgrade.system import kexec
 
 from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, THROTTLE_BPS, size_entry
@@ -47,7 +46,7 @@ REBOOT_HOW = ("this session's own boot, QEMU started (host clock) -> firmware, 6
               "heartbeat received; not a `reboot` inside a running QEMU (the harness runs QEMU with -no-reboot)")
 FLOOR_HOW = ("no snapshot: `kexec --load` of /boot/vmlinuz-V with /boot/initrd.img-V (the target "
              "initrd with kupgrade's boot scripts) as kupgrade loads it, the running command line without "
-             "an old kupgrade.snapshot= word (kupgrade.pmem= stays, as kupgrade keeps it); `sync`; from the console line echoed right before `kexec --exec` to the target "
+             "an earlier switch's kupgrade.snapshot=/maxpid=/pidmax= words (`kexec.kept_words`: kupgrade.pmem= stays, as kupgrade keeps it); `sync`; from the console line echoed right before `kexec --exec` to the target "
              "init's first line (`vmtest-init: kernel V up`), host receipt times")
 TRANSPORTS = ("initrd", "pmem")     # the first is the default (no region reserved): the reference
 # kupgrade's memory region for the pmem transport, as `kupgrade install-boot --reserve 2G` would
@@ -108,7 +107,7 @@ def measure(vm, image, wl: Workload, mib: int) -> dict:
 
 def plain_kexec(vm, kernel: str, method: str = "classic") -> dict:
     """kexec into `kernel` with its own initrd, no snapshot (see FLOOR_HOW): the floor."""
-    words = [w for w in vm.read("/proc/cmdline").split() if not w.startswith(f"{contract.CMDLINE_KEY}=")]
+    words = kexec.kept_words(vm.read("/proc/cmdline"))
     how = kexec.choose_method(method, "none")
     vm.sh(*kexec.load_argv(how, Path(f"/boot/vmlinuz-{kernel}"), Path(f"/boot/initrd.img-{kernel}"), " ".join(words)))
     vm.sh("sync")

@@ -310,7 +310,7 @@ def test_damaged_hook_state_stops_the_restore_before_any_hook_runs(tmp_path, mon
     snap = packed_snapshot(tmp_path, [net])
     saved = snap / "hooks" / "saved.json"
     saved.write_text(saved.read_text().replace("1400", "1500"))     # same size, another checksum
-    with pytest.raises(RestoreError, match="failed verification: hooks/saved.json: crc32 mismatch"):
+    with pytest.raises(RestoreError, match="failed verification: hooks/saved.json: crc32s mismatch"):
         restore.run(new_kernel(tmp_path, monkeypatch, [net]))
     assert seen == [] and not (snap / trees.VERIFIED).exists()
 

@@ -50,7 +50,43 @@ def test_verify_finds_tampering(tmp_path):
     snap, _ = build(tmp_path)
     (snap / "images/tree-100/pages-1.img").write_bytes(b"b" * 5000)
     _, problems = manifest.verify(snap, "6.12.117+deb12-amd64")
-    assert problems == ["images/tree-100/pages-1.img: crc32 mismatch"]
+    assert problems == ["images/tree-100/pages-1.img: crc32s mismatch"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 16, 23, 40])
+def test_a_file_is_summed_in_chunks_the_same_in_order_and_by_the_cpus(tmp_path, monkeypatch, size):
+    """The archive sums a file as it copies it (in order); the memory region's seal and the
+    verification cut it into CHUNK pieces that threads sum at once: the same digest."""
+    monkeypatch.setattr(manifest, "CHUNK", 8)
+    data = bytes(range(size))
+    f = tmp_path / "f"
+    f.write_bytes(data)
+    h = manifest.Crc32s()
+    for i in range(0, size, 3):
+        h.update(data[i:i + 3])
+    parts = [data[i:i + 8] for i in range(0, size, 8)] or [b""]
+    want = ".".join(f"{manifest.zlib.crc32(p):08x}" for p in parts)
+    assert h.hexdigest() == want == manifest.checksum_file(f) == manifest.checksums([f, f])[1]
+
+
+def test_damage_in_any_chunk_of_a_large_file_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "CHUNK", 1024)
+    snap, m = build(tmp_path)           # pages-1.img: 5000 bytes, 5 chunks
+    assert m.files["images/tree-100/pages-1.img"][manifest.CHECKSUM].count(".") == 4
+    assert manifest.verify(snap, "6.12.117+deb12-amd64")[1] == []
+    with (snap / "images/tree-100/pages-1.img").open("r+b") as f:
+        f.seek(4500)
+        f.write(b"b")
+    assert manifest.verify(snap, "6.12.117+deb12-amd64")[1] == ["images/tree-100/pages-1.img: crc32s mismatch"]
+
+
+def test_a_manifest_with_whole_file_crc32_entries_is_verified_so(tmp_path):
+    snap, m = build(tmp_path)
+    files = {**m.files, "images/tree-100/pages-1.img": {"size": 5000, "crc32": f"{manifest.zlib.crc32(b'a' * 5000):08x}"}}
+    (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("ID1", "a", "b", W, files)))
+    assert manifest.verify(snap, "b")[1] == []
+    (snap / "images/tree-100/pages-1.img").write_bytes(b"b" * 5000)
+    assert manifest.verify(snap, "b")[1] == ["images/tree-100/pages-1.img: crc32 mismatch"]
 
 
 def test_a_manifest_with_sha256_entries_is_verified_with_sha256(tmp_path):
@@ -93,7 +129,7 @@ def test_unknown_format_is_refused(tmp_path):
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
      '"files": {"images/x": {"size": "1", "sha256": "00"}}}', "entry 'images/x': `size` is a str"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [], '
-     '"files": {"images/x": {}}}', "needs `size` and `crc32`"),
+     '"files": {"images/x": {}}}', "needs `size` and `crc32s`"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [{}], "files": {}}',
      "a workload in the manifest"),
     ('{"format": 1, "id": "I", "kernel_from": "a", "kernel_to": "b", "created": 1, "workloads": [3], "files": {}}',
@@ -121,6 +157,8 @@ def test_paths_outside_the_snapshot_are_never_opened(tmp_path, monkeypatch):
     opened = []
     for kind, real in list(manifest.SUMS.items()):
         monkeypatch.setitem(manifest.SUMS, kind, lambda p, real=real: opened.append(p) or real(p))
+    real_range = manifest.crc32_range
+    monkeypatch.setattr(manifest, "crc32_range", lambda p, *a: opened.append(p) or real_range(p, *a))
     _, problems = manifest.verify(snap, "b")
     assert sorted(problems) == sorted(f"{rel!r}: not a path inside the snapshot (not opened)" for rel in bad)
     assert sorted(p.name for p in opened) == ["pages-1.img", "record.json"]

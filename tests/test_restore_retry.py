@@ -83,7 +83,7 @@ def test_a_damaged_tree_is_named_and_the_others_restored(tmp_path, monkeypatch):
     assert tried == [B.key]
     rec = record.load(tmp_path / "state", "U9")
     r = rec.stage("restore").details.workloads[A.key]
-    assert r["corrupt"] and "crc32 mismatch" in r["error"] and "the only copy is damaged" in r["error"]
+    assert r["corrupt"] and "crc32s mismatch" in r["error"] and "the only copy is damaged" in r["error"]
     from dataclasses import replace
     m = replace(manifest.read(snap), back={"kernel": "6.1", "vmlinuz": str(snap / manifest.NAME),
                                            "initrd": str(snap / manifest.NAME), "cmdline": "", "method": "classic"})

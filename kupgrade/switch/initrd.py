@@ -53,7 +53,7 @@ class CpioWriter:
         """Copy a file into the archive; return its checksum (manifest.CHECKSUM, in the same pass)."""
         st = path.stat()
         self._entry(name, stat.S_IFREG | (st.st_mode & 0o700), 1, int(st.st_mtime), st.st_size)
-        h = manifest.Crc32()
+        h = manifest.Crc32s()
         copied = 0
         with path.open("rb") as f:
             while chunk := f.read(_CHUNK):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +49,7 @@ def read_first(m: manifest.Manifest, workloads, record_text: str, prewarm: bytes
 
 def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | None = None) -> dict[str, dict]:
     """{path under root: {"size", manifest.CHECKSUM}} of every file under root/images, root/hooks and root/generated,
-    summed in parallel (zlib lets go of the GIL); a symlink (criu's `parent` of a pre-dump) as
+    summed by all CPUs (manifest.checksums); a symlink (criu's `parent` of a pre-dump) as
     {"size": 0, "link": target}. only: which files to take; known: hashes taken earlier of files
     that have not changed since (the pre-dumps), used when the size still matches."""
     paths, out = [], {}
@@ -70,8 +69,7 @@ def hashed(root: Path, only: Callable[[str], bool] | None = None, known: dict | 
                     out[rel] = known[rel]
                 else:
                     paths.append(p)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        sums = list(pool.map(manifest.checksum_file, paths))
+    sums = manifest.checksums(paths)
     out.update({p.relative_to(root).as_posix(): {"size": p.stat().st_size, manifest.CHECKSUM: h} for p, h in zip(paths, sums)})
     return out
 

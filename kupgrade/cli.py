@@ -3,12 +3,34 @@ one line with a hint and a distinct exit code; tracebacks only with --debug."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
+
+def _load_when_used(module: str) -> None:
+    """Import `module` (a submodule of a package not imported yet) only when one of its names is
+    first used (the standard library's importlib.util.LazyLoader). typer imports its rich help
+    formatter, and with it rich's markdown parser, at its own import: 1.3 s of every command's
+    start in a QEMU TCG guest, for what only --help and a usage error use."""
+    package, _, name = module.rpartition(".")
+    found = importlib.util.find_spec(package)      # a top-level package's spec: not imported
+    if module in sys.modules or found is None or not found.submodule_search_locations:
+        return
+    path = Path(found.submodule_search_locations[0], f"{name}.py")
+    spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None or not path.is_file():
+        return
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    lazy = importlib.util.module_from_spec(spec)
+    sys.modules[module] = lazy
+    spec.loader.exec_module(lazy)
+
+
+_load_when_used("typer.rich_utils")
+import typer  # noqa: E402 -- after the line above
 
 from kupgrade import __version__, cli_hooks, inflight, pipeline
 from kupgrade import config as config_mod

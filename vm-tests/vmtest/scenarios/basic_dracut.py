@@ -19,14 +19,15 @@ NAME = "basic-dracut"
 DESCRIPTION = "basic on a guest whose initrds dracut builds (systemd in the initrd) instead of initramfs-tools"
 # A small initrd, as the image's initramfs-tools one (MODULES=list): only these kernel modules,
 # loaded early as initramfs-tools loads its list; no md, dm, crypt, resume, ... Debian's dracut
-# builds generic initrds otherwise (36 MB, slow to build and boot under TCG).
+# builds generic initrds otherwise (36 MB, slow to build and boot under TCG). Uncompressed: zstd
+# took a quarter of the build under TCG (measured in the guest: 117 s with it, 86 s without).
 MODULES = " ".join(vmimage.INITRD_MODULES)
 DRACUT_CONF = f"""# vm-tests (basic-dracut): a small initrd, like the image's initramfs-tools one
 hostonly="no"
 drivers="{MODULES}"
 force_drivers="{MODULES}"
 omit_dracutmodules+=" mdraid dm crypt lvm nvdimm resume overlay-root usrmount terminfo lunmask qemu virtiofs kernel-modules-extra "
-compress="zstd"
+compress="cat"
 early_microcode="no"
 """
 

@@ -177,3 +177,14 @@ def test_report_json_is_the_record_with_a_summary(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert record.UpgradeRecord.from_json(doc) == rec
     assert doc["summary"]["error"] == "freeze: no" and doc["summary"]["downtime_s"] is None
+
+
+def test_the_help_formatter_is_loaded_only_when_used():
+    """typer's rich help formatter (rich's markdown parser with it) costs seconds of every
+    command's start under QEMU TCG: importing the CLI leaves it to --help and usage errors."""
+    import subprocess
+    import sys
+    code = ("import sys, kupgrade.cli; m = sys.modules.get('typer.rich_utils'); "
+            "print('rich.markdown' in sys.modules, m is None or type(m).__name__ == '_LazyModule')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

@@ -6,27 +6,46 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import types
 from pathlib import Path
 from typing import List, Optional
 
 
+class _StandIn(types.ModuleType):
+    """In sys.modules for a module not imported yet: the first look-up of one of its names
+    imports it (the import system's own look-ups, `__spec__` and the like, do not)."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        real = sys.modules.get(self.__name__)
+        if real is self:
+            spec = importlib.util.spec_from_file_location(self.__name__, self.__file__)
+            real = importlib.util.module_from_spec(spec)
+            sys.modules[self.__name__] = real
+            try:
+                spec.loader.exec_module(real)
+            except BaseException:
+                sys.modules[self.__name__] = self
+                raise
+        return getattr(real, name)
+
+
 def _load_when_used(module: str) -> None:
     """Import `module` (a submodule of a package not imported yet) only when one of its names is
-    first used (the standard library's importlib.util.LazyLoader). typer imports its rich help
-    formatter, and with it rich's markdown parser, at its own import: 1.3 s of every command's
-    start in a QEMU TCG guest, for what only --help and a usage error use."""
+    first used. typer (0.7, Debian bookworm's) imports its rich help formatter, and with it rich's
+    markdown parser, at its own import: 1.3 s of every command's start in a QEMU TCG guest, for
+    what only --help and a usage error use. (importlib.util.LazyLoader does not do here: Python
+    3.11's import looks at the module's `__spec__` when typer imports it, which loads it.)"""
     package, _, name = module.rpartition(".")
     found = importlib.util.find_spec(package)      # a top-level package's spec: not imported
     if module in sys.modules or found is None or not found.submodule_search_locations:
         return
     path = Path(found.submodule_search_locations[0], f"{name}.py")
-    spec = importlib.util.spec_from_file_location(module, path)
-    if spec is None or spec.loader is None or not path.is_file():
-        return
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    lazy = importlib.util.module_from_spec(spec)
-    sys.modules[module] = lazy
-    spec.loader.exec_module(lazy)
+    if path.is_file():
+        stand_in = _StandIn(module)
+        stand_in.__file__ = str(path)
+        sys.modules[module] = stand_in
 
 
 _load_when_used("typer.rich_utils")

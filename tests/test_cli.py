@@ -185,6 +185,6 @@ def test_the_help_formatter_is_loaded_only_when_used():
     import subprocess
     import sys
     code = ("import sys, kupgrade.cli; m = sys.modules.get('typer.rich_utils'); "
-            "print('rich.markdown' in sys.modules, m is None or type(m).__name__ == '_LazyModule')")
+            "print('rich.markdown' in sys.modules, m is None or type(m).__name__ == '_StandIn')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]

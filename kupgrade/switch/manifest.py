@@ -4,10 +4,10 @@ The new kernel verifies it before any restore: a snapshot that does not match is
 to criu.
 
 The checksum is CRC-32 (zlib), one per CHUNK bytes of a file (`crc32s`: so that all CPUs share
-one large file, criu's pages of a big process, on both sides of the pause). What it guards against is damage on the snapshot's way through
-memory and the kernel switch (a truncated or corrupted unpack, a region overwritten, bad RAM):
-accidental errors, which an error-detecting code is made for (as btrfs and ext4 checksum their
-blocks). It is not a defence against someone who can write the snapshot: that is root, who needs
+one large file, criu's pages of a big process, on both sides of the pause). What it guards
+against is damage on the snapshot's way through memory and the kernel switch (a truncated or
+corrupted unpack, a region overwritten, bad RAM): accidental errors, which an error-detecting
+code is made for (as btrfs and ext4 checksum their blocks). It is not a defence against someone who can write the snapshot: that is root, who needs
 none. Both kernels hash every byte of the snapshot inside the pause, and under QEMU TCG (qemu64)
 CRC-32 runs at 495 MB/s where sha256 (this manifest's checksum until 0.1) ran at 84 MB/s, measured
 in the guest. A manifest with whole-file `crc32` or `sha256` entries (0.1) is still verified as such.

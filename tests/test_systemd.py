@@ -22,6 +22,26 @@ def test_dropin_turns_the_start_into_the_restore():
     assert lines.index("ExecStart=") < lines.index(start)
     assert "ExecStartPre=" in lines and "ExecStartPost=" in lines and "Restart=no" in lines
 
+    assert not [line for line in lines if line.startswith("SyslogIdentifier=")]
+
+
+def test_the_restored_output_keeps_the_units_name_in_the_journal(tmp_path):
+    """systemd names a unit's output stream after SyslogIdentifier=, else its ExecStart's program:
+    the restore's command is `sh`, so the drop-in names it as the old boot did."""
+    exec_start = "{ path=/usr/sbin/memcached ; argv[]=/usr/sbin/memcached -m 64 ; ignore_errors=no ; pid=0 }"
+    assert systemd.identifier({"SyslogIdentifier": "", "ExecStart": exec_start}) == "memcached"
+    assert systemd.identifier({"SyslogIdentifier": "redis", "ExecStart": exec_start}) == "redis"
+    for odd in ("a b", "100%", "x\\", ""):        # not written back: systemd's default stays
+        assert systemd.identifier({"SyslogIdentifier": odd, "ExecStart": ""}) == ""
+    text = systemd.dropin("web.service", "ID1", "/usr/sbin/kupgrade-restore", Path("/run/kupgrade"), "nginx")
+    assert "SyslogIdentifier=nginx" in text.splitlines()
+    systemd.generate(tmp_path, "ID1", ["web.service", "db.service"], "/r", Path("/run/kupgrade"), dirs=(),
+                     idents={"web.service": "nginx"})
+    assert "SyslogIdentifier=nginx" in (tmp_path / "web.service.d" / systemd.DROPIN).read_text()
+    assert "SyslogIdentifier" not in (tmp_path / "db.service.d" / systemd.DROPIN).read_text()
+    w = Workload("unit:web.service", 5, (5,), unit="web.service", ident="nginx")
+    assert Workload.from_json(w.to_json()) == w and "ident" not in Workload("pid:5", 5, (5,)).to_json()
+
 
 def _wanted(early: Path) -> list[str]:
     text = (early / "multi-user.target.d" / systemd.WANTS_DROPIN).read_text()

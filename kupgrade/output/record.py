@@ -120,6 +120,7 @@ class Workload:
     pidfile: str = ""               # the unit's own PIDFile= (in /run: the new boot lacks it; written back)
     other_cgroups: tuple[str, ...] = ()  # its tasks' cgroups outside its own (an ssh session's scope)
     tids: tuple[int, ...] = ()      # its threads' IDs other than the processes' (PIDs too: criu restores them)
+    ident: str = ""                 # the unit's name in the journal (systemd.identifier): kept by the restore
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -141,7 +142,7 @@ class Workload:
                 "cgroup": self.cgroup, "name": self.name, "unit": self.unit,
                 "stopped_before": list(self.stopped_before)} | ({"pidfile": self.pidfile} if self.pidfile else {}) \
             | ({"other_cgroups": list(self.other_cgroups)} if self.other_cgroups else {}) \
-            | ({"tids": list(self.tids)} if self.tids else {})
+            | ({"tids": list(self.tids)} if self.tids else {}) | ({"ident": self.ident} if self.ident else {})
 
     @classmethod
     def from_json(cls, d: dict) -> "Workload":
@@ -149,7 +150,8 @@ class Workload:
                "a workload")
         return cls(d["selector"], d["root_pid"], tuple(d["pids"]), d.get("cgroup", ""), d.get("name", ""),
                    d.get("unit", ""), tuple(d.get("stopped_before", ())), str(d.get("pidfile", "")),
-                   tuple(str(c) for c in d.get("other_cgroups", ())), tuple(int(t) for t in d.get("tids", ())))
+                   tuple(str(c) for c in d.get("other_cgroups", ())), tuple(int(t) for t in d.get("tids", ())),
+                   str(d.get("ident", "")))
 
 
 def valid_id(record_id: str) -> bool:

@@ -49,7 +49,7 @@ def generate(ctx: Context) -> list[str]:
     if not units and not start:
         return []
     return systemd.generate(generated_root(ctx), ctx.record.id, units, os.path.realpath(boot.restore_command()),
-                            Path(contract.RESTORE_DIR), start=start)
+                            Path(contract.RESTORE_DIR), start=start, idents={w.unit: w.ident for w in ctx.workloads})
 
 
 def hooks_root(ctx: Context) -> Path:

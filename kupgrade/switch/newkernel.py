@@ -165,7 +165,8 @@ def generator(dirs: list[str], restore_dir: Path) -> None:
     m = read_manifest(restore_dir)
     units = [w.unit for w in m.workloads if w.unit]
     if units or m.start:
-        systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir, start=m.start)
+        systemd.generate(Path(dirs[1]), m.id, units, os.path.realpath(sys.argv[0]), restore_dir, start=m.start,
+                         idents={w.unit: w.ident for w in m.workloads})
 
 
 def dispatch(args, cfg, started: dict | None = None) -> int:

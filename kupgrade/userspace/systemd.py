@@ -30,6 +30,7 @@ ordering (After=network-online.target, mounts, ...) still applies to the restore
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from kupgrade.system import sched
 from kupgrade.system.run import run
 from kupgrade.userspace import sandbox
 
-PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", "TriggeredBy", "Transient", "PIDFile", *sandbox.PROPS)
+PROPS = ("MainPID", "ControlGroup", "ActiveState", "Type", "TriggeredBy", "Transient", "PIDFile", "SyslogIdentifier",
+         "ExecStart", *sandbox.PROPS)
 DROPIN = "zz-kupgrade-restore.conf"
 PIDFILE_DIR = contract.UNIT_PIDFILES   # below the restore dir
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -52,6 +54,20 @@ def show(unit: str) -> dict[str, str]:
     out = run(["systemctl", "show", "--property=" + ",".join(PROPS), unit], timeout=60,
               hint="is systemd running?").stdout.decode()
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+_IDENT = re.compile(r"[A-Za-z0-9_.@:+-]{1,64}")
+
+
+def identifier(props: dict[str, str]) -> str:
+    """The name the unit's output has in the journal: its SyslogIdentifier=, else the file name
+    of its ExecStart's program (what systemd names the stream after). "" when it cannot be
+    written back plainly into a unit file (the drop-in then leaves systemd's default)."""
+    ident = props.get("SyslogIdentifier", "")
+    if not ident:
+        m = re.search(r"\bpath=(\S+)", props.get("ExecStart", ""))
+        ident = os.path.basename(m.group(1)) if m else ""
+    return ident if _IDENT.fullmatch(ident) else ""
 
 
 def reached_us(target: str = "sysinit.target") -> str:
@@ -232,12 +248,15 @@ def pidfile(restore_dir: Path, unit: str) -> Path:
     return restore_dir / PIDFILE_DIR / f"{unit}.pid"
 
 
-def dropin(unit: str, snapshot_id: str, restore_cmd: str, restore_dir: Path) -> str:
+def dropin(unit: str, snapshot_id: str, restore_cmd: str, restore_dir: Path, ident: str = "") -> str:
+    """ident (identifier()): the restored processes write into the stream systemd opens for the
+    restore's command, named after it (`sh`) unless SyslogIdentifier= names it as before."""
+    name = f"SyslogIdentifier={ident}\n" if ident else ""
     return f"""# Written by kupgrade's generator for this boot only (snapshot {snapshot_id}):
 # starting {unit} restores its processes from the snapshot (same PIDs) instead of
 # starting it fresh. A failed restore leaves the unit failed and the snapshot in {restore_dir}.
 [Service]
-Type=forking
+{name}Type=forking
 PIDFile={pidfile(restore_dir, unit)}
 GuessMainPID=no
 ExecStartPre=
@@ -296,17 +315,18 @@ def _wants(early_dir: Path, names: list[str]) -> str:
 
 
 def generate(early_dir: Path, snapshot_id: str, units: list[str], restore_cmd: str, restore_dir: Path,
-             dirs=UNIT_DIRS, start: tuple[str, ...] = ()) -> list[str]:
+             dirs=UNIT_DIRS, start: tuple[str, ...] = (), idents: dict[str, str] | None = None) -> list[str]:
     """Write the drop-ins (and pull each unit into multi-user.target, in case it was started by
     hand and not enabled); pull in the units that start fresh (`start`: stopped before the
     switch, selection.py) the same way. Returns what was written. The old kernel writes this
     into the snapshot (contract.GENERATED) for the new boot's generator to copy; the new boot
-    runs it only for a snapshot without it (kupgrade-restore --generator)."""
+    runs it only for a snapshot without it (kupgrade-restore --generator). idents: each unit's
+    journal identifier (identifier())."""
     done = []
     for unit in units:
         d = early_dir / f"{unit}.d"
         d.mkdir(parents=True, exist_ok=True)
-        (d / DROPIN).write_text(dropin(unit, snapshot_id, restore_cmd, restore_dir))
+        (d / DROPIN).write_text(dropin(unit, snapshot_id, restore_cmd, restore_dir, (idents or {}).get(unit, "")))
         done.append(str(d / DROPIN))
     wants = [unit for unit in (*units, *start) if unit_file(unit, dirs) is not None]
     if units:

@@ -164,7 +164,8 @@ def _from_units(units, describe_unit, blockers: list[Blocker], unit_props: dict[
             continue
         unit_props[unit] = props
         main, cg = int(props["MainPID"]), props["ControlGroup"]
-        w = _workload(selector, main, cgroup=cg, unit=unit, pidfile=props.get("PIDFile", ""))
+        w = _workload(selector, main, cgroup=cg, unit=unit, pidfile=props.get("PIDFile", ""),
+                      ident=systemd.identifier(props))
         try:
             strays = sorted(set(cgroup_procs(cg)) - set(w.pids))
         except FileNotFoundError:

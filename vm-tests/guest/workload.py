@@ -8,7 +8,8 @@ heartbeat.log. On SIGUSR1 the parent writes state.json: PIDs, counter, sha256 of
 late child (it sleeps; its PID is in the state as "late"): a tree that grew after preflight.
 KUPGRADE_WL_DIR and KUPGRADE_WL_MIB (environment) give a second instance its own directory
 and buffer size; KUPGRADE_WL_DIRTY_MIBS makes it dirty that many MiB per second of a second,
-32 MiB buffer (one byte per page, round and round: what criu's pre-dumps chase)."""
+32 MiB buffer (one byte per page, round and round: what criu's pre-dumps chase).
+KUPGRADE_WL_SAY=1: each state written is also a line on stdout (a unit's: the journal)."""
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ HEARTBEAT = f"{DIR}/heartbeat.log"
 SIZE = int(os.environ.get("KUPGRADE_WL_MIB", "64")) << 20
 DIRTY_PAGES_PER_TICK = int(float(os.environ.get("KUPGRADE_WL_DIRTY_MIBS", "0")) * 256 / 10)
 DIRTY_MIB = 32
+SAY = bool(os.environ.get("KUPGRADE_WL_SAY"))
 
 
 def child(r: int) -> None:
@@ -86,6 +88,11 @@ def parent() -> None:
             with open(STATE + ".tmp", "w") as f:
                 json.dump(state, f)
             os.replace(STATE + ".tmp", STATE)
+            if SAY:
+                try:
+                    print(f"workload: state {seq}, counter {counter}, kernel {state['kernel']}", flush=True)
+                except OSError:         # no reader: the state file is what counts
+                    pass
         time.sleep(0.1)
 
 

@@ -32,7 +32,8 @@ DESCRIPTION = ("systemd units restored as themselves; a PID taken in the new boo
 INIT = "systemd"
 
 UNITS = {
-    "heartbeat.service": f"[Unit]\nDescription=test workload (heartbeat)\n[Service]\nExecStart={GUEST_WORKLOAD}\n",
+    "heartbeat.service": f"[Unit]\nDescription=test workload (heartbeat)\n[Service]\nEnvironment=KUPGRADE_WL_SAY=1\n"
+                         f"ExecStart={GUEST_WORKLOAD}\n",
     "victim.service": "[Unit]\nDescription=test workload whose PID is taken in the next boot\n"
                       "[Service]\nExecStart=/bin/sleep infinity\n",
     # enabled for the next boot only matters there: it takes victim's PID before the restore
@@ -115,6 +116,23 @@ def unit_is_itself(vm, res: Result, hb: dict, before: dict) -> None:
               "both restored tasks are in the unit's cgroup", f"{hb2['ControlGroup']}: {procs}")
 
 
+def journal_name_kept(vm, res: Result, wl) -> None:
+    """What the restored process writes is in the journal under the name it had before the
+    switch (its ExecStart's program), not the restore's `sh`: the drop-in's SyslogIdentifier=."""
+    state = wl.state()          # the workload says each state it writes (KUPGRADE_WL_SAY)
+    for _ in range(10):         # journald may file the line after the state file is read
+        out = vm.sh("journalctl", "-u", "heartbeat.service", "-o", "json", "--no-pager", check=False)["stdout"]
+        said = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        said = [e for e in said if str(e.get("MESSAGE", "")).startswith("workload: state")]
+        names = {e.get("SYSLOG_IDENTIFIER") for e in said}
+        after = [e for e in said if f"state {state['seq']}," in e["MESSAGE"] and state["kernel"] in e["MESSAGE"]]
+        if after:
+            break
+    res.check(bool(after) and names == {"workload.py"},
+              "the restored process's output is in the journal as workload.py, as before the switch",
+              json.dumps([(e.get("SYSLOG_IDENTIFIER"), e.get("MESSAGE")) for e in said][-8:]))
+
+
 def pids_above(vm, res: Result, writer_pid: int) -> None:
     """The snapshot's highest PID (the writer's, above the pid_max of 32768 a 2-CPU kernel boots
     with) was put on the new boot's PID allocator: pid_max was raised first, nothing said it failed."""
@@ -179,6 +197,7 @@ def run(vm, image, res: Result) -> None:
     pids_above(vm, res, pid)
     last_before = heartbeats_back(vm, res, wl)      # relayed again only from here on
     unit_is_itself(vm, res, hb, before)
+    journal_name_kept(vm, res, wl)
     kept = workload_kept(res, wl, before, "heartbeat.service, not started fresh")
     rec = victim_failed(vm, res, victim)
     keep_criu_logs(vm, rec)             # criu's warm-up among them: what its probing waited for

@@ -88,6 +88,11 @@ def crc32_range(path: Path, offset: int, length: int) -> int:
     return value
 
 
+def threads() -> int:
+    """How many threads sum a snapshot (one per CPU this process may run on, at most 16)."""
+    return min(len(os.sched_getaffinity(0)), 16)
+
+
 def checksums(paths: list[Path], kinds: list[str] | None = None) -> list[str]:
     """Each file's checksum of its kind (CHECKSUM by default), summed by a thread per CPU: a
     CHECKSUM file in CHUNK pieces, so that one large file is shared too (zlib and hashlib let go
@@ -104,7 +109,7 @@ def checksums(paths: list[Path], kinds: list[str] | None = None) -> list[str]:
         i, off = task
         return SUMS[kinds[i]](paths[i]) if off < 0 else crc32_range(paths[i], off, CHUNK)
 
-    workers = max(1, min(len(tasks), len(os.sched_getaffinity(0)), 16))
+    workers = max(1, min(len(tasks), threads()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(run, tasks))
     out: list[list] = [[] for _ in paths]

@@ -141,7 +141,17 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str,
 # Measured in `basic` (kernel clock, kexec'ed 6.12): its initramfs' first script at 10.4 s
 # without them, 16.7-25.8 s with them earlier the same day. kupgrade passes the command line
 # on: both kernels of a switch, and the bench's floor and reboot, skip them alike.
+# tsc=unstable: a cold boot under TCG finds the TSC unstable and keeps time with the HPET; a
+# kexec'ed kernel trusted it ("Fast TSC calibration using PIT", or none at all) until its clocksource
+# watchdog disagreed, and flipping to the HPET then re-patches kernel text on running CPUs: under TCG
+# that oopsed on a stale int3 (`Oops: int3` in sched_clock_cpu, the new 6.12 panicked on the third of
+# three plain kexecs; probe 2026-12-06), and the switches that did boot were the slow ones (115.8 s
+# from `kexec -e` to the banner in one CI run; clear_page_rep held a CPU 21 s in another). With it
+# every kernel of a session keeps the HPET from its start: six plain kexecs 10.8-15.2 s, none
+# failed. The command line is passed on, so both kernels of every switch, and the bench's floor
+# and reboot, run alike. Under KVM the TSC is the host's: left as it is.
 GUEST_APPEND = "root=/dev/vda rw console=ttyS0 loglevel=6 panic=-1 cryptomgr.notests"
+TCG_APPEND = " tsc=unstable"
 # PID 1 in the guest: our small Python init (fast boot), or systemd as on a real server (the
 # vmtest agent is then a unit of its own, see guest/vmtest-agent.service).
 INITS = {"vmtest": " init=/usr/local/lib/vmtest/init", "systemd": " systemd.show_status=1"}
@@ -204,7 +214,8 @@ class Guest:
             s.bind(str(p))
             s.listen(1)
             listeners.append(s)
-        argv = qemu_argv(self.image, overlay, con_path, ctl_path, GUEST_APPEND + INITS[self.init], nic=self.nic,
+        append = GUEST_APPEND + (TCG_APPEND if accel() == "tcg" else "") + INITS[self.init]
+        argv = qemu_argv(self.image, overlay, con_path, ctl_path, append, nic=self.nic,
                          qmp=qmp_path, machine=self.machine, disks=disks)
         (self.workdir / "qemu.argv").write_text("\n".join(argv) + "\n")
         self._qemu_log = open(self.workdir / "qemu.log", "wb")

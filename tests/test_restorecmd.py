@@ -54,3 +54,17 @@ def test_a_units_restore_loads_neither_the_restore_stage_nor_the_hooks(tmp_path)
             "'kupgrade.switch.newkernel', 'kupgrade.switch.switchback', 'kupgrade.switch.prewarm')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[0] == "6 []", out.stdout + out.stderr      # nothing pending here: its error
+
+
+def test_the_restore_point_is_marked_where_a_restore_stage_would_start(tmp_path):
+    """The estimate's kernel switch ends at the restore stage's start, after the restore's imports
+    (seconds under TCG): a plain boot marks its restore point there too, not before them."""
+    import subprocess
+    import sys
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(f'[paths]\nstate = "{tmp_path}/state"\n')
+    code = ("import sys\nfrom kupgrade.switch import restorecmd\n"
+            "restorecmd.mark_restore_point = lambda: print('marked', 'kupgrade.switch.newkernel' in sys.modules)\n"
+            f"rc = restorecmd.main(['--config', {str(cfg)!r}])\nprint('rc', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:1] == ["marked True"] and "rc 0" in out.stdout, out.stdout + out.stderr

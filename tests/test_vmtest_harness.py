@@ -49,8 +49,7 @@ def test_qemu_argv_is_one_flag_per_value(tmp_path):
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-append") + 1] == "root=/dev/vda"
     assert "-no-reboot" in argv
-    accel, *options = argv[argv.index("-accel") + 1].split(",")
-    assert accel in ("tcg", "kvm") and options == (["tb-size=256"] if accel == "tcg" else [])
+    assert argv[argv.index("-accel") + 1] in ("tcg", "kvm")
 
 
 def test_machine_adds_devices_disks_and_kernel_words(tmp_path):

@@ -62,17 +62,6 @@ class LostVMError(Exception):
         super().__init__(f"{message}\n--- console (last lines) ---\n{console_tail}")
 
 
-# QEMU 7.2's TCG keys a translated block by its virtual address, so with the guest's ASLR every
-# short-lived process (each kupgrade command is a Python) translates the same code again, and the
-# code buffer (1 GiB by default here: host RAM / 8) fills with blocks that stay listed against their
-# physical pages until a write to such a page throws them out. A kexec'ed kernel writes over those
-# pages: probe 2026-12-06, 300 python3 starts before a plain kexec, `kexec -e` -> the new kernel's
-# banner took 69.8 s (1.4-3.5 s without them); with a 256 MiB buffer, which TCG flushes whole when
-# full, 3.1 and 5.5 s, and the 300 starts themselves ran faster (33.5 s against 37.9 s; 64 MiB:
-# 2.7-3.6 s, but 41.8-43.5 s). The guest itself is left as it is (ASLR on, as on a server).
-TCG_OPTIONS = ",tb-size=256"
-
-
 def accel() -> str:
     """TCG unless KUPGRADE_VM_ACCEL=kvm: KVM dies here with 'KVM internal error' (measured)."""
     return os.environ.get("KUPGRADE_VM_ACCEL", "tcg")
@@ -125,7 +114,7 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str,
     qmp_args = ["-chardev", f"socket,id=qmp,path={qmp}", "-mon", "chardev=qmp,mode=control"] if qmp else []
     return [
         "qemu-system-x86_64",
-        "-accel", accel() + (TCG_OPTIONS if accel() == "tcg" else ""),
+        "-accel", accel(),
         "-cpu", cpu(),
         "-m", str(machine.memory_mb),
         "-smp", str(SMP),

@@ -147,8 +147,9 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str,
 # that oopsed on a stale int3 (`Oops: int3` in sched_clock_cpu, the new 6.12 panicked on the third of
 # three plain kexecs; probe 2026-12-06), and a kexec'ed 6.12 unpacked an 83 MB initrd in 13.6 s
 # against 6.2 s with it (one probe each). With it every kernel of a session keeps the HPET from
-# its start: six plain kexecs 10.8-15.2 s, none failed; the suite 61 -> 38 minutes (CI runs). The command line is passed on, so both kernels of every switch, and the bench's floor
-# and reboot, run alike. Under KVM the TSC is the host's: left as it is.
+# its start: six plain kexecs 10.8-15.2 s, none failed; the suite 61 -> 38 minutes (CI runs).
+# The command line is passed on, so both kernels of every switch, and the bench's floor and
+# reboot, run alike. Under KVM the TSC is the host's: left as it is.
 GUEST_APPEND = "root=/dev/vda rw console=ttyS0 loglevel=6 panic=-1 cryptomgr.notests"
 TCG_APPEND = " tsc=unstable"
 # PID 1 in the guest: our small Python init (fast boot), or systemd as on a real server (the

@@ -155,3 +155,67 @@ def test_one_sysv_object_used_by_many_tasks_is_one_blocker(tmp_path):
         "PID 10 (w) uses SysV shared memory segment shmid 0 (key 0x000073fd, 56 bytes; attached, created by it), "
         "and PID 11 of its tree too (attached); PID 12 of its tree too (attached, last attached or detached by it) "
         "in the host IPC namespace: it is not in the snapshot and would not exist after the switch"]
+
+
+# --- criu's one table for SysV segments and shared memory (shm_clashes) --------------------------
+
+PG_MAPS = ("7f10-7f17 rw-s 00000000 00:01 1 /SYSV1d0ba398 (deleted)\n"
+           "7f17-7f2f rw-s 00000000 00:01 4 /dev/zero (deleted)\n"
+           "7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n"
+           "7f40-7f41 rw-p 00000000 00:01 9 /dev/zero (deleted)\n"          # private: not shared memory
+           "7f50-7f51 rw-s 00000000 00:01 6 /memfd:ring (deleted)\n")
+SEGMENTS = [{"key": "34967", "shmid": "0", "size": "56"}, {"key": "487302040", "shmid": "1", "size": "26976"}]
+
+
+def pg_tree(tmp_path, ipc=OWN):
+    """PostgreSQL 15 as measured (dynamic_shared_memory_type = sysv, PrivateIPC=yes): its main
+    shared memory numbered 4, its segments 0, 1 and then its dynamic ones."""
+    proc = fake_proc(tmp_path)
+    task(proc, 10, ipc=ipc, maps=PG_MAPS)
+    task(proc, 11, ppid=10, session=10, pgrp=10, ipc=ipc, maps=PG_MAPS)
+    return proc, Workload("unit:postgresql@15-main.service", 10, (10, 11), cgroup="/system.slice/pg")
+
+
+def test_shared_memory_numbers_of_a_task(tmp_path):
+    proc, _ = pg_tree(tmp_path)
+    assert carry.shmem_numbers(10, proc) == {4: "/dev/zero mapped at 7f17-7f2f", 6: "/memfd:ring mapped at 7f50-7f51"}
+
+
+def test_a_segment_numbered_like_the_shared_memory_clashes(tmp_path):
+    proc, w = pg_tree(tmp_path)
+    assert carry.shm_clashes(w, proc, lambda pid: SEGMENTS) == []
+    dynamic = {"key": "381829898", "shmid": "4", "size": "1048576"}
+    assert carry.shm_clashes(w, proc, lambda pid: SEGMENTS + [dynamic]) == [
+        "SysV segment shmid 4 (key 0x16c2430a, 1048576 bytes) of its IPC namespace and PID 10 (w)'s /dev/zero "
+        "mapped at 7f17-7f2f have the same number, 4: criu's dump takes the one for the other and fails"]
+    memfd = {"key": "0", "shmid": "6", "size": "4096"}
+    assert "/memfd:ring" in carry.shm_clashes(w, proc, lambda pid: [memfd])[0]
+
+
+def test_the_host_namespace_and_trees_without_shared_memory_are_not_read(tmp_path):
+    def unread(pid):
+        raise AssertionError("the namespace was read")
+    proc, w = pg_tree(tmp_path, ipc=HOST)
+    assert carry.shm_clashes(w, proc, unread) == []     # the host's segments: carry.sysv names them
+    task(proc, 20, ipc=OWN, maps="7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n")
+    assert carry.shm_clashes(Workload("pid:20", 20, (20,)), proc, unread) == []
+
+
+def test_a_clash_that_ends_is_waited_out_and_one_that_lasts_is_a_blocker(tmp_path, monkeypatch):
+    proc, w = pg_tree(tmp_path)
+    dynamic = {"key": "1", "shmid": "4", "size": "1048576"}
+    reads, now = [], [0.0]
+
+    def shm_of(pid):
+        reads.append(pid)
+        return SEGMENTS + ([dynamic] if len(reads) < 3 else [])
+    assert carry.wait_unclashed(w, 5.0, proc, shm_of, clock=lambda: now[0],
+                                pause=lambda s: now.__setitem__(0, now[0] + s)) == []
+    assert len(reads) == 3 and now[0] < 5.0
+    monkeypatch.setattr(carry, "CLASH_WAIT_S", 0.0)
+    found = carry.blockers(w, proc, lambda semid, n: set(), shm_of=lambda pid: SEGMENTS + [dynamic])
+    assert [b.message for b in found] == [
+        "unit:postgresql@15-main.service: SysV segment shmid 4 (key 0x00000001, 1048576 bytes) of its IPC namespace "
+        "and PID 10 (w)'s /dev/zero mapped at 7f17-7f2f have the same number, 4: criu's dump takes the one for the "
+        "other and fails (it lasted 0 s)"]
+    assert "restart the workload" in found[0].hint

@@ -7,6 +7,7 @@ exactly where they were.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,8 +25,9 @@ from kupgrade.stages import freeze
 from kupgrade.switch import boot, contract, initrd, manifest, packing, pmem, prewarm
 from kupgrade.system import criu, oom
 from kupgrade.system.run import run as run_cmd
-from kupgrade.userspace import mountns, sandbox, systemd, tcp, unixsk, volatile, workloads
+from kupgrade.userspace import carry, mountns, sandbox, systemd, tcp, unixsk, volatile, workloads
 
+log = logging.getLogger("kupgrade.stages.snapshot")
 NAME = "snapshot"
 MIN_TMPFS = 256 << 20
 PARALLEL = 4            # criu dumps at once (bounded by the CPUs too)
@@ -244,8 +246,10 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
     ctx.dumping = [w for w, _, _ in going]
     ctx.note()
 
-    def one(item) -> CommandError | None:
+    def one(item) -> CommandError | list[str] | None:
         w, images, socks = item
+        if clashes := unclash(w):
+            return clashes
         try:
             ns = mountns.load(images)
             run_cmd(criu.dump_argv(w, images, external=socks, ext_unix=(images / unixsk.EXT_UNIX).exists(),
@@ -262,6 +266,10 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
             errors = list(pool.map(one, going))
     for (w, images, _socks), err in zip(going, errors):
         ctx.dumping.remove(w)
+        if isinstance(err, list):
+            failed[w.key] = StageError(f"{w.selector} was not dumped: {'; '.join(err)} (for {carry.CLASH_WAIT_S:.0f} s, "
+                                       "the tree running meanwhile)", carry.CLASH_HINT)
+            continue
         if err is not None:
             cause = criu.first_error(images, criu.DUMP_LOG)
             kept = criu.keep_logs(images_root(ctx), ctx.state_dir / "logs" / ctx.record.id)
@@ -275,6 +283,26 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
     ctx.record = replace(ctx.record, workloads=tuple(ctx.workloads))
     ctx.note()
     return failed
+
+
+def unclash(w, clock=time.monotonic) -> list[str]:
+    """[] once criu can dump the tree's SysV segments (carry.shm_clashes), else the clashes left
+    after carry.CLASH_WAIT_S seconds. A workload ends a segment only when it runs: a tree frozen by
+    its cgroup is thawed while it waits and frozen again before it is looked at last."""
+    if not (found := carry.shm_clashes(w)):
+        return []
+    log.warning("%s: %s; waiting up to %.0f s for it to end", w.selector, "; ".join(found), carry.CLASH_WAIT_S)
+    end = clock() + carry.CLASH_WAIT_S
+    if not w.frozen:
+        return carry.wait_unclashed(w, max(0.0, end - clock()))
+    while True:
+        freeze.set_frozen(w.cgroup, False)
+        try:
+            carry.wait_unclashed(w, max(0.0, end - clock()))
+        finally:
+            freeze.set_frozen(w.cgroup, True)
+        if not (found := carry.shm_clashes(w)) or clock() >= end:
+            return found
 
 
 def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:

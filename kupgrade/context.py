@@ -70,6 +70,7 @@ class Context:
     snapshot_mounted: bool = False
     pre_dumped: dict = field(default_factory=dict)            # tree key -> its last pre-dump iteration
     prehashed: dict = field(default_factory=dict)             # image path -> size, checksum (summed in prepare)
+    clash_waits: dict = field(default_factory=dict)           # tree key -> s waited for a SysV clash (carry.py)
     kexec_loaded: bool = False
     progress: Report | None = None       # the live view's progress callback, if any
     rehearsal: bool = False              # restore on this kernel instead of switching

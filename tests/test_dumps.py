@@ -49,25 +49,26 @@ def test_a_tree_whose_segment_clashes_is_thawed_until_it_ends(monkeypatch):
     monkeypatch.setattr(snapshot.carry, "shm_clashes", clashes)
     monkeypatch.setattr(snapshot.carry, "wait_unclashed", wait)
     lasting = 3                                 # the first look and the wait see it; after the freeze: gone
-    assert snapshot.unclash(w, clock=lambda: now[0]) == []
+    assert snapshot.unclash(w, clock=lambda: now[0]) == ([], 1.0)
     assert calls == [(w.cgroup, False), ("wait", 5.0), (w.cgroup, True)]
     calls.clear(), reads.clear()
     now[0], lasting = 0.0, 99
-    assert snapshot.unclash(w, clock=lambda: now[0]) == ["shmid 4 clashes"]
+    assert snapshot.unclash(w, clock=lambda: now[0]) == (["shmid 4 clashes"], 5.0)
     assert calls[-1] == (w.cgroup, True) and [c for c in calls if c[0] == "wait"][0] == ("wait", 5.0)
     assert now[0] == 5.0
     calls.clear(), reads.clear()
     lasting = 1
-    assert snapshot.unclash(w) == [] and calls == []      # no clash: the tree stays frozen, untouched
+    assert snapshot.unclash(w) == ([], 0.0) and calls == []      # no clash: the tree stays frozen, untouched
 
 
 def test_a_lasting_clash_fails_that_tree_without_running_criu(tmp_path, monkeypatch):
     a = Workload("unit:pg.service", 5, (5,), cgroup="/system.slice/pg.service")
     ctx = Context(Config(snapshot_dir=str(tmp_path), state_dir=str(tmp_path / "state")), UpgradeRecord("U1", "run", "6.1", workloads=(a,)))
     ctx.workloads = [a]
-    monkeypatch.setattr(snapshot, "unclash", lambda w: ["SysV segment shmid 4 ... fails"])
+    monkeypatch.setattr(snapshot, "unclash", lambda w: (["SysV segment shmid 4 ... fails"], 5.0))
     monkeypatch.setattr(snapshot, "run_cmd", lambda argv, **kw: (_ for _ in ()).throw(AssertionError("criu ran")))
     failed = snapshot._dump_all(ctx, [(a, *snapshot._markers(a, tmp_path / "images" / a.key))])
     assert failed["tree-5"].message == ("unit:pg.service was not dumped: SysV segment shmid 4 ... fails (for 5 s, "
                                         "the tree running meanwhile)")
     assert "restart the workload" in failed["tree-5"].hint and ctx.stopped == []
+    assert ctx.clash_waits == {"tree-5": 5.0}

@@ -182,6 +182,7 @@ def run(ctx: Context) -> tuple[str, Snapshot]:
     dumps = {w.key: {"selector": w.selector,
                      "bytes": sum(f["size"] for rel, f in m.files.items() if rel.startswith(f"images/{w.key}/")),
                      "tcp": [str(s) for s in ctx.tcp.get(w.key, [])]}
+             | ({"clash_wait_s": ctx.clash_waits[w.key]} if w.key in ctx.clash_waits else {})
              for w in ctx.workloads}
     where = (f"in the {size}" if ctx.plan.region else
              f"packed with the target initrd into {sizes['total_bytes'] >> 20} MiB ({size} tmpfs)")
@@ -248,7 +249,10 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
 
     def one(item) -> CommandError | list[str] | None:
         w, images, socks = item
-        if clashes := unclash(w):
+        clashes, waited = unclash(w)
+        if waited:
+            ctx.clash_waits[w.key] = round(waited, 3)
+        if clashes:
             return clashes
         try:
             ns = mountns.load(images)
@@ -285,16 +289,19 @@ def _dump_all(ctx: Context, todo: list) -> dict[str, StageError]:
     return failed
 
 
-def unclash(w, clock=time.monotonic) -> list[str]:
-    """[] once criu can dump the tree's SysV segments (carry.shm_clashes), else the clashes left
-    after carry.CLASH_WAIT_S seconds. A workload ends a segment only when it runs: a tree frozen by
-    its cgroup is thawed while it waits and frozen again before it is looked at last."""
+def unclash(w, clock=time.monotonic) -> tuple[list[str], float]:
+    """([], s) once criu can dump the tree's SysV segments (carry.shm_clashes), else the clashes
+    left after carry.CLASH_WAIT_S seconds; s: how long it waited (0: no clash). A workload ends a
+    segment only when it runs: a tree frozen by its cgroup is thawed while it waits and frozen
+    again before it is looked at last."""
     if not (found := carry.shm_clashes(w)):
-        return []
+        return [], 0.0
     log.warning("%s: %s; waiting up to %.0f s for it to end", w.selector, "; ".join(found), carry.CLASH_WAIT_S)
-    end = clock() + carry.CLASH_WAIT_S
+    start = clock()
+    end = start + carry.CLASH_WAIT_S
     if not w.frozen:
-        return carry.wait_unclashed(w, max(0.0, end - clock()))
+        found = carry.wait_unclashed(w, max(0.0, end - clock()))
+        return found, clock() - start
     while True:
         freeze.set_frozen(w.cgroup, False)
         try:
@@ -302,7 +309,8 @@ def unclash(w, clock=time.monotonic) -> list[str]:
         finally:
             freeze.set_frozen(w.cgroup, True)
         if not (found := carry.shm_clashes(w)) or clock() >= end:
-            return found
+            log.warning("%s: %s after %.2f s", w.selector, "; ".join(found) or "the clash ended", clock() - start)
+            return found, clock() - start
 
 
 def _save_hooks(ctx: Context) -> tuple[list[str], list[dict]]:

@@ -52,7 +52,7 @@ SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.serv
 POSTGRES_CONF = "/etc/postgresql/15/main"
 POSTGRES_PASSWORD = "vmtest"
 # The one change `kupgrade check` asks of PostgreSQL as Debian installs it (its hint): its System V
-# segments in an IPC namespace of its own, which criu carries, instead of the host's, which it does
+# segment (the interlock) in an IPC namespace of its own, which criu carries, instead of the host's, which it does
 # not (as shipped, check says it starts fresh; the faults scenario proves that blocker).
 POSTGRES_DROPIN = "[Service]\nPrivateIPC=yes\n"
 SERVICES_GATE = "vmtest.services"
@@ -71,7 +71,7 @@ INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "e
 # initramfs-tools with it. Every other scenario boots the image as it is.
 DRACUT_PACKAGES = ["dracut"]
 DRACUT_DEBS = "/var/cache/kupgrade-debs/dracut"
-BASE_RECIPE_VERSION = "10"
+BASE_RECIPE_VERSION = "11"
 IMAGE_SIZE = "3G"
 
 REPO = Path(__file__).resolve().parents[2]
@@ -137,12 +137,22 @@ def _install_services(tree: Path) -> None:
     policy = tree / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
+    # PostgreSQL's initdb (run by the package) picks its dynamic shared memory by what works: on a
+    # machine, POSIX segments in /dev/shm; in a chroot without /dev/shm it falls back to System V
+    # segments, which no Debian machine has by default (and which meet criu's shmid clash: carry.py)
+    shm = tree / "dev/shm"
+    shm.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-t", "tmpfs", "-o", "mode=1777", "vmtest-shm", str(shm)])
     try:
         _chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends", *SERVICE_PACKAGES,
                 *LOGIND_PACKAGES)
     finally:
         policy.unlink()
+        run(["umount", str(shm)])
     conf = tree / POSTGRES_CONF.lstrip("/")
+    if "dynamic_shared_memory_type = posix" not in (conf / "postgresql.conf").read_text():
+        raise RuntimeError(f"PostgreSQL's initdb did not choose POSIX dynamic shared memory (Debian's default on a "
+                           f"machine): see {conf / 'postgresql.conf'}")
     with open(conf / "postgresql.conf", "a") as f:
         f.write("# vm-tests: the host's client comes through QEMU's port forwarding\nlisten_addresses = '*'\n")
     with open(conf / "pg_hba.conf", "a") as f:

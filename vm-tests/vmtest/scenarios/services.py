@@ -26,7 +26,11 @@ named: `workloads.all_services = true`.
    not carry (check says so, with the hint PrivateIPC=yes; the faults scenario proves that
    blocker); the image adds that one drop-in, so PostgreSQL is carried: same main PID, every task
    dumped back with its PID, every committed row there, the client's connection never failed
-   (errors and reconnects in `units`).
+   (errors and reconnects in `units`). At the switch, a device hook's quiesce (PostgreSQL frozen)
+   makes a SysV segment in PostgreSQL's IPC namespace numbered like its main shared memory, as its
+   dynamic shared memory once did in a CI run (criu's dump failed: carry.shm_clashes); a helper
+   outside its cgroup removes it once PostgreSQL runs. kupgrade thaws PostgreSQL until the clash is
+   gone, freezes it again and carries it; the record says how long it waited.
 6. memcached (listening for the host: `-l 0.0.0.0`, the rest as shipped) takes a set every 100 ms
    from the host on one connection: carried, every set it stored is there, no error, no reconnect.
 Downtime: the largest gap in nginx's answers to the host (asked every 100 ms on one keep-alive
@@ -42,8 +46,8 @@ import time
 from ..clients import Http, Memcached, Notes, Sql, Writer, largest_gap
 from ..image import POSTGRES_PASSWORD, POSTGRES_UNIT as POSTGRES, SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
 from ..qemu import Machine
-from ..scenario import (Result, booted, final_record, keep_journal, kupgrade_config, stage_durations, systemd_up,
-                        unit_props, write_config)
+from ..scenario import (HOOKS_D, Result, booted, final_record, keep_journal, kupgrade_config, stage_of,
+                        stage_durations, systemd_up, unit_props, write_config)
 from .tcp import configure_nic
 
 NAME = "services"
@@ -64,6 +68,62 @@ SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i
 MACHINE = Machine(append=SERVICES_GATE)
 MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))\n"
              "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
+
+
+CLASH_DIR = "/var/lib/vmtest-clash"
+CLASH_HOOK = """#!/usr/bin/python3
+# vm-tests: at quiesce (PostgreSQL frozen), a SysV segment in PostgreSQL's IPC namespace numbered
+# like its main shared memory; a helper outside its cgroup removes it once PostgreSQL is thawed.
+import json, os, subprocess, sys
+if sys.argv[1] == "describe":
+    print(json.dumps({"points": ["quiesce"], "description": "vm-tests: a SysV segment clashing with PostgreSQL's"}))
+    sys.exit(0)
+sys.stdin.read()
+show = lambda p: subprocess.run(["systemctl", "show", "-P", p, "%(unit)s"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+main, cg = show("MainPID"), show("ControlGroup")
+ino = next(int(f[4]) for f in map(str.split, open(f"/proc/{main}/maps")) if f[5:6] == ["/dev/zero"] and "s" in f[1])
+make = ("import ctypes, sys; open('/proc/sys/kernel/shm_next_id', 'w').write(sys.argv[1]); "
+        "print(ctypes.CDLL(None).shmget(0, 4096, 0o1600))")
+shmid = int(subprocess.run(["nsenter", "-t", main, "-i", "python3", "-c", make, str(ino)], capture_output=True,
+                           text=True, check=True).stdout)
+os.makedirs("%(dir)s", exist_ok=True)
+with open("%(dir)s/made.json", "w") as f:
+    json.dump({"main": int(main), "inode": ino, "shmid": shmid, "frozen": open(f"/sys/fs/cgroup{cg}/cgroup.events").read()}, f)
+    os.fsync(f.fileno())
+remove = ("import ctypes, json, os, sys, time\\n"
+          "ev = f'/sys/fs/cgroup{sys.argv[2]}/cgroup.events'\\n"
+          "while 'frozen 0' not in open(ev).read().splitlines(): time.sleep(0.01)\\n"
+          "r = ctypes.CDLL(None).shmctl(int(sys.argv[1]), 0, None)\\n"
+          "f = open('%(dir)s/removed.json', 'w'); json.dump({'shmid': int(sys.argv[1]), 'rc': r}, f); f.flush(); "
+          "os.fsync(f.fileno())\\n")
+subprocess.run(["systemd-run", "--unit=vmtest-clash-remover", "--collect", "nsenter", "-t", main, "-i", "python3",
+                "-c", remove, str(shmid), cg], check=True, capture_output=True)
+print("{}")
+""" % {"unit": POSTGRES, "dir": CLASH_DIR}
+
+
+def clash_at_the_switch(vm) -> None:
+    """The hook (CLASH_HOOK) in hooks.d: at the switch's quiesce, PostgreSQL's SysV clash."""
+    vm.sh("mkdir", "-p", HOOKS_D)
+    vm.sh("tee", f"{HOOKS_D}/vmtest-shm-clash", input=CLASH_HOOK)
+    vm.sh("chmod", "0755", f"{HOOKS_D}/vmtest-shm-clash")
+
+
+def clash_waited_out(vm, res: Result, rec: dict) -> None:
+    """The segment was made while PostgreSQL was frozen, numbered like its main shared memory;
+    the helper removed it after kupgrade thawed PostgreSQL; the record says kupgrade waited."""
+    made = json.loads(vm.sh("cat", f"{CLASH_DIR}/made.json", check=False)["stdout"] or "{}")
+    removed = json.loads(vm.sh("cat", f"{CLASH_DIR}/removed.json", check=False)["stdout"] or "{}")
+    dumps = (stage_of(rec, "snapshot").get("details") or {}).get("dumps") or {}
+    pg = next((d for d in dumps.values() if d.get("selector") == f"unit:{POSTGRES}"), {})
+    res.data["clash"] = {"made": made, "removed": removed, "postgres_dump": pg}
+    res.check(made.get("shmid") == made.get("inode") and "frozen 1" in made.get("frozen", ""),
+              "the hook made a SysV segment numbered like PostgreSQL's main shared memory while it was frozen",
+              json.dumps(res.data["clash"]))
+    res.check(removed.get("shmid") == made.get("shmid") and removed.get("rc") == 0 and pg.get("clash_wait_s", 0) > 0,
+              "kupgrade thawed PostgreSQL until its helper removed the segment (the record's clash_wait_s), "
+              "then dumped it", json.dumps(res.data["clash"]))
 
 
 class AdminSession:
@@ -285,6 +345,7 @@ def run(vm, image, res: Result) -> None:
     notes.wait_acks(0, 5, 120)
     sql.wait_acks(0, 5, 120)
     notes_before = notes.stat()
+    clash_at_the_switch(vm)
     admin = AdminSession(vm)      # the admin runs kupgrade over ssh
     try:
         t_switch = time.time()
@@ -294,6 +355,7 @@ def run(vm, image, res: Result) -> None:
         systemd_up(vm)
         rec = final_record(vm)
         in_new_kernel(vm, res, fates, before, rec)
+        clash_waited_out(vm, res, rec)
         res.check(any(s["name"] == "step-out" for s in rec["stages"]), "the record has kupgrade's step out of the "
                   "session", json.dumps([s["name"] for s in rec["stages"]]))
         admin_session_went_on(vm, res, admin, t_up)

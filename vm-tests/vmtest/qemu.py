@@ -63,7 +63,8 @@ class LostVMError(Exception):
 
 
 def accel() -> str:
-    """TCG unless KUPGRADE_VM_ACCEL=kvm: KVM dies here with 'KVM internal error' (measured)."""
+    """TCG unless KUPGRADE_VM_ACCEL=kvm: KVM dies here with 'KVM internal error' (measured).
+    KUPGRADE_VM_TCG adds options to TCG's (e.g. ",tb-size=256": vm-tests/README.md)."""
     return os.environ.get("KUPGRADE_VM_ACCEL", "tcg")
 
 
@@ -114,7 +115,7 @@ def qemu_argv(image: Image, overlay: Path, con: Path, ctl: Path, append: str,
     qmp_args = ["-chardev", f"socket,id=qmp,path={qmp}", "-mon", "chardev=qmp,mode=control"] if qmp else []
     return [
         "qemu-system-x86_64",
-        "-accel", accel(),
+        "-accel", accel() + (os.environ.get("KUPGRADE_VM_TCG", "") if accel() == "tcg" else ""),
         "-cpu", cpu(),
         "-m", str(machine.memory_mb),
         "-smp", str(SMP),

@@ -157,65 +157,51 @@ def test_one_sysv_object_used_by_many_tasks_is_one_blocker(tmp_path):
         "in the host IPC namespace: it is not in the snapshot and would not exist after the switch"]
 
 
-# --- criu's one table for SysV segments and shared memory (shm_clashes) --------------------------
+# --- SysV segments numbered like the shared memory next to them (shm_clashes) ------------------
 
-PG_MAPS = ("7f10-7f17 rw-s 00000000 00:01 1 /SYSV1d0ba398 (deleted)\n"
-           "7f17-7f2f rw-s 00000000 00:01 4 /dev/zero (deleted)\n"
-           "7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n"
-           "7f40-7f41 rw-p 00000000 00:01 9 /dev/zero (deleted)\n"          # private: not shared memory
-           "7f50-7f51 rw-s 00000000 00:01 6 /memfd:ring (deleted)\n")
-SEGMENTS = [{"key": "34967", "shmid": "0", "size": "56"}, {"key": "487302040", "shmid": "1", "size": "26976"}]
+REGION = "7f17-7f2f rw-s 00000000 00:01 4 /dev/zero (deleted)\n"         # PostgreSQL's main shared memory
+PG_MAPS = ("7f10-7f17 rw-s 00000000 00:01 1 /SYSV1d0ba398 (deleted)\n" + REGION
+           + "7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n")
 
 
-def pg_tree(tmp_path, ipc=OWN):
-    """PostgreSQL 15 as measured (dynamic_shared_memory_type = sysv, PrivateIPC=yes): its main
-    shared memory numbered 4, its segments 0, 1 and then its dynamic ones."""
+def pg_tree(tmp_path, backend_maps=PG_MAPS):
+    """PostgreSQL 15 as measured (dynamic_shared_memory_type = sysv): its main shared memory
+    numbered 4 between its SysV segments 1 and 0; a backend with what it attached."""
     proc = fake_proc(tmp_path)
-    task(proc, 10, ipc=ipc, maps=PG_MAPS)
-    task(proc, 11, ppid=10, session=10, pgrp=10, ipc=ipc, maps=PG_MAPS)
+    task(proc, 10, ipc=OWN, maps=PG_MAPS)
+    task(proc, 11, ppid=10, session=10, pgrp=10, ipc=OWN, maps=backend_maps)
     return proc, Workload("unit:postgresql@15-main.service", 10, (10, 11), cgroup="/system.slice/pg")
 
 
-def test_shared_memory_numbers_of_a_task(tmp_path):
-    proc, _ = pg_tree(tmp_path)
-    assert carry.shmem_numbers(10, proc) == {4: "/dev/zero mapped at 7f17-7f2f", 6: "/memfd:ring mapped at 7f50-7f51"}
-
-
-def test_a_segment_numbered_like_the_shared_memory_clashes(tmp_path):
+def test_a_segment_numbered_like_the_shared_memory_next_to_it_clashes(tmp_path):
     proc, w = pg_tree(tmp_path)
-    assert carry.shm_clashes(w, proc, lambda pid: SEGMENTS) == []
-    dynamic = {"key": "381829898", "shmid": "4", "size": "1048576"}
-    assert carry.shm_clashes(w, proc, lambda pid: SEGMENTS + [dynamic]) == [
-        "SysV segment shmid 4 (key 0x16c2430a, 1048576 bytes) of its IPC namespace and PID 10 (w)'s /dev/zero "
-        "mapped at 7f17-7f2f have the same number, 4: criu's dump takes the one for the other and fails"]
-    memfd = {"key": "0", "shmid": "6", "size": "4096"}
-    assert "/memfd:ring" in carry.shm_clashes(w, proc, lambda pid: [memfd])[0]
-
-
-def test_the_host_namespace_and_trees_without_shared_memory_are_not_read(tmp_path):
-    def unread(pid):
-        raise AssertionError("the namespace was read")
-    proc, w = pg_tree(tmp_path, ipc=HOST)
-    assert carry.shm_clashes(w, proc, unread) == []     # the host's segments: carry.sysv names them
-    task(proc, 20, ipc=OWN, maps="7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n")
-    assert carry.shm_clashes(Workload("pid:20", 20, (20,)), proc, unread) == []
+    assert carry.shm_clashes(w, proc) == []
+    below = "7f0f-7f10 rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n"     # dynamic segment 4, then the region
+    proc, w = pg_tree(tmp_path / "b", "7f0e-7f0f rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n" + REGION)
+    assert carry.shm_clashes(w, proc) == [
+        "PID 11 (w) has SysV segment shmid 4 attached at 7f0e-7f0f next to /dev/zero at 7f17-7f2f, which has the same "
+        "number: criu's dump would take them for one"]
+    proc, w = pg_tree(tmp_path / "c", REGION + below)                         # the other order
+    assert len(carry.shm_clashes(w, proc)) == 1
+    apart = "7f0e-7f0f rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n7f0f-7f10 rw-p 00000000 00:00 0 \n" + REGION
+    proc, w = pg_tree(tmp_path / "d", apart)                                  # told apart: not next to each other
+    assert carry.shm_clashes(w, proc) == []
 
 
 def test_a_clash_that_ends_is_waited_out_and_one_that_lasts_is_a_blocker(tmp_path, monkeypatch):
-    proc, w = pg_tree(tmp_path)
-    dynamic = {"key": "1", "shmid": "4", "size": "1048576"}
-    reads, now = [], [0.0]
+    clash = "7f0e-7f0f rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n" + REGION
+    proc, w = pg_tree(tmp_path, clash)
+    now = [0.0]
 
-    def shm_of(pid):
-        reads.append(pid)
-        return SEGMENTS + ([dynamic] if len(reads) < 3 else [])
-    assert carry.wait_unclashed(w, 5.0, proc, shm_of, clock=lambda: now[0],
-                                pause=lambda s: now.__setitem__(0, now[0] + s)) == []
-    assert len(reads) == 3 and now[0] < 5.0
+    def pause(s):
+        now[0] += s
+        if now[0] > 0.1:        # the backend detaches its segment
+            (proc / "11" / "maps").write_text(REGION)
+    assert carry.wait_unclashed(w, 5.0, proc, clock=lambda: now[0], pause=pause) == [] and now[0] < 1
+    proc, w = pg_tree(tmp_path / "b", clash)
     monkeypatch.setattr(carry, "CLASH_WAIT_S", 0.0)
-    found = carry.blockers(w, proc, lambda semid, n: set(), shm_of=lambda pid: SEGMENTS + [dynamic])
+    found = carry.blockers(w, proc, lambda semid, n: set())
     assert [b.message for b in found] == [
-        "unit:postgresql@15-main.service: SysV segment shmid 4 (key 0x00000001, 1048576 bytes) of its IPC namespace "
-        "and PID 10 (w)'s /dev/zero mapped at 7f17-7f2f have the same number, 4: criu's dump takes the one for the "
-        "other and fails (it lasted 0 s)"]
+        "PID 11 (w) has SysV segment shmid 4 attached at 7f0e-7f0f next to /dev/zero at 7f17-7f2f, which has the same "
+        "number: criu's dump would take them for one (for 0 s)"]
     assert "restart the workload" in found[0].hint

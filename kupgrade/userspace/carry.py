@@ -14,8 +14,8 @@ object:
   cannot stand in for it (only for a child of the root);
 - a process outside the tree in the session of a task in the tree (it would stay behind);
 - a POSIX lock held by a process outside the tree on a file a task in the tree has open;
-- a SysV segment of the tree's own IPC namespace numbered like one of its shared anonymous
-  mappings or memfds (criu takes the one for the other: `shm_clashes`), when that lasts.
+- a SysV segment attached next to shared memory with the same number (criu takes the two for
+  one: `shm_clashes`), when that lasts.
 
 Every reader takes the `proc` root so that tests can use a fake /proc tree.
 """
@@ -23,19 +23,14 @@ Every reader takes the `proc` root so that tests can use a fake /proc tree.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from kupgrade.errors import CommandError
 from kupgrade.output.record import Blocker, Workload
 from kupgrade.system import procfs
 from kupgrade.system.procfs import PROC, Stat, who
-from kupgrade.system.run import run as run_cmd
-
-log = logging.getLogger("kupgrade.userspace.carry")
 
 SemPids = Callable[[int, int], set[int]]    # (semid, nsems) -> PIDs of the last semop on each
 GETPID = 11                                 # semctl(2) command: PID of the last semop
@@ -45,7 +40,7 @@ SYSV_HINT = ("criu carries SysV IPC only with an IPC namespace of the tree's own
 
 
 def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None,
-             leaving: frozenset[int] = frozenset(), shm_of: "ShmOf | None" = None) -> list[Blocker]:
+             leaving: frozenset[int] = frozenset()) -> list[Blocker]:
     """What criu would refuse or leave behind in this tree. leaving: processes outside the tree
     that leave its sessions before the dump (kupgrade stepping out of it: stepout.py)."""
     tasks = {}
@@ -56,7 +51,7 @@ def blockers(w: Workload, proc: Path = PROC, sempids: SemPids | None = None,
             pass    # exited meanwhile (criu walks the tree itself at the dump)
     zombies = {pid for pid, st in tasks.items() if st.state == "Z"}
     return (sessions(w, tasks, proc, leaving) + sysv(w, proc, sempids or last_semops, zombies)
-            + locks(w.pids, proc) + shm_blockers(w, proc, shm_of or ns_shm))
+            + locks(w.pids, proc) + shm_blockers(w, proc))
 
 
 # --- sessions and process groups ---------------------------------------------------------------
@@ -226,96 +221,54 @@ def _sysv_of(pid: int, tables: dict[str, list[dict[str, str]]], proc: Path, semp
     return found
 
 
-# --- criu's one table for SysV segments and shared memory --------------------------------------
+# --- SysV segments numbered like the shared memory next to them ------------------------------
 
-ShmOf = Callable[[int], list[dict[str, str]]]   # a task -> the SysV segments of its IPC namespace
 CLASH_WAIT_S = 5.0      # how long a clash may last and still be waited out (check and the snapshot)
 CLASH_HINT = ("restart the workload: its shared memory gets other numbers (PostgreSQL with "
               "`dynamic_shared_memory_type = sysv`: `posix`, Debian's default, keeps its segments in /dev/shm)")
 
 
-def shmem_numbers(pid: int, proc: Path = PROC) -> dict[int, str]:
-    """The kernel's numbers (inodes of its internal shmem mount) of the task's shared anonymous
-    mappings (`/dev/zero (deleted)` in maps) and memfds (mapped or open), each with what it is.
-    SysV segments are numbered by their shmid instead (/SYSV in maps): not listed here."""
-    found: dict[int, str] = {}
-    try:
-        for line in (proc / str(pid) / "maps").read_text().splitlines():
-            f = line.split(None, 5)
-            if len(f) == 6 and "s" in f[1] and (f[5].startswith("/dev/zero (deleted)") or f[5].startswith("/memfd:")):
-                found.setdefault(int(f[4]), f"{f[5].removesuffix(' (deleted)')} mapped at {f[0]}")
-        fds = proc / str(pid) / "fd"
-        for fd in fds.iterdir():
-            try:
-                if os.readlink(fd).startswith("/memfd:"):
-                    found.setdefault(os.stat(fd).st_ino, f"{os.readlink(fd).removesuffix(' (deleted)')} open as fd "
-                                                         f"{fd.name}")
-            except OSError:
-                continue
-    except OSError:
-        pass        # exited meanwhile
-    return found
-
-
-def ns_shm(pid: int) -> list[dict[str, str]]:
-    """The SysV segments of the task's IPC namespace: /proc/sysvipc/shm shows the reader's own
-    namespace's, so it is read through nsenter."""
-    try:
-        out = run_cmd(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "cat", "/proc/sysvipc/shm"], timeout=10).stdout
-    except CommandError as e:
-        log.warning("could not read the SysV segments of PID %d's IPC namespace: %s", pid, e.message)
-        return []
-    lines = out.decode(errors="replace").splitlines()
-    names = lines[0].split() if lines else []
-    return [dict(zip(names, line.split())) for line in lines[1:] if line.strip()]
-
-
-def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf = ns_shm) -> list[str]:
-    """The SysV segments of the tree's own IPC namespace whose shmid is also the number of one of
-    its shared anonymous mappings or memfds, each said in a line. criu keys both kinds by that
-    number in one table (shmem.c: shmem_find, and the images' pagemap-shmem-NUMBER): its dump of
-    such a segment looks up the mapping instead and fails ("Can't open 0/map_files/..." in
-    dump_one_sysv_shmem; criu 3.17, 4.1.1 and upstream alike). The two are separate counters of
-    the kernel that both start small, so they meet: measured, PostgreSQL 15 with
-    `dynamic_shared_memory_type = sysv` started at boot had its main shared memory numbered 4 and
-    creates segments 0, 1, 2, ... as its dynamic shared memory comes and goes. Only a tree with an
-    IPC namespace of its own is affected (criu dumps that namespace whole; the host's is refused:
-    `sysv`)."""
-    try:
-        if ipc_ns(w.root_pid, proc) == ipc_ns("self", proc):
-            return []
-    except OSError:
-        return []
-    numbers: dict[int, tuple[int, str]] = {}
-    for pid in w.pids:
-        for n, what in shmem_numbers(pid, proc).items():
-            numbers.setdefault(n, (pid, what))
-    if not numbers:
-        return []           # nothing to clash with: the namespace is not read
+def shm_clashes(w: Workload, proc: Path = PROC) -> list[str]:
+    """Where a task of the tree has a SysV segment attached next to another mapping of the
+    kernel's shmem (shared anonymous memory, a memfd) with the same number, each said in a line.
+    The kernel numbers SysV segments by their shmid and the rest by an inode counter: both start
+    small, so they meet. criu reads a task's mappings in order and takes a mapping with the same
+    device and inode as the one before it for the same file (proc_parse.c vma_get_mapfile:
+    "borrows vfi from previous"): then PostgreSQL's 142 MiB main shared memory counted as part of
+    its dynamic segment 4, and the dump failed ("Can't open 0/map_files/..." in
+    dump_one_sysv_shmem; measured in a CI run with criu 3.17, `dynamic_shared_memory_type = sysv`,
+    its main shared memory numbered 4). Mappings that are not next to each other are told apart."""
     out = []
-    for row in shm_of(w.root_pid):
-        n = int(row.get("shmid", "-1"))
-        if n in numbers:
-            pid, what = numbers[n]
-            out.append(f"SysV segment shmid {n} ({_key(row)}, {row.get('size', '?')} bytes) of its IPC namespace "
-                       f"and {who(pid, proc)}'s {what} have the same number, {n}: criu's dump takes the one for "
-                       "the other and fails")
+    for pid in w.pids:
+        try:
+            lines = (proc / str(pid) / "maps").read_text().splitlines()
+        except OSError:
+            continue        # exited meanwhile
+        prev: list[str] = []
+        for line in lines:
+            f = line.split(None, 5)
+            if (len(f) == 6 and len(prev) == 6 and f[3:5] == prev[3:5] and f[4] != "0"
+                    and f[5].startswith("/SYSV") != prev[5].startswith("/SYSV")):
+                sysv, other = (f, prev) if f[5].startswith("/SYSV") else (prev, f)
+                out.append(f"{who(pid, proc)} has SysV segment shmid {sysv[4]} attached at {sysv[0]} next to "
+                           f"{other[5].removesuffix(' (deleted)')} at {other[0]}, which has the same number: "
+                           "criu's dump would take them for one")
+            prev = f
     return out
 
 
-def wait_unclashed(w: Workload, timeout: float = CLASH_WAIT_S, proc: Path = PROC, shm_of: ShmOf = ns_shm,
+def wait_unclashed(w: Workload, timeout: float = CLASH_WAIT_S, proc: Path = PROC,
                    clock=time.monotonic, pause=time.sleep) -> list[str]:
     """shm_clashes, once none is left or after `timeout` seconds of them (a segment that comes and
     goes, like PostgreSQL's dynamic shared memory, is waited out; one that stays is named)."""
     end = clock() + timeout
-    while (found := shm_clashes(w, proc, shm_of)) and clock() < end:
+    while (found := shm_clashes(w, proc)) and clock() < end:
         pause(0.05)
     return found
 
 
-def shm_blockers(w: Workload, proc: Path = PROC, shm_of: ShmOf = ns_shm) -> list[Blocker]:
-    return [Blocker(f"{w.selector}: {line} (it lasted {CLASH_WAIT_S:.0f} s)", CLASH_HINT)
-            for line in wait_unclashed(w, CLASH_WAIT_S, proc, shm_of)]
+def shm_blockers(w: Workload, proc: Path = PROC) -> list[Blocker]:
+    return [Blocker(f"{line} (for {CLASH_WAIT_S:.0f} s)", CLASH_HINT) for line in wait_unclashed(w, CLASH_WAIT_S, proc)]
 
 
 # --- file locks --------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ SERVICES_GATE = "vmtest.services"
 LOGIND_PACKAGES = ["libpam-systemd", "dbus"]
 LOGIND_UNITS = ["dbus.socket", "dbus.service", "systemd-logind.service"]
 SANDBOXED_UNIT = "vmtest-sandboxed.service"     # ours: DynamicUser, PrivateTmp, ProtectSystem=strict (guest/)
+CLASH_UNIT = "vmtest-shmclash.service"          # ours: a SysV segment next to shared memory of its number (guest/)
 # A small initrd: what a tuned server would list. MODULES=most makes 31 MB initrds that take
 # ~16 s each to build under TCG; this list makes ~6 MB in ~1.5 s.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "ext4",
@@ -252,11 +253,12 @@ def install_guest_files(tree: Path) -> None:
     (tree / "etc/nginx/conf.d/vmtest-keepalive.conf").write_text(
         "# vm-tests: the host's client keeps one connection\nkeepalive_requests 1000000;\nkeepalive_timeout 600s;\n")
     # The services scenario's own sandboxed server, started at boot behind the same gate as Debian's.
-    shutil.copy2(GUEST_DIR / SANDBOXED_UNIT, units / SANDBOXED_UNIT)
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    (wants / SANDBOXED_UNIT).unlink(missing_ok=True)
-    (wants / SANDBOXED_UNIT).symlink_to(f"/etc/systemd/system/{SANDBOXED_UNIT}")
+    for unit in (SANDBOXED_UNIT, CLASH_UNIT):
+        shutil.copy2(GUEST_DIR / unit, units / unit)
+        (wants / unit).unlink(missing_ok=True)
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
     for getty in ("serial-getty@ttyS0.service", "getty@tty1.service"):
         (units / getty).unlink(missing_ok=True)
         (units / getty).symlink_to("/dev/null")

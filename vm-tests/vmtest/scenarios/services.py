@@ -26,11 +26,13 @@ named: `workloads.all_services = true`.
    not carry (check says so, with the hint PrivateIPC=yes; the faults scenario proves that
    blocker); the image adds that one drop-in, so PostgreSQL is carried: same main PID, every task
    dumped back with its PID, every committed row there, the client's connection never failed
-   (errors and reconnects in `units`). At the switch, a device hook's quiesce (PostgreSQL frozen)
-   makes a SysV segment in PostgreSQL's IPC namespace numbered like its main shared memory, as its
-   dynamic shared memory once did in a CI run (criu's dump failed: carry.shm_clashes); a helper
-   outside its cgroup removes it once PostgreSQL runs. kupgrade thaws PostgreSQL until the clash is
-   gone, freezes it again and carries it; the record says how long it waited.
+   (errors and reconnects in `units`).
+7. vmtest-shmclash.service (guest/shmclash.py, PrivateIPC=yes): when the run's preflight has
+   looked at the workloads, a device hook has it attach a SysV segment numbered like its shared
+   memory, next to it (what PostgreSQL's dynamic shared memory did in a CI run: criu's dump
+   failed; carry.shm_clashes), and at quiesce (frozen) tells it to let it go, which it can only
+   once it runs. kupgrade thaws it until the clash is gone, freezes it again and carries it: same
+   PID, its shared memory's counter went on; the record says how long it waited (clash_wait_s).
 6. memcached (listening for the host: `-l 0.0.0.0`, the rest as shipped) takes a set every 100 ms
    from the host on one connection: carried, every set it stored is there, no error, no reconnect.
 Downtime: the largest gap in nginx's answers to the host (asked every 100 ms on one keep-alive
@@ -44,7 +46,8 @@ import threading
 import time
 
 from ..clients import Http, Memcached, Notes, Sql, Writer, largest_gap
-from ..image import POSTGRES_PASSWORD, POSTGRES_UNIT as POSTGRES, SANDBOXED_UNIT, SERVICE_UNITS, SERVICES_GATE
+from ..image import (CLASH_UNIT, POSTGRES_PASSWORD, POSTGRES_UNIT as POSTGRES, SANDBOXED_UNIT, SERVICE_UNITS,
+                     SERVICES_GATE)
 from ..qemu import Machine
 from ..scenario import (HOOKS_D, Result, booted, final_record, keep_journal, kupgrade_config, stage_of,
                         stage_durations, systemd_up, unit_props, write_config)
@@ -62,7 +65,7 @@ CACHE_PORT = 5561         # memcached
 # PIDs compared are those the snapshot held (the record's), not those the test saw at boot
 FORKING = {POSTGRES}
 NIC = f"user:{HOST_PORT}-80,{SSH_PORT}-22,{NOTES_PORT}-7070,{SQL_PORT}-5432,{CACHE_PORT}-11211"
-UNITS = [*SERVICE_UNITS, SANDBOXED_UNIT]
+UNITS = [*SERVICE_UNITS, SANDBOXED_UNIT, CLASH_UNIT]
 # the admin's session: kupgrade run in it, then a counter that must go on across the switch
 SESSION = "kupgrade run --yes; i=0; while sleep 0.5; do i=$((i+1)); echo tick $i; done"
 MACHINE = Machine(append=SERVICES_GATE)
@@ -70,60 +73,53 @@ MEMCACHED = ("import socket,sys\ns=socket.create_connection(('127.0.0.1',11211))
              "s.sendall(sys.argv[1].encode().replace(b'|', b'\\r\\n'))\nprint(s.recv(4096).decode().strip())\n")
 
 
-CLASH_DIR = "/var/lib/vmtest-clash"
-CLASH_HOOK = """#!/usr/bin/python3
-# vm-tests: at quiesce (PostgreSQL frozen), a SysV segment in PostgreSQL's IPC namespace numbered
-# like its main shared memory; a helper outside its cgroup removes it once PostgreSQL is thawed.
-import json, os, subprocess, sys
-if sys.argv[1] == "describe":
-    print(json.dumps({"points": ["quiesce"], "description": "vm-tests: a SysV segment clashing with PostgreSQL's"}))
-    sys.exit(0)
-sys.stdin.read()
-show = lambda p: subprocess.run(["systemctl", "show", "-P", p, "%(unit)s"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-main, cg = show("MainPID"), show("ControlGroup")
-ino = next(int(f[4]) for f in map(str.split, open(f"/proc/{main}/maps")) if f[5:6] == ["/dev/zero"] and "s" in f[1])
-make = ("import ctypes, sys; open('/proc/sys/kernel/shm_next_id', 'w').write(sys.argv[1]); "
-        "print(ctypes.CDLL(None).shmget(0, 4096, 0o1600))")
-shmid = int(subprocess.run(["nsenter", "-t", main, "-i", "python3", "-c", make, str(ino)], capture_output=True,
-                           text=True, check=True).stdout)
-os.makedirs("%(dir)s", exist_ok=True)
-with open("%(dir)s/made.json", "w") as f:
-    json.dump({"main": int(main), "inode": ino, "shmid": shmid, "frozen": open(f"/sys/fs/cgroup{cg}/cgroup.events").read()}, f)
-    os.fsync(f.fileno())
-remove = ("import ctypes, json, os, sys, time\\n"
-          "ev = f'/sys/fs/cgroup{sys.argv[2]}/cgroup.events'\\n"
-          "while 'frozen 0' not in open(ev).read().splitlines(): time.sleep(0.01)\\n"
-          "r = ctypes.CDLL(None).shmctl(int(sys.argv[1]), 0, None)\\n"
-          "f = open('%(dir)s/removed.json', 'w'); json.dump({'shmid': int(sys.argv[1]), 'rc': r}, f); f.flush(); "
-          "os.fsync(f.fileno())\\n")
-subprocess.run(["systemd-run", "--unit=vmtest-clash-remover", "--collect", "nsenter", "-t", main, "-i", "python3",
-                "-c", remove, str(shmid), cg], check=True, capture_output=True)
-print("{}")
-""" % {"unit": POSTGRES, "dir": CLASH_DIR}
+CLASH_DIR = "/var/lib/vmtest-shmclash"      # guest/shmclash.py's
+CLASH_ARMED = "/run/vmtest-shmclash-armed"   # only `kupgrade run`'s preflight makes the clash, not check's
+CLASH_HOOK = f"""#!/bin/sh
+# vm-tests: when armed, the run's preflight (after kupgrade has looked at the workloads) has
+# vmtest-shmclash make its clash; quiesce (it is frozen) tells it to end it, which it can only once thawed.
+case "$1" in
+describe) echo '{{"points": ["preflight", "quiesce"], "description": "vm-tests: a SysV clash made and ended"}}'; exit 0;;
+esac
+cat > /dev/null
+main=$(systemctl show -P MainPID {CLASH_UNIT})
+if [ -e {CLASH_ARMED} ]; then
+    case "$1" in
+    preflight) kill -USR2 "$main"; until [ -e {CLASH_DIR}/made.json ]; do sleep 0.05; done;;
+    quiesce) kill -USR1 "$main";;
+    esac
+fi
+[ "$1" = preflight ] && echo '{{"blockers": []}}' || echo '{{}}'
+"""
 
 
 def clash_at_the_switch(vm) -> None:
-    """The hook (CLASH_HOOK) in hooks.d: at the switch's quiesce, PostgreSQL's SysV clash."""
+    """The hook (CLASH_HOOK) in hooks.d, armed for the run."""
     vm.sh("mkdir", "-p", HOOKS_D)
-    vm.sh("tee", f"{HOOKS_D}/vmtest-shm-clash", input=CLASH_HOOK)
-    vm.sh("chmod", "0755", f"{HOOKS_D}/vmtest-shm-clash")
+    vm.sh("tee", f"{HOOKS_D}/vmtest-shmclash", input=CLASH_HOOK)
+    vm.sh("chmod", "0755", f"{HOOKS_D}/vmtest-shmclash")
+    vm.sh("touch", CLASH_ARMED)
 
 
 def clash_waited_out(vm, res: Result, rec: dict) -> None:
-    """The segment was made while PostgreSQL was frozen, numbered like its main shared memory;
-    the helper removed it after kupgrade thawed PostgreSQL; the record says kupgrade waited."""
-    made = json.loads(vm.sh("cat", f"{CLASH_DIR}/made.json", check=False)["stdout"] or "{}")
-    removed = json.loads(vm.sh("cat", f"{CLASH_DIR}/removed.json", check=False)["stdout"] or "{}")
+    """The run's preflight had the server attach a SysV segment numbered like its shared memory,
+    next to it; kupgrade thawed it (the record's clash_wait_s) until it had let the segment go, and
+    carried it: same PID, its shared memory's counter went on."""
+    vm.sh("systemctl", "kill", "-s", "HUP", "--kill-who=main", CLASH_UNIT, check=False)
+    vm.sh("sh", "-c", f"until [ -e {CLASH_DIR}/count.json ]; do sleep 0.05; done", check=False, timeout=60)
+    made, ended, count = (json.loads(vm.sh("cat", f"{CLASH_DIR}/{name}.json", check=False)["stdout"] or "{}")
+                          for name in ("made", "ended", "count"))
     dumps = (stage_of(rec, "snapshot").get("details") or {}).get("dumps") or {}
-    pg = next((d for d in dumps.values() if d.get("selector") == f"unit:{POSTGRES}"), {})
-    res.data["clash"] = {"made": made, "removed": removed, "postgres_dump": pg}
-    res.check(made.get("shmid") == made.get("inode") and "frozen 1" in made.get("frozen", ""),
-              "the hook made a SysV segment numbered like PostgreSQL's main shared memory while it was frozen",
+    dump = next((d for d in dumps.values() if d.get("selector") == f"unit:{CLASH_UNIT}"), {})
+    res.data["clash"] = {"made": made, "ended": ended, "count_after": count, "dump": dump}
+    res.check(made.get("shmid") == made.get("number") and made.get("next_to_it"),
+              "the run's preflight had vmtest-shmclash attach a SysV segment numbered like its shared memory, "
+              "next to it", json.dumps(res.data["clash"]))
+    res.check(ended.get("rc") == [0, 0] and dump.get("clash_wait_s", 0) > 0,
+              "kupgrade thawed it until it had let the segment go (the record's clash_wait_s), then dumped it",
               json.dumps(res.data["clash"]))
-    res.check(removed.get("shmid") == made.get("shmid") and removed.get("rc") == 0 and pg.get("clash_wait_s", 0) > 0,
-              "kupgrade thawed PostgreSQL until its helper removed the segment (the record's clash_wait_s), "
-              "then dumped it", json.dumps(res.data["clash"]))
+    res.check(count.get("pid") == made.get("pid") and count.get("count", 0) > made.get("count", 1 << 62),
+              "carried: the same process, its shared memory's counter went on", json.dumps(res.data["clash"]))
 
 
 class AdminSession:

@@ -186,6 +186,9 @@ def test_a_segment_numbered_like_the_shared_memory_next_to_it_clashes(tmp_path):
     apart = "7f0e-7f0f rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n7f0f-7f10 rw-p 00000000 00:00 0 \n" + REGION
     proc, w = pg_tree(tmp_path / "d", apart)                                  # told apart: not next to each other
     assert carry.shm_clashes(w, proc) == []
+    proc = fake_proc(tmp_path / "e")                                          # the host's IPC namespace: sysv's
+    task(proc, 10, maps="7f0e-7f0f rw-s 00000000 00:01 4 /SYSV16c2430a (deleted)\n" + REGION)
+    assert carry.shm_clashes(Workload("pid:10", 10, (10,)), proc) == []
 
 
 def test_a_clash_that_ends_is_waited_out_and_one_that_lasts_is_a_blocker(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ def test_a_tree_whose_segment_clashes_is_thawed_until_it_ends(monkeypatch):
     w = Workload("unit:pg.service", 5, (5,), cgroup="/system.slice/pg.service")
     calls, reads, now = [], [], [0.0]
     monkeypatch.setattr(snapshot.freeze, "set_frozen", lambda cg, frozen: calls.append((cg, frozen)))
+    monkeypatch.setattr(snapshot.workloads, "retree", lambda w: w)
 
     def clashes(w):
         reads.append(now[0])

@@ -308,7 +308,7 @@ def unclash(w, clock=time.monotonic) -> tuple[list[str], float]:
             carry.wait_unclashed(w, max(0.0, end - clock()))
         finally:
             freeze.set_frozen(w.cgroup, True)
-        if not (found := carry.shm_clashes(w)) or clock() >= end:
+        if not (found := carry.shm_clashes(workloads.retree(w))) or clock() >= end:     # with children forked since
             log.warning("%s: %s after %.2f s", w.selector, "; ".join(found) or "the clash ended", clock() - start)
             return found, clock() - start
 

@@ -52,7 +52,8 @@ SERVICE_UNITS = ["ssh.service", "cron.service", "nginx.service", "memcached.serv
 POSTGRES_CONF = "/etc/postgresql/15/main"
 POSTGRES_PASSWORD = "vmtest"
 # The one change `kupgrade check` asks of PostgreSQL as Debian installs it (its hint): its System V
-# segment (the interlock) in an IPC namespace of its own, which criu carries, instead of the host's, which it does
+# segment (the interlock) in an IPC namespace of its own, which criu carries, instead of the host's,
+# which it does
 # not (as shipped, check says it starts fresh; the faults scenario proves that blocker).
 POSTGRES_DROPIN = "[Service]\nPrivateIPC=yes\n"
 SERVICES_GATE = "vmtest.services"
@@ -140,7 +141,8 @@ def _install_services(tree: Path) -> None:
     policy.chmod(0o755)
     # PostgreSQL's initdb (run by the package) picks its dynamic shared memory by what works: on a
     # machine, POSIX segments in /dev/shm; in a chroot without /dev/shm it falls back to System V
-    # segments, which no Debian machine has by default (and which meet criu's shmid clash: carry.py)
+    # segments, which no Debian machine has by default (one of them next to its main shared memory
+    # with the same number failed criu's dump in a CI run: carry.py shm_clashes)
     shm = tree / "dev/shm"
     shm.mkdir(parents=True, exist_ok=True)
     run(["mount", "-t", "tmpfs", "-o", "mode=1777", "vmtest-shm", str(shm)])

@@ -53,8 +53,7 @@ POSTGRES_CONF = "/etc/postgresql/15/main"
 POSTGRES_PASSWORD = "vmtest"
 # The one change `kupgrade check` asks of PostgreSQL as Debian installs it (its hint): its System V
 # segment (the interlock) in an IPC namespace of its own, which criu carries, instead of the host's,
-# which it does
-# not (as shipped, check says it starts fresh; the faults scenario proves that blocker).
+# which it does not (as shipped, check says it starts fresh; the faults scenario proves that blocker).
 POSTGRES_DROPIN = "[Service]\nPrivateIPC=yes\n"
 SERVICES_GATE = "vmtest.services"
 # logind and the system bus, Debian's default (systemd Recommends libpam-systemd): an ssh login

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 
@@ -23,7 +24,7 @@ def build(tmp_path):
     files = w.tree(src, prefix="images")
     w.data("record.json", b"{}")
     m = manifest.make("ID1", "6.1.0-47-amd64", "6.12.117+deb12-amd64", W,
-                      {**files, "record.json": {"size": 2, "sha256": manifest.hashlib.sha256(b"{}").hexdigest()}})
+                      {**files, "record.json": {"size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}})
     w.data(manifest.NAME, manifest.dumps(m))
     w.close()
     snap = tmp_path / "snap"
@@ -151,7 +152,7 @@ def test_paths_outside_the_snapshot_are_never_opened(tmp_path, monkeypatch):
     snap, m = build(tmp_path)
     (tmp_path / "secret").write_bytes(b"s")
     (snap / "images" / "link").symlink_to(tmp_path / "secret")
-    meta = {"size": 1, "sha256": manifest.hashlib.sha256(b"s").hexdigest()}
+    meta = {"size": 1, "sha256": hashlib.sha256(b"s").hexdigest()}
     bad = {"../secret": meta, str(tmp_path / "secret"): meta, "images/link": meta, "": meta, "images/a\0b": meta}
     (snap / manifest.NAME).write_bytes(manifest.dumps(manifest.make("ID1", "a", "b", W, {**m.files, **bad})))
     opened = []

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from kupgrade.errors import HookError
@@ -104,6 +103,7 @@ def bundle(hooks: list[Hook], devices: list[Device], request_extra: dict, snapsh
         notes.append(f"{hook.name}: bundled for early-restore")
     (d / "order").write_text("".join(n + "\n" for n in order))
     (d / "hooks.json").write_text(json.dumps(meta) + "\n")
+    from importlib import resources     # here: not in the new kernel's restore (it imports tempfile, ...)
     (d / RUNNER).write_text(resources.files("kupgrade").joinpath("data", "early-restore.sh").read_text())
     return notes
 

@@ -6,7 +6,6 @@ kernel's `run` and the new kernel's restore write to the same file. Also sent to
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -52,7 +51,8 @@ def start(record_id: str, log_dir: Path = LOG_DIR) -> Path | None:
     lg.addHandler(h)
     if Path("/dev/log").exists():
         try:
-            s = logging.handlers.SysLogHandler(address="/dev/log")
+            from logging.handlers import SysLogHandler     # only here: it imports socket, pickle, ...
+            s = SysLogHandler(address="/dev/log")
             s.setLevel(logging.INFO)
             s.setFormatter(logging.Formatter("kupgrade[%(process)d]: %(message)s"))
             lg.addHandler(s)

@@ -3,7 +3,6 @@ that tests can point it at a fake tree. Reads only."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +172,7 @@ def getfd(pid: int, fd: int) -> int:
     """A duplicate of another process's fd (pidfd_open + pidfd_getfd, Linux >= 5.6): the caller
     owns it. Raises OSError."""
     global _libc
+    import ctypes           # here: the restore, which imports this module, never calls it
     _libc = _libc or ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid)
     try:

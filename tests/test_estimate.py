@@ -182,13 +182,14 @@ def test_with_units_the_restore_point_is_where_systemd_starts_them(tmp_path):
 
 
 def test_first_estimate_from_what_this_machine_measures():
-    copy, sha = estimate.calibrate(2 << 20)
+    copy, sha = estimate.calibrate(2 << 20, rounds=2)
     assert copy > 0 and sha > 0
     r = estimate.first_rates(100 * MB, 50 * MB, (10.0, "this boot's kupgrade-restore ran"))
-    assert r.boot_s == 10.0 + estimate.HANDOFF_S + estimate.EARLY_SNAPSHOT_S and "memory copy 100 MB/s" in r.source
-    hashes, copies = estimate.PASSES["dump"]
+    assert r.boot_s == 10.0 + estimate.HANDOFF_S + estimate.EARLY_SNAPSHOT_S["initrd"]
+    assert "memory copy 100 MB/s" in r.source
+    hashes, copies = estimate.PASSES["initrd"]["dump"]
     assert 1 / r.dump_bps == pytest.approx(hashes / (50 * MB) + copies / (100 * MB))
-    assert (r.dump_fixed_s, r.load_fixed_s, r.restore_fixed_s) == tuple(estimate.FIXED_S[k] for k in
+    assert (r.dump_fixed_s, r.load_fixed_s, r.restore_fixed_s) == tuple(estimate.FIXED_S["initrd"][k] for k in
                                                                         ("dump", "load", "restore"))
     total, basis = estimate.downtime(80 * MB, 6 * MB, r)
     packed = total
@@ -213,7 +214,30 @@ def test_the_first_estimate_across_sizes_has_fixed_parts():
     r = estimate.first_rates(200 * MB, 80 * MB, (13.0, "this boot's kupgrade-restore ran"))
     small, _ = estimate.downtime(16 * MIB, 6 * MB, r)
     large, _ = estimate.downtime(1024 * MIB, 6 * MB, r)
-    assert small > r.boot_s + sum(estimate.FIXED_S.values()) and large / small < 6
+    assert small > r.boot_s + sum(estimate.FIXED_S["initrd"].values()) and large / small < 6
+
+
+def test_the_memory_region_copies_less_than_the_initrd():
+    """With the region the images are written once and read in place: fewer passes per byte, and
+    less for the initramfs to do than finding and moving an archive."""
+    point = (10.0, "this boot's kupgrade-restore ran")
+    packed = estimate.first_rates(300 * MB, 900 * MB, point)
+    region = estimate.first_rates(300 * MB, 900 * MB, point, "pmem")
+    assert region.dump_bps > packed.dump_bps and region.boot_s < packed.boot_s
+    assert "+ 1 s for the initramfs to find the snapshot" in region.source
+    assert estimate.first_rates(300 * MB, 900 * MB, point, "something new") == packed
+
+
+def test_one_small_region_upgrade_estimates_a_gib_within_a_quarter():
+    """The benchmark of 2026-12-06 (QEMU TCG): a 64 MiB switch through the region measured dump
+    1.425 s, the kernel switch 11.3 s, restore 1.81 s; the 1 GiB one then took 21.74 s (dump 6.61,
+    restore 4.16) where the estimate said 28.6 (+31.5 %), the cost per byte taken from passes
+    fitted to the initrd. The preflight before it measured copy 387 MB/s, CRC-32 868 MB/s."""
+    first = estimate.first_rates(387 * MB, 868 * MB, (10.79, "this boot's kupgrade-restore ran"), "pmem")
+    small = restored_record(78_316_935, dump_s=1.425, load_s=0.011, switch_s=11.3, restore_s=1.81, transport="pmem")
+    r = estimate.rates_from([small], first, "pmem")
+    total, _ = estimate.downtime(1_085_168_049, 6_732_349, r, "pmem")
+    assert total == pytest.approx(21.74, rel=0.25)
 
 
 def test_a_restore_point_marked_long_after_the_boot_is_not_the_boots(tmp_path):

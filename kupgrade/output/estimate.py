@@ -37,17 +37,24 @@ HANDOFF_S = 1.0             # `kexec --exec` -> the new kernel's first line (TCG
 EARLY_USERSPACE_S = 3.0     # init-top -> the restore point, when this boot did not record the latter
 # The initramfs of a switch finding the snapshot and moving it (initrd) or mounting its region
 # (pmem), which a plain boot's restore point lacks: the benchmark's switches spent 1-3 s more from
-# the initramfs to init than the same kexec without a snapshot (vm-tests/results/bench.json floor)
-EARLY_SNAPSHOT_S = 2.0
+# the initramfs to init than the same kexec without a snapshot (vm-tests/results/bench.json
+# floor); with the region 0.8 s more (bench of 2026-12-06, 64 MiB)
+EARLY_SNAPSHOT_S = {"initrd": 2.0, "pmem": 1.0}
 LATEST_RESTORE_POINT_S = 600.0  # a restore point marked later than this is no boot's (run by hand)
-CALIBRATE_BYTES = 16 << 20
-# Before the first upgrade: each stage's cost per byte as (checksum passes, memory copy passes) of
-# this machine, and its fixed seconds; fitted to the benchmark's initrd series (vm-tests/bench,
-# QEMU TCG, 16-1024 MiB, memory copy 212 MB/s and the manifest's checksum, then sha256, 83 MB/s): criu's dump + packing, the kexec
-# load, the new kernel unpacking + moving the archive (its fixed part: the restore point), verify +
-# criu restore.
-PASSES = {"dump": (1.0, 2.5), "load": (0.0, 1.4), "deliver": (0.0, 1.5), "restore": (1.0, 2.0)}
-FIXED_S = {"dump": 0.8, "load": 0.3, "restore": 3.0}
+CALIBRATE_BYTES = 8 << 20
+CALIBRATE_ROUNDS = 3    # the fastest counts: a first round under QEMU TCG measured 58 MB/s, later ones 240-390
+# Before the first upgrade, per transport: each stage's cost per byte as (checksum passes, memory
+# copy passes) of this machine, and its fixed seconds: criu's dump (+ packing into the initrd),
+# the kexec load of the initrd with the snapshot, the new kernel unpacking + moving the archive
+# (its fixed part: the restore point), verify + criu restore. Fitted to the benchmark's 64 MiB and
+# 1 GiB switches of each transport (vm-tests/bench of 2026-12-06 on 89c8f03, QEMU TCG; this
+# machine's memory copy 287-387 MB/s, CRC-32 870-1190 MB/s measured in the same preflights):
+# a GiB is copied at DRAM speed, the calibration's few MiB nearer the cache's, hence the passes.
+# With the region the images are written once and read in place: no packing, load or unpacking.
+PASSES = {"initrd": {"dump": (1.0, 4.5), "load": (0.0, 3.6), "deliver": (0.0, 1.5), "restore": (1.0, 0.5)},
+          "pmem": {"dump": (1.0, 1.5), "load": (0.0, 3.6), "deliver": (0.0, 1.5), "restore": (1.0, 0.5)}}
+FIXED_S = {"initrd": {"dump": 1.9, "load": 1.1, "restore": 1.5},
+           "pmem": {"dump": 1.0, "load": 0.0, "restore": 1.6}}
 RECENT = 6          # records of each outcome the fit reads, newest first
 SPAN = 1.5          # samples whose largest size is this many times their smallest: a line is fitted
 WITHIN = 3.0        # a fitted cost per byte stays within this factor of what this machine's speed says,
@@ -83,43 +90,53 @@ def restore_point(systemd_us: str = "", marked: Path = Path(contract.RESTORE_POI
         return None, ""
 
 
-def calibrate(size: int = CALIBRATE_BYTES) -> tuple[float, float]:
-    """This machine's (memory copy, manifest checksum) bytes per second, on `size` bytes in memory:
-    the checksum's as the snapshot is summed, a thread per CPU (manifest.checksums), counted as
-    that many times one CPU's (timing threads on a sample this small measured their start-up:
-    half the speed under QEMU TCG, where two threads summed a large file 1.96 x as fast as one)."""
+def calibrate(size: int = CALIBRATE_BYTES, rounds: int = CALIBRATE_ROUNDS) -> tuple[float, float]:
+    """This machine's (memory copy, manifest checksum) bytes per second, on `size` bytes in memory,
+    the fastest of `rounds` (the first pays for warming up: page allocation, and under QEMU TCG
+    the translation of the code). The checksum's as the snapshot is summed, a thread per CPU
+    (manifest.checksums), counted as that many times one CPU's (timing threads on a sample this
+    small measured their start-up: half the speed under QEMU TCG, where two threads summed a
+    large file 1.96 x as fast as one)."""
     chunk = os.urandom(1 << 20)
-    fd = os.memfd_create("kupgrade-calibrate")
-    try:
-        t0 = time.perf_counter()
-        for _ in range(size >> 20):
-            os.write(fd, chunk)
-        os.lseek(fd, 0, os.SEEK_SET)
-        data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-        t1 = time.perf_counter()
-        h = manifest.Crc32s()
-        h.update(data)
-        t2 = time.perf_counter()
-    finally:
-        os.close(fd)
-    return 2 * size / max(t1 - t0, 1e-6), manifest.threads() * size / max(t2 - t1, 1e-6)
+    copy_s = hash_s = math.inf
+    for _ in range(max(1, rounds)):
+        fd = os.memfd_create("kupgrade-calibrate")
+        try:
+            t0 = time.perf_counter()
+            for _ in range(size >> 20):
+                os.write(fd, chunk)
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+            t1 = time.perf_counter()
+            h = manifest.Crc32s()
+            h.update(data)
+            t2 = time.perf_counter()
+        finally:
+            os.close(fd)
+        copy_s, hash_s = min(copy_s, t1 - t0), min(hash_s, t2 - t1)
+    return 2 * size / max(copy_s, 1e-6), manifest.threads() * size / max(hash_s, 1e-6)
 
 
-def first_rates(copy_bps: float, hash_bps: float, point: tuple[float | None, str]) -> Rates:
+def first_rates(copy_bps: float, hash_bps: float, point: tuple[float | None, str],
+                transport: str = "initrd") -> Rates:
     """Rates before any upgrade was measured here, from what this machine measures of itself:
-    the cost per byte of each stage (PASSES), with the stated fixed parts (FIXED_S)."""
+    the cost per byte of each stage with this transport (PASSES), with the stated fixed parts
+    (FIXED_S)."""
+    passes, fixed = PASSES.get(transport, PASSES["initrd"]), FIXED_S.get(transport, FIXED_S["initrd"])
+    early = EARLY_SNAPSHOT_S.get(transport, EARLY_SNAPSHOT_S["initrd"])
+
     def bps(stage: str) -> float:
-        hashes, copies = PASSES[stage]
+        hashes, copies = passes[stage]
         return 1 / (hashes / hash_bps + copies / copy_bps)
     seconds, how = point
-    boot = seconds + HANDOFF_S + EARLY_SNAPSHOT_S if seconds is not None else DEFAULTS.boot_s
+    boot = seconds + HANDOFF_S + early if seconds is not None else DEFAULTS.boot_s
     switch = (f"kernel switch from {how} {seconds:.1f} s after its kernel started, + {HANDOFF_S:.0f} s hand-off "
-              f"+ {EARLY_SNAPSHOT_S:.0f} s for the initramfs to find the snapshot"
+              f"+ {early:.0f} s for the initramfs to find the snapshot"
               if seconds is not None else f"kernel switch: stated default {DEFAULTS.boot_s:.0f} s")
     machine = f"this machine's memory copy {copy_bps / 1e6:.0f} MB/s and CRC-32 {hash_bps / 1e6:.0f} MB/s"
     return Rates(bps("dump"), bps("load"), boot, bps("restore"),
                  f"no upgrade measured here yet: {machine}, stated fixed parts; {switch}", bps("deliver"),
-                 FIXED_S["dump"], FIXED_S["load"], FIXED_S["restore"], machine)
+                 fixed["dump"], fixed["load"], fixed["restore"], machine)
 
 
 @dataclass(frozen=True)

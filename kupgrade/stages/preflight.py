@@ -238,7 +238,7 @@ def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple
     copy_bps, hash_bps = estimate.calibrate()
     target = estimate.MULTI_USER if any(w.unit for w in ctx.workloads) else estimate.SYSINIT
     point = estimate.restore_point(systemd.reached_us(target[0]), target=target)
-    first = estimate.first_rates(copy_bps, hash_bps, point)
+    first = estimate.first_rates(copy_bps, hash_bps, point, transport)
     machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
                "restore_point_basis": point[1]}
     rates = estimate.rates_from(recs, first, transport)

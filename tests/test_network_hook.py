@@ -100,3 +100,16 @@ def test_udev_done(tmp_path):
     assert network._udev_done({"ifindex": 2, "ifname": "ens3"}, tmp_path)
     assert not network._udev_done({"ifindex": 3, "ifname": "eth0"}, tmp_path)      # rename may still come
     assert network._udev_done({"ifindex": 1, "ifname": "lo", "link_type": "loopback"}, tmp_path)
+
+
+def test_capture_asks_ip_for_each_part(monkeypatch):
+    asked = []
+
+    def fake_ip(*args):
+        asked.append(args)
+        return [{"asked": " ".join(args)}]
+    monkeypatch.setattr(network, "_ip", fake_ip)
+    got = network.capture()
+    assert got == {"links": [{"asked": "addr show"}], "routes": [{"asked": "-4 route show"}],
+                   "routes6": [{"asked": "-6 route show"}]}
+    assert sorted(asked) == sorted(network.CAPTURE.values())

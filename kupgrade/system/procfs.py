@@ -205,13 +205,19 @@ def used_files(pid: int, proc: Path = PROC) -> set[str]:
     return open_files(pid, proc) | mapped_files(pid, proc)
 
 
+def map_fields(pid: int | str, proc: Path = PROC) -> list[list[str]]:
+    """The columns of each line of /proc/PID/maps, in order: address range, perms, offset,
+    device, inode and (not for anonymous memory) the path. Raises OSError (the task is gone)."""
+    return [line.split(None, 5) for line in (proc / str(pid) / "maps").read_text().splitlines()]
+
+
 def maps(pid: int, proc: Path = PROC):
     """(start, end, file offset, path) of each mapping of a file (a path column starting with /)."""
     try:
-        lines = (proc / str(pid) / "maps").read_text().splitlines()
+        rows = map_fields(pid, proc)
     except OSError:
         return
-    for parts in (line.split(maxsplit=5) for line in lines):
+    for parts in rows:
         if len(parts) == 6 and parts[5].startswith("/"):
             a, b = parts[0].split("-")
             yield int(a, 16), int(b, 16), int(parts[2], 16), parts[5]

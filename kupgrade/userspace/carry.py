@@ -138,12 +138,7 @@ def sysv_table(path: Path) -> list[dict[str, str]]:
 def attached_shm(pid: int, proc: Path = PROC) -> set[int]:
     """The shmids of the SysV segments pid has attached: /proc/PID/maps names them /SYSVkey and
     gives the shmid as the inode."""
-    found = set()
-    for line in (proc / str(pid) / "maps").read_text().splitlines():
-        f = line.split(None, 5)
-        if len(f) == 6 and f[5].startswith("/SYSV"):
-            found.add(int(f[4]))
-    return found
+    return {int(f[4]) for f in procfs.map_fields(pid, proc) if len(f) == 6 and f[5].startswith("/SYSV")}
 
 
 def last_semops(semid: int, nsems: int) -> set[int]:
@@ -248,12 +243,11 @@ def shm_clashes(w: Workload, proc: Path = PROC) -> list[str]:
     out = []
     for pid in w.pids:
         try:
-            lines = (proc / str(pid) / "maps").read_text().splitlines()
+            rows = procfs.map_fields(pid, proc)
         except OSError:
             continue        # exited meanwhile
         prev: list[str] = []
-        for line in lines:
-            f = line.split(None, 5)
+        for f in rows:
             if (len(f) == 6 and len(prev) == 6 and f[3:5] == prev[3:5] and f[4] != "0"
                     and f[5].startswith("/SYSV") != prev[5].startswith("/SYSV")):
                 sysv, other = (f, prev) if f[5].startswith("/SYSV") else (prev, f)

@@ -5,9 +5,10 @@ did in a CI run (criu's dump failed: kupgrade/userspace/carry.py shm_clashes), a
 told again. Runs in an IPC namespace of its own (PrivateIPC=yes: its unit).
 
 SIGUSR2: make the clash (shm_next_id = the memory's number, shmget, shmat just below it, else
-just above), then write /var/lib/vmtest-shmclash/made.json. SIGUSR1: detach and remove the segment, then write
-/var/lib/vmtest-shmclash/ended.json (synced: read after the switch). The memory holds a counter
-that goes on every 0.1 s, written to /var/lib/vmtest-shmclash/count on SIGHUP."""
+just above), then write /var/lib/vmtest-shmclash/made.json. SIGUSR1: detach and remove the
+segment, then write /var/lib/vmtest-shmclash/ended.json (synced: read after the switch). The
+memory holds a counter that goes on every 0.1 s, written to /var/lib/vmtest-shmclash/count.json
+on SIGHUP."""
 
 import ctypes
 import json

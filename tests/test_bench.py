@@ -162,3 +162,24 @@ def test_run_labels():
     from vmtest.bench import Run
     assert Run("pmem", 64, 3, 8).label == "64 MiB (pmem, 3 pre-dump(s), dirtying 8 MiB/s)"
     assert Run("pmem", 64, prewarm=False, throttle_bps=4 << 20).label == "64 MiB (pmem, disk at 4 MiB/s, prewarm off)"
+
+
+def test_kupgrades_defaults_right_after_the_regions_reference():
+    from vmtest.bench import Run, switch_runs
+    runs = switch_runs([64, 1024], ("initrd", "pmem"))
+    assert runs[:4] == [Run("initrd", 1024), Run("pmem", 64), Run("auto", 64, "auto", series="defaults_runs"),
+                        Run("pmem", 1024)]
+    assert runs[2].label == "64 MiB (kupgrade's defaults: transport and pre-dump auto)"
+    assert not any(r.series == "defaults_runs" for r in switch_runs([64], ("initrd",)))
+
+
+def test_defaults_entry():
+    rec = {**RECORD, "stages": [*RECORD["stages"], {"name": "prepare", "duration_s": 1.0,
+                                                    "details": {"pre_dump": {"tree-1": 1}}}]}
+    run = size_entry(64, 9.0, BREAKDOWN, rec)
+    b = assemble({}, {"seconds": 6.0, "basis": "plain-kexec"}, {"seconds": 18.0, "basis": "first-boot"},
+                 [entry(64, 12.0)], defaults_runs=[run])
+    d = b["defaults"]
+    assert d["downtime_s"] == 9.0 and d["ratio_to_floor"] == 1.5 and d["ratio_to_reboot"] == 0.5
+    assert d["pre_dumps"] == {"tree-1": 1} and d["freeze_s"] == 3.5
+    assert assemble({}, None, None, [entry(64, 12.0)])["defaults"] == {}

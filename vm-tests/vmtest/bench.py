@@ -10,6 +10,9 @@
 5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back;
 6. every size again with the snapshot in kupgrade's memory region (snapshot.transport = "pmem";
    the guest boots with the region reserved, REGION), 64 MiB first;
+   right after the 64 MiB one, the same workload as kupgrade runs it by default on a machine with
+   the region (snapshot.transport and snapshot.pre_dump "auto": the region, one pre-dump):
+   defaults_runs;
 7. the pre-dump series (pre_dump_runs) and the pre-warm pair on a throttled disk (prewarm_runs).
 
 Every plain kexec back to 6.1 is a floor sample of the other direction (`floor_back`). Only the
@@ -147,7 +150,7 @@ class Run:
     configured, whether the root disk is throttled (QMP) from before the switch to the first beat."""
     transport: str
     mib: int
-    pre_dump: int = 0
+    pre_dump: int | str = 0         # "auto": kupgrade's default
     dirty_mib_s: float = 0
     prewarm: bool = True
     throttle_bps: int = 0
@@ -155,6 +158,8 @@ class Run:
 
     @property
     def label(self) -> str:
+        if self.transport == self.pre_dump == "auto":
+            return f"{self.mib} MiB (kupgrade's defaults: transport and pre-dump auto)"
         extra = [f"{self.pre_dump} pre-dump(s)"] if self.pre_dump else []
         extra += [f"dirtying {self.dirty_mib_s:g} MiB/s"] if self.dirty_mib_s else []
         extra += [f"disk at {self.throttle_bps >> 20} MiB/s, prewarm {'on' if self.prewarm else 'off'}"] \
@@ -164,7 +169,7 @@ class Run:
 
 def configure(vm, image, run: Run) -> None:
     write_config(vm, kupgrade_config(image.kernel_to, cgroups=[CGROUP])
-                 + f'\n[snapshot]\ntransport = "{run.transport}"\npre_dump = {run.pre_dump}\n'
+                 + f'\n[snapshot]\ntransport = "{run.transport}"\npre_dump = {json.dumps(run.pre_dump)}\n'
                  + f'\n[restore]\nprewarm = {"true" if run.prewarm else "false"}\n')
 
 
@@ -177,7 +182,7 @@ def throttle(vm, bps: int) -> None:
 
 def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] = TRANSPORTS) -> None:
     """The whole session (module docstring); fills out["reboot"], ["sizes"], ["floor"], ["floor_back"],
-    ["pre_dump_runs"], ["prewarm_runs"]."""
+    ["defaults_runs"], ["pre_dump_runs"], ["prewarm_runs"]."""
     res = Result("bench")
     out["doing"] = "reboot baseline (first boot + 64 MiB workload)"
     wl, out["reboot"] = first_boot(vm, image, res)
@@ -194,9 +199,7 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
         out["doing"] = f"plain kexec back to {image.kernel_from}"
         out["floor_back"].append(plain_kexec(vm, image.kernel_from, method))
     out["floor"] = median_sample(samples)
-    runs = [Run(t, m) for t in transports for m in ([m for m in sizes if m != REFERENCE_MIB] if t == transports[0]
-                                                    else [REFERENCE_MIB, *(m for m in sizes if m != REFERENCE_MIB)])]
-    runs += pre_dump_runs(sizes, transports[-1]) + prewarm_runs(transports[-1])
+    runs = switch_runs(sizes, transports)
     for i, run in enumerate(runs):
         out["doing"] = f"downtime at {run.label}"
         configure(vm, image, run)
@@ -216,6 +219,18 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
             out["doing"] = f"plain kexec back to {image.kernel_from}"
             out["floor_back"].append(back(vm, image, wl, method))
     out["doing"] = ""
+
+
+def switch_runs(sizes: list[int], transports: tuple[str, ...]) -> list[Run]:
+    """Every switch after the reference, in order: the other sizes of the first transport, then
+    every size of the others (64 MiB first, then kupgrade's defaults with the same workload),
+    the pre-dump series and the pre-warm pair."""
+    runs = []
+    for t in transports:
+        runs += [Run(t, m) for m in sizes if m != REFERENCE_MIB] if t == transports[0] else \
+            [Run(t, REFERENCE_MIB), Run("auto", REFERENCE_MIB, "auto", series="defaults_runs"),
+             *(Run(t, m) for m in sizes if m != REFERENCE_MIB)]
+    return runs + pre_dump_runs(sizes, transports[-1]) + prewarm_runs(transports[-1])
 
 
 def pre_dump_runs(sizes: list[int], transport: str) -> list[Run]:

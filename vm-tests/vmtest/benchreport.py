@@ -91,7 +91,8 @@ def size_entry(mib: int, downtime_s: float, breakdown: dict[str, float], record:
             "restore_start": stage_details(record, "restore").get("start", {}),
             "snapshot_bytes": snap.get("snapshot_bytes"), "initrd_bytes": load.get("initrd_bytes"),
             "kexec_method": load.get("method"), "record_id": record.get("id"), "outcome": record.get("outcome"),
-            "transport": snap.get("transport", DEFAULT_TRANSPORT)}
+            "transport": snap.get("transport", DEFAULT_TRANSPORT),
+            "pre_dumps": stage_details(record, "prepare").get("pre_dump") or {}}
 
 
 def pause_s(entry: dict) -> float:
@@ -128,6 +129,20 @@ def prewarm_fields(runs: list[dict]) -> dict:
     return by
 
 
+def defaults_fields(runs: list[dict], floor_s: float | None, reboot_s: float | None) -> dict:
+    """The reference workload as kupgrade runs it by default on a machine with its memory region
+    (transport and pre-dump "auto"): what was chosen (from the record), the downtime and ratios,
+    the old kernel's side of the pause."""
+    if not runs:
+        return {}
+    r = runs[0]
+    return {"downtime_s": r["downtime_s"], "ratio_to_floor": ratio(r["downtime_s"], floor_s),
+            "ratio_to_reboot": ratio(r["downtime_s"], reboot_s), "transport": r["transport"],
+            "pre_dumps": r.get("pre_dumps"), "freeze_s": pause_s(r), "estimate_s": r.get("estimate_s"),
+            "estimate_error_pct": r.get("estimate_error_pct"), "phases": r["phases"], "stages": r["stages"],
+            "record_id": r.get("record_id")}
+
+
 def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) -> dict:
     """One transport's figures: the reference downtime, its ratios, the slope over size."""
     ref = next((s for s in sizes if s["mib"] == REFERENCE_MIB), None)
@@ -141,7 +156,7 @@ def summary(sizes: list[dict], floor_s: float | None, reboot_s: float | None) ->
 
 def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[dict],
              missing: list[str] = (), floor_back: list[dict] = (), pre_dump_runs: list[dict] = (),
-             prewarm_runs: list[dict] = ()) -> dict:
+             prewarm_runs: list[dict] = (), defaults_runs: list[dict] = ()) -> dict:
     """bench.json: `meta` (machine, kernels, date, commit), `floor` and `reboot` ({"seconds",
     "basis", "breakdown", ...}), `sizes` from size_entry(); `missing` names what could not be
     measured (the command then exits non-zero); `floor_back`: plain kexecs the other way. The
@@ -160,6 +175,7 @@ def assemble(meta: dict, floor: dict | None, reboot: dict | None, sizes: list[di
         "reference_mib": REFERENCE_MIB,
         **per.get(DEFAULT_TRANSPORT, summary([], floor_s, reboot_s)),
         "transports": per,
+        "defaults": defaults_fields(list(defaults_runs), floor_s, reboot_s),
         "sizes": sizes,
         "pre_dump": pre_dump_fields(list(pre_dump_runs)),
         "prewarm": prewarm_fields(list(prewarm_runs)),

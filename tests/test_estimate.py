@@ -211,7 +211,7 @@ def test_a_rehearsal_alone_leaves_the_switch_to_the_first_estimate():
 
 
 def test_the_first_estimate_across_sizes_has_fixed_parts():
-    r = estimate.first_rates(200 * MB, 80 * MB, (13.0, "this boot's kupgrade-restore ran"))
+    r = estimate.first_rates(400 * MB, 1200 * MB, (8.0, "this boot's kupgrade-restore ran"))     # the bench's
     small, _ = estimate.downtime(16 * MIB, 6 * MB, r)
     large, _ = estimate.downtime(1024 * MIB, 6 * MB, r)
     assert small > r.boot_s + sum(estimate.FIXED_S["initrd"].values()) and large / small < 6
@@ -224,7 +224,7 @@ def test_the_memory_region_copies_less_than_the_initrd():
     packed = estimate.first_rates(300 * MB, 900 * MB, point)
     region = estimate.first_rates(300 * MB, 900 * MB, point, "pmem")
     assert region.dump_bps > packed.dump_bps and region.boot_s < packed.boot_s
-    assert "+ 1 s for the initramfs to find the snapshot" in region.source
+    assert "+ 0.5 s for the initramfs to find the snapshot" in region.source
     assert estimate.first_rates(300 * MB, 900 * MB, point, "something new") == packed
 
 

@@ -36,10 +36,11 @@ DEFAULTS = Rates(200e6, 500e6, 8.0, 200e6, "stated defaults (no upgrade measured
 HANDOFF_S = 1.0             # `kexec --exec` -> the new kernel's first line (TCG: 1.1-2.2 s; hardware: less)
 EARLY_USERSPACE_S = 3.0     # init-top -> the restore point, when this boot did not record the latter
 # The initramfs of a switch finding the snapshot and moving it (initrd) or mounting its region
-# (pmem), which a plain boot's restore point lacks: the benchmark's switches spent 1-3 s more from
-# the initramfs to init than the same kexec without a snapshot (vm-tests/results/bench.json
-# floor); with the region 0.8 s more (bench of 2026-12-06, 64 MiB)
-EARLY_SNAPSHOT_S = {"initrd": 2.0, "pmem": 1.0}
+# (pmem), which a plain boot's restore point lacks, beside the bytes the initrd's carries
+# (deliver): the benchmark's 64 MiB switches spent 1.8 s (initrd, 1.1 s of it the bytes at the
+# fitted rate) and 0.3 s (region) more from the new kernel's banner to init than the same kexec
+# without a snapshot (bench of 2026-12-06 on a539422)
+EARLY_SNAPSHOT_S = {"initrd": 1.0, "pmem": 0.5}
 LATEST_RESTORE_POINT_S = 600.0  # a restore point marked later than this is no boot's (run by hand)
 CALIBRATE_BYTES = 8 << 20
 CALIBRATE_ROUNDS = 3    # the fastest counts: a first round under QEMU TCG measured 58 MB/s, later ones 240-390
@@ -47,14 +48,15 @@ CALIBRATE_ROUNDS = 3    # the fastest counts: a first round under QEMU TCG measu
 # copy passes) of this machine, and its fixed seconds: criu's dump (+ packing into the initrd),
 # the kexec load of the initrd with the snapshot, the new kernel unpacking + moving the archive
 # (its fixed part: the restore point), verify + criu restore. Fitted to the benchmark's 64 MiB and
-# 1 GiB switches of each transport (vm-tests/bench of 2026-12-06 on 89c8f03, QEMU TCG; this
-# machine's memory copy 287-387 MB/s, CRC-32 870-1190 MB/s measured in the same preflights):
-# a GiB is copied at DRAM speed, the calibration's few MiB nearer the cache's, hence the passes.
-# With the region the images are written once and read in place: no packing, load or unpacking.
-PASSES = {"initrd": {"dump": (1.0, 4.5), "load": (0.0, 3.6), "deliver": (0.0, 1.5), "restore": (1.0, 0.5)},
-          "pmem": {"dump": (1.0, 1.5), "load": (0.0, 3.6), "deliver": (0.0, 1.5), "restore": (1.0, 0.5)}}
-FIXED_S = {"initrd": {"dump": 1.9, "load": 1.1, "restore": 1.5},
-           "pmem": {"dump": 1.0, "load": 0.0, "restore": 1.6}}
+# 1 GiB switches of each transport (vm-tests/bench of 2026-12-06 on a539422, QEMU TCG with a 256
+# MiB translation buffer, a quiet host; this machine's memory copy 300-430 MB/s, CRC-32 ~1250 MB/s
+# measured in the same preflights): a GiB is copied at memory speed, the calibration's few MiB
+# nearer the cache's, hence more passes than copies made. With the region the images are written
+# once and read in place: no packing, load or unpacking (load and deliver: the initrd's, unused).
+PASSES = {"initrd": {"dump": (1.0, 6.3), "load": (0.0, 4.5), "deliver": (0.0, 4.3), "restore": (1.0, 0.75)},
+          "pmem": {"dump": (1.0, 0.5), "load": (0.0, 4.5), "deliver": (0.0, 4.3), "restore": (1.0, 1.0)}}
+FIXED_S = {"initrd": {"dump": 0.5, "load": 0.2, "restore": 1.3},
+           "pmem": {"dump": 1.6, "load": 0.0, "restore": 1.1}}
 RECENT = 6          # records of each outcome the fit reads, newest first
 SPAN = 1.5          # samples whose largest size is this many times their smallest: a line is fitted
 WITHIN = 3.0        # a fitted cost per byte stays within this factor of what this machine's speed says,
@@ -131,7 +133,7 @@ def first_rates(copy_bps: float, hash_bps: float, point: tuple[float | None, str
     seconds, how = point
     boot = seconds + HANDOFF_S + early if seconds is not None else DEFAULTS.boot_s
     switch = (f"kernel switch from {how} {seconds:.1f} s after its kernel started, + {HANDOFF_S:.0f} s hand-off "
-              f"+ {early:.0f} s for the initramfs to find the snapshot"
+              f"+ {early:g} s for the initramfs to find the snapshot"
               if seconds is not None else f"kernel switch: stated default {DEFAULTS.boot_s:.0f} s")
     machine = f"this machine's memory copy {copy_bps / 1e6:.0f} MB/s and CRC-32 {hash_bps / 1e6:.0f} MB/s"
     return Rates(bps("dump"), bps("load"), boot, bps("restore"),

@@ -167,9 +167,9 @@ def test_run_labels():
 def test_kupgrades_defaults_right_after_the_regions_reference():
     from vmtest.bench import Run, switch_runs
     runs = switch_runs([64, 1024], ("initrd", "pmem"))
-    assert runs[:4] == [Run("initrd", 1024), Run("pmem", 64), Run("auto", 64, "auto", series="defaults_runs"),
-                        Run("pmem", 1024)]
-    assert runs[2].label == "64 MiB (kupgrade's defaults: transport and pre-dump auto)"
+    assert runs[:8] == [Run("initrd", 64), Run("initrd", 64), Run("initrd", 1024), Run("pmem", 64), Run("pmem", 64),
+                        Run("pmem", 64), Run("auto", 64, "auto", series="defaults_runs"), Run("pmem", 1024)]
+    assert runs[6].label == "64 MiB (kupgrade's defaults: transport and pre-dump auto)"
     assert not any(r.series == "defaults_runs" for r in switch_runs([64], ("initrd",)))
 
 
@@ -183,3 +183,11 @@ def test_defaults_entry():
     assert d["downtime_s"] == 9.0 and d["ratio_to_floor"] == 1.5 and d["ratio_to_reboot"] == 0.5
     assert d["pre_dumps"] == {"tree-1": 1} and d["freeze_s"] == 3.5
     assert assemble({}, None, None, [entry(64, 12.0)])["defaults"] == {}
+
+
+def test_the_reference_is_the_median_of_its_samples():
+    b = assemble({}, {"seconds": 10.0, "basis": "plain-kexec"}, None,
+                 [entry(64, 19.0), entry(64, 12.0), entry(64, 14.0), entry(1024, 30.0)])
+    assert b["downtime_s"] == 14.0 and b["ratio_to_floor"] == 1.4
+    assert b["transports"]["initrd"]["reference_samples_s"] == [19.0, 12.0, 14.0]
+    assert b["slope_ms_per_mb"] is not None

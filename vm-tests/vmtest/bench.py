@@ -2,13 +2,15 @@
 
 1. reboot baseline: the session's own boot — QEMU started, the agent ready in 6.1, the 64 MiB
    workload started fresh, its first heartbeat (host clock);
-2. kupgrade run 6.1 -> 6.12 with that workload: the reference downtime (largest heartbeat gap);
+2. kupgrade run 6.1 -> 6.12 with that workload: the reference downtime (largest heartbeat gap),
+   its first sample of REFERENCE_SAMPLES;
 3. back to 6.1 by a plain kexec (the workload ended: every size starts a fresh one);
 4. floor: a plain kexec 6.1 -> 6.12 with 6.12's own initrd (kupgrade's boot scripts, no
    snapshot), from `kexec --exec` to the first line of the target's init; then back to 6.1;
    FLOOR_SAMPLES times, the median is the floor;
-5. each other size: a fresh workload of that size, kupgrade run 6.1 -> 6.12, back;
-6. every size again with the snapshot in kupgrade's memory region (snapshot.transport = "pmem";
+5. the other reference samples, each other size: a fresh workload of that size, kupgrade run
+   6.1 -> 6.12, back;
+6. the reference samples and every size again with the snapshot in kupgrade's memory region (snapshot.transport = "pmem";
    the guest boots with the region reserved, REGION), 64 MiB first;
    right after the 64 MiB one, the same workload as kupgrade runs it by default on a machine with
    the region (snapshot.transport and snapshot.pre_dump "auto": the region, one pre-dump):
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from kupgrade.system import kexec
 
-from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, THROTTLE_BPS, size_entry
+from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, REFERENCE_SAMPLES, THROTTLE_BPS, size_entry
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
 from .timeline import MARKS, breakdown, intervals, marks
 from .workload import Workload
@@ -222,14 +224,15 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
 
 
 def switch_runs(sizes: list[int], transports: tuple[str, ...]) -> list[Run]:
-    """Every switch after the reference, in order: the other sizes of the first transport, then
-    every size of the others (64 MiB first, then kupgrade's defaults with the same workload),
-    the pre-dump series and the pre-warm pair."""
+    """Every switch after the session's first (the first transport's reference), in order: the
+    first transport's other reference samples and sizes, then each other transport's reference
+    samples, kupgrade's defaults with the same workload, its other sizes; the pre-dump series and
+    the pre-warm pair."""
     runs = []
     for t in transports:
-        runs += [Run(t, m) for m in sizes if m != REFERENCE_MIB] if t == transports[0] else \
-            [Run(t, REFERENCE_MIB), Run("auto", REFERENCE_MIB, "auto", series="defaults_runs"),
-             *(Run(t, m) for m in sizes if m != REFERENCE_MIB)]
+        refs = [Run(t, REFERENCE_MIB)] * (REFERENCE_SAMPLES - (t == transports[0]))
+        runs += refs + ([Run("auto", REFERENCE_MIB, "auto", series="defaults_runs")] if t != transports[0] else [])
+        runs += [Run(t, m) for m in sizes if m != REFERENCE_MIB]
     return runs + pre_dump_runs(sizes, transports[-1]) + prewarm_runs(transports[-1])
 
 

@@ -244,3 +244,12 @@ def test_a_restore_point_marked_long_after_the_boot_is_not_the_boots(tmp_path):
     marked, early = tmp_path / "point", tmp_path / "early"
     marked.write_text("19186.32\n")           # kupgrade-restore first run by hand, hours into the boot
     assert estimate.restore_point("", marked, early) == (None, "")
+
+
+def test_without_a_region_check_says_what_one_would_make_of_the_pause():
+    from kupgrade.stages.preflight import region_note
+    note = region_note(80 * MIB, 15.9, 12.3)
+    assert "12.3 s instead of 15.9 s" in note and "--reserve 512M`, then one reboot" in note
+    assert "--reserve 1G`" in region_note(500 * MIB, 30.0, 20.0)      # 750 MiB + 1/8 + 48 MiB -> 1 GiB
+    assert "--reserve 1280M`" in region_note(600 * MIB, 30.0, 20.0)
+    assert region_note(80 * MIB, 15.9, None) is None and region_note(80 * MIB, 15.9, 16.0) is None

@@ -72,6 +72,20 @@ def reclaim_note(need: int, avail: int, free: int) -> str | None:
             "(`kupgrade install-boot --reserve SIZE`), avoid it")
 
 
+def region_note(est: int, downtime_s: float, region_s: float | None) -> str | None:
+    """Without a memory region (none reserved; transport "auto"): what one would make of the
+    pause, and the size to reserve (the snapshot with one pre-dump and its file system, in 256 MiB
+    steps). None when the estimate with it is no shorter."""
+    if region_s is None or region_s >= downtime_s:
+        return None
+    step = 256 << 20
+    size = max(-(-pmem.needed(snapshot.held(est, 1)) // step) * step, 512 << 20)
+    words = f"{size >> 30}G" if size % (1 << 30) == 0 else f"{size >> 20}M"
+    return (f"with kupgrade's memory region the estimated downtime is {region_s} s instead of {downtime_s} s (the "
+            f"snapshot is neither packed into the initrd nor unpacked and moved inside the pause): `kupgrade "
+            f"install-boot --reserve {words}`, then one reboot")
+
+
 def _boot_pids(ctx: Context, target: str, blockers: list[Blocker]) -> dict:
     """The target's boot gives its own threads the lowest PIDs before the restore can run: a
     task of a workload with one of those cannot get it back (kupgrade/switch/bootpids.py)."""
@@ -131,7 +145,8 @@ def run(ctx: Context) -> tuple[str, Preflight]:
     initrd_size = t.initrd.stat().st_size if t.initrd.is_file() else 0
     avail = _mem_available()
     asked = cfg.pre_dump if cfg.pre_dump != "auto" else 0
-    transport, region = _transport(ctx, t, snapshot.held(est, asked), blockers, Path("/proc/cmdline").read_text())
+    cmdline = Path("/proc/cmdline").read_text()
+    transport, region = _transport(ctx, t, snapshot.held(est, asked), blockers, cmdline)
     pre_dumps = prepare.iterations(cfg.pre_dump, region, est)
     held = 0 if region else snapshot.held(est, pre_dumps)
     method, too_big = _method(cfg.kexec_method, lockdown, held, initrd_size, avail)
@@ -143,7 +158,9 @@ def run(ctx: Context) -> tuple[str, Preflight]:
                                 "see `kupgrade report`; `kupgrade restore --retry` once the cause is fixed, "
                                 "or `kupgrade restore --discard` to give those workloads up"))
     blockers += snapshot_dir_blockers(Path(cfg.snapshot_dir))
-    downtime, basis, machine = _estimate(ctx, est, initrd_size, transport["name"])
+    unreserved = region is None and cfg.transport == "auto" and pmem.marked_start(cmdline) is None
+    downtime, basis, machine, region_s = _estimate(ctx, est, initrd_size, transport["name"], "pmem" if unreserved else "")
+    notes += [n for n in (region_note(est, downtime, region_s),) if n]
     ctx.plan = Plan(target=t, method=method, region=region, pre_dumps=pre_dumps, estimate_bytes=est,
                     downtime_estimate_s=downtime, back=_way_back(ctx, method, blockers), criu=criu_found)
     hooks_done, hook_error = _hooks(ctx, blockers)      # their requests carry the plan's estimate
@@ -228,22 +245,25 @@ def _criu(target: str, blockers: list[Blocker]) -> dict:
     return found
 
 
-def _estimate(ctx: Context, est: int, initrd_size: int, transport: str) -> tuple[float, str, dict]:
+def _estimate(ctx: Context, est: int, initrd_size: int, transport: str,
+              also: str = "") -> tuple[float, str, dict, float | None]:
     """The downtime estimate, its basis, and what this machine measured of itself (always: the
-    upgrades of one size leave the cost per byte to it; before the first, it is all there is)."""
-    def same(rec) -> bool:
-        return estimate.transport_of(rec) == transport
-    recs = [r for outcome in (record.RESTORED, record.REHEARSED)
-            for r in record.recent(ctx.state_dir, (outcome,), same, estimate.RECENT)]
+    upgrades of one size leave the cost per byte to it; before the first, it is all there is);
+    with `also`, the estimate through that transport too (else None)."""
     copy_bps, hash_bps = estimate.calibrate()
     target = estimate.MULTI_USER if any(w.unit for w in ctx.workloads) else estimate.SYSINIT
     point = estimate.restore_point(systemd.reached_us(target[0]), target=target)
-    first = estimate.first_rates(copy_bps, hash_bps, point, transport)
     machine = {"copy_bps": round(copy_bps), "hash_bps": round(hash_bps), "restore_point_s": point[0],
                "restore_point_basis": point[1]}
-    rates = estimate.rates_from(recs, first, transport)
-    downtime, basis = estimate.downtime(est, initrd_size, rates, transport)
-    return downtime, basis, machine
+
+    def through(name: str) -> tuple[float, str]:
+        recs = [r for outcome in (record.RESTORED, record.REHEARSED)
+                for r in record.recent(ctx.state_dir, (outcome,), lambda rec: estimate.transport_of(rec) == name,
+                                       estimate.RECENT)]
+        rates = estimate.rates_from(recs, estimate.first_rates(copy_bps, hash_bps, point, name), name)
+        return estimate.downtime(est, initrd_size, rates, name)
+    downtime, basis = through(transport)
+    return downtime, basis, machine, through(also)[0] if also else None
 
 
 def _transport(ctx: Context, t: Target, est: int, blockers: list[Blocker], cmdline: str,

@@ -14,7 +14,8 @@ DESCRIPTION = "live-upgrade 6.1 -> 6.12 with a 64 MiB two-process workload in it
 
 
 def plan_and_check(vm, res: Result) -> None:
-    """`kupgrade plan` shows the workload and the estimate, `kupgrade check` finds no blocker."""
+    """`kupgrade plan` shows the workload and the estimate, `kupgrade check` finds no blocker and,
+    as no memory region is reserved here, says what one would make of the pause."""
     plan = vm.sh("kupgrade", "plan", "--cgroup", "/workload", timeout=300)["stdout"]
     (vm.workdir / "plan.txt").write_text(plan)
     res.say(plan)
@@ -23,6 +24,10 @@ def plan_and_check(vm, res: Result) -> None:
     chk = vm.sh("kupgrade", "check", check=False, timeout=300)
     res.say(chk["stdout"] + chk["stderr"])
     res.check(chk["rc"] == 0, "kupgrade check finds no blocker", (chk["stdout"] + chk["stderr"])[-1500:])
+    said = " ".join((chk["stdout"] + chk["stderr"]).split())       # as the terminal wrapped it
+    res.check("with kupgrade's memory region the estimated downtime is" in said and "install-boot --reserve" in said,
+              "kupgrade check (no memory region reserved) says what one would make of the pause and what to reserve",
+              said[-1500:])
 
 
 def check_record(vm, res: Result, rec: dict) -> None:

@@ -1,5 +1,6 @@
 """What a snapshot does not carry, against fake /proc trees (test_workloads.py has real processes)."""
 
+import pytest
 from procfake import HOST, OWN, fake_proc, task
 
 from kupgrade.output.record import Workload
@@ -164,6 +165,12 @@ PG_MAPS = ("7f10-7f17 rw-s 00000000 00:01 1 /SYSV1d0ba398 (deleted)\n" + REGION
            + "7f30-7f31 rw-s 00000000 00:01 0 /SYSV00008897 (deleted)\n")
 
 
+@pytest.fixture(autouse=True)
+def no_nsenter(monkeypatch):
+    """The SysV segments of a fake tree's IPC namespace: none (ns_shm would run nsenter)."""
+    monkeypatch.setattr(carry, "ns_shm", lambda pid: [])
+
+
 def pg_tree(tmp_path, backend_maps=PG_MAPS):
     """PostgreSQL 15 as measured (dynamic_shared_memory_type = sysv): its main shared memory
     numbered 4 between its SysV segments 1 and 0; a backend with what it attached."""
@@ -208,3 +215,27 @@ def test_a_clash_that_ends_is_waited_out_and_one_that_lasts_is_a_blocker(tmp_pat
         "PID 11 (w) has SysV segment shmid 4 attached at 7f0e-7f0f next to /dev/zero at 7f17-7f2f, which has the same "
         "number: criu's dump would take them for one (for 0 s)"]
     assert "restart the workload" in found[0].hint
+
+
+def test_a_segment_that_only_exists_with_the_number_of_the_shared_memory_clashes(tmp_path):
+    """Measured (CI run of 2026-12-06): the segment detached but not yet removed, the tree's
+    shared memory numbered like it: criu's dump went through and the memory came back with the
+    segment's content. Listed from the tree's IPC namespace (ns_shm), not from its mappings."""
+    proc, w = pg_tree(tmp_path, REGION)
+    segments = [{"key": "0", "shmid": "4", "size": "4096"}, {"key": "34967", "shmid": "0", "size": "56"}]
+    assert carry.shm_clashes(w, proc, lambda pid: segments) == [
+        "SysV segment shmid 4 (key 0x00000000, 4096 bytes) of its IPC namespace and PID 10 (w)'s /dev/zero mapped "
+        "at 7f17-7f2f have the same number, 4: criu's dump would take the one for the other (the shared memory "
+        "restored with the segment's content)"]
+    assert carry.shm_clashes(w, proc, lambda pid: segments[1:]) == []            # other numbers
+    attached = "7f0e-7f0f rw-s 00000000 00:01 4 /SYSV00000000 (deleted)\n" + REGION
+    proc, w = pg_tree(tmp_path / "b", attached)                                   # said once, as the adjacent one
+    assert len(carry.shm_clashes(w, proc, lambda pid: segments)) == 1
+    now = [0.0]
+
+    def pause(s):
+        now[0] += s
+        if now[0] > 0.1:        # removed (IPC_RMID)
+            segments[:] = segments[1:]
+    proc, w = pg_tree(tmp_path / "c", REGION)
+    assert carry.wait_unclashed(w, 5.0, proc, lambda pid: segments, clock=lambda: now[0], pause=pause) == []

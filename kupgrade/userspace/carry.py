@@ -23,14 +23,19 @@ Every reader takes the `proc` root so that tests can use a fake /proc tree.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
+from kupgrade.errors import CommandError
 from kupgrade.output.record import Blocker, Workload
 from kupgrade.system import procfs
 from kupgrade.system.procfs import PROC, Stat, who
+from kupgrade.system.run import run as run_cmd
+
+log = logging.getLogger("kupgrade.userspace.carry")
 
 SemPids = Callable[[int, int], set[int]]    # (semid, nsems) -> PIDs of the last semop on each
 GETPID = 11                                 # semctl(2) command: PID of the last semop
@@ -223,9 +228,51 @@ CLASH_HINT = ("restart the workload: its shared memory gets other numbers (Postg
               "`dynamic_shared_memory_type = sysv`: `posix`, Debian's default, keeps its segments in /dev/shm)")
 
 
-def shm_clashes(w: Workload, proc: Path = PROC) -> list[str]:
-    """Where a task of the tree has a SysV segment attached next to another mapping of the
-    kernel's shmem (shared anonymous memory, a memfd) with the same number, each said in a line.
+ShmOf = Callable[[int], list[dict[str, str]]]   # a task -> the SysV segments of its IPC namespace
+
+
+def shmem_numbers(pid: int, proc: Path = PROC) -> dict[int, str]:
+    """The kernel's numbers (inodes of its internal shmem mount) of the task's shared anonymous
+    mappings (`/dev/zero (deleted)` in maps) and memfds (mapped or open), each with what it is.
+    SysV segments are numbered by their shmid instead (/SYSV in maps): not listed here."""
+    found: dict[int, str] = {}
+    try:
+        for f in procfs.map_fields(pid, proc):
+            if len(f) == 6 and "s" in f[1] and (f[5].startswith("/dev/zero (deleted)") or f[5].startswith("/memfd:")):
+                found.setdefault(int(f[4]), f"{f[5].removesuffix(' (deleted)')} mapped at {f[0]}")
+        for fd in (proc / str(pid) / "fd").iterdir():
+            try:
+                if (link := os.readlink(fd)).startswith("/memfd:"):
+                    found.setdefault(os.stat(fd).st_ino, f"{link.removesuffix(' (deleted)')} open as fd {fd.name}")
+            except OSError:
+                continue
+    except OSError:
+        pass        # exited meanwhile
+    return found
+
+
+def ns_shm(pid: int) -> list[dict[str, str]]:
+    """The SysV segments of the task's IPC namespace: /proc/sysvipc/shm shows the reader's own
+    namespace's, so it is read through nsenter."""
+    try:
+        out = run_cmd(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "cat", "/proc/sysvipc/shm"], timeout=10).stdout
+    except CommandError as e:
+        log.warning("could not read the SysV segments of PID %d's IPC namespace: %s", pid, e.message)
+        return []
+    lines = out.decode(errors="replace").splitlines()
+    names = lines[0].split() if lines else []
+    return [dict(zip(names, line.split())) for line in lines[1:] if line.strip()]
+
+
+def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> list[str]:
+    """Where criu would take a SysV segment of the tree's IPC namespace and a mapping of the
+    kernel's other shmem (shared anonymous memory, a memfd) with the same number for one, each
+    said in a line. The kernel numbers SysV segments by their shmid and the rest by an inode
+    counter: both start small, so they meet; criu keys both by that number in one table
+    (shmem.c shmem_find). Measured: a segment that merely exists (detached, not yet removed)
+    while the tree's 1 MiB shared memory had its number: the dump went through and the memory
+    came back with the segment's content, zeros (the services scenario's counter restarted;
+    CI run of 2026-12-06). And a segment attached next to such a mapping, the case below.
     The kernel numbers SysV segments by their shmid and the rest by an inode counter: both start
     small, so they meet. criu reads a task's mappings in order and takes a mapping with the same
     device and inode as the one before it for the same file (proc_parse.c vma_get_mapfile:
@@ -240,7 +287,7 @@ def shm_clashes(w: Workload, proc: Path = PROC) -> list[str]:
             return []
     except OSError:
         return []
-    out = []
+    out, adjacent = [], set()
     for pid in w.pids:
         try:
             rows = procfs.map_fields(pid, proc)
@@ -251,25 +298,39 @@ def shm_clashes(w: Workload, proc: Path = PROC) -> list[str]:
             if (len(f) == 6 and len(prev) == 6 and f[3:5] == prev[3:5] and f[4] != "0"
                     and f[5].startswith("/SYSV") != prev[5].startswith("/SYSV")):
                 sysv, other = (f, prev) if f[5].startswith("/SYSV") else (prev, f)
+                adjacent.add(int(sysv[4]))
                 out.append(f"{who(pid, proc)} has SysV segment shmid {sysv[4]} attached at {sysv[0]} next to "
                            f"{other[5].removesuffix(' (deleted)')} at {other[0]}, which has the same number: "
                            "criu's dump would take them for one")
             prev = f
+    numbers: dict[int, tuple[int, str]] = {}
+    for pid in w.pids:
+        for n, what in shmem_numbers(pid, proc).items():
+            numbers.setdefault(n, (pid, what))
+    if not numbers:
+        return out          # nothing to clash with: the namespace is not read
+    for row in (shm_of or ns_shm)(w.root_pid):
+        if (n := int(row.get("shmid", "-1"))) in numbers and n not in adjacent:
+            pid, what = numbers[n]
+            out.append(f"SysV segment shmid {n} ({_key(row)}, {row.get('size', '?')} bytes) of its IPC namespace "
+                       f"and {who(pid, proc)}'s {what} have the same number, {n}: criu's dump would take the one "
+                       "for the other (the shared memory restored with the segment's content)")
     return out
 
 
-def wait_unclashed(w: Workload, timeout: float = CLASH_WAIT_S, proc: Path = PROC,
+def wait_unclashed(w: Workload, timeout: float = CLASH_WAIT_S, proc: Path = PROC, shm_of: ShmOf | None = None,
                    clock=time.monotonic, pause=time.sleep) -> list[str]:
     """shm_clashes, once none is left or after `timeout` seconds of them (a segment that comes and
     goes, like PostgreSQL's dynamic shared memory, is waited out; one that stays is named)."""
     end = clock() + timeout
-    while (found := shm_clashes(w, proc)) and clock() < end:
+    while (found := shm_clashes(w, proc, shm_of)) and clock() < end:
         pause(0.05)
     return found
 
 
-def shm_blockers(w: Workload, proc: Path = PROC) -> list[Blocker]:
-    return [Blocker(f"{line} (for {CLASH_WAIT_S:.0f} s)", CLASH_HINT) for line in wait_unclashed(w, CLASH_WAIT_S, proc)]
+def shm_blockers(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> list[Blocker]:
+    return [Blocker(f"{line} (for {CLASH_WAIT_S:.0f} s)", CLASH_HINT)
+            for line in wait_unclashed(w, CLASH_WAIT_S, proc, shm_of)]
 
 
 # --- file locks --------------------------------------------------------------------------------

@@ -133,9 +133,14 @@ def sysv_table(path: Path) -> list[dict[str, str]]:
     """A /proc/sysvipc file as rows keyed by its header's column names (the columns differ
     between kernels)."""
     try:
-        lines = path.read_text().splitlines()
+        return sysv_rows(path.read_text())
     except FileNotFoundError:
         return []
+
+
+def sysv_rows(text: str) -> list[dict[str, str]]:
+    """A /proc/sysvipc file's text as rows keyed by its header's column names."""
+    lines = text.splitlines()
     names = lines[0].split() if lines else []
     return [dict(zip(names, line.split())) for line in lines[1:] if line.strip()]
 
@@ -231,13 +236,14 @@ CLASH_HINT = ("restart the workload: its shared memory gets other numbers (Postg
 ShmOf = Callable[[int], list[dict[str, str]]]   # a task -> the SysV segments of its IPC namespace
 
 
-def shmem_numbers(pid: int, proc: Path = PROC) -> dict[int, str]:
+def shmem_numbers(pid: int, proc: Path = PROC, rows: list[list[str]] | None = None) -> dict[int, str]:
     """The kernel's numbers (inodes of its internal shmem mount) of the task's shared anonymous
     mappings (`/dev/zero (deleted)` in maps) and memfds (mapped or open), each with what it is.
-    SysV segments are numbered by their shmid instead (/SYSV in maps): not listed here."""
+    SysV segments are numbered by their shmid instead (/SYSV in maps): not listed here. rows:
+    its maps as procfs.map_fields read them already."""
     found: dict[int, str] = {}
     try:
-        for f in procfs.map_fields(pid, proc):
+        for f in procfs.map_fields(pid, proc) if rows is None else rows:
             if len(f) == 6 and "s" in f[1] and (f[5].startswith("/dev/zero (deleted)") or f[5].startswith("/memfd:")):
                 found.setdefault(int(f[4]), f"{f[5].removesuffix(' (deleted)')} mapped at {f[0]}")
         for fd in (proc / str(pid) / "fd").iterdir():
@@ -259,9 +265,7 @@ def ns_shm(pid: int) -> list[dict[str, str]]:
     except CommandError as e:
         log.warning("could not read the SysV segments of PID %d's IPC namespace: %s", pid, e.message)
         return []
-    lines = out.decode(errors="replace").splitlines()
-    names = lines[0].split() if lines else []
-    return [dict(zip(names, line.split())) for line in lines[1:] if line.strip()]
+    return sysv_rows(out.decode(errors="replace"))
 
 
 def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> list[str]:
@@ -287,7 +291,7 @@ def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> 
             return []
     except OSError:
         return []
-    out, adjacent = [], set()
+    out, adjacent, numbers = [], set(), {}
     for pid in w.pids:
         try:
             rows = procfs.map_fields(pid, proc)
@@ -303,9 +307,7 @@ def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> 
                            f"{other[5].removesuffix(' (deleted)')} at {other[0]}, which has the same number: "
                            "criu's dump would take them for one")
             prev = f
-    numbers: dict[int, tuple[int, str]] = {}
-    for pid in w.pids:
-        for n, what in shmem_numbers(pid, proc).items():
+        for n, what in shmem_numbers(pid, proc, rows).items():
             numbers.setdefault(n, (pid, what))
     if not numbers:
         return out          # nothing to clash with: the namespace is not read

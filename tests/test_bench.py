@@ -152,10 +152,18 @@ def test_machine_memory_and_which_workload_is_followed(tmp_path):
 
 def test_prewarm_pair():
     from vmtest.benchreport import prewarm_fields
-    runs = [{**entry(64, 20.0), "prewarm": False, "throttle_bps": 4 << 20},
-            {**entry(64, 17.5), "prewarm": True, "throttle_bps": 4 << 20}]
+    runs = [{**entry(64, 20.0), "prewarm": False, "throttle_bps": 4 << 20, "map_mib": 16},
+            {**entry(64, 17.5), "prewarm": True, "throttle_bps": 4 << 20, "map_mib": 16}]
     p = prewarm_fields(runs)
     assert p["gain_s"] == 2.5 and p["on"]["throttle_bps"] == 4 << 20 and prewarm_fields([]) == {}
+    assert p["on"]["mapped_mib"] == p["off"]["mapped_mib"] == 16
+
+
+def test_the_prewarm_pair_reads_a_mapped_data_file():
+    from vmtest.bench import prewarm_runs
+    off, on = prewarm_runs("pmem")
+    assert (off.prewarm, on.prewarm) == (False, True) and off.map_mib == on.map_mib == 16
+    assert on.label == "64 MiB (pmem, 16 MiB mapped file, disk at 4 MiB/s, prewarm on)"
 
 
 def test_run_labels():

@@ -9,9 +9,14 @@ late child (it sleeps; its PID is in the state as "late"): a tree that grew afte
 KUPGRADE_WL_DIR and KUPGRADE_WL_MIB (environment) give a second instance its own directory
 and buffer size; KUPGRADE_WL_DIRTY_MIBS makes it dirty that many MiB per second of a second,
 32 MiB buffer (one byte per page, round and round: what criu's pre-dumps chase).
+KUPGRADE_WL_MAP_MIB maps a data file of that many MiB (data.bin, written and synced at the
+start) and reads a byte of each of its pages before every heartbeat, as a database reads its
+mapped files: after the switch the first beat waits for those pages to come from the disk (what
+kupgrade's pre-warm reads ahead).
 KUPGRADE_WL_SAY=1: each state written is also a line on stdout (a unit's: the journal)."""
 import hashlib
 import json
+import mmap
 import os
 import random
 import signal
@@ -24,6 +29,7 @@ HEARTBEAT = f"{DIR}/heartbeat.log"
 SIZE = int(os.environ.get("KUPGRADE_WL_MIB", "64")) << 20
 DIRTY_PAGES_PER_TICK = int(float(os.environ.get("KUPGRADE_WL_DIRTY_MIBS", "0")) * 256 / 10)
 DIRTY_MIB = 32
+MAP_BYTES = int(os.environ.get("KUPGRADE_WL_MAP_MIB", "0")) << 20
 SAY = bool(os.environ.get("KUPGRADE_WL_SAY"))
 
 
@@ -50,6 +56,18 @@ def known_content(size: int) -> bytearray:
     return buf
 
 
+def mapped_data(size: int) -> memoryview:
+    """A byte of each page of a data file of `size` bytes, mapped read-only (written and synced
+    first, so that no writeback of it falls into the switch)."""
+    path = f"{DIR}/data.bin"
+    with open(path, "wb") as f:
+        f.write(known_content(size))
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "rb") as f:
+        return memoryview(mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ))[::4096]
+
+
 def parent() -> None:
     os.makedirs(DIR, exist_ok=True)
     r, w = os.pipe()
@@ -65,12 +83,15 @@ def parent() -> None:
     sha_start = hashlib.sha256(buf).hexdigest()
     counter, seq = 0, 0
     dirty, page = bytearray(DIRTY_MIB << 20) if DIRTY_PAGES_PER_TICK else bytearray(), 0
+    pages = mapped_data(MAP_BYTES) if MAP_BYTES else None
     asked.append(1)
     while True:
         counter += 1
         for _ in range(DIRTY_PAGES_PER_TICK):
             dirty[page * 4096] = counter & 0xFF
             page = (page + 1) % (DIRTY_MIB * 256)
+        if pages is not None:
+            pages.tobytes()         # touches every page of the mapped file
         os.write(w, b"%d\n" % counter)
         if late and late[-1] == 0:
             late[-1] = os.fork()

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from kupgrade.system import kexec
 
-from .benchreport import DIRTY_MIB_S, PRE_DUMP_ITERATIONS, REFERENCE_MIB, REFERENCE_SAMPLES, THROTTLE_BPS, size_entry
+from .benchreport import (DIRTY_MIB_S, PRE_DUMP_ITERATIONS, PREWARM_MAP_MIB, REFERENCE_MIB, REFERENCE_SAMPLES,
+                          THROTTLE_BPS, size_entry)
 from .scenario import Result, booted, final_record, kupgrade_config, upgrade, write_config
 from .timeline import MARKS, breakdown, intervals, marks
 from .workload import Workload
@@ -84,11 +85,12 @@ def first_boot(vm, image, res: Result) -> tuple[Workload, dict]:
                 "breakdown": intervals(points), "workload_mib": REFERENCE_MIB}
 
 
-def fresh_workload(vm, mib: int, dirty_mib_s: float = 0) -> Workload:
-    """A new workload of `mib` MiB in the cgroup (dirtying memory at `dirty_mib_s`), relayed
-    from its first heartbeat."""
+def fresh_workload(vm, mib: int, dirty_mib_s: float = 0, map_mib: int = 0) -> Workload:
+    """A new workload of `mib` MiB in the cgroup (dirtying memory at `dirty_mib_s`; reading a
+    mapped data file of `map_mib` MiB every beat), relayed from its first heartbeat."""
     vm.sh("rm", "-rf", WORKLOAD_DIR)
-    wl = Workload(vm, env={"KUPGRADE_WL_MIB": str(mib), "KUPGRADE_WL_DIRTY_MIBS": str(dirty_mib_s)})
+    wl = Workload(vm, env={"KUPGRADE_WL_MIB": str(mib), "KUPGRADE_WL_DIRTY_MIBS": str(dirty_mib_s),
+                           "KUPGRADE_WL_MAP_MIB": str(map_mib)})
     wl.start(cgroup=CGROUP)
     return wl
 
@@ -156,6 +158,7 @@ class Run:
     dirty_mib_s: float = 0
     prewarm: bool = True
     throttle_bps: int = 0
+    map_mib: int = 0                # a data file the workload maps and reads every beat
     series: str = "sizes"           # which list of bench.json it goes to
 
     @property
@@ -164,6 +167,7 @@ class Run:
             return f"{self.mib} MiB (kupgrade's defaults: transport and pre-dump auto)"
         extra = [f"{self.pre_dump} pre-dump(s)"] if self.pre_dump else []
         extra += [f"dirtying {self.dirty_mib_s:g} MiB/s"] if self.dirty_mib_s else []
+        extra += [f"{self.map_mib} MiB mapped file"] if self.map_mib else []
         extra += [f"disk at {self.throttle_bps >> 20} MiB/s, prewarm {'on' if self.prewarm else 'off'}"] \
             if self.throttle_bps else []
         return f"{self.mib} MiB ({', '.join([self.transport, *extra])})"
@@ -205,7 +209,7 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
     for i, run in enumerate(runs):
         out["doing"] = f"downtime at {run.label}"
         configure(vm, image, run)
-        wl = fresh_workload(vm, run.mib, run.dirty_mib_s)
+        wl = fresh_workload(vm, run.mib, run.dirty_mib_s, run.map_mib)
         if run.throttle_bps:
             throttle(vm, run.throttle_bps)
         try:
@@ -215,7 +219,7 @@ def session(vm, image, sizes: list[int], out: dict, transports: tuple[str, ...] 
                 throttle(vm, 0)
         out[run.series].append({**entry, **({"pre_dump": run.pre_dump, "dirty_mib_s": run.dirty_mib_s}
                                             if run.series == "pre_dump_runs" else {}),
-                                **({"prewarm": run.prewarm, "throttle_bps": run.throttle_bps}
+                                **({"prewarm": run.prewarm, "throttle_bps": run.throttle_bps, "map_mib": run.map_mib}
                                    if run.series == "prewarm_runs" else {})})
         if i < len(runs) - 1:
             out["doing"] = f"plain kexec back to {image.kernel_from}"
@@ -244,7 +248,9 @@ def pre_dump_runs(sizes: list[int], transport: str) -> list[Run]:
 
 
 def prewarm_runs(transport: str) -> list[Run]:
-    """The reference workload with the root disk throttled to THROTTLE_BPS across the switch,
-    restore.prewarm off, then on."""
-    return [Run(transport, REFERENCE_MIB, prewarm=p, throttle_bps=THROTTLE_BPS, series="prewarm_runs")
-            for p in (False, True)]
+    """The reference workload reading a mapped data file of PREWARM_MAP_MIB every beat, the root
+    disk throttled to THROTTLE_BPS across the switch, restore.prewarm off, then on. The data file
+    is what shows pre-warm: the workload's own executable and libraries are Python's, which
+    kupgrade-restore reads itself before criu runs."""
+    return [Run(transport, REFERENCE_MIB, prewarm=p, throttle_bps=THROTTLE_BPS, map_mib=PREWARM_MAP_MIB,
+                series="prewarm_runs") for p in (False, True)]

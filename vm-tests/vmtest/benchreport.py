@@ -16,6 +16,7 @@ DEFAULT_TRANSPORT = "initrd"    # what kupgrade uses without a reserved region: 
 PRE_DUMP_ITERATIONS = (0, 1, 3)
 DIRTY_MIB_S = 8             # the pre-dump series' workload dirties memory at this rate
 THROTTLE_BPS = 4 << 20      # the pre-warm pair's root disk bandwidth (QEMU throttling)
+PREWARM_MAP_MIB = 16        # the pre-warm pair's workload maps a data file this large and reads it every beat
 PAUSE_STAGES = ("freeze", "flush", "snapshot", "kexec")     # the old kernel's side of the pause
 
 
@@ -127,7 +128,8 @@ def prewarm_fields(runs: list[dict]) -> dict:
     """The downtime with restore.prewarm off and on, the root disk throttled across the switch."""
     by = {("on" if r["prewarm"] else "off"): {"downtime_s": r["downtime_s"], "restore_s": r["stages"].get("restore"),
                                                "phases": r["phases"], "throttle_bps": r["throttle_bps"],
-                                               "transport": r["transport"]} for r in runs}
+                                               "mapped_mib": r.get("map_mib", 0), "transport": r["transport"]}
+          for r in runs}
     if "on" in by and "off" in by:
         by["gain_s"] = round(by["off"]["downtime_s"] - by["on"]["downtime_s"], 3)
     return by

@@ -163,8 +163,9 @@ SETTINGS: tuple[Setting, ...] = (
             check=checks.command, example='"/usr/local/sbin/uplink-ok eth0"'),
     Setting("restore", "prewarm", "prewarm", bool,
             """As the restore begins in the new kernel (its page cache starts empty), look up the files the
-            workloads had open or mapped and read ahead the parts of them they had mapped in (not whole files):
-            the reads overlap the snapshot's verification and criu's restore instead of following them.""",
+            workloads had open or mapped and read the parts of them they had mapped in (not whole files), in the
+            background, a small chunk at a time: the reads overlap the snapshot's verification and criu's restore
+            instead of following them.""",
             example="true"),
     Setting("run", "answer_timeout", "answer_timeout", int,
             """Seconds the go/no-go question (and each question of `--step`) waits for an answer. No answer is the

@@ -154,9 +154,11 @@ def test_prewarm_pair():
     from vmtest.benchreport import prewarm_fields
     runs = [{**entry(64, 20.0), "prewarm": False, "throttle_bps": 4 << 20, "map_mib": 16},
             {**entry(64, 17.5), "prewarm": True, "throttle_bps": 4 << 20, "map_mib": 16}]
+    runs[1]["phases"] = {**runs[1]["phases"], "restore_begin->first_heartbeat": 1.25}
     p = prewarm_fields(runs)
     assert p["gain_s"] == 2.5 and p["on"]["throttle_bps"] == 4 << 20 and prewarm_fields([]) == {}
     assert p["on"]["mapped_mib"] == p["off"]["mapped_mib"] == 16
+    assert p["restore_gain_s"] == round(runs[0]["phases"]["restore_begin->first_heartbeat"] - 1.25, 3)
 
 
 def test_the_prewarm_pair_reads_a_mapped_data_file():

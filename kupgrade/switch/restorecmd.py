@@ -4,8 +4,10 @@ and what it starts before it loads the rest of itself.
 Under QEMU TCG, importing the restore's modules (newkernel.py and what it needs) takes about a
 second of the pause. The first thing a snapshot's restore needs from the kernel is criu's probe
 of its features (criu.warm): started here, in a thread, as soon as the settings say which criu,
-it runs on the other CPU while this process imports the rest. A unit's restore (`--unit`, after
-the first restore probed) starts nothing and imports only what one tree needs (unitrestore.py):
+it runs on the other CPU while this process imports the rest. (Not the read-ahead of the
+workloads' files, prewarm.py: on a slow disk the imports' many small reads each waited behind
+one of its reads; on a disk throttled to 4 MiB/s they took 6.8 s instead of 2.4.) A unit's
+restore (`--unit`, after the first restore probed) starts nothing and imports only what one tree needs (unitrestore.py):
 the units of a snapshot start at once, each one such a process.
 """
 

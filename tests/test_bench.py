@@ -164,8 +164,8 @@ def test_prewarm_pair():
 def test_the_prewarm_pair_reads_a_mapped_data_file():
     from vmtest.bench import prewarm_runs
     off, on = prewarm_runs("pmem")
-    assert (off.prewarm, on.prewarm) == (False, True) and off.map_mib == on.map_mib == 16
-    assert on.label == "64 MiB (pmem, 16 MiB mapped file, disk at 4 MiB/s, prewarm on)"
+    assert (off.prewarm, on.prewarm) == (False, True) and off.map_mib == on.map_mib == 64
+    assert on.label == "64 MiB (pmem, 64 MiB mapped file, disk at 16 MiB/s, prewarm on)"
 
 
 def test_run_labels():

@@ -215,7 +215,7 @@ def run(ctx: Context) -> tuple[str, Restore]:
     snap = ctx.restore_dir
     done = trees.restored_keys(ctx.record)
     laps = Laps()
-    warm = prewarm.start(snap) if ctx.config.prewarm and not done else None   # kupgrade-restore started it
+    warm = prewarm.start(snap) if ctx.config.prewarm and not done else None   # reads while this verifies
     warming = _warm_up(snap, laps)
     if not trees.attempts(ctx.record) and (last := sorted((snap / "images").glob("tree-*"))[-1:]):
         faults.corrupt(last[0])         # the test fault: the last tree's copy damaged on the way
@@ -232,7 +232,8 @@ def run(ctx: Context) -> tuple[str, Restore]:
     details = {"snapshot_id": m.id, "verified_files": len(m.files), "verified_bytes": m.total_bytes,
                "workloads": results, "criu_logs": logs, "hooks": hooks_done,
                "hooks_load_s": ctx.hooks_load_s, "tcp_protected": protected, "health_check": health, "hold": hold,
-               "prewarm": warm.summary() if warm else {}, "criu": {"dumped_by": m.criu, "restored_by": ctx.plan.criu}, "seconds": laps,
+               "prewarm": warm.summary() if warm else {}, "criu": {"dumped_by": m.criu, "restored_by": ctx.plan.criu},
+               "seconds": laps,
                "start": ctx.started or None}
     if hold and all(r.get("ok") for r in results.values()):    # no unit to wait for: all are back
         with laps.lap(commit.STAGE):

@@ -10,7 +10,7 @@ following them.
 A small chunk at a time, each read waiting for the disk, the kernel's own read-ahead off for
 the file (POSIX_FADV_RANDOM): the restore's own reads (its modules, criu, the hooks' tools)
 queue behind one small read of it at most. Asking for all ranges at once (posix_fadvise
-WILLNEED, what this did first) queued them all ahead of those: on a disk throttled to 4 MiB/s
+WILLNEED, what this did before) queued them all ahead of those: on a disk throttled to 4 MiB/s
 (vm-tests/bench, a workload reading a 16 MiB mapped file) the restore stage took 2.2-4.1 s with
 it against 2.4-2.6 s without, its first import 0.7-1.1 s instead of 0.06-0.09 s. Started before
 kupgrade-restore's imports (256 KiB reads), the imports took 6.8 s instead of 2.4. As it is, on
@@ -160,14 +160,9 @@ class Reader(threading.Thread):
         return {"files": self.looked, "bytes": self.asked, "read_bytes": self.done, "read_s": self.took}
 
 
-_started: dict[Path, Reader] = {}
-
-
 def start(snapshot: Path) -> Reader | None:
-    """Start reading ahead what the snapshot lists, in the background (once per snapshot: again,
-    the reader already started). None when it lists nothing. Never raises."""
-    if snapshot in _started:
-        return _started[snapshot]
+    """Start reading ahead what the snapshot lists, in the background. None when it lists
+    nothing. Never raises."""
     files = read_list(snapshot)
     if files is None:
         return None
@@ -176,5 +171,4 @@ def start(snapshot: Path) -> Reader | None:
         reader.start()
     except RuntimeError:        # no thread: the workloads read what they need themselves
         return None
-    _started[snapshot] = reader
     return reader

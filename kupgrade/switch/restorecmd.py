@@ -7,8 +7,8 @@ of its features (criu.warm): started here, in a thread, as soon as the settings 
 it runs on the other CPU while this process imports the rest. (Not the read-ahead of the
 workloads' files, prewarm.py: on a slow disk the imports' many small reads each waited behind
 one of its reads; on a disk throttled to 4 MiB/s they took 6.8 s instead of 2.4.) A unit's
-restore (`--unit`, after the first restore probed) starts nothing and imports only what one tree needs (unitrestore.py):
-the units of a snapshot start at once, each one such a process.
+restore (`--unit`, after the first restore probed) starts nothing and imports only what one
+tree needs (unitrestore.py): the units of a snapshot start at once, each one such a process.
 """
 
 from __future__ import annotations

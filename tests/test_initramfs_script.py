@@ -71,6 +71,25 @@ def test_the_snapshot_is_moved_whole_directory_by_directory(tmp_path):
     assert f"kupgrade: snapshot {SNAPSHOT_ID} ready in {dest}" in (tmp_path / "kmsg").read_text()
 
 
+def test_a_directory_of_many_files_is_moved_in_batches(tmp_path):
+    snapshot(tmp_path)
+    many = tmp_path / "snap" / contract.IMAGES / "tree-2"
+    many.mkdir()
+    names = [f"core-{i}.img" for i in range(600)]      # a large tree: more than one batch
+    for name in names:
+        (many / name).write_text(name)
+    calls = tmp_path / "calls"
+    counting = tmp_path / "busybox"
+    counting.write_text(f'#!/bin/sh\n[ "$1" = mv ] && echo "$#" >> {calls}\nexec {BUSYBOX} "$@"\n')
+    counting.chmod(0o755)
+    assert run(script(tmp_path, str(counting))).returncode == 0
+    moved = tmp_path / "run/kupgrade" / contract.IMAGES / "tree-2"
+    assert sorted(p.name for p in moved.iterdir()) == sorted(names)
+    assert all((moved / n).read_text() == n for n in names)
+    counts = [int(n) for n in calls.read_text().split()]             # mv's arguments: mv, files, the directory
+    assert max(counts) == 258 and counts.count(258) == 2             # 600 files: 256 + 256 + 88
+
+
 def test_a_file_that_cannot_be_moved_leaves_its_reason_and_the_snapshot_in_place(tmp_path):
     snapshot(tmp_path)
     failing = tmp_path / "busybox"            # mv fails for criu's images (as when the tmpfs is full)

@@ -52,6 +52,14 @@ def snapshot(tmp_path: Path) -> dict[str, bytes]:
     return files
 
 
+def wrapped_busybox(tmp_path: Path, before: str) -> str:
+    """A busybox that runs the shell line `before` first (its arguments in "$@")."""
+    path = tmp_path / "busybox"
+    path.write_text(f'#!/bin/sh\n{before}\nexec {BUSYBOX} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
 def run(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([BUSYBOX, "sh", str(path)], capture_output=True, text=True, timeout=60)
 
@@ -79,10 +87,8 @@ def test_a_directory_of_many_files_is_moved_in_batches(tmp_path):
     for name in names:
         (many / name).write_text(name)
     calls = tmp_path / "calls"
-    counting = tmp_path / "busybox"
-    counting.write_text(f'#!/bin/sh\n[ "$1" = mv ] && echo "$#" >> {calls}\nexec {BUSYBOX} "$@"\n')
-    counting.chmod(0o755)
-    assert run(script(tmp_path, str(counting))).returncode == 0
+    counting = wrapped_busybox(tmp_path, f'[ "$1" = mv ] && echo "$#" >> {calls}')
+    assert run(script(tmp_path, counting)).returncode == 0
     moved = tmp_path / "run/kupgrade" / contract.IMAGES / "tree-2"
     assert sorted(p.name for p in moved.iterdir()) == sorted(names)
     assert all((moved / n).read_text() == n for n in names)
@@ -92,11 +98,9 @@ def test_a_directory_of_many_files_is_moved_in_batches(tmp_path):
 
 def test_a_file_that_cannot_be_moved_leaves_its_reason_and_the_snapshot_in_place(tmp_path):
     snapshot(tmp_path)
-    failing = tmp_path / "busybox"            # mv fails for criu's images (as when the tmpfs is full)
-    failing.write_text(f'#!/bin/sh\nif [ "$1" = mv ]; then case "$*" in *pages-1.img*) exit 1 ;; esac; fi\n'
-                       f'exec {BUSYBOX} "$@"\n')
-    failing.chmod(0o755)
-    r = run(script(tmp_path, str(failing)))
+    # mv fails for criu's images (as when the tmpfs is full)
+    failing = wrapped_busybox(tmp_path, 'if [ "$1" = mv ]; then case "$*" in *pages-1.img*) exit 1 ;; esac; fi')
+    r = run(script(tmp_path, failing))
     assert r.returncode == 0, r.stderr
     dest = tmp_path / "run/kupgrade"
     why = (dest / contract.MOVE_FAILED).read_text()

@@ -276,11 +276,9 @@ def shm_clashes(w: Workload, proc: Path = PROC, shm_of: ShmOf | None = None) -> 
     (shmem.c shmem_find). Measured: a segment that merely exists (detached, not yet removed)
     while the tree's 1 MiB shared memory had its number: the dump went through and the memory
     came back with the segment's content, zeros (the services scenario's counter restarted;
-    CI run of 2026-12-06). And a segment attached next to such a mapping, the case below.
-    The kernel numbers SysV segments by their shmid and the rest by an inode counter: both start
-    small, so they meet. criu reads a task's mappings in order and takes a mapping with the same
-    device and inode as the one before it for the same file (proc_parse.c vma_get_mapfile:
-    "borrows vfi from previous"): then PostgreSQL's 142 MiB main shared memory counted as part of
+    CI run of 2026-12-06). And a segment attached next to such a mapping: criu reads a task's
+    mappings in order and takes a mapping with the same device and inode as the one before it
+    for the same file (proc_parse.c vma_get_mapfile: "borrows vfi from previous"): then PostgreSQL's 142 MiB main shared memory counted as part of
     its dynamic segment 4, and the dump failed ("Can't open 0/map_files/..." in
     dump_one_sysv_shmem; measured in a CI run with criu 3.17, `dynamic_shared_memory_type = sysv`,
     its main shared memory numbered 4). Mappings that are not next to each other are told apart.
